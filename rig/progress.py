@@ -1,0 +1,77 @@
+"""Progress for long steps: one line per phase on stderr, full tool output in a log file."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import ProvisionError, tail
+
+_quiet = False
+
+
+def set_quiet(quiet: bool) -> None:
+    global _quiet
+    _quiet = quiet
+
+
+def info(msg: str) -> None:
+    if not _quiet:
+        print(f"rig: {msg}", file=sys.stderr, flush=True)
+
+
+@contextmanager
+def step(what: str) -> Iterator[None]:
+    """Announce a phase and how long it took."""
+    info(f"{what} ...")
+    t0 = time.monotonic()
+    yield
+    info(f"{what}: done in {time.monotonic() - t0:.1f} s")
+
+
+def run_logged(
+    cmd: Sequence[str | os.PathLike[str]],
+    log: Path,
+    what: str,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> None:
+    """Run a tool with its output appended to `log`; show a heartbeat with its latest line.
+
+    On failure raise ProvisionError naming the step, the log and its tail.
+    """
+    log.parent.mkdir(parents=True, exist_ok=True)
+    full_env = dict(os.environ, **(env or {}))
+    with log.open("ab") as out:
+        out.write(f"\n$ {' '.join(map(str, cmd))}\n".encode())
+        out.flush()
+        try:
+            proc = subprocess.Popen(
+                [str(c) for c in cmd], cwd=cwd, env=full_env,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )
+        except OSError as e:
+            raise ProvisionError(f"{what}: cannot run {cmd[0]}: {e}", log) from e
+        assert proc.stdout is not None
+        last_shown = time.monotonic()
+        t0 = last_shown
+        try:
+            for line in proc.stdout:
+                out.write(line)
+                now = time.monotonic()
+                if now - last_shown > 15 and not _quiet:
+                    text = line.decode("utf-8", "replace").strip()[:90]
+                    info(f"  {what} [{now - t0:.0f} s] {text}")
+                    last_shown = now
+            rc = proc.wait()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+    if rc != 0:
+        raise ProvisionError(f"{what} failed (exit {rc})", log, tail(log))
