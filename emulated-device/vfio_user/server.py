@@ -1,0 +1,423 @@
+"""The vfio-user server: one listening socket, one client (QEMU) at a time.
+
+It validates every message, answers malformed ones with an error reply naming the problem,
+and never lets a device callback's exception escape: a vCPU in QEMU is waiting, holding the
+global lock, and a late or missing reply desynchronises the stream for good.
+"""
+
+from __future__ import annotations
+
+import array
+import errno
+import json
+import os
+import selectors
+import socket
+import struct
+import sys
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+from . import protocol as p
+from .device import CONFIG_REGION, NUM_IRQ_INDEXES, NUM_REGIONS, Device, DmaError, Region
+from .dma import DmaSpace
+from .irq import IrqTable
+
+RECV_TIMEOUT = 2.0  # a message's body must follow its header promptly
+DRAIN_LIMIT = 64 << 20  # oversized messages up to this are skipped, beyond it we hang up
+
+Handler = Callable[[p.Header, bytes, list[int]], tuple[bytes, list[int]]]
+
+
+def _stderr_log(msg: str) -> None:
+    print(f"vfio-user: {msg}", file=sys.stderr, flush=True)
+
+
+class Disconnected(Exception):
+    pass
+
+
+class Server:
+    """Serve `device` on a unix socket at `path`; also the device's DeviceContext."""
+
+    def __init__(
+        self, device: Device, path: str | Path, log: Callable[[str], None] = _stderr_log
+    ) -> None:
+        if CONFIG_REGION not in device.regions:
+            raise ValueError("a PCI device needs a config space region")
+        self.device = device
+        self.path = Path(path)
+        self._log = log
+        self.dma = DmaSpace()
+        self.irqs = IrqTable(device.irq_counts)
+        self.stats: Counter[str] = Counter()
+        self.conn: socket.socket | None = None
+        self._sel: selectors.BaseSelector | None = None
+        if self.path.is_socket():
+            self.path.unlink()  # a stale socket from a dead server
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(str(self.path))
+        self.listener.listen(1)
+        self._handlers: dict[int, Handler] = {
+            p.Command.VERSION: self._version,
+            p.Command.DMA_MAP: self._dma_map,
+            p.Command.DMA_UNMAP: self._dma_unmap,
+            p.Command.DEVICE_GET_INFO: self._get_info,
+            p.Command.DEVICE_GET_REGION_INFO: self._region_info,
+            p.Command.DEVICE_GET_IRQ_INFO: self._irq_info,
+            p.Command.DEVICE_SET_IRQS: self._set_irqs,
+            p.Command.REGION_READ: self._region_read,
+            p.Command.REGION_WRITE: self._region_write,
+            p.Command.REGION_WRITE_MULTI: self._region_write_multi,
+            p.Command.DEVICE_RESET: self._reset,
+        }
+        device.attach(self)
+
+    # --- DeviceContext ----------------------------------------------------------------------
+
+    def dma_read(self, addr: int, size: int) -> bytes:
+        return self.dma.read(addr, size)
+
+    def dma_write(self, addr: int, data: bytes) -> None:
+        self.dma.write(addr, data)
+
+    def set_intx(self, level: bool) -> None:
+        self.irqs.set_intx(level)
+
+    def signal_msix(self, vector: int) -> bool:
+        return self.irqs.signal_msix(vector)
+
+    def msix_enabled(self) -> bool:
+        return self.irqs.msix_enabled()
+
+    def log(self, msg: str) -> None:
+        self._log(msg)
+
+    # --- event loop plumbing ----------------------------------------------------------------
+
+    def register(self, sel: selectors.BaseSelector) -> None:
+        """Add the listening socket to a selectors loop; key.data is the callback."""
+        self._sel = sel
+        sel.register(self.listener, selectors.EVENT_READ, self._accept)
+
+    def serve_forever(self) -> None:
+        sel = selectors.DefaultSelector()
+        self.register(sel)
+        while True:
+            for key, _ in sel.select():
+                key.data()
+
+    def close(self) -> None:
+        self._drop_client()
+        if self._sel is not None:
+            self._sel.unregister(self.listener)
+        self.listener.close()
+        self.path.unlink(missing_ok=True)
+
+    def _accept(self) -> None:
+        conn, _ = self.listener.accept()
+        if self.conn is not None:
+            self.log("refusing a second client: one is already connected")
+            conn.close()
+            return
+        conn.settimeout(RECV_TIMEOUT)
+        self.conn = conn
+        if self._sel is not None:
+            self._sel.register(conn, selectors.EVENT_READ, self._on_readable)
+        self.log("client connected")
+
+    def _drop_client(self) -> None:
+        if self.conn is None:
+            return
+        if self._sel is not None:
+            self._sel.unregister(self.conn)
+        self.conn.close()
+        self.conn = None
+        # The client's memory and eventfds die with it; the device must not touch them.
+        self.irqs.close()
+        self.dma.unmap_all()
+        self.device.reset()
+        self.log("client disconnected")
+
+    def _on_readable(self) -> None:
+        try:
+            self.handle_one()
+        except Disconnected as e:
+            if str(e):
+                self.log(str(e))
+            self._drop_client()
+
+    # --- message framing --------------------------------------------------------------------
+
+    def _recv_exact(self, n: int, fds: list[int] | None = None) -> bytes:
+        assert self.conn is not None
+        buf = bytearray()
+        while len(buf) < n:
+            try:
+                if fds is not None and not buf:
+                    chunk, anc, _, _ = self.conn.recvmsg(n, socket.CMSG_SPACE(p.MAX_MSG_FDS * 4))
+                    for level, kind, data in anc:
+                        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                            a = array.array("i")
+                            a.frombytes(data[: len(data) - len(data) % 4])
+                            fds.extend(a)
+                else:
+                    chunk = self.conn.recv(n - len(buf))
+            except TimeoutError as e:
+                raise Disconnected(
+                    f"truncated message: got {len(buf)} of {n} bytes, hanging up"
+                ) from e
+            except OSError as e:
+                raise Disconnected(f"socket error: {e}") from e
+            if not chunk:
+                raise Disconnected("" if not buf else f"client closed mid-message ({len(buf)}/{n})")
+            buf += chunk
+        return bytes(buf)
+
+    def _send(self, data: bytes, fds: list[int]) -> None:
+        assert self.conn is not None
+        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+        try:
+            sent = self.conn.sendmsg([data], anc)
+            if sent < len(data):
+                self.conn.sendall(data[sent:])  # large replies may go out in parts
+        except OSError as e:
+            raise Disconnected(f"cannot send reply: {e}") from e
+
+    def handle_one(self) -> None:
+        """Read one message, dispatch it, reply. Raises Disconnected when the stream is gone."""
+        fds: list[int] = []
+        hdr = p.Header.unpack(self._recv_exact(p.HEADER_SIZE, fds))
+        if hdr.size < p.HEADER_SIZE:
+            self._close_fds(fds)
+            raise Disconnected(f"malformed header: size {hdr.size} < {p.HEADER_SIZE}; hanging up")
+        if hdr.size > p.MAX_MSG_SIZE:
+            self._close_fds(fds)
+            if hdr.size > DRAIN_LIMIT:
+                raise Disconnected(f"message of {hdr.size} bytes is absurd; hanging up")
+            self._recv_exact(hdr.size - p.HEADER_SIZE)
+            self._reply_error(
+                hdr,
+                errno.E2BIG,
+                f"{p.command_name(hdr.command)}: {hdr.size}-byte message too large",
+            )
+            return
+        body = self._recv_exact(hdr.size - p.HEADER_SIZE)
+        if hdr.is_reply:
+            self._close_fds(fds)
+            self.log(f"unexpected reply to message {hdr.msg_id} (we send no requests); ignored")
+            return
+        name = p.command_name(hdr.command)
+        self.stats[name] += 1
+        handler = self._handlers.get(hdr.command)
+        if handler is None:
+            self._close_fds(fds)
+            self._reply_error(hdr, errno.ENOTSUP, f"{name}: not supported")
+            return
+        try:
+            payload, out_fds = handler(hdr, body, fds)
+        except p.ProtocolError as e:
+            self._reply_error(hdr, e.errno, f"{name}: {e}")
+            return
+        except DmaError as e:
+            self._reply_error(hdr, errno.EFAULT, f"{name}: {e}")
+            return
+        except Exception as e:  # a device bug must not kill the server or stall the vCPU
+            self._reply_error(hdr, errno.EIO, f"{name}: device error {type(e).__name__}: {e}")
+            return
+        if hdr.wants_reply:
+            size = p.HEADER_SIZE + len(payload)
+            reply = p.Header(hdr.msg_id, hdr.command, size, p.Flags.REPLY, 0)
+            self._send(reply.pack() + payload, out_fds)
+
+    def _reply_error(self, hdr: p.Header, err: int, msg: str) -> None:
+        self.stats["errors"] += 1
+        self.log(msg)
+        if hdr.wants_reply:
+            reply = p.Header(
+                hdr.msg_id, hdr.command, p.HEADER_SIZE, p.Flags.REPLY | p.Flags.ERROR, err
+            )
+            self._send(reply.pack(), [])
+
+    @staticmethod
+    def _close_fds(fds: list[int]) -> None:
+        for fd in fds:
+            os.close(fd)
+
+    @staticmethod
+    def _unpack(st: struct.Struct, body: bytes, what: str) -> tuple[int, ...]:
+        if len(body) < st.size:
+            raise p.ProtocolError(
+                errno.EINVAL, f"{what}: payload of {len(body)} bytes, need {st.size}"
+            )
+        return st.unpack_from(body)
+
+    @staticmethod
+    def _no_fds(fds: list[int], what: str) -> None:
+        if fds:
+            Server._close_fds(fds)
+            raise p.ProtocolError(errno.EINVAL, f"{what}: unexpected file descriptors")
+
+    # --- handlers -------------------------------------------------------------------------
+
+    def _version(self, hdr: p.Header, body: bytes, fds: list[int]) -> tuple[bytes, list[int]]:
+        self._no_fds(fds, "VERSION")
+        major, minor = self._unpack(p.VERSION, body, "VERSION")
+        caps = body[p.VERSION.size :]
+        if major != 0:
+            raise p.ProtocolError(errno.ENOTSUP, f"protocol version {major}.{minor} unsupported")
+        if not caps.endswith(b"\0"):
+            raise p.ProtocolError(errno.EINVAL, "capabilities string not NUL-terminated")
+        try:
+            json.loads(caps[:-1] or b"{}")
+        except ValueError as e:
+            raise p.ProtocolError(errno.EINVAL, f"capabilities are not JSON: {e}") from e
+        ours = (
+            json.dumps(
+                {
+                    "capabilities": {
+                        "max_msg_fds": p.MAX_MSG_FDS,
+                        "max_data_xfer_size": p.MAX_DATA_XFER,
+                        "pgsizes": p.PAGE_SIZE,
+                    }
+                },
+                separators=(",", ":"),
+            ).encode()
+            + b"\0"
+        )
+        if len(ours) > len(caps):  # QEMU rejects a reply longer than its request
+            ours = b"{}\0"
+        return p.VERSION.pack(0, 0) + ours, []
+
+    def _dma_map(self, hdr: p.Header, body: bytes, fds: list[int]) -> tuple[bytes, list[int]]:
+        _, flags, offset, iova, size = self._unpack(p.DMA_MAP, body, "DMA_MAP")
+        if len(fds) > 1:
+            self._close_fds(fds)
+            raise p.ProtocolError(errno.EINVAL, f"DMA_MAP with {len(fds)} fds")
+        self.dma.map(
+            iova, size, offset, fds[0] if fds else None, writable=bool(flags & p.DMA_MAP_FLAG_WRITE)
+        )
+        return b"", []
+
+    def _dma_unmap(self, hdr: p.Header, body: bytes, fds: list[int]) -> tuple[bytes, list[int]]:
+        self._no_fds(fds, "DMA_UNMAP")
+        _, flags, iova, size = self._unpack(p.DMA_UNMAP, body, "DMA_UNMAP")
+        if flags & p.DMA_UNMAP_FLAG_ALL:
+            self.dma.unmap_all()
+            iova, size = 0, 1 << 64
+        else:
+            self.dma.unmap(iova, size)
+        self.device.dma_unmapped(iova, size)
+        return body[: p.DMA_UNMAP.size], []
+
+    def _get_info(self, hdr: p.Header, body: bytes, fds: list[int]) -> tuple[bytes, list[int]]:
+        self._no_fds(fds, "DEVICE_GET_INFO")
+        self._unpack(p.DEVICE_INFO, body, "DEVICE_GET_INFO")
+        flags = p.DEVICE_FLAGS_PCI | p.DEVICE_FLAGS_RESET
+        return p.DEVICE_INFO.pack(p.DEVICE_INFO.size, flags, NUM_REGIONS, NUM_IRQ_INDEXES), []
+
+    def _region_info(self, hdr: p.Header, body: bytes, fds: list[int]) -> tuple[bytes, list[int]]:
+        self._no_fds(fds, "DEVICE_GET_REGION_INFO")
+        argsz, _, index, _, _, _ = self._unpack(p.REGION_INFO, body, "DEVICE_GET_REGION_INFO")
+        if not 0 <= index < NUM_REGIONS:
+            raise p.ProtocolError(errno.EINVAL, f"no region {index}")
+        region = self.device.regions.get(index, Region(size=0))
+        flags = (p.REGION_INFO_FLAG_READ if region.readable else 0) | (
+            p.REGION_INFO_FLAG_WRITE if region.writable else 0
+        )
+        caps = b""
+        if region.fd is not None and region.mmap_areas:
+            flags |= p.REGION_INFO_FLAG_MMAP | p.REGION_INFO_FLAG_CAPS
+            caps = (
+                p.CAP_HEADER.pack(p.REGION_INFO_CAP_SPARSE_MMAP, 1, 0)
+                + p.SPARSE_MMAP.pack(len(region.mmap_areas), 0)
+                + b"".join(p.SPARSE_AREA.pack(o, s) for o, s in region.mmap_areas)
+            )
+        needed = p.REGION_INFO.size + len(caps)
+        if argsz < needed:
+            # Too small for the capabilities: say how much is needed; QEMU asks again.
+            return p.REGION_INFO.pack(needed, flags, index, 0, region.size, 0), []
+        cap_offset = p.REGION_INFO.size if caps else 0
+        info = p.REGION_INFO.pack(needed, flags, index, cap_offset, region.size, 0)
+        return info + caps, [region.fd] if caps and region.fd is not None else []
+
+    def _irq_info(self, hdr: p.Header, body: bytes, fds: list[int]) -> tuple[bytes, list[int]]:
+        self._no_fds(fds, "DEVICE_GET_IRQ_INFO")
+        _, _, index, _ = self._unpack(p.IRQ_INFO, body, "DEVICE_GET_IRQ_INFO")
+        if not 0 <= index < NUM_IRQ_INDEXES:
+            raise p.ProtocolError(errno.EINVAL, f"no IRQ index {index}")
+        count = self.irqs.indexes[index].count
+        return p.IRQ_INFO.pack(p.IRQ_INFO.size, self.irqs.info_flags(index), index, count), []
+
+    def _set_irqs(self, hdr: p.Header, body: bytes, fds: list[int]) -> tuple[bytes, list[int]]:
+        try:
+            _, flags, index, start, count = self._unpack(p.IRQ_SET, body, "DEVICE_SET_IRQS")
+        except p.ProtocolError:
+            self._close_fds(fds)
+            raise
+        self.irqs.set_irqs(flags, index, start, count, body[p.IRQ_SET.size :], fds)
+        return b"", []
+
+    def _access(self, index: int, offset: int, count: int, write: bool) -> Region:
+        what = "write" if write else "read"
+        region = self.device.regions.get(index)
+        if region is None or region.size == 0:
+            raise p.ProtocolError(errno.EINVAL, f"{what} of region {index}, which does not exist")
+        if count == 0 or count > p.MAX_DATA_XFER:
+            raise p.ProtocolError(errno.EINVAL, f"{what} of {count} bytes")
+        if offset + count > region.size:
+            raise p.ProtocolError(
+                errno.EINVAL,
+                f"guest {what} of {count} bytes at {offset:#x} is outside"
+                f" region {index} (size {region.size:#x})",
+            )
+        if (region.write if write else region.read) is None:
+            raise p.ProtocolError(errno.EINVAL, f"region {index} is not {what}able")
+        return region
+
+    def _region_read(self, hdr: p.Header, body: bytes, fds: list[int]) -> tuple[bytes, list[int]]:
+        self._no_fds(fds, "REGION_READ")
+        offset, index, count = self._unpack(p.REGION_RW, body, "REGION_READ")
+        region = self._access(index, offset, count, write=False)
+        assert region.read is not None
+        data = region.read(offset, count)
+        if len(data) != count:
+            raise p.ProtocolError(errno.EIO, f"device returned {len(data)} of {count} bytes")
+        return p.REGION_RW.pack(offset, index, count) + data, []
+
+    def _region_write(self, hdr: p.Header, body: bytes, fds: list[int]) -> tuple[bytes, list[int]]:
+        self._no_fds(fds, "REGION_WRITE")
+        offset, index, count = self._unpack(p.REGION_RW, body, "REGION_WRITE")
+        data = body[p.REGION_RW.size :]
+        if len(data) != count:
+            raise p.ProtocolError(
+                errno.EINVAL, f"REGION_WRITE says {count} bytes but carries {len(data)}"
+            )
+        region = self._access(index, offset, count, write=True)
+        assert region.write is not None
+        region.write(offset, data)
+        return p.REGION_RW.pack(offset, index, count), []
+
+    def _region_write_multi(
+        self, hdr: p.Header, body: bytes, fds: list[int]
+    ) -> tuple[bytes, list[int]]:
+        self._no_fds(fds, "REGION_WRITE_MULTI")
+        (n,) = self._unpack(p.WRITE_MULTI_COUNT, body, "REGION_WRITE_MULTI")
+        if len(body) < p.WRITE_MULTI_COUNT.size + n * p.WRITE_ONE.size:
+            raise p.ProtocolError(errno.EINVAL, f"REGION_WRITE_MULTI: {n} records do not fit")
+        for i in range(n):
+            offset, index, count, data = p.WRITE_ONE.unpack_from(
+                body, p.WRITE_MULTI_COUNT.size + i * p.WRITE_ONE.size
+            )
+            if count > len(data):
+                raise p.ProtocolError(errno.EINVAL, f"REGION_WRITE_MULTI: record of {count}")
+            region = self._access(index, offset, count, write=True)
+            assert region.write is not None
+            region.write(offset, data[:count])
+        return b"", []
+
+    def _reset(self, hdr: p.Header, body: bytes, fds: list[int]) -> tuple[bytes, list[int]]:
+        self._no_fds(fds, "DEVICE_RESET")
+        self.device.reset()
+        return b"", []
