@@ -1,0 +1,277 @@
+"""devlink regions over generic netlink, with pyroute2 — runs inside the guest.
+
+pyroute2 (0.9.7) knows the devlink family and the region commands but its attribute table
+stops at DEVLINK_ATTR_PORT_SPLITTABLE, so REGION_MAX_SNAPSHOTS and REGION_DIRECT decode as
+unknown attributes. `devlinkmsg` extends the table in kernel order (include/uapi/linux/
+devlink.h: the enum is ABI, position == attribute number), in pyroute2's own style, so it
+can be offered upstream as is.
+
+This file depends on the standard library and pyroute2 only: the rig uploads it into the
+guest and runs it there (`python3 netlink.py regions`), printing JSON on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from pyroute2.netlink import NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST
+from pyroute2.netlink.devlink import devlinkcmd
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.generic import GenericNetlinkSocket
+
+DEVLINK_CMD_REGION_GET = 42
+DEVLINK_CMD_REGION_NEW = 44
+DEVLINK_CMD_REGION_DEL = 45
+DEVLINK_CMD_REGION_READ = 46
+DEVLINK_GENL_MCGRP_CONFIG = "config"
+
+# Attributes after DEVLINK_ATTR_PORT_SPLITTABLE (148), in uapi order.
+_MISSING_ATTRS = (
+    ("DEVLINK_ATTR_PORT_EXTERNAL", "uint8"),
+    ("DEVLINK_ATTR_PORT_CONTROLLER_NUMBER", "uint32"),
+    ("DEVLINK_ATTR_FLASH_UPDATE_STATUS_TIMEOUT", "uint64"),
+    ("DEVLINK_ATTR_FLASH_UPDATE_OVERWRITE_MASK", "none"),  # bitfield32
+    ("DEVLINK_ATTR_RELOAD_ACTION", "uint8"),
+    ("DEVLINK_ATTR_RELOAD_ACTIONS_PERFORMED", "none"),  # bitfield32
+    ("DEVLINK_ATTR_RELOAD_LIMITS", "none"),  # bitfield32
+    ("DEVLINK_ATTR_DEV_STATS", "none"),
+    ("DEVLINK_ATTR_RELOAD_STATS", "none"),
+    ("DEVLINK_ATTR_RELOAD_STATS_ENTRY", "none"),
+    ("DEVLINK_ATTR_RELOAD_STATS_LIMIT", "uint8"),
+    ("DEVLINK_ATTR_RELOAD_STATS_VALUE", "uint32"),
+    ("DEVLINK_ATTR_REMOTE_RELOAD_STATS", "none"),
+    ("DEVLINK_ATTR_RELOAD_ACTION_INFO", "none"),
+    ("DEVLINK_ATTR_RELOAD_ACTION_STATS", "none"),
+    ("DEVLINK_ATTR_PORT_PCI_SF_NUMBER", "uint32"),
+    ("DEVLINK_ATTR_RATE_TYPE", "uint16"),
+    ("DEVLINK_ATTR_RATE_TX_SHARE", "uint64"),
+    ("DEVLINK_ATTR_RATE_TX_MAX", "uint64"),
+    ("DEVLINK_ATTR_RATE_NODE_NAME", "asciiz"),
+    ("DEVLINK_ATTR_RATE_PARENT_NODE_NAME", "asciiz"),
+    ("DEVLINK_ATTR_REGION_MAX_SNAPSHOTS", "uint32"),
+    ("DEVLINK_ATTR_LINECARD_INDEX", "uint32"),
+    ("DEVLINK_ATTR_LINECARD_STATE", "uint8"),
+    ("DEVLINK_ATTR_LINECARD_TYPE", "asciiz"),
+    ("DEVLINK_ATTR_LINECARD_SUPPORTED_TYPES", "none"),
+    ("DEVLINK_ATTR_NESTED_DEVLINK", "none"),
+    ("DEVLINK_ATTR_SELFTESTS", "none"),
+    ("DEVLINK_ATTR_RATE_TX_PRIORITY", "uint32"),
+    ("DEVLINK_ATTR_RATE_TX_WEIGHT", "uint32"),
+    ("DEVLINK_ATTR_REGION_DIRECT", "flag"),
+)
+assert devlinkcmd.nla_map[-1][0] == "DEVLINK_ATTR_PORT_SPLITTABLE", "pyroute2 table changed"
+
+
+class devlinkmsg(devlinkcmd):  # type: ignore[misc]  # pyroute2 naming
+    nla_map = devlinkcmd.nla_map + _MISSING_ATTRS
+
+    class devlink(devlinkcmd.devlink):  # type: ignore[misc]
+        nla_map = devlinkcmd.devlink.nla_map + _MISSING_ATTRS
+
+
+def attr_number(name: str) -> int:
+    """The kernel's number for a devlink attribute (its position in the uapi enum)."""
+    return [n for n, _ in devlinkmsg.nla_map].index(name)
+
+
+@dataclass
+class Region:
+    bus: str
+    dev: str
+    name: str
+    size: int
+    max_snapshots: int | None
+    snapshots: list[int] = field(default_factory=list)
+
+    @property
+    def handle(self) -> str:
+        return f"{self.bus}/{self.dev}/{self.name}"
+
+
+@dataclass
+class Chunk:
+    addr: int
+    data: bytes
+
+
+class DevlinkError(Exception):
+    def __init__(self, op: str, err: NetlinkError) -> None:
+        self.errno: int = err.code
+        super().__init__(f"{op}: {errno.errorcode.get(err.code, err.code)} ({err})")
+
+
+class RegionClient:
+    """REGION_GET / READ / NEW / DEL, and REGION_NEW/DEL notifications."""
+
+    def __init__(self) -> None:
+        self.sock = GenericNetlinkSocket()
+        self.sock.bind("devlink", devlinkmsg)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def _request(self, op: str, cmd: int, attrs: list[tuple[str, Any]], flags: int) -> list[Any]:
+        msg = devlinkmsg()
+        msg["cmd"] = cmd
+        msg["version"] = 1
+        msg["attrs"] = attrs
+        try:
+            return list(self.sock.nlm_request(msg, msg_type=self.sock.prid, msg_flags=flags))
+        except NetlinkError as e:
+            raise DevlinkError(op, e) from e
+
+    @staticmethod
+    def _handle(bus: str, dev: str, region: str) -> list[tuple[str, Any]]:
+        return [
+            ("DEVLINK_ATTR_BUS_NAME", bus),
+            ("DEVLINK_ATTR_DEV_NAME", dev),
+            ("DEVLINK_ATTR_REGION_NAME", region),
+        ]
+
+    def regions(self) -> list[Region]:
+        replies = self._request(
+            "region show", DEVLINK_CMD_REGION_GET, [], NLM_F_REQUEST | NLM_F_DUMP
+        )
+        found = []
+        for m in replies:
+            snaps_nest = m.get_attr("DEVLINK_ATTR_REGION_SNAPSHOTS")
+            snaps = []
+            if snaps_nest is not None:
+                for s in snaps_nest.get_attrs("DEVLINK_ATTR_REGION_SNAPSHOT"):
+                    snaps.append(s.get_attr("DEVLINK_ATTR_REGION_SNAPSHOT_ID"))
+            found.append(
+                Region(
+                    bus=m.get_attr("DEVLINK_ATTR_BUS_NAME"),
+                    dev=m.get_attr("DEVLINK_ATTR_DEV_NAME"),
+                    name=m.get_attr("DEVLINK_ATTR_REGION_NAME"),
+                    size=m.get_attr("DEVLINK_ATTR_REGION_SIZE"),
+                    max_snapshots=m.get_attr("DEVLINK_ATTR_REGION_MAX_SNAPSHOTS"),
+                    snapshots=sorted(snaps),
+                )
+            )
+        return found
+
+    def read(
+        self,
+        bus: str,
+        dev: str,
+        region: str,
+        snapshot: int | None,
+        addr: int | None = None,
+        length: int | None = None,
+    ) -> list[Chunk]:
+        """REGION_READ as a dump: the kernel answers in chunks (256 bytes in 6.1)."""
+        attrs = self._handle(bus, dev, region)
+        if snapshot is not None:
+            attrs.append(("DEVLINK_ATTR_REGION_SNAPSHOT_ID", snapshot))
+        if addr is not None:
+            attrs.append(("DEVLINK_ATTR_REGION_CHUNK_ADDR", addr))
+        if length is not None:
+            attrs.append(("DEVLINK_ATTR_REGION_CHUNK_LEN", length))
+        replies = self._request(
+            "region read", DEVLINK_CMD_REGION_READ, attrs, NLM_F_REQUEST | NLM_F_DUMP
+        )
+        chunks = []
+        for m in replies:
+            nest = m.get_attr("DEVLINK_ATTR_REGION_CHUNKS")
+            if nest is None:
+                continue
+            for c in nest.get_attrs("DEVLINK_ATTR_REGION_CHUNK"):
+                chunks.append(
+                    Chunk(
+                        c.get_attr("DEVLINK_ATTR_REGION_CHUNK_ADDR"),
+                        bytes(c.get_attr("DEVLINK_ATTR_REGION_CHUNK_DATA")),
+                    )
+                )
+        return chunks
+
+    def delete(self, bus: str, dev: str, region: str, snapshot: int | None) -> None:
+        attrs = self._handle(bus, dev, region)
+        if snapshot is not None:
+            attrs.append(("DEVLINK_ATTR_REGION_SNAPSHOT_ID", snapshot))
+        self._request("region del", DEVLINK_CMD_REGION_DEL, attrs, NLM_F_REQUEST | NLM_F_ACK)
+
+    def new(self, bus: str, dev: str, region: str, snapshot: int | None = None) -> None:
+        attrs = self._handle(bus, dev, region)
+        if snapshot is not None:
+            attrs.append(("DEVLINK_ATTR_REGION_SNAPSHOT_ID", snapshot))
+        self._request("region new", DEVLINK_CMD_REGION_NEW, attrs, NLM_F_REQUEST | NLM_F_ACK)
+
+    def watch(self, count: int) -> list[dict[str, Any]]:
+        """Join the `config` group and return the next `count` region notifications."""
+        self.sock.add_membership(DEVLINK_GENL_MCGRP_CONFIG)
+        print(json.dumps({"listening": True}), flush=True)  # tells the host it may act now
+        events: list[dict[str, Any]] = []
+        while len(events) < count:
+            for m in self.sock.get():
+                cmd = m["cmd"]
+                if cmd not in (DEVLINK_CMD_REGION_NEW, DEVLINK_CMD_REGION_DEL):
+                    continue
+                events.append(
+                    {
+                        "cmd": "new" if cmd == DEVLINK_CMD_REGION_NEW else "del",
+                        "dev": f"{m.get_attr('DEVLINK_ATTR_BUS_NAME')}/"
+                        f"{m.get_attr('DEVLINK_ATTR_DEV_NAME')}",
+                        "region": m.get_attr("DEVLINK_ATTR_REGION_NAME"),
+                        "snapshot": m.get_attr("DEVLINK_ATTR_REGION_SNAPSHOT_ID"),
+                    }
+                )
+                print(json.dumps(events[-1]), flush=True)
+        return events
+
+
+def _split(handle: str) -> tuple[str, str, str]:
+    bus, dev, region = handle.split("/", 2) if handle.count("/") >= 2 else ("", "", handle)
+    if not (bus and dev and region) or "/" in region:
+        raise SystemExit(f"bad region handle {handle!r}: expected BUS/DEV/REGION")
+    return bus, dev, region
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="op", required=True)
+    sub.add_parser("regions")
+    for op in ("read", "del", "new"):
+        sp = sub.add_parser(op)
+        sp.add_argument("region", help="BUS/DEV/REGION, e.g. pci/0000:00:03.0/cr-space")
+        sp.add_argument("--snapshot", type=int)
+        if op == "read":
+            sp.add_argument("--addr", type=int)
+            sp.add_argument("--length", type=int)
+    sp = sub.add_parser("watch")
+    sp.add_argument("--count", type=int, default=1)
+    args = ap.parse_args(argv)
+
+    client = RegionClient()
+    out: Any
+    try:
+        if args.op == "regions":
+            out = [asdict(r) for r in client.regions()]
+        elif args.op == "read":
+            chunks = client.read(*_split(args.region), args.snapshot, args.addr, args.length)
+            out = [{"addr": c.addr, "data": c.data.hex()} for c in chunks]
+        elif args.op == "del":
+            client.delete(*_split(args.region), args.snapshot)
+            out = {"deleted": args.snapshot}
+        elif args.op == "new":
+            client.new(*_split(args.region), args.snapshot)
+            out = {"created": args.snapshot}
+        else:
+            out = client.watch(args.count)
+            return 0
+    except DevlinkError as e:
+        print(json.dumps({"error": str(e), "errno": e.errno}))
+        return 1
+    finally:
+        client.close()
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
