@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from vfio_user import CONFIG_REGION, IRQ_INTX, IRQ_MSIX, Device, Region
 from vfio_user import protocol as p
 from vfio_user.client import Client, ClientError
