@@ -1,0 +1,143 @@
+"""iproute2's `devlink` run over SSH in the guest, JSON output parsed into plain values.
+
+`devlink -j region dump` repeats the keys "address" and "data" inside one object (one pair
+per chunk), so it is parsed keeping every pair instead of the last one.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..errors import RigError
+
+
+class Result(Protocol):
+    status: int
+    stdout: str
+    stderr: str
+
+
+class Runner(Protocol):
+    def run(self, cmd: str, timeout: float = ...) -> Result: ...
+
+
+class DevlinkCliError(RigError):
+    def __init__(self, cmd: str, status: int, stderr: str) -> None:
+        self.cmd = cmd
+        self.status = status
+        self.stderr = stderr.strip()
+        super().__init__(f"`{cmd}` failed (exit {status}): {self.stderr}")
+
+
+@dataclass
+class RegionInfo:
+    handle: str  # BUS/DEV/REGION
+    size: int
+    snapshots: list[int] = field(default_factory=list)
+    max_snapshots: int | None = None
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    return pairs
+
+
+class DevlinkCli:
+    def __init__(self, runner: Runner, timeout: float = 120.0) -> None:
+        self.runner = runner
+        self.timeout = timeout
+
+    def run(self, args: str, check: bool = True) -> Result:
+        cmd = f"devlink {args}"
+        res = self.runner.run(cmd, timeout=self.timeout)
+        if check and res.status != 0:
+            raise DevlinkCliError(cmd, res.status, res.stderr or res.stdout)
+        return res
+
+    def json(self, args: str) -> Any:
+        out = self.run(f"-j {args}").stdout
+        try:
+            return json.loads(out)
+        except ValueError as e:
+            raise RigError(f"`devlink -j {args}` printed invalid JSON: {e}: {out[:200]!r}") from e
+
+    def devices(self) -> list[str]:
+        return list(self.json("dev show").get("dev", {}))
+
+    def regions(self) -> list[RegionInfo]:
+        found = []
+        for handle, attrs in self.json("region show").get("regions", {}).items():
+            found.append(
+                RegionInfo(
+                    handle,
+                    int(attrs["size"]),
+                    sorted(int(s) for s in attrs.get("snapshot", [])),
+                    attrs.get("max"),
+                )
+            )
+        return found
+
+    def region(self, handle: str) -> RegionInfo:
+        attrs = self.json(f"region show {shlex.quote(handle)}")["regions"][handle]
+        return RegionInfo(
+            handle,
+            int(attrs["size"]),
+            sorted(int(s) for s in attrs.get("snapshot", [])),
+            attrs.get("max"),
+        )
+
+    def _chunks(self, args: str) -> list[tuple[int, bytes]]:
+        out = self.run(f"-j {args}").stdout
+        try:
+            doc = json.loads(out, object_pairs_hook=_pairs)
+        except ValueError as e:
+            raise RigError(f"`devlink -j {args}` printed invalid JSON: {e}") from e
+        # [("regions"?...)] or [(handle, [("address", n), ("data", [...]), ...])]
+        chunks: list[tuple[int, bytes]] = []
+        addr: int | None = None
+        for _, body in doc:
+            for key, value in body:
+                if key == "address":
+                    addr = int(value)
+                elif key == "data":
+                    if addr is None:
+                        raise RigError(f"`devlink -j {args}`: data before any address")
+                    chunks.append((addr, bytes(value)))
+                    addr = None
+        return chunks
+
+    def dump(self, handle: str, snapshot: int) -> bytes:
+        return _assemble(
+            self._chunks(f"region dump {shlex.quote(handle)} snapshot {snapshot}"),
+            0,
+            f"dump of {handle} snapshot {snapshot}",
+        )
+
+    def read(self, handle: str, snapshot: int, addr: int, length: int) -> bytes:
+        args = (
+            f"region read {shlex.quote(handle)} snapshot {snapshot} address {addr} length {length}"
+        )
+        return _assemble(self._chunks(args), addr, f"read of {handle}")
+
+    def delete(self, handle: str, snapshot: int) -> None:
+        self.run(f"region del {shlex.quote(handle)} snapshot {snapshot}")
+
+    def param_set(self, dev: str, name: str, value: str, cmode: str = "runtime") -> None:
+        self.run(f"dev param set {dev} name {name} value {value} cmode {cmode}")
+
+    def param_get(self, dev: str, name: str) -> dict[str, Any]:
+        doc = self.json(f"dev param show {dev} name {name}")
+        params = doc["param"][dev]
+        values = params[0]["values"]
+        return {v["cmode"]: v["value"] for v in values}
+
+
+def _assemble(chunks: list[tuple[int, bytes]], start: int, what: str) -> bytes:
+    out = bytearray()
+    for addr, data in chunks:
+        if addr != start + len(out):
+            raise RigError(f"{what}: chunk at {addr:#x} does not follow {start + len(out):#x}")
+        out += data
+    return bytes(out)
