@@ -1,0 +1,286 @@
+"""`Cx3Device`: the ConnectX-3 model as a vfio-user device, tying the pieces together.
+
+Regions: config space, BAR0 (CR-space memfd, all but four 4 KiB pages mapped straight into the
+guest) and BAR2 (UAR pages with the EQ doorbells, then QEMU's MSI-X table and our PBA; fully
+trapped). Nothing here blocks or raises on guest input: bad input is logged and answered.
+"""
+
+from __future__ import annotations
+
+import collections
+import sys
+
+from vfio_user import (
+    CONFIG_REGION,
+    IRQ_INTX,
+    IRQ_MSIX,
+    Device,
+    DeviceContext,
+    DmaError,
+    Region,
+)
+from vfio_user.device import BAR0_REGION, BAR2_REGION
+
+from . import crspace, eq, hcr, opcodes, pci
+from .crspace import CrSpace
+from .dma import GuestMemory
+from .eq import EqError, EventQueue
+from .events import CrdumpStore, EventLog, Value
+from .faults import DEFAULT_CATAS, Faults
+from .firmware import Firmware, Result
+from .hcr import Hcr
+from .pci import PciConfig
+
+BAR2_SIZE = 2 << 20
+UAR_SIZE = 1 << 20  # UAR pages; the MSI-X table and PBA follow
+PBA_SIZE = pci.MSIX_VECTORS // 8
+
+
+class _Detached:
+    """The context before the transport attaches: no guest memory, no interrupts."""
+
+    def dma_read(self, addr: int, size: int) -> bytes:
+        raise DmaError("no transport attached")
+
+    def dma_write(self, addr: int, data: bytes) -> None:
+        raise DmaError("no transport attached")
+
+    def set_intx(self, level: bool) -> None:
+        pass
+
+    def signal_msix(self, vector: int) -> bool:
+        return False
+
+    def msix_enabled(self) -> bool:
+        return False
+
+    def log(self, msg: str) -> None:
+        print(f"cx3: {msg}", file=sys.stderr)
+
+
+class Cx3Device(Device):
+    def __init__(self, *, event_capacity: int = 10_000, crdump_capacity: int = 16) -> None:
+        self.events = EventLog(event_capacity)
+        self.crdumps = CrdumpStore(crdump_capacity)
+        self.counts: collections.Counter[str] = collections.Counter()
+        self.pci = PciConfig()
+        self.cr = CrSpace(on_bad_write=self._bad_bar0_write)
+        self.hcr = Hcr(self.cr)
+        self.faults = Faults(self.cr)
+        self._ctx: DeviceContext = _Detached()
+        self.mem = GuestMemory(self.pci, self._ctx)
+        self.firmware = Firmware(self.mem)
+        self.intx_asserted = False
+        self._install_hooks()
+        self.regions = {
+            CONFIG_REGION: Region(pci.SIZE, read=self.pci.read, write=self.pci.write),
+            BAR0_REGION: Region(
+                crspace.SIZE,
+                read=self.cr.read,
+                write=self.cr.write,
+                fd=self.cr.fd,
+                mmap_areas=crspace.mmap_areas(),
+            ),
+            BAR2_REGION: Region(BAR2_SIZE, read=self._bar2_read, write=self._bar2_write),
+        }
+        self.irq_counts = {IRQ_INTX: 1, IRQ_MSIX: pci.MSIX_VECTORS}
+
+    def _install_hooks(self) -> None:
+        cr = self.cr
+        cr.hook([crspace.HCR_OFFSET + hcr.STATUS], self._hcr_write)
+        cr.hook([crspace.CLR_INT_OFFSET, crspace.CLR_INT_OFFSET + 4], self._clr_int)
+        cr.hook([crspace.RESET], self._reset_write)
+        cr.hook([crspace.BLOCK_VOLATILE], self._block_volatile)
+        cr.hook([crspace.CR_FILTER], self._cr_filter)
+        read_only = [crspace.OWNERSHIP, crspace.SEMAPHORE]
+        read_only += range(crspace.CATAS_OFFSET, crspace.CATAS_OFFSET + 4 * crspace.CATAS_DWORDS, 4)
+        read_only += range(crspace.HEALTH_OFFSET, crspace.BLOCK_VOLATILE, 4)
+        cr.hook(read_only, self._read_only)
+
+    # --- vfio-user hooks -------------------------------------------------------------------
+
+    def attach(self, ctx: DeviceContext) -> None:
+        self._ctx = ctx
+        self.mem.ctx = ctx
+
+    def reset(self) -> None:
+        self._reset("vfio-user")
+
+    def dma_unmapped(self, addr: int, size: int) -> None:
+        hit = [
+            q.eqn
+            for q in self.firmware.state.eqs.values()
+            if any(addr <= pa < addr + size for pa in q.pages)
+        ]
+        if hit:
+            self._error(f"guest unmapped {addr:#x}+{size:#x} under live EQs {hit}")
+
+    def close(self) -> None:
+        self.cr.close()
+
+    # --- control-side API (fault knobs and ground truth) ------------------------------------
+
+    def load_crspace(self, image: bytes) -> None:
+        self.faults.load_crspace(image)
+        self.events.add("fault", fault="load_crspace")
+
+    def set_health(self, data: bytes) -> None:
+        self.faults.set_health(data)
+        self.events.add("fault", fault="set_health")
+
+    def inject_catas(self, words: tuple[int, ...] = DEFAULT_CATAS) -> None:
+        self.faults.inject_catas(words)
+        self.events.add("fault", fault="inject_catas", word0=words[0], words=len(words))
+
+    def arm_cmd_timeout(self, opcode: int | None = None) -> None:
+        self.faults.arm_cmd_timeout(opcode)
+        self.events.add("fault", fault="cmd_timeout", opcode=opcode)
+
+    def arm_closing_cmd(
+        self, opcode: int | None = None, status: int = hcr.Status.INTERNAL_ERR
+    ) -> None:
+        self.faults.arm_closing_cmd(opcode, status)
+        self.events.add("fault", fault="closing_cmd", opcode=opcode, status=status)
+
+    def clear_faults(self) -> None:
+        self.faults.clear()
+        self.events.add("fault", fault="clear")
+
+    def read_bar0(self, offset: int, length: int) -> bytes:
+        if offset < 0 or length < 0 or offset + length > crspace.SIZE:
+            raise ValueError(f"BAR0 range {offset:#x}+{length:#x} is outside 0..{crspace.SIZE:#x}")
+        return self.cr.read(offset, length)
+
+    def state(self) -> dict[str, object]:
+        return {
+            **self.firmware.describe(),
+            "hcr_busy": self.hcr.busy,
+            "bus_master": self.pci.bus_master,
+            "intx_asserted": self.intx_asserted,
+            "msix_enabled": self._ctx.msix_enabled(),
+            "faults": self.faults.describe(),
+            "counts": dict(self.counts),
+            "crdumps": self.crdumps.next_index,
+            "events": self.events.next_index,
+        }
+
+    # --- BAR0 registers --------------------------------------------------------------------
+
+    def _hcr_write(self, offset: int, value: int) -> None:
+        if self.hcr.busy:
+            self._error(f"HCR go word {value:#010x} written while a command is pending; ignored")
+            return
+        cmd = self.hcr.post(value)
+        if cmd is not None:
+            self._run(cmd)
+
+    def _run(self, cmd: hcr.Command) -> None:
+        self.counts["commands"] += 1
+        name = opcodes.name(cmd.opcode)
+        mode = "event" if cmd.event else "poll"
+        log: dict[str, Value] = {"opcode": cmd.opcode, "name": name, "mode": mode}
+        log |= {"op_modifier": cmd.op_modifier, "in_modifier": cmd.in_modifier}
+        if self.faults.take_timeout(cmd.opcode):
+            self.events.add("cmd", **log, status=None, hung=True)  # GO stays set, no EQE
+            return
+        status = self.faults.take_closing_failure(cmd.opcode)
+        if status is None:
+            result = self.firmware.execute(cmd)
+        else:
+            result = Result(status, error=f"injected failure of closing command {name}")
+        self.hcr.complete(result.status, result.out_imm)
+        self.events.add("cmd", **log, status=result.status, error=result.error)
+        if result.error is not None:
+            self._ctx.log(f"{name} ({mode}) -> status {result.status:#04x}: {result.error}")
+        if cmd.event:  # after GO is clear, as the driver expects
+            eqe = eq.command_eqe(cmd.token, result.status, result.out_imm or 0)
+            self._post_event(eq.EVENT_CMD, eqe)
+
+    def _post_event(self, event_type: int, eqe: bytes) -> None:
+        try:
+            queue = self.firmware.post_event(event_type, eqe)
+        except (DmaError, EqError) as e:
+            self._error(f"event {event_type:#04x} lost: {e}")
+            return
+        if queue is not None:
+            self._interrupt(queue)
+
+    def _interrupt(self, queue: EventQueue) -> None:
+        self.counts["interrupts"] += 1
+        if self._ctx.msix_enabled():
+            delivered = self._ctx.signal_msix(queue.intr)
+            self.events.add(
+                "irq", eqn=queue.eqn, mode="msix", vector=queue.intr, delivered=delivered
+            )
+        elif self.pci.intx_disabled:
+            self.events.add("irq", eqn=queue.eqn, mode="intx", delivered=False)
+        else:
+            self.intx_asserted = True
+            self._ctx.set_intx(True)
+            self.events.add("irq", eqn=queue.eqn, mode="intx", delivered=True)
+
+    def _clr_int(self, offset: int, value: int) -> None:
+        self.events.add("clr_int", offset=offset, value=value)
+        if self.intx_asserted:
+            self.intx_asserted = False
+            self._ctx.set_intx(False)
+
+    def _reset_write(self, offset: int, value: int) -> None:
+        if value == 1:
+            self._reset("bar0")
+        else:
+            self._error(f"reset register written with {value:#x}; only 1 resets")
+
+    def _reset(self, source: str) -> None:
+        """Drop all firmware state; config space and the health buffer are untouched."""
+        self.counts["resets"] += 1
+        self.firmware.reset()
+        self.hcr.reset()
+        self.cr.fill(crspace.CATAS_OFFSET, 4 * crspace.CATAS_DWORDS)
+        self.cr.set_word(crspace.BLOCK_VOLATILE, 0)
+        if self.intx_asserted:
+            self.intx_asserted = False
+            self._ctx.set_intx(False)
+        self.events.add("reset", source=source)
+
+    def _block_volatile(self, offset: int, value: int) -> None:
+        self.cr.set_word(offset, value)
+        if value == 1:  # the driver's crdump is about to read all of BAR0, then the health buffer
+            health = self.cr.read(crspace.HEALTH_OFFSET, crspace.HEALTH_SIZE)
+            record = self.crdumps.capture(self.cr.image(), health)
+            self.events.add("crdump", crdump=record.index)
+
+    def _cr_filter(self, offset: int, value: int) -> None:
+        self.cr.set_word(offset, value)
+        self.events.add("cr_filter", value=value)
+
+    def _read_only(self, offset: int, value: int) -> None:
+        self.events.add("ro_write", offset=offset, value=value)
+
+    def _bad_bar0_write(self, offset: int, size: int, register: int) -> None:
+        self._error(f"BAR0 write of {size} bytes at {offset:#x} splits register {register:#x}")
+
+    # --- BAR2: EQ doorbells ----------------------------------------------------------------
+
+    def _bar2_read(self, offset: int, size: int) -> bytes:
+        pba = pci.MSIX_PBA_OFFSET
+        if not pba <= offset < pba + PBA_SIZE:
+            self.events.add("bar2_read", offset=offset, size=size)
+        return bytes(size)  # nothing is ever pending in the PBA: QEMU does the masking
+
+    def _bar2_write(self, offset: int, data: bytes) -> None:
+        eqn = eq.doorbell_eqn(offset) if offset < UAR_SIZE and len(data) == 4 else None
+        queue = None if eqn is None else self.firmware.state.eqs.get(eqn)
+        if queue is None:
+            self._error(f"BAR2 write of {data.hex()} at {offset:#x} (EQ {eqn}) ignored")
+            return
+        value = int.from_bytes(data, "big")
+        fire = queue.doorbell(value)
+        self.events.add("doorbell", eqn=eqn, consumer=queue.consumer, arm=bool(value >> 31))
+        if fire:
+            self._interrupt(queue)
+
+    def _error(self, message: str) -> None:
+        self.counts["errors"] += 1
+        self.events.add("error", message=message)
+        self._ctx.log(message)

@@ -1,0 +1,101 @@
+"""PCI configuration space of the emulated ConnectX-3 (15b3:1003).
+
+256 bytes, one capability: MSI-X at 0x9c with its table and PBA in BAR2, so that every BAR0 byte
+(which crdump reads) belongs to the model. QEMU emulates BAR sizing and the whole MSI-X
+capability itself; the BAR dwords here only carry type bits. Writes are filtered through a
+per-byte writable mask, like QEMU's own config emulation.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from vfio_user import AccessError
+
+SIZE = 256
+
+VENDOR_ID = 0x15B3
+DEVICE_ID = 0x1003  # ConnectX-3
+SUBSYSTEM_ID = 0x0006
+CLASS_ETHERNET = 0x020000
+
+COMMAND = 0x04
+STATUS = 0x06
+CMD_MEMORY = 1 << 1
+CMD_MASTER = 1 << 2
+CMD_INTX_DISABLE = 1 << 10
+STATUS_CAP_LIST = 1 << 4
+
+BAR_MEM64 = 0x4
+BAR_PREFETCH = 0x8
+
+MSIX_CAP = 0x9C
+MSIX_VECTORS = 128
+MSIX_BAR = 2
+MSIX_TABLE_OFFSET = 0x100000  # in BAR2, after the 1 MiB of UAR pages
+MSIX_PBA_OFFSET = 0x101000
+MSIX_CTRL_ENABLE = 1 << 15
+MSIX_CTRL_MASKALL = 1 << 14
+
+_ACCESS_SIZES = (1, 2, 4)
+
+
+def _initial_header() -> tuple[bytearray, bytearray]:
+    cfg = bytearray(SIZE)
+    wmask = bytearray(SIZE)
+    struct.pack_into("<HH", cfg, 0x00, VENDOR_ID, DEVICE_ID)
+    struct.pack_into("<H", cfg, STATUS, STATUS_CAP_LIST)
+    cfg[0x08] = 0  # revision
+    cfg[0x09:0x0C] = CLASS_ETHERNET.to_bytes(3, "little")
+    struct.pack_into("<I", cfg, 0x10, BAR_MEM64)  # BAR0: 1 MiB CR-space
+    struct.pack_into("<I", cfg, 0x18, BAR_MEM64 | BAR_PREFETCH)  # BAR2: UAR + MSI-X
+    struct.pack_into("<HH", cfg, 0x2C, VENDOR_ID, SUBSYSTEM_ID)
+    cfg[0x34] = MSIX_CAP
+    cfg[0x3D] = 1  # INTA
+    cfg[MSIX_CAP] = 0x11  # MSI-X capability ID, last in the list
+    struct.pack_into("<H", cfg, MSIX_CAP + 2, MSIX_VECTORS - 1)
+    struct.pack_into("<I", cfg, MSIX_CAP + 4, MSIX_TABLE_OFFSET | MSIX_BAR)
+    struct.pack_into("<I", cfg, MSIX_CAP + 8, MSIX_PBA_OFFSET | MSIX_BAR)
+
+    struct.pack_into("<H", wmask, COMMAND, 0x0547)  # IO, MEM, MASTER, PARITY, SERR, INTX_DISABLE
+    wmask[0x0C] = 0xFF  # cache line size
+    wmask[0x0D] = 0xFF  # latency timer (pcibios_set_master writes it)
+    wmask[0x3C] = 0xFF  # interrupt line
+    struct.pack_into("<H", wmask, MSIX_CAP + 2, MSIX_CTRL_ENABLE | MSIX_CTRL_MASKALL)
+    return cfg, wmask
+
+
+class PciConfig:
+    """The 256-byte config header; tracks COMMAND so the model knows MEM/BME/INTx state."""
+
+    def __init__(self) -> None:
+        self._cfg, self._wmask = _initial_header()
+
+    def read(self, offset: int, size: int) -> bytes:
+        self._check(offset, size)
+        return bytes(self._cfg[offset : offset + size])
+
+    def write(self, offset: int, data: bytes) -> None:
+        self._check(offset, len(data))
+        for i, byte in enumerate(data):
+            mask = self._wmask[offset + i]
+            old = self._cfg[offset + i]
+            self._cfg[offset + i] = (old & ~mask) | (byte & mask)
+
+    @property
+    def command(self) -> int:
+        value: int = struct.unpack_from("<H", self._cfg, COMMAND)[0]
+        return value
+
+    @property
+    def bus_master(self) -> bool:
+        return bool(self.command & CMD_MASTER)
+
+    @property
+    def intx_disabled(self) -> bool:
+        return bool(self.command & CMD_INTX_DISABLE)
+
+    @staticmethod
+    def _check(offset: int, size: int) -> None:
+        if size not in _ACCESS_SIZES or offset < 0 or offset + size > SIZE:
+            raise AccessError(f"config access of {size} bytes at {offset:#x} not supported")
