@@ -122,7 +122,7 @@ class ControlServer:
     def handle(self, line: bytes) -> bytes:
         """One request line in, one reply line out; never raises."""
         try:
-            req = json.loads(line)
+            req = json.loads(line.decode())  # decode first: json would guess UTF-16 from bytes
             if not isinstance(req, dict):
                 raise ValueError("a request must be a JSON object")
             op = req.get("op")
