@@ -68,13 +68,13 @@ def _b64(data: bytes) -> str:
 
 
 class ControlServer:
-    def __init__(self, device: Cx3Device, path: str) -> None:
+    def __init__(self, device: Cx3Device, path: str | os.PathLike[str]) -> None:
         self.device = device
-        self.path = path
-        if os.path.exists(path) and stat.S_ISSOCK(os.stat(path).st_mode):
-            os.unlink(path)  # a stale socket from an earlier run
+        self.path = os.fspath(path)
+        if os.path.exists(self.path) and stat.S_ISSOCK(os.stat(self.path).st_mode):
+            os.unlink(self.path)  # a stale socket from an earlier run
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._sock.bind(path)
+        self._sock.bind(self.path)
         self._sock.listen()
         self._sock.setblocking(False)
         self._sel: selectors.BaseSelector | None = None
@@ -281,10 +281,10 @@ class EventsPage:
 class ControlClient:
     """Blocking client for the control socket; error replies raise `ControlError`."""
 
-    def __init__(self, path: str, timeout: float = 10.0) -> None:
+    def __init__(self, path: str | os.PathLike[str], timeout: float = 10.0) -> None:
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.settimeout(timeout)
-        self._sock.connect(path)
+        self._sock.connect(os.fspath(path))
         self._reader = self._sock.makefile("rb")
 
     def close(self) -> None:

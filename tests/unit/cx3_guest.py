@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from cx3 import Cx3Device
 from cx3.opcodes import Opcode
@@ -96,17 +97,23 @@ class DriverEq:
         return None if bool(eqe[31] & 0x80) ^ bool(self.cons_index & self.nent) else eqe
 
 
+class Memory(Protocol):
+    def dma_read(self, addr: int, size: int) -> bytes: ...
+
+    def dma_write(self, addr: int, data: bytes) -> None: ...
+
+
 @dataclass
 class Guest:
-    """Guest RAM: pages handed out top-down, so consecutive allocations are not contiguous."""
+    """Guest RAM at [base, base+size): pages handed out top-down, so consecutive allocations
+    are not contiguous. The caller makes `ram` cover that range."""
 
-    ctx: FakeContext
+    ram: Memory
     base: int = 0x1_0000_0000  # above 4 GiB: 64-bit DMA addresses
     size: int = 8 << 20
     _next: int = field(init=False)
 
     def __post_init__(self) -> None:
-        self.ctx.add_window(self.base, self.size)
         self._next = self.base + self.size
 
     def alloc(self, size: int = PAGE) -> int:
@@ -115,17 +122,36 @@ class Guest:
         return self._next
 
     def read(self, addr: int, size: int) -> bytes:
-        return self.ctx.dma_read(addr, size)
+        return self.ram.dma_read(addr, size)
 
     def write(self, addr: int, data: bytes) -> None:
-        self.ctx.dma_write(addr, data)
+        self.ram.dma_write(addr, data)
+
+
+class Bus(Protocol):
+    """How the driver reaches the device: directly, or through the vfio-user transport."""
+
+    def bar_write(self, region: int, offset: int, data: bytes) -> None: ...
+
+    def bar_read(self, region: int, offset: int, size: int) -> bytes: ...
+
+
+@dataclass
+class DirectBus:
+    dev: Cx3Device
+
+    def bar_write(self, region: int, offset: int, data: bytes) -> None:
+        region_write(self.dev, region, offset, data)
+
+    def bar_read(self, region: int, offset: int, size: int) -> bytes:
+        return region_read(self.dev, region, offset, size)
 
 
 class Driver:
     """Just enough of mlx4_core to probe the model (contract §5, Appendix A)."""
 
-    def __init__(self, dev: Cx3Device, guest: Guest) -> None:
-        self.dev = dev
+    def __init__(self, bus: Bus, guest: Guest) -> None:
+        self.bus = bus
         self.guest = guest
         self.toggle = 1  # mlx4_cmd_init
         self.token = 0
@@ -135,16 +161,16 @@ class Driver:
     # --- registers -----------------------------------------------------------------------
 
     def read32(self, off: int) -> int:
-        return int.from_bytes(region_read(self.dev, BAR0_REGION, off, 4), "big")
+        return int.from_bytes(self.bus.bar_read(BAR0_REGION, off, 4), "big")
 
     def write32(self, off: int, value: int) -> None:
-        region_write(self.dev, BAR0_REGION, off, value.to_bytes(4, "big"))
+        self.bus.bar_write(BAR0_REGION, off, value.to_bytes(4, "big"))
 
     def uar_write32(self, off: int, value: int) -> None:
-        region_write(self.dev, BAR2_REGION, off, value.to_bytes(4, "big"))
+        self.bus.bar_write(BAR2_REGION, off, value.to_bytes(4, "big"))
 
     def config_write16(self, off: int, value: int) -> None:
-        region_write(self.dev, CONFIG_REGION, off, value.to_bytes(2, "little"))
+        self.bus.bar_write(CONFIG_REGION, off, value.to_bytes(2, "little"))
 
     def doorbell(self, eqn: int, cons_index: int, arm: bool) -> None:
         """`eq_set_ci`."""
@@ -298,7 +324,9 @@ def make_device(
     ctx = FakeContext()
     ctx.msix_on = msix
     dev.attach(ctx)
-    driver = Driver(dev, Guest(ctx))
+    guest = Guest(ctx)
+    ctx.add_window(guest.base, guest.size)
+    driver = Driver(DirectBus(dev), guest)
     if bus_master:
         driver.config_write16(0x04, 0x0006)  # MEMORY | MASTER
     return dev, ctx, driver

@@ -139,7 +139,7 @@ def test_catas_injection_and_reset() -> None:
     assert drv.read32(0x8069C) == 0 and drv.read32(0xF03FC) == 0
 
     # The device answers the second probe exactly like the first.
-    again = Driver(dev, drv.guest)
+    again = Driver(drv.bus, drv.guest)
     again.probe()
     again.event_cmd(Opcode.NOP)
 

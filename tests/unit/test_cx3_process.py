@@ -1,0 +1,123 @@
+"""`python -m cx3` end to end without a VM: the vfio-user test client plays QEMU."""
+
+from __future__ import annotations
+
+import mmap
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import cx3
+from cx3 import ControlClient, crspace
+from cx3.opcodes import Opcode
+from vfio_user import IRQ_INTX
+from vfio_user.client import Client
+from vfio_user.device import BAR0_REGION
+
+from .cx3_guest import Driver, Guest
+
+GUEST_BASE = 0x1_0000_0000
+GUEST_SIZE = 8 << 20
+
+
+@dataclass
+class TransportBus:
+    client: Client
+
+    def bar_write(self, region: int, offset: int, data: bytes) -> None:
+        self.client.write(region, offset, data)
+
+    def bar_read(self, region: int, offset: int, size: int) -> bytes:
+        return self.client.read(region, offset, size)
+
+
+class MemfdRam:
+    """Guest RAM as QEMU shares it: a memfd the server maps after DMA_MAP."""
+
+    def __init__(self, base: int, size: int) -> None:
+        self.base = base
+        self.fd = os.memfd_create("guest-ram")
+        os.ftruncate(self.fd, size)
+        self.mem = mmap.mmap(self.fd, size)
+
+    def dma_read(self, addr: int, size: int) -> bytes:
+        return self.mem[addr - self.base : addr - self.base + size]
+
+    def dma_write(self, addr: int, data: bytes) -> None:
+        self.mem[addr - self.base : addr - self.base + len(data)] = data
+
+
+@dataclass
+class Model:
+    proc: subprocess.Popen[bytes]
+    socket: Path
+    control: Path
+    log: Path
+
+
+@pytest.fixture
+def model(tmp_path: Path) -> Iterator[Model]:
+    sock, ctl, log = tmp_path / "cx3.sock", tmp_path / "cx3.ctl", tmp_path / "cx3.log"
+    src = str(Path(cx3.__file__).parents[1])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, "-m", "cx3", "--socket", str(sock), "--control", str(ctl)]
+    proc = subprocess.Popen(
+        [*cmd, "--log", str(log)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=env
+    )
+    m = Model(proc, sock, ctl, log)
+    assert m.proc.stdout is not None
+    assert m.proc.stdout.readline() == b"ready\n"
+    m.proc.stdout.close()  # as rig/deviceproc.py does: the model must not need it any more
+    try:
+        yield m
+    finally:
+        m.proc.send_signal(signal.SIGTERM)
+        assert m.proc.wait(10) == 0, m.log.read_text()
+    assert not m.socket.exists() and not m.control.exists()
+
+
+def test_probe_through_the_transport(model: Model) -> None:
+    ram = MemfdRam(GUEST_BASE, GUEST_SIZE)
+    with Client(model.socket) as client, ControlClient(model.control) as control:
+        client.version()
+        client.dma_map(GUEST_BASE, GUEST_SIZE, os.dup(ram.fd))
+        bar0 = client.region_info(BAR0_REGION)
+        assert bar0.size == crspace.SIZE and bar0.fd is not None
+        assert bar0.mmap_areas == crspace.mmap_areas()
+        cr_view = mmap.mmap(bar0.fd, crspace.SIZE, prot=mmap.PROT_READ)
+        intx = os.eventfd(0, os.EFD_NONBLOCK)
+        client.set_irq_eventfds(IRQ_INTX, 0, [os.dup(intx)])
+
+        driver = Driver(TransportBus(client), Guest(ram, GUEST_BASE, GUEST_SIZE))
+        driver.config_write16(0x04, 0x0006)
+        driver.probe()
+        driver.event_cmd(Opcode.NOP, in_mod=0x1F)
+        assert os.eventfd_read(intx) == 1  # INTx reached the eventfd
+        assert len(driver.interrupt()) == 1
+        state = control.state()
+        assert state["fw_running"] and [q["eqn"] for q in state["eqs"]] == [4, 5]
+
+        control.inject_catas()
+        assert cr_view[0x1F000:0x1F004] == bytes.fromhex("0fffffff")  # what the guest maps
+        driver.write32(0x1F140, 1)
+        driver.write32(0x1F140, 0)
+        (info,) = control.crdumps()
+        dump = control.crdump(info.index)
+        assert dump.image[0x1F000:0x1F004] == bytes.fromhex("0fffffff")
+        assert dump.image[0x1F140:0x1F144] == b"\0\0\0\1"
+        assert dump.image[:0x1F000] == cr_view[:0x1F000]
+
+        client.reset()  # VFIO_USER_DEVICE_RESET
+        state = control.state()
+        assert state["eqs"] == [] and not state["fw_running"]
+        assert cr_view[0x1F000:0x1F004] == b"\0\0\0\0"
+        kinds = {e["kind"] for e in control.events().events}
+        assert {"cmd", "irq", "clr_int", "doorbell", "crdump", "reset", "fault"} <= kinds
+        cr_view.close()
+    assert model.proc.poll() is None
