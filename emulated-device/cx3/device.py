@@ -73,7 +73,7 @@ class Cx3Device(Device):
         self.intx_asserted = False
         self._install_hooks()
         self.regions = {
-            CONFIG_REGION: Region(pci.SIZE, read=self.pci.read, write=self.pci.write),
+            CONFIG_REGION: Region(pci.SIZE, read=self.pci.read, write=self._config_write),
             BAR0_REGION: Region(
                 crspace.SIZE,
                 read=self.cr.read,
@@ -163,6 +163,12 @@ class Cx3Device(Device):
             "crdumps": self.crdumps.next_index,
             "events": self.events.next_index,
         }
+
+    def _config_write(self, offset: int, data: bytes) -> None:
+        before = self.pci.command
+        self.pci.write(offset, data)
+        if self.pci.command != before:  # MEM/BME/INTx-disable flips tell the reset story
+            self.events.add("config", command=self.pci.command)
 
     # --- BAR0 registers --------------------------------------------------------------------
 

@@ -372,3 +372,36 @@ def test_register_writes_of_the_wrong_width_are_ignored() -> None:
     assert drv.read32(0x1F03C) == 0 and dev.cr.read(0x1F040, 2) == b"\xcc\xdd"
     bar0.write(0x20000, b"\x11\x22\x33")  # plain CR-space is memory
     assert dev.cr.read(0x20000, 3) == b"\x11\x22\x33"
+
+
+def test_completion_eqe_is_written_after_go_clears() -> None:
+    dev, ctx, drv = make_device()
+    drv.probe()
+    ring = set(drv.eqs[ASYNC_EQN].pages)
+    busy_at_write: list[bool] = []
+    plain_write = ctx.dma_write
+
+    def spying_write(addr: int, data: bytes) -> None:
+        if addr & ~0xFFF in ring:
+            busy_at_write.append(dev.hcr.busy)
+        plain_write(addr, data)
+
+    ctx.dma_write = spying_write  # type: ignore[method-assign]
+    drv.event_cmd(Opcode.NOP)
+    assert busy_at_write == [False, False]  # EQE body, then owner byte
+
+
+def test_unmapping_guest_memory_under_a_live_eq_is_reported() -> None:
+    dev, _, drv = make_device()
+    drv.probe()
+    dev.dma_unmapped(drv.guest.base + drv.guest.size - (4 << 20), 1 << 20)
+    assert dev.counts["errors"] == 0  # nothing of ours there
+    dev.dma_unmapped(drv.guest.base, drv.guest.size)
+    assert "live EQs [4, 5]" in str(dev.events.since(0)[-1]["message"])
+
+
+def test_config_command_changes_are_logged() -> None:
+    dev, _, drv = make_device(bus_master=False)
+    drv.config_write16(0x04, 0x0006)
+    drv.config_write16(0x04, 0x0006)  # no change, no event
+    assert [e["command"] for e in dev.events.since(0) if e["kind"] == "config"] == [6]
