@@ -1,0 +1,429 @@
+"""One VM's lifecycle: launch QEMU, wait for the guest, talk to it, tear everything down.
+
+In the spirit of QEMU's python/qemu/machine/machine.py: the command line is a pure function
+of a MachineConfig; sockets live in a private temporary directory; logs (console.log, qmp.log,
+qemu-stderr.log, qemu-cmdline.txt) go to a caller-chosen directory that outlives the VM.
+
+QEMU runs in its own session (a Ctrl-C at the terminal reaches only the rig, which then
+shuts it down in order) and with PR_SET_PDEATHSIG, so it dies with the thread that launched
+it even if the rig is killed outright: launch from a thread that outlives the VM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import select
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Protocol
+
+from .cmdline import Modprobe, kernel_cmdline
+from .console import SerialConsole
+from .errors import MachineError, tail
+from .provision.guest import GuestImage
+from .qmp import Monitor
+from .ssh import GuestSsh, SshIdentity
+
+READY = re.compile(r"rig-guest: ready")
+# The kernel's last line before it runs the initramfs's /init: splits the boot time.
+KERNEL_DONE = re.compile(r"Run /init as init process")
+GUEST_IP = "10.0.2.15"
+
+
+class QemuInstall(Protocol):
+    """What the rig needs of a QEMU (rig.provision.qemu.Qemu, LocalQemu)."""
+
+    @property
+    def binary(self) -> Path: ...
+
+    @property
+    def firmware_dirs(self) -> tuple[Path, ...]: ...
+
+    @property
+    def version(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class MachineConfig:
+    qemu: QemuInstall
+    kernel: Path
+    initrd: Path
+    rootfs: Path  # raw base image; attached copy-on-write, never modified
+    ssh: SshIdentity
+    log_dir: Path
+    memory_mib: int = 1024
+    smp: int = 1
+    modprobe: tuple[Modprobe, ...] = ()  # loaded by the guest's init before "ready"
+    kernel_args: tuple[str, ...] = ()
+    vfio_user_sockets: tuple[Path, ...] = ()  # one vfio-user-pci device (cxN) each
+    qemu_args: tuple[str, ...] = ()
+    name: str = "rig"
+
+    @classmethod
+    def for_guest(cls, qemu: QemuInstall, guest: GuestImage, log_dir: Path,
+                  **options: object) -> MachineConfig:
+        """A config booting a provisioned guest; `options` set the other fields."""
+        return cls(qemu=qemu, kernel=guest.kernel.vmlinuz, initrd=guest.initrd,
+                   rootfs=guest.rootfs.image,
+                   ssh=SshIdentity(guest.client_key.private, guest.rootfs.host_key),
+                   log_dir=log_dir, **options)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class RuntimePaths:
+    """Where one VM's sockets are (inside its private temporary directory)."""
+
+    qmp_socket: Path
+    console_socket: Path
+
+    @classmethod
+    def under(cls, directory: Path) -> RuntimePaths:
+        return cls(directory / "qmp.sock", directory / "console.sock")
+
+
+def _opt(value: object) -> str:
+    """A value inside a QEMU -opt list: commas are doubled."""
+    return str(value).replace(",", ",,")
+
+
+def vfio_user_device(index: int, socket_path: Path) -> str:
+    return json.dumps({"driver": "vfio-user-pci", "id": f"cx{index}",
+                       "socket": {"path": str(socket_path), "type": "unix"}},
+                      separators=(",", ":"))
+
+
+def qemu_command(config: MachineConfig, paths: RuntimePaths) -> list[str]:
+    """The full QEMU command line for `config` (pure: no files are touched)."""
+    mem = f"{config.memory_mib}M"
+    argv = [
+        str(config.qemu.binary),
+        "-name", _opt(config.name),
+        # vfio-user DMA reaches guest RAM through a shared memfd the device server maps.
+        "-machine", "q35,accel=tcg,memory-backend=mem",
+        "-object", f"memory-backend-memfd,id=mem,size={mem},share=on",
+        "-m", mem,
+        "-smp", str(config.smp),
+        # RDRAND seeds the guest kernel's RNG at boot; without it sshd blocks for entropy that
+        # TCG gathers slowly. (Later -cpu options in qemu_args override this one.)
+        "-cpu", "qemu64,+rdrand",
+        "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+    ]
+    for d in config.qemu.firmware_dirs:
+        argv += ["-L", str(d)]
+    argv += [
+        "-kernel", str(config.kernel),
+        "-initrd", str(config.initrd),
+        "-append", kernel_cmdline(config.modprobe, config.kernel_args),
+        # Both chardevs connect to sockets the rig already listens on: nothing is lost.
+        "-chardev", f"socket,id=console,path={_opt(paths.console_socket)}",
+        "-serial", "chardev:console",
+        "-chardev", f"socket,id=qmp,path={_opt(paths.qmp_socket)}",
+        "-mon", "chardev=qmp,mode=control",
+        # Port 0: the host kernel picks a free port (read back via "info usernet"), no races.
+        "-netdev", "user,id=net0,ipv6=off,hostfwd=tcp:127.0.0.1:0-:22",
+        "-device", "virtio-net-pci,netdev=net0,romfile=",
+        # snapshot=on: writes go to a temporary overlay, the shared base is opened read-only.
+        "-drive", f"if=none,id=root,driver=raw,file.driver=file,"
+                  f"file.filename={_opt(config.rootfs)},snapshot=on",
+        "-device", "virtio-blk-pci,drive=root",
+    ]
+    for i, sock in enumerate(config.vfio_user_sockets):
+        argv += ["-device", vfio_user_device(i, sock)]
+    return argv + list(config.qemu_args)
+
+
+def parse_usernet_port(info_usernet: str, guest_port: int = 22) -> int:
+    """The host port of the TCP host forward to `guest_port` in HMP "info usernet" output."""
+    for line in info_usernet.splitlines():
+        words = line.split()
+        # TCP[HOST_FORWARD]  12  127.0.0.1 37609  10.0.2.15  22  0  0
+        if len(words) >= 6 and words[0] == "TCP[HOST_FORWARD]" and words[5] == str(guest_port):
+            return int(words[3])
+    raise MachineError(f"no host forward to guest port {guest_port} in: {info_usernet!r}")
+
+
+@dataclass
+class BootTimes:
+    """Host monotonic times of a boot's milestones (None until reached)."""
+
+    launched: float = 0.0
+    first_output: float | None = None
+    kernel_done: float | None = None  # the kernel runs /init
+    ready: float | None = None  # "rig-guest: ready"
+    ssh: float | None = None  # SSH session established
+
+    def summary(self) -> str:
+        marks = [("firmware+load", self.first_output), ("kernel", self.kernel_done),
+                 ("init", self.ready), ("ssh", self.ssh)]
+        parts, prev = [], self.launched
+        for label, t in marks:
+            if t is not None:
+                parts.append(f"{label} {t - prev:.2f} s")
+                prev = t
+        total = (self.ssh or self.ready or prev) - self.launched
+        return f"{total:.2f} s ({', '.join(parts)})"
+
+
+class Machine:
+    """One QEMU VM. Use as a context manager: teardown always runs, also on Ctrl-C."""
+
+    def __init__(self, config: MachineConfig, launch_timeout: float = 30.0) -> None:
+        self.config = config
+        self.launch_timeout = launch_timeout
+        self.command: list[str] = []
+        self.times = BootTimes()
+        self.exit_status: int | None = None
+        self._tmp: Path | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._stderr: IO[bytes] | None = None
+        self._console: SerialConsole | None = None
+        self._qmp: Monitor | None = None
+        self._ssh: GuestSsh | None = None
+        self._ssh_port: int | None = None
+
+    # -- properties -------------------------------------------------------------------------
+
+    @property
+    def stderr_log(self) -> Path:
+        return self.config.log_dir / "qemu-stderr.log"
+
+    @property
+    def console(self) -> SerialConsole:
+        if self._console is None:
+            raise MachineError("the VM has not been launched")
+        return self._console
+
+    @property
+    def qmp(self) -> Monitor:
+        if self._qmp is None:
+            raise MachineError("the VM has no QMP connection (not launched?)")
+        return self._qmp
+
+    @property
+    def ssh(self) -> GuestSsh:
+        if self._ssh is None:
+            raise MachineError("no SSH connection: call wait_ready() first")
+        return self._ssh
+
+    @property
+    def ssh_port(self) -> int:
+        if self._ssh_port is None:
+            raise MachineError("the VM has not been launched")
+        return self._ssh_port
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def is_running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    # -- launch -----------------------------------------------------------------------------
+
+    def launch(self) -> None:
+        """Start QEMU and connect QMP and the console; MachineError if QEMU does not come up."""
+        if self._proc is not None:
+            raise MachineError("the VM was already launched")
+        try:
+            self._launch()
+        except BaseException:
+            self._teardown()
+            raise
+
+    def _launch(self) -> None:
+        self.config.log_dir.mkdir(parents=True, exist_ok=True)
+        self._tmp = Path(tempfile.mkdtemp(prefix="rig-vm-"))
+        paths = RuntimePaths.under(self._tmp)
+        self.command = qemu_command(self.config, paths)
+        (self.config.log_dir / "qemu-cmdline.txt").write_text(shlex.join(self.command) + "\n")
+        self._console = SerialConsole(paths.console_socket, self.config.log_dir / "console.log")
+        qmp_listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            qmp_listener.bind(str(paths.qmp_socket))
+            qmp_listener.listen(1)
+            self._stderr = self.stderr_log.open("wb")
+            self.times.launched = time.monotonic()
+            self._proc = subprocess.Popen(
+                [*_die_with_parent(), *self.command], stdin=subprocess.DEVNULL,
+                stdout=self._stderr, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+            qmp_conn = self._await_connections(qmp_listener)
+        finally:
+            qmp_listener.close()
+        self._qmp = Monitor(qmp_conn, self.config.log_dir / "qmp.log")
+        self._qmp.negotiate(self.launch_timeout)
+        self._ssh_port = parse_usernet_port(self._qmp.human("info usernet"))
+
+    def _await_connections(self, qmp_listener: socket.socket) -> socket.socket:
+        """Accept QEMU's QMP and console connections, or fail as soon as QEMU exits."""
+        assert self._proc is not None and self._console is not None
+        pidfd = os.pidfd_open(self._proc.pid)
+        qmp_conn: socket.socket | None = None
+        console_open = False
+        deadline = time.monotonic() + self.launch_timeout
+        try:
+            while qmp_conn is None or not console_open:
+                waiting: list[socket.socket | int] = [pidfd]
+                if qmp_conn is None:
+                    waiting.append(qmp_listener)
+                if not console_open:
+                    waiting.append(self._console.listener)
+                remaining = deadline - time.monotonic()
+                readable = select.select(waiting, [], [], max(remaining, 0))[0] if \
+                    remaining > 0 else []
+                if not readable:
+                    raise self._launch_error(f"QEMU did not connect within "
+                                             f"{self.launch_timeout:.0f} s")
+                if pidfd in readable:
+                    raise self._launch_error(f"QEMU exited during launch "
+                                             f"(status {self._proc.wait()})")
+                if qmp_listener in readable:
+                    qmp_conn, _ = qmp_listener.accept()
+                if self._console.listener in readable:
+                    self._console.accept()
+                    console_open = True
+        finally:
+            os.close(pidfd)
+        return qmp_conn
+
+    def _launch_error(self, what: str) -> MachineError:
+        self._flush_stderr()
+        return MachineError(f"{what}: {shlex.join(self.command)}", self.stderr_log,
+                            tail(self.stderr_log))
+
+    def _flush_stderr(self) -> None:
+        if self._stderr is not None:
+            self._stderr.flush()
+
+    # -- the running guest ------------------------------------------------------------------
+
+    def wait_ready(self, timeout: float = 120.0) -> GuestSsh:
+        """Wait for the guest's readiness line, then connect SSH (retrying until `timeout`)."""
+        console = self.console
+        deadline = time.monotonic() + timeout
+        try:
+            console.wait_for(READY, timeout)
+        except MachineError as e:
+            raise self._with_stderr(e) from e
+        self.times.ready = time.monotonic()
+        self._note_console_times()
+        last: MachineError | None = None
+        while time.monotonic() < deadline:
+            try:
+                self._ssh = GuestSsh.connect("127.0.0.1", self.ssh_port, self.config.ssh,
+                                             timeout=max(deadline - time.monotonic(), 1.0))
+                self.times.ssh = time.monotonic()
+                return self._ssh
+            except MachineError as e:
+                last = e
+            # A refused first attempt is retried shortly; QEMU exiting ends the wait at once.
+            assert self._proc is not None
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                status = self._proc.wait(timeout=0.2)
+                raise MachineError(f"QEMU exited (status {status}) before SSH came up",
+                                   console.log_path, console.tail())
+        raise MachineError(f"guest ready but SSH failed within {timeout:.0f} s: {last}",
+                           console.log_path, console.tail())
+
+    def _note_console_times(self) -> None:
+        lines = self.console.lines()
+        if lines:
+            self.times.first_output = lines[0][0]
+        self.times.kernel_done = next((t for t, line in lines if KERNEL_DONE.search(line)), None)
+
+    def _with_stderr(self, error: MachineError) -> MachineError:
+        self._flush_stderr()
+        stderr = tail(self.stderr_log, 10)
+        extra = f"\n--- QEMU stderr ({self.stderr_log}) ---\n{stderr}" if stderr.strip() else ""
+        return MachineError(str(error.args[0]), error.log, error.tail + extra)
+
+    def run(self, command: str, timeout: float = 60.0) -> tuple[int, str, str]:
+        """Run a shell command in the guest: (status, stdout, stderr)."""
+        r = self.ssh.run(command, timeout)
+        return r.status, r.stdout, r.stderr
+
+    # -- shutdown ---------------------------------------------------------------------------
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Power the guest off (via SSH), then QMP quit, SIGTERM, SIGKILL; clean up always."""
+        try:
+            if self.is_running() and self._ssh is not None:
+                self._poweroff(timeout)
+        finally:
+            self._teardown()
+
+    def _poweroff(self, timeout: float) -> None:
+        assert self._proc is not None and self._ssh is not None
+        try:
+            self._ssh.run("rig-poweroff", timeout=10)
+        except MachineError:
+            return  # the guest did not take the request: fall through to QMP quit
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._proc.wait(timeout=timeout)
+
+    def _teardown(self) -> None:
+        """Make sure QEMU is gone and every connection, socket and temp file with it."""
+        if self._ssh is not None:
+            self._ssh.close()
+            self._ssh = None
+        if self._proc is not None:
+            try:
+                self._stop_qemu()
+            finally:
+                self.exit_status = self._proc.poll()
+        if self._qmp is not None:
+            self._qmp.close()
+            self._qmp = None
+        if self._console is not None:
+            self._console.close()
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+    def _stop_qemu(self) -> None:
+        proc = self._proc
+        assert proc is not None
+        if proc.poll() is None and self._qmp is not None:
+            with contextlib.suppress(MachineError):
+                self._qmp.command("quit")
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+        for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, None)):
+            if proc.poll() is not None:
+                return
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=grace)
+
+    def __enter__(self) -> Machine:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        # After an error (or Ctrl-C) do not wait for a graceful power-off.
+        if exc is None:
+            self.shutdown()
+        else:
+            self._teardown()
+
+
+def _die_with_parent() -> Sequence[str]:
+    """setpriv --pdeathsig: QEMU gets SIGKILL if the rig dies without tearing it down."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []

@@ -1,0 +1,168 @@
+"""The guest's root filesystem: a small Debian bookworm, as one read-only base ext4 image.
+
+Built with mmdebstrap from Debian packages, with no kernel modules in it (each kernel's come
+from its initramfs). Every VM opens it copy-on-write, so parallel VMs share it unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..cache import cache_root, entry
+from ..errors import ProvisionError
+from ..progress import run_logged, step
+from .guestfiles import digests, guest_file
+from .locking import building
+from .sshkeys import ClientKey, ensure_client_key, generate
+
+# Bump when the build steps change in a way the inputs below do not show.
+RECIPE = 1
+SUITE = "bookworm"
+PACKAGES: tuple[str, ...] = (
+    "openssh-server",
+    "openssh-sftp-server",  # paramiko's put() uses SFTP
+    "iproute2",  # ip, devlink
+    "kmod",
+    "mount",  # not Essential in bookworm; rig-init mounts /proc, /sys, ...
+    "python3",
+    "procps",
+    "pciutils",
+    "busybox",  # poweroff -f without systemd
+)
+# The guest must speak netlink with the same pyroute2 the rig uses on the host.
+PYROUTE2_VERSION = "0.9.7"
+GUEST_PYTHON_SITE = "usr/local/lib/python3.11/dist-packages"
+GUEST_FILES = ("rig-init", "rig-poweroff", "sshd_config", "fstab")
+# Free space left in the image for the guest's own files (sparse: costs no disk until used).
+FREE_MIB = 512
+IMAGE = "rootfs.img"
+HOST_KEY = "host_key.pub"
+
+
+@dataclass(frozen=True)
+class RootFs:
+    image: Path  # raw ext4, never written: VMs attach it copy-on-write
+    host_key: str  # the guest sshd's public key line, pinned by the SSH client
+
+
+def recipe_inputs(client_key: ClientKey) -> dict[str, object]:
+    return {
+        "recipe": RECIPE,
+        "suite": SUITE,
+        "packages": list(PACKAGES),
+        "pyroute2": PYROUTE2_VERSION,
+        "guest_files": digests(GUEST_FILES),
+        # The client key is baked into authorized_keys: a new key needs a new image.
+        "client_key": client_key.public.split()[1],
+    }
+
+
+def ensure_rootfs() -> RootFs:
+    client_key = ensure_client_key()
+    e = entry("rootfs", SUITE, recipe_inputs(client_key))
+    log = cache_root() / "logs" / f"rootfs-{e.key}.log"
+    with building(e) as missing:
+        if missing:
+            with step(f"building the guest root filesystem (log: {log})"), e.build() as stage:
+                _build(stage, client_key, log)
+    return RootFs(e.path / IMAGE, (e.path / HOST_KEY).read_text().strip())
+
+
+def _build(stage: Path, client_key: ClientKey, log: Path) -> None:
+    for tool, package in (("mmdebstrap", "mmdebstrap"), ("mke2fs", "e2fsprogs")):
+        if shutil.which(tool) is None:
+            raise ProvisionError(f"{tool} not found: apt-get install {package}")
+    if os.geteuid() != 0:
+        # Root mode gives the image real root ownership without fakeroot tricks.
+        raise ProvisionError("building the guest root filesystem needs root (mmdebstrap)")
+    tree = stage / "tree"
+    run_logged(mmdebstrap_command(tree), log, "mmdebstrap")
+    (stage / HOST_KEY).write_text(customize(tree, client_key, stage / "wheel", log) + "\n")
+    make_ext4(tree, stage / IMAGE, log)
+    shutil.rmtree(tree)
+    shutil.rmtree(stage / "wheel", ignore_errors=True)
+
+
+def mmdebstrap_command(tree: Path) -> list[str]:
+    excluded = ("doc", "man", "info", "locale")
+    return [
+        "mmdebstrap",
+        "--variant=essential",
+        "--mode=root",
+        "--format=directory",
+        '--aptopt=Apt::Install-Recommends "false"',
+        *(f"--dpkgopt=path-exclude=/usr/share/{d}/*" for d in excluded),
+        f"--include={','.join(PACKAGES)}",
+        SUITE,
+        str(tree),
+    ]
+
+
+def customize(tree: Path, client_key: ClientKey, wheel_dir: Path, log: Path) -> str:
+    """Install our init, sshd setup and pyroute2 into the tree; returns the host key line."""
+    ssh = tree / "etc" / "ssh"
+    for old in ssh.glob("ssh_host_*"):
+        old.unlink()  # the package's keys: we want one ed25519 key that we record
+    host_key = generate(ssh / "ssh_host_ed25519_key", "rig-guest")
+    shutil.copyfile(guest_file("sshd_config"), ssh / "sshd_config.d" / "rig.conf")
+
+    root_ssh = tree / "root" / ".ssh"
+    root_ssh.mkdir(mode=0o700, exist_ok=True)
+    (root_ssh / "authorized_keys").write_text(client_key.public + "\n")
+    (root_ssh / "authorized_keys").chmod(0o600)
+
+    for name, dest in (("rig-init", "usr/sbin/rig-init"),
+                       ("rig-poweroff", "usr/local/sbin/rig-poweroff")):
+        shutil.copyfile(guest_file(name), tree / dest)
+        (tree / dest).chmod(0o755)
+    os.symlink("rig-poweroff", tree / "usr/local/sbin/poweroff")
+    (tree / "etc" / "rig").mkdir(exist_ok=True)
+    shutil.copyfile(guest_file("fstab"), tree / "etc" / "rig" / "fstab")
+
+    (tree / "etc" / "hostname").write_text("rig-guest\n")
+    (tree / "etc" / "hosts").write_text("127.0.0.1 localhost\n127.0.1.1 rig-guest\n")
+    (tree / "etc" / "resolv.conf").write_text("nameserver 10.0.2.3\n")  # QEMU slirp's DNS
+
+    install_pyroute2(tree, wheel_dir, log)
+    return host_key
+
+
+def install_pyroute2(tree: Path, wheel_dir: Path, log: Path) -> None:
+    """The host's pyroute2 version, unpacked as a wheel (pure Python) and byte-compiled."""
+    run_logged(
+        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+         "-d", wheel_dir, f"pyroute2=={PYROUTE2_VERSION}"],
+        log, f"pip download pyroute2=={PYROUTE2_VERSION}",
+    )
+    wheels = sorted(wheel_dir.glob("pyroute2-*.whl"))
+    if len(wheels) != 1:
+        raise ProvisionError(f"pip download pyroute2: expected one wheel in {wheel_dir}", log)
+    site = tree / GUEST_PYTHON_SITE
+    site.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(wheels[0]) as wheel:
+        wheel.extractall(site)
+    # Byte-compile with the guest's own python: otherwise each boot compiles on first import,
+    # slowly under TCG, into a copy-on-write layer that is then thrown away.
+    run_logged(["chroot", tree, "python3", "-m", "compileall", "-q", f"/{GUEST_PYTHON_SITE}"],
+               log, "compile pyroute2 in the guest tree")
+
+
+def make_ext4(tree: Path, image: Path, log: Path) -> None:
+    """An ext4 image of `tree` via mke2fs -d (no loop mount needed); sparse on disk."""
+    used = sum(
+        (Path(d) / f).lstat().st_blocks * 512 for d, _, files in os.walk(tree) for f in files
+    )
+    size_mib = int(used * 1.2) // (1 << 20) + FREE_MIB
+    # No journal: the image is never written in place, the COW layer is discarded per VM.
+    run_logged(
+        ["mke2fs", "-q", "-F", "-t", "ext4", "-O", "^has_journal", "-m", "0", "-L", "rig-root",
+         "-E", "root_owner=0:0", "-d", tree, image, f"{size_mib}M"],
+        log, "mke2fs",
+    )
+    image.chmod(0o444)  # a VM that tried to open it writable would fail loudly, not corrupt it
+

@@ -1,0 +1,79 @@
+"""QMP to one QEMU, with every command, reply and event written to the VM's qmp.log.
+
+Uses qemu.qmp's synchronous shim; like it, a Monitor must be used from the thread that
+made it (the shim runs an asyncio loop per thread).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from qemu.qmp import QMPError
+from qemu.qmp.legacy import QEMUMonitorProtocol
+
+from .errors import MachineError
+
+
+class Monitor:
+    def __init__(self, sock: socket.socket, log_path: Path) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("a", encoding="utf-8")
+        self._qmp = QEMUMonitorProtocol(sock)
+        self._open = False
+
+    def _write(self, direction: str, message: object) -> None:
+        self._log.write(f"{time.strftime('%H:%M:%S')} {direction} "
+                        f"{json.dumps(message, default=str)}\n")
+        self._log.flush()
+
+    def negotiate(self, timeout: float) -> dict[str, Any]:
+        """Read QEMU's greeting and leave capabilities negotiation mode."""
+        self._qmp.settimeout(timeout)
+        try:
+            greeting = self._qmp.connect(negotiate=True)
+        except (TimeoutError, QMPError, OSError) as e:
+            raise MachineError(f"QMP handshake failed: {e}", self.log_path) from e
+        self._open = True
+        self._write("<<<", greeting)
+        return greeting or {}
+
+    def _log_events(self) -> None:
+        for event in self._qmp.get_events(wait=False):
+            self._write("<<< event", event)
+
+    def command(self, name: str, **arguments: object) -> Any:
+        """Execute a command; its "return" value. MachineError on an error reply."""
+        request: dict[str, object] = {"execute": name}
+        if arguments:
+            request["arguments"] = arguments
+        self._write(">>>", request)
+        try:
+            reply = self._qmp.cmd_obj(request)
+        except (TimeoutError, QMPError, OSError, EOFError) as e:
+            self._write("!!!", f"{type(e).__name__}: {e}")
+            raise MachineError(f"QMP {name} failed: {type(e).__name__}: {e}",
+                               self.log_path) from e
+        self._write("<<<", reply)
+        self._log_events()
+        if "error" in reply:
+            raise MachineError(f"QMP {name}: {reply['error'].get('desc', reply['error'])}",
+                               self.log_path)
+        return reply.get("return")
+
+    def human(self, command_line: str) -> str:
+        """An HMP command through QMP (for what QMP has no command for, e.g. info usernet)."""
+        return str(self.command("human-monitor-command", **{"command-line": command_line}))
+
+    def close(self) -> None:
+        if self._open:
+            self._open = False
+            try:
+                self._log_events()
+                self._qmp.close()
+            except (TimeoutError, QMPError, OSError, EOFError) as e:
+                self._write("!!!", f"close: {type(e).__name__}: {e}")
+        self._log.close()

@@ -1,0 +1,142 @@
+"""SSH into a rig guest: the cache's client key, the image's pinned host key, nothing else.
+
+No agent, no ~/.ssh keys, no known_hosts: a guest presenting any other host key is refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import select
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import paramiko
+
+from .errors import MachineError
+
+Sink = Callable[[bytes], None]
+
+
+@dataclass(frozen=True)
+class SshIdentity:
+    client_key: Path  # private key file (ed25519, OpenSSH format)
+    host_key: str  # the guest's "ssh-ed25519 AAAA... comment" line
+    user: str = "root"
+
+
+@dataclass(frozen=True)
+class Result:
+    status: int
+    stdout: str
+    stderr: str
+
+
+def _host_key(line: str) -> paramiko.PKey:
+    try:
+        key_type, b64 = line.split()[:2]
+        return paramiko.PKey.from_type_string(key_type, base64.b64decode(b64))
+    except (ValueError, paramiko.SSHException) as e:
+        raise MachineError(f"cannot parse the pinned guest host key {line!r}: {e}") from e
+
+
+class GuestSsh:
+    """One SSH connection to a guest."""
+
+    def __init__(self, client: paramiko.SSHClient, where: str) -> None:
+        self._client = client
+        self.where = where
+
+    @classmethod
+    def connect(cls, host: str, port: int, identity: SshIdentity, timeout: float = 30.0
+                ) -> GuestSsh:
+        """Connect and authenticate; MachineError (one line) on any failure."""
+        where = f"{identity.user}@{host}:{port}"
+        client = paramiko.SSHClient()
+        # paramiko looks keys up as "[host]:port" for ports other than 22.
+        name = host if port == 22 else f"[{host}]:{port}"
+        key = _host_key(identity.host_key)
+        client.get_host_keys().add(name, key.get_name(), key)
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        try:
+            pkey = paramiko.Ed25519Key.from_private_key_file(str(identity.client_key))
+            client.connect(host, port, identity.user, pkey=pkey, timeout=timeout,
+                           banner_timeout=timeout, auth_timeout=timeout,
+                           look_for_keys=False, allow_agent=False)
+        except paramiko.BadHostKeyException as e:
+            client.close()
+            raise MachineError(f"ssh {where}: the guest's host key is not the pinned one "
+                               f"({e.key.get_name()}); rebuild the root filesystem") from e
+        except paramiko.AuthenticationException as e:
+            client.close()
+            raise MachineError(f"ssh {where}: the guest refused {identity.client_key}") from e
+        except (paramiko.SSHException, OSError, EOFError) as e:
+            client.close()
+            raise MachineError(f"ssh {where}: {type(e).__name__}: {e}") from e
+        return cls(client, where)
+
+    def run(self, command: str, timeout: float = 60.0, on_stdout: Sink | None = None,
+            on_stderr: Sink | None = None) -> Result:
+        """Run `command` with the guest's shell; its exit status and output.
+
+        on_stdout/on_stderr get output as it arrives (for streaming); Result has it all.
+        Raises MachineError if the connection fails or `timeout` passes.
+        """
+        transport = self._client.get_transport()
+        if transport is None or not transport.is_active():
+            raise MachineError(f"ssh {self.where}: not connected")
+        try:
+            chan = transport.open_session(timeout=timeout)
+            chan.exec_command(command)
+        except (paramiko.SSHException, OSError, EOFError) as e:
+            raise MachineError(f"ssh {self.where}: cannot run {command!r}: {e}") from e
+        out: list[bytes] = []
+        err: list[bytes] = []
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise MachineError(f"ssh {self.where}: {command!r} still running after "
+                                       f"{timeout:.0f} s")
+                if chan.eof_received:
+                    chan.status_event.wait(remaining)  # all output is in, only the status is due
+                else:
+                    # The channel's fileno turns readable on stdout or stderr data and on EOF.
+                    select.select([chan], [], [], remaining)
+                while chan.recv_ready():
+                    data = chan.recv(65536)
+                    out.append(data)
+                    if on_stdout:
+                        on_stdout(data)
+                while chan.recv_stderr_ready():
+                    data = chan.recv_stderr(65536)
+                    err.append(data)
+                    if on_stderr:
+                        on_stderr(data)
+                if chan.exit_status_ready() and (chan.eof_received or chan.closed) and not (
+                        chan.recv_ready() or chan.recv_stderr_ready()):
+                    break
+            status = chan.recv_exit_status()
+        except (OSError, paramiko.SSHException) as e:
+            raise MachineError(f"ssh {self.where}: {command!r}: {e}") from e
+        finally:
+            chan.close()
+        if status == -1:
+            raise MachineError(f"ssh {self.where}: {command!r} ended without an exit status "
+                               "(killed by a signal, or the connection was lost)")
+        return Result(status, b"".join(out).decode("utf-8", "replace"),
+                      b"".join(err).decode("utf-8", "replace"))
+
+    def put(self, local: Path, remote: str) -> None:
+        """Copy a file to the guest over SFTP (mode preserved)."""
+        try:
+            with self._client.open_sftp() as sftp:
+                sftp.put(str(local), remote)
+                sftp.chmod(remote, local.stat().st_mode & 0o7777)
+        except (OSError, paramiko.SSHException) as e:
+            raise MachineError(f"sftp {local} -> {self.where}:{remote}: {e}") from e
+
+    def close(self) -> None:
+        self._client.close()
