@@ -336,8 +336,10 @@ class Server:
             )
         needed = p.REGION_INFO.size + len(caps)
         if argsz < needed:
-            # Too small for the capabilities: say how much is needed; QEMU asks again.
-            return p.REGION_INFO.pack(needed, flags, index, 0, region.size, 0), []
+            # Too small for the capabilities: say how much is needed and QEMU asks again.
+            # No CAPS flag here: QEMU rejects CAPS with a cap_offset outside the reply.
+            short_flags = flags & ~p.REGION_INFO_FLAG_CAPS
+            return p.REGION_INFO.pack(needed, short_flags, index, 0, region.size, 0), []
         cap_offset = p.REGION_INFO.size if caps else 0
         info = p.REGION_INFO.pack(needed, flags, index, cap_offset, region.size, 0)
         return info + caps, [region.fd] if caps and region.fd is not None else []

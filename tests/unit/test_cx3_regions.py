@@ -59,7 +59,14 @@ def test_config_any_offset_any_width(offset: int, size: int) -> None:
     assert len(region_read(dev, CONFIG_REGION, offset, size)) == size
 
 
-@pytest.mark.parametrize("offset,size", [(0, 3), (0, 8), (0xFE, 4)])
+def test_config_whole_header_in_one_read() -> None:
+    """QEMU reads the 256-byte header in one request when it realizes the device."""
+    dev = Cx3Device()
+    header = region_read(dev, CONFIG_REGION, 0, 256)
+    assert header[:4] == bytes.fromhex("b3150310")
+
+
+@pytest.mark.parametrize("offset,size", [(0, 0), (0, 257), (0xFE, 4)])
 def test_config_bad_access_is_refused(offset: int, size: int) -> None:
     dev = Cx3Device()
     with pytest.raises(AccessError):
