@@ -34,7 +34,7 @@ from .console import SerialConsole
 from .errors import MachineError, tail
 from .provision.guest import GuestImage
 from .qmp import Monitor
-from .ssh import GuestSsh, SshIdentity
+from .ssh import GuestSsh, SshIdentity, SshRefused
 
 READY = re.compile(r"rig-guest: ready")
 # The kernel's last line before it runs the initramfs's /init: splits the boot time.
@@ -263,8 +263,16 @@ class Machine:
         finally:
             qmp_listener.close()
         self._qmp = Monitor(qmp_conn, self.config.log_dir / "qmp.log")
-        self._qmp.negotiate(self.launch_timeout)
-        self._ssh_port = parse_usernet_port(self._qmp.human("info usernet"))
+        try:
+            self._qmp.negotiate(self.launch_timeout)
+            self._ssh_port = parse_usernet_port(self._qmp.human("info usernet"))
+        except MachineError as e:
+            # QEMU connects its chardevs before it checks the rest of its command line, so a
+            # bad option shows up here as a lost QMP connection: report QEMU's own words.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                status = self._proc.wait(timeout=2)
+                raise self._launch_error(f"QEMU exited during launch (status {status})") from e
+            raise
 
     def _await_connections(self, qmp_listener: socket.socket) -> socket.socket:
         """Accept QEMU's QMP and console connections, or fail as soon as QEMU exits."""
@@ -326,6 +334,8 @@ class Machine:
                                              timeout=max(deadline - time.monotonic(), 1.0))
                 self.times.ssh = time.monotonic()
                 return self._ssh
+            except SshRefused:
+                raise
             except MachineError as e:
                 last = e
             # A refused first attempt is retried shortly; QEMU exiting ends the wait at once.

@@ -19,6 +19,10 @@ from .errors import MachineError
 Sink = Callable[[bytes], None]
 
 
+class SshRefused(MachineError):
+    """The guest answered but refused us (or we it): retrying cannot help."""
+
+
 @dataclass(frozen=True)
 class SshIdentity:
     client_key: Path  # private key file (ed25519, OpenSSH format)
@@ -49,8 +53,9 @@ class GuestSsh:
         self.where = where
 
     @classmethod
-    def connect(cls, host: str, port: int, identity: SshIdentity, timeout: float = 30.0
-                ) -> GuestSsh:
+    def connect(
+        cls, host: str, port: int, identity: SshIdentity, timeout: float = 30.0
+    ) -> GuestSsh:
         """Connect and authenticate; MachineError (one line) on any failure."""
         where = f"{identity.user}@{host}:{port}"
         client = paramiko.SSHClient()
@@ -61,23 +66,38 @@ class GuestSsh:
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
         try:
             pkey = paramiko.Ed25519Key.from_private_key_file(str(identity.client_key))
-            client.connect(host, port, identity.user, pkey=pkey, timeout=timeout,
-                           banner_timeout=timeout, auth_timeout=timeout,
-                           look_for_keys=False, allow_agent=False)
+            client.connect(
+                host,
+                port,
+                identity.user,
+                pkey=pkey,
+                timeout=timeout,
+                banner_timeout=timeout,
+                auth_timeout=timeout,
+                look_for_keys=False,
+                allow_agent=False,
+            )
         except paramiko.BadHostKeyException as e:
             client.close()
-            raise MachineError(f"ssh {where}: the guest's host key is not the pinned one "
-                               f"({e.key.get_name()}); rebuild the root filesystem") from e
+            raise SshRefused(
+                f"ssh {where}: the guest's host key is not the pinned one "
+                f"({e.key.get_name()}); rebuild the root filesystem"
+            ) from e
         except paramiko.AuthenticationException as e:
             client.close()
-            raise MachineError(f"ssh {where}: the guest refused {identity.client_key}") from e
+            raise SshRefused(f"ssh {where}: the guest refused {identity.client_key}") from e
         except (paramiko.SSHException, OSError, EOFError) as e:
             client.close()
             raise MachineError(f"ssh {where}: {type(e).__name__}: {e}") from e
         return cls(client, where)
 
-    def run(self, command: str, timeout: float = 60.0, on_stdout: Sink | None = None,
-            on_stderr: Sink | None = None) -> Result:
+    def run(
+        self,
+        command: str,
+        timeout: float = 60.0,
+        on_stdout: Sink | None = None,
+        on_stderr: Sink | None = None,
+    ) -> Result:
         """Run `command` with the guest's shell; its exit status and output.
 
         on_stdout/on_stderr get output as it arrives (for streaming); Result has it all.
@@ -98,8 +118,9 @@ class GuestSsh:
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise MachineError(f"ssh {self.where}: {command!r} still running after "
-                                       f"{timeout:.0f} s")
+                    raise MachineError(
+                        f"ssh {self.where}: {command!r} still running after {timeout:.0f} s"
+                    )
                 if chan.eof_received:
                     chan.status_event.wait(remaining)  # all output is in, only the status is due
                 else:
@@ -115,8 +136,11 @@ class GuestSsh:
                     err.append(data)
                     if on_stderr:
                         on_stderr(data)
-                if chan.exit_status_ready() and (chan.eof_received or chan.closed) and not (
-                        chan.recv_ready() or chan.recv_stderr_ready()):
+                if (
+                    chan.exit_status_ready()
+                    and (chan.eof_received or chan.closed)
+                    and not (chan.recv_ready() or chan.recv_stderr_ready())
+                ):
                     break
             status = chan.recv_exit_status()
         except (OSError, paramiko.SSHException) as e:
@@ -124,10 +148,27 @@ class GuestSsh:
         finally:
             chan.close()
         if status == -1:
-            raise MachineError(f"ssh {self.where}: {command!r} ended without an exit status "
-                               "(killed by a signal, or the connection was lost)")
-        return Result(status, b"".join(out).decode("utf-8", "replace"),
-                      b"".join(err).decode("utf-8", "replace"))
+            raise MachineError(
+                f"ssh {self.where}: {command!r} ended without an exit status "
+                "(killed by a signal, or the connection was lost)"
+            )
+        return Result(
+            status,
+            b"".join(out).decode("utf-8", "replace"),
+            b"".join(err).decode("utf-8", "replace"),
+        )
+
+    def start(self, command: str, timeout: float = 30.0) -> Background:
+        """Start `command` and return at once; read its stdout line by line."""
+        transport = self._client.get_transport()
+        if transport is None or not transport.is_active():
+            raise MachineError(f"ssh {self.where}: not connected")
+        try:
+            chan = transport.open_session(timeout=timeout)
+            chan.exec_command(command)
+        except (paramiko.SSHException, OSError, EOFError) as e:
+            raise MachineError(f"ssh {self.where}: cannot run {command!r}: {e}") from e
+        return Background(chan, command, self.where)
 
     def put(self, local: Path, remote: str) -> None:
         """Copy a file to the guest over SFTP (mode preserved)."""
@@ -140,3 +181,41 @@ class GuestSsh:
 
     def close(self) -> None:
         self._client.close()
+
+
+class Background:
+    """A command left running in the guest (e.g. a netlink watcher)."""
+
+    def __init__(self, chan: paramiko.Channel, command: str, where: str) -> None:
+        self._chan = chan
+        self._buf = b""
+        self.command = command
+        self.where = where
+
+    def readline(self, timeout: float) -> str | None:
+        """The next stdout line, or None at end of output; MachineError after `timeout`."""
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buf:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise MachineError(
+                    f"ssh {self.where}: no output from {self.command!r} within {timeout:.0f} s"
+                )
+            select.select([self._chan], [], [], remaining)
+            if self._chan.recv_ready():
+                self._buf += self._chan.recv(65536)
+            elif self._chan.eof_received:
+                if not self._buf:
+                    return None
+                self._buf += b"\n"
+        line, self._buf = self._buf.split(b"\n", 1)
+        return line.decode("utf-8", "replace")
+
+    def stderr(self) -> str:
+        data = b""
+        while self._chan.recv_stderr_ready():
+            data += self._chan.recv_stderr(65536)
+        return data.decode("utf-8", "replace")
+
+    def close(self) -> None:
+        self._chan.close()

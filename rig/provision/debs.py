@@ -6,10 +6,13 @@ become cache entries.
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import subprocess
 from pathlib import Path
 
+from ..cache import cache_root
 from ..errors import ProvisionError
 from ..progress import run_logged
 
@@ -17,7 +20,42 @@ from ..progress import run_logged
 APT_AS_ROOT = ("-o", "APT::Sandbox::User=root")
 
 
+APT_LISTS = Path("/var/lib/apt/lists")
+
+
+def _lists_stamp() -> str:
+    """Changes whenever apt-get update brings new package lists (files renamed into place)."""
+    try:
+        return str(APT_LISTS.stat().st_mtime_ns)
+    except OSError:
+        return "none"
+
+
 def _apt_cache(*args: str) -> str:
+    """apt-cache's output, remembered until the package lists change: each call costs ~0.5 s
+    and every `rig run` asks the same questions."""
+    memo_path = cache_root() / "apt-cache-memo.json"
+    stamp = _lists_stamp()
+    try:
+        memo = json.loads(memo_path.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    if memo.get("stamp") != stamp:
+        memo = {"stamp": stamp, "answers": {}}
+    key = " ".join(args)
+    if key in memo["answers"]:
+        return str(memo["answers"][key])
+    answer = _run_apt_cache(*args)
+    if answer.strip():  # an empty answer may be missing lists: do not remember it
+        memo["answers"][key] = answer
+        memo_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo_path.with_name(f".{memo_path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(memo))
+        tmp.replace(memo_path)
+    return answer
+
+
+def _run_apt_cache(*args: str) -> str:
     try:
         result = subprocess.run(
             ["apt-cache", *args], capture_output=True, text=True, check=False

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 import zipfile
 from dataclasses import dataclass
@@ -81,11 +82,38 @@ def _build(stage: Path, client_key: ClientKey, log: Path) -> None:
         # Root mode gives the image real root ownership without fakeroot tricks.
         raise ProvisionError("building the guest root filesystem needs root (mmdebstrap)")
     tree = stage / "tree"
-    run_logged(mmdebstrap_command(tree), log, "mmdebstrap")
+    try:
+        run_logged(mmdebstrap_command(tree), log, "mmdebstrap")
+    except BaseException:
+        # mmdebstrap bind-mounts host /dev nodes, /proc and /sys into the tree; if it was
+        # stopped before its own cleanup they are still there: detach them before anyone
+        # deletes the staging directory.
+        unmount_below(tree)
+        raise
     (stage / HOST_KEY).write_text(customize(tree, client_key, stage / "wheel", log) + "\n")
     make_ext4(tree, stage / IMAGE, log)
     shutil.rmtree(tree)
     shutil.rmtree(stage / "wheel", ignore_errors=True)
+
+
+def mounts_below(directory: Path, mountinfo: str) -> list[Path]:
+    """Mount points at or under `directory` in /proc/self/mountinfo text, deepest first."""
+    base = directory.resolve()
+    found = []
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if len(fields) < 5:
+            continue
+        # Octal escapes (\040 for a blank) as the kernel writes them.
+        point = Path(fields[4].encode().decode("unicode_escape"))
+        if point == base or base in point.parents:
+            found.append(point)
+    return sorted(found, key=lambda p: len(p.parts), reverse=True)
+
+
+def unmount_below(directory: Path) -> None:
+    for point in mounts_below(directory, Path("/proc/self/mountinfo").read_text()):
+        subprocess.run(["umount", "--lazy", str(point)], check=False, capture_output=True)
 
 
 def mmdebstrap_command(tree: Path) -> list[str]:

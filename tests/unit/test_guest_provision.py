@@ -181,3 +181,22 @@ def test_cpio_rejects_duplicates() -> None:
     cpio.directory("bin")
     with pytest.raises(ValueError, match="duplicate"):
         cpio.directory("bin/")
+
+
+def test_mounts_below_deepest_first() -> None:
+    from rig.provision.rootfs import mounts_below
+
+    mountinfo = (
+        "22 1 0:21 / /proc rw - proc proc rw\n"
+        "90 1 0:5 /null /c/stage/tree/dev/null rw - devtmpfs udev rw\n"
+        "91 1 0:20 / /c/stage/tree/sys rw - sysfs sysfs rw\n"
+        "92 91 0:30 / /c/stage/tree/sys/fs/cgroup rw - cgroup2 cgroup2 rw\n"
+        "93 1 0:31 / /c/stage/tree2 rw - tmpfs tmpfs rw\n"
+        "94 1 0:32 / /c/stage/tree/with\\040blank rw - tmpfs tmpfs rw\n"
+    )
+    assert mounts_below(Path("/c/stage/tree"), mountinfo) == [
+        Path("/c/stage/tree/sys/fs/cgroup"),
+        Path("/c/stage/tree/dev/null"),
+        Path("/c/stage/tree/sys"),
+        Path("/c/stage/tree/with blank"),
+    ]
