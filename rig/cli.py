@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
+from . import cmd_replay
 from .cache import cache_root, list_entries
 from .cmdline import Modprobe
 from .errors import ProvisionError, RigError
@@ -139,7 +140,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 # -- entry point --------------------------------------------------------------------------
 
-SUBCOMMANDS = (_add_setup, _add_run)
+SUBCOMMANDS = (_add_setup, _add_run, cmd_replay.add_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

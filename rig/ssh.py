@@ -211,6 +211,19 @@ class Background:
         line, self._buf = self._buf.split(b"\n", 1)
         return line.decode("utf-8", "replace")
 
+    def wait(self, timeout: float) -> int:
+        """Wait for the command to end (its remaining stdout is discarded); its status."""
+        deadline = time.monotonic() + timeout
+        while not self._chan.exit_status_ready():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise MachineError(f"ssh {self.where}: {self.command!r} still running after "
+                                   f"{timeout:.0f} s")
+            select.select([self._chan], [], [], remaining)
+            while self._chan.recv_ready():
+                self._chan.recv(65536)
+        return self._chan.recv_exit_status()
+
     def stderr(self) -> str:
         data = b""
         while self._chan.recv_stderr_ready():

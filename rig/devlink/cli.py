@@ -12,16 +12,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..errors import RigError
-
-
-class Result(Protocol):
-    status: int
-    stdout: str
-    stderr: str
+from ..ssh import Result
 
 
 class Runner(Protocol):
-    def run(self, cmd: str, timeout: float = ...) -> Result: ...
+    def run(self, command: str, timeout: float = ...) -> Result: ...
 
 
 class DevlinkCliError(RigError):

@@ -201,7 +201,8 @@ def find_config(kernel: GuestKernel) -> Path | None:
 def check_kernel(kernel: GuestKernel, config: Path | None) -> None:
     """Fail clearly now rather than with a guest that cannot mount root or probe the device."""
     index = ModuleIndex.load(kernel.modules_dir)
-    missing = [m for m in GUEST_MODULES if not index.has(m)]
+    missing = [m for m in GUEST_MODULES if not index.has(m) or (
+        m in index.paths and not (kernel.modules_dir / index.paths[m]).is_file())]
     if "mlx4_core" in missing:
         raise _LacksDriver(f"guest kernel {kernel.origin} has no mlx4_core module")
     if missing:
@@ -222,6 +223,13 @@ def check_kernel(kernel: GuestKernel, config: Path | None) -> None:
 
 def read_module(ko: Path) -> bytes:
     """A module file's bytes, decompressed if the kernel installs compressed modules."""
+    try:
+        return _decompressed(ko)
+    except (OSError, lzma.LZMAError, gzip.BadGzipFile) as e:
+        raise ProvisionError(f"cannot read module {ko}: {e}") from e
+
+
+def _decompressed(ko: Path) -> bytes:
     if ko.suffix == ".xz":
         return lzma.decompress(ko.read_bytes())
     if ko.suffix == ".gz":

@@ -14,12 +14,23 @@ from pathlib import Path
 
 from ..errors import ProvisionError
 
+# Debian's packaged firmware (seabios, qemu-system-data, ipxe-qemu), for builds without blobs.
+DEBIAN_FIRMWARE = (Path("/usr/share/seabios"), Path("/usr/share/qemu"), Path("/usr/lib/ipxe/qemu"))
+
 
 @dataclass(frozen=True)
 class LocalQemu:
     binary: Path
-    firmware_dirs: tuple[Path, ...]  # empty: the binary's own compiled-in data directory
+    firmware_dirs: tuple[Path, ...]  # empty: the binary finds its own data directory
     version: str
+
+
+def firmware_for(binary: Path) -> tuple[Path, ...]:
+    """-L dirs for `binary`: none if its installation has a BIOS (QEMU looks in
+    <prefix>/share/qemu by itself), else Debian's firmware directories."""
+    if (binary.parent.parent / "share" / "qemu" / "bios-256k.bin").exists():
+        return ()
+    return tuple(d for d in DEBIAN_FIRMWARE if d.is_dir())
 
 
 def qemu_at(binary: Path) -> LocalQemu:
@@ -33,4 +44,5 @@ def qemu_at(binary: Path) -> LocalQemu:
     match = re.search(r"version\s+(\d+\.\d+(?:\.\d+)?)", out)
     if match is None:
         raise ProvisionError(f"{binary} --version printed no version: {out.strip()[:200]}")
-    return LocalQemu(binary.resolve(), (), match.group(1))
+    binary = binary.resolve()
+    return LocalQemu(binary, firmware_for(binary), match.group(1))

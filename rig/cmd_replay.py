@@ -1,0 +1,86 @@
+"""`rig replay`: the main job, as a command."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from .progress import info
+from .replay import FAULTS, ReplayOptions, run_replay
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "replay",
+        help="replay a firmware crash through mlx4_core and check its snapshots",
+        description="Boot the rig, load a CR-space image and health buffer into the emulated "
+        "ConnectX-3, make the driver hit the fault, and compare every snapshot it "
+        "takes (read with devlink over SSH and with pyroute2 over netlink) with "
+        "what the device held. Exit 0 only if everything agrees.",
+    )
+    p.add_argument(
+        "--crspace",
+        metavar="FILE",
+        type=Path,
+        help="1 MiB CR-space image: raw, or `devlink region dump` text "
+        "(default: a built-in synthetic image)",
+    )
+    p.add_argument(
+        "--health",
+        metavar="FILE",
+        type=Path,
+        help="64-byte health buffer, raw or dump text (default: built-in)",
+    )
+    p.add_argument(
+        "--fault",
+        choices=FAULTS,
+        default="catas",
+        help="catas: internal error found by the driver's poll; cmd-timeout: a "
+        "firmware command never completes (60 s); closing-cmd: a closing "
+        "command fails (both triggered by `devlink dev reload`)",
+    )
+    p.add_argument("--kernel", metavar="SPEC", help="guest kernel (see `rig setup --help`)")
+    p.add_argument("--qemu", metavar="PATH", type=Path, help="use this qemu-system-x86_64")
+    p.add_argument(
+        "--no-msi-x",
+        dest="msi_x",
+        action="store_false",
+        help="load mlx4_core with msi_x=0 (INTx; slower crdump)",
+    )
+    p.add_argument(
+        "--out", metavar="DIR", type=Path, help="run directory (default: runs/replay-<time>)"
+    )
+    p.set_defaults(func=cmd_replay)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    out = args.out or Path("runs") / time.strftime("replay-%Y%m%d-%H%M%S")
+    report = run_replay(
+        ReplayOptions(
+            out=out,
+            crspace=args.crspace,
+            health=args.health,
+            fault=args.fault,
+            kernel=args.kernel,
+            qemu=args.qemu,
+            msi_x=args.msi_x,
+        )
+    )
+    for snap in report.snapshots:
+        verdict = "agree" if snap.agree else "DIFFER"
+        changed = ", ".join(
+            str(c["register"] or f"UNEXPLAINED@{c['offset']:#x}") for c in snap.changed_from_input
+        )
+        print(
+            f"{snap.region} snapshot {snap.id}: {snap.size} bytes, CLI/netlink/truth {verdict}"
+            f"{'; differs from input in: ' + changed if changed else ''}"
+        )
+    for err in report.errors:
+        print(f"rig: error: {err}")
+    t = report.timings
+    if "fault_to_snapshots" in t:
+        print(f"fault to snapshots {t['fault_to_snapshots']:.1f} s, total {t['total']:.1f} s")
+    info(f"report: {out / 'report.json'}")
+    print("PASS" if report.ok else "FAIL")
+    return 0 if report.ok else 1

@@ -1,0 +1,60 @@
+"""report.json of a replay run (schema "mlx4-rig/replay/1", documented in docs/report.md)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA = "mlx4-rig/replay/1"
+
+
+@dataclass
+class Comparison:
+    """One pair of sources compared byte for byte."""
+
+    a: str  # "cli" | "netlink" | "truth"
+    b: str
+    equal: bool
+    differing_bytes: int
+    first_offsets: list[int] = field(default_factory=list)
+
+
+@dataclass
+class SnapshotReport:
+    region: str
+    id: int
+    size: int
+    sha256: str
+    path: str  # relative to the run directory
+    agree: bool  # CLI, netlink and truth all equal
+    comparisons: list[Comparison] = field(default_factory=list)
+    changed_from_input: list[dict[str, object]] = field(default_factory=list)
+    diff_path: str | None = None
+
+
+@dataclass
+class Report:
+    ok: bool = False
+    versions: dict[str, str] = field(default_factory=dict)
+    fault: dict[str, Any] = field(default_factory=dict)
+    inputs: dict[str, str] = field(default_factory=dict)
+    snapshots: list[SnapshotReport] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    artifacts: dict[str, str] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    schema: str = SCHEMA
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"
+
+    def write(self, run_dir: Path) -> Path:
+        path = run_dir / "report.json"
+        path.write_text(self.to_json())
+        return path
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

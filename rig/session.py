@@ -1,0 +1,293 @@
+"""A running rig: one emulated ConnectX-3 (device-model process) and the guest that drives it.
+
+This is the library the CLI, the pytest plugin and users' scripts share:
+
+    with Rig(RigConfig(log_dir=Path("out"))) as rig:
+        rig.enable_snapshots()
+        with rig.netlink.watch(count=2) as ...:
+            rig.device.inject_catas(...)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import shlex
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+from cx3.control import ControlClient
+
+from .cmdline import Modprobe
+from .deviceproc import DeviceProcess
+from .devlink.agent import NetlinkAgent
+from .devlink.cli import DevlinkCli
+from .errors import MachineError, RigError
+from .machine import Machine, MachineConfig, QemuInstall
+from .progress import info
+from .ssh import Result
+
+CX3_PCI_ID = "15b3:1003"
+REGIONS = ("cr-space", "fw-health")
+
+
+class DriverNotBound(RigError):
+    pass
+
+
+@dataclass(frozen=True)
+class RigConfig:
+    log_dir: Path
+    kernel: str | None = None  # None: Debian's packaged kernel (see rig.provision.kernel)
+    qemu: Path | None = None  # None: $RIG_QEMU, a new enough system QEMU, or the cached build
+    msi_x: bool = True
+    mlx4_params: tuple[str, ...] = ()
+    load_driver: bool = True
+    with_device: bool = True
+    memory_mib: int = 1024
+    boot_timeout: float = 180.0
+    name: str = "rig"
+
+
+@dataclass
+class Timings:
+    provision: float = 0.0
+    device_start: float = 0.0
+    boot: float = 0.0  # QEMU launch to SSH ready (includes modprobe at boot)
+    marks: dict[str, float] = field(default_factory=dict)
+
+
+class Rig:
+    def __init__(self, config: RigConfig) -> None:
+        self.config = config
+        self.log_dir = config.log_dir
+        self.timings = Timings()
+        self._rundir: Path | None = None
+        self._device: DeviceProcess | None = None
+        self._machine: Machine | None = None
+        self._devlink: DevlinkCli | None = None
+        self._netlink: NetlinkAgent | None = None
+        self.dev_handle = ""  # "pci/0000:00:03.0" once the driver is bound
+        self.qemu_version = ""
+        self.kernel_release = ""
+        self.kernel_origin = ""
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> Rig:
+        from .provision.guest import ensure_guest
+        from .provision.localqemu import qemu_at
+        from .provision.qemu import ensure_qemu
+
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        t0 = time.monotonic()
+        qemu: QemuInstall = qemu_at(self.config.qemu) if self.config.qemu else ensure_qemu()
+        guest = ensure_guest(self.config.kernel)
+        self.qemu_version = qemu.version
+        self.kernel_release = guest.kernel.release
+        self.kernel_origin = guest.kernel.origin
+        self.timings.provision = time.monotonic() - t0
+        # Socket paths must stay short (108 bytes), so not under the caller's log dir.
+        self._rundir = Path(tempfile.mkdtemp(prefix="rig-run-"))
+        try:
+            sockets: tuple[Path, ...] = ()
+            if self.config.with_device:
+                t0 = time.monotonic()
+                self._device = DeviceProcess(self._rundir, self.log_dir)
+                self._device.start()
+                sockets = (self._device.socket,)
+                self.timings.device_start = time.monotonic() - t0
+            modprobe: tuple[Modprobe, ...] = ()
+            if self.config.load_driver:
+                params = (f"msi_x={int(self.config.msi_x)}", *self.config.mlx4_params)
+                modprobe = (Modprobe("mlx4_core", params),)
+            mconfig = MachineConfig.for_guest(
+                qemu,
+                guest,
+                self.log_dir,
+                vfio_user_sockets=sockets,
+                modprobe=modprobe,
+                memory_mib=self.config.memory_mib,
+                name=self.config.name,
+            )
+            self._machine = Machine(mconfig)
+            t0 = time.monotonic()
+            info(f"booting {guest.kernel.release} under QEMU {qemu.version} (TCG)")
+            self._machine.launch()
+            self._machine.wait_ready(self.config.boot_timeout)
+            self.timings.boot = time.monotonic() - t0
+            self._devlink = DevlinkCli(self._machine.ssh)
+            self._netlink = NetlinkAgent(self._machine.ssh)
+            if self.config.with_device and self.config.load_driver:
+                self.dev_handle = self.wait_bound()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Save the guest's and the device's logs, then tear everything down (always)."""
+        try:
+            if self._machine is not None and self._machine.is_running():
+                # A dead guest has no dmesg to give; the console log has it all then.
+                with contextlib.suppress(RigError):
+                    (self.log_dir / "dmesg.txt").write_text(self.dmesg())
+        finally:
+            try:
+                if self._device is not None and self._device.alive():
+                    self._save_device_events()
+            finally:
+                if self._machine is not None:
+                    self._machine.shutdown()
+                    self._machine = None
+                if self._device is not None:
+                    self._device.stop()
+                    self._device = None
+                if self._rundir is not None:
+                    shutil.rmtree(self._rundir, ignore_errors=True)
+                    self._rundir = None
+
+    def __enter__(self) -> Rig:
+        return self.start()
+
+    def __exit__(
+        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    # --- parts --------------------------------------------------------------------------------
+
+    @property
+    def machine(self) -> Machine:
+        if self._machine is None:
+            raise RigError("the rig is not running")
+        return self._machine
+
+    @property
+    def device(self) -> ControlClient:
+        if self._device is None:
+            raise RigError("this rig has no emulated device")
+        return self._device.control
+
+    @property
+    def device_process(self) -> DeviceProcess:
+        if self._device is None:
+            raise RigError("this rig has no emulated device")
+        return self._device
+
+    @property
+    def devlink(self) -> DevlinkCli:
+        if self._devlink is None:
+            raise RigError("the rig is not running")
+        return self._devlink
+
+    @property
+    def netlink(self) -> NetlinkAgent:
+        if self._netlink is None:
+            raise RigError("the rig is not running")
+        return self._netlink
+
+    def region(self, name: str) -> str:
+        return f"{self.dev_handle}/{name}"
+
+    # --- guest helpers ------------------------------------------------------------------------
+
+    def sh(self, command: str, timeout: float = 120.0, check: bool = True) -> Result:
+        """Run a shell command in the guest; RigError with its stderr if it fails."""
+        res = self.machine.ssh.run(command, timeout=timeout)
+        if check and res.status != 0:
+            raise RigError(
+                f"guest command `{command}` failed (exit {res.status}): "
+                f"{(res.stderr or res.stdout).strip()[-500:]}"
+            )
+        return res
+
+    def dmesg(self) -> str:
+        return self.sh("dmesg", timeout=60).stdout
+
+    def check_health(self) -> None:
+        """Raise a clear error if QEMU or the device model died."""
+        if self._device is not None:
+            self._device.check_alive()
+        if self._machine is not None and not self._machine.is_running():
+            raise MachineError("QEMU exited unexpectedly", self.log_dir / "console.log")
+
+    def wait_bound(self, timeout: float = 60.0) -> str:
+        """The devlink handle of the emulated device once mlx4_core has registered it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            res = self.sh(
+                "for d in /sys/bus/pci/devices/*; do "
+                '[ "$(cat $d/vendor):$(cat $d/device)" = 0x15b3:0x1003 ] && '
+                "echo ${d##*/} $(readlink $d/driver); done",
+                check=False,
+            )
+            line = res.stdout.strip().splitlines()[0] if res.stdout.strip() else ""
+            bdf, _, driver = line.partition(" ")
+            if not bdf:
+                raise DriverNotBound(f"no {CX3_PCI_ID} device on the guest's PCI bus")
+            if driver.endswith("/mlx4_core") and f"pci/{bdf}" in self.devlink.devices():
+                return f"pci/{bdf}"
+            if time.monotonic() > deadline:
+                raise DriverNotBound(f"mlx4_core did not bind {bdf}: {self.driver_complaint()}")
+            # Probing is synchronous inside modprobe, so this is only reached when it failed.
+            time.sleep(0.5)
+
+    def driver_complaint(self) -> str:
+        """The driver's own words about why it is not working, from dmesg."""
+        lines = [
+            ln
+            for ln in self.dmesg().splitlines()
+            if "mlx4" in ln and re.search(r"fail|error|abort|unsupported|blacklist", ln, re.I)
+        ]
+        return "; ".join(ln.split("]", 1)[-1].strip() for ln in lines[-4:]) or "dmesg is silent"
+
+    def wait_kmsg(self, pattern: str, nth: int = 1, timeout: float = 60.0) -> str:
+        """Block until the guest kernel logs `pattern` (a plain substring) for the nth time."""
+        res = self.sh(kmsg_wait_command(pattern, nth), timeout=timeout)
+        return res.stdout.strip()
+
+    def enable_snapshots(self, cmodes: tuple[str, ...] = ("runtime",)) -> None:
+        for cmode in cmodes:
+            self.devlink.param_set(self.dev_handle, "region_snapshot_enable", "true", cmode)
+
+    def _save_device_events(self) -> None:
+        assert self._device is not None
+        try:
+            page = self._device.control.events(0)
+        except Exception as e:  # the log is best effort; never mask the real failure
+            info(f"could not save the device event log: {e}")
+            return
+        with (self.log_dir / "device-events.jsonl").open("w") as f:
+            for event in page.events:
+                f.write(json.dumps(event) + "\n")
+
+
+def kmsg_wait_command(pattern: str, nth: int) -> str:
+    """A guest command that blocks until the kernel log holds `pattern` for the nth time.
+
+    /dev/kmsg replays the log from boot and then blocks for new records, so this waits for
+    the event itself instead of polling dmesg. One read() returns one record and needs a
+    large buffer (awk and friends get EINVAL), hence Python.
+    """
+    script = (
+        "import os,sys\n"
+        "fd=os.open('/dev/kmsg',os.O_RDONLY)\n"
+        "seen=0\n"
+        "while True:\n"
+        "    try:\n"
+        "        rec=os.read(fd,65536).decode(errors='replace')\n"
+        "    except BrokenPipeError:\n"
+        "        continue\n"  # EPIPE: records were overwritten while we read; go on
+        f"    if {pattern!r} in rec:\n"
+        "        seen+=1\n"
+        f"        if seen=={nth}:\n"
+        "            print(rec.split(';',1)[-1].strip())\n"
+        "            break\n"
+    )
+    return f"python3 -c {shlex.quote(script)}"
