@@ -1,1 +1,1 @@
-"""pytest fixtures for suites that want an emulated ConnectX-3 (`rig_machine`, `rig_device`, ...)."""
+"""pytest fixtures for suites that want an emulated ConnectX-3 (see the README)."""
