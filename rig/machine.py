@@ -34,7 +34,7 @@ from .console import SerialConsole
 from .errors import MachineError, tail
 from .provision.guest import GuestImage
 from .qmp import Monitor
-from .ssh import GuestSsh, SshIdentity, SshRefused
+from .ssh import GuestSsh, Result, SshIdentity, SshRefused
 
 READY = re.compile(r"rig-guest: ready")
 # The kernel's last line before it runs the initramfs's /init: splits the boot time.
@@ -359,10 +359,9 @@ class Machine:
         extra = f"\n--- QEMU stderr ({self.stderr_log}) ---\n{stderr}" if stderr.strip() else ""
         return MachineError(str(error.args[0]), error.log, error.tail + extra)
 
-    def run(self, command: str, timeout: float = 60.0) -> tuple[int, str, str]:
-        """Run a shell command in the guest: (status, stdout, stderr)."""
-        r = self.ssh.run(command, timeout)
-        return r.status, r.stdout, r.stderr
+    def run(self, command: str, timeout: float = 60.0) -> Result:
+        """Run a shell command in the guest over the SSH connection wait_ready() made."""
+        return self.ssh.run(command, timeout)
 
     # -- shutdown ---------------------------------------------------------------------------
 

@@ -71,9 +71,13 @@ class Monitor:
     def close(self) -> None:
         if self._open:
             self._open = False
-            try:
-                self._log_events()
-                self._qmp.close()
-            except (TimeoutError, QMPError, OSError, EOFError) as e:
-                self._write("!!!", f"close: {type(e).__name__}: {e}")
+            for step in (self._log_events, self._qmp.close):
+                try:
+                    step()
+                except EOFError:
+                    self._write("---", "connection closed by QEMU")
+                    break
+                except (TimeoutError, QMPError, OSError) as e:
+                    self._write("!!!", f"close: {type(e).__name__}: {e}")
+                    break
         self._log.close()

@@ -5,10 +5,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..cache import cache_root
+from .apt import ensure_packages
 from .initramfs import ensure_initramfs
 from .kernel import GuestKernel, KernelSpec, ensure_kernel
 from .rootfs import RootFs, ensure_rootfs
 from .sshkeys import ClientKey, ensure_client_key
+
+# Host tools provisioning uses (apt-get, dpkg-deb and setpriv come with any Debian system).
+HOST_PACKAGES: tuple[str, ...] = (
+    "mmdebstrap",  # builds the root fs
+    "debian-archive-keyring",  # for mmdebstrap to verify bookworm
+    "gpg",  # recommended by mmdebstrap, for its keyring handling
+    "e2fsprogs",  # mke2fs -d
+    "kmod",  # depmod for a packaged kernel's modules
+    "openssh-client",  # ssh-keygen
+    "mount",  # umount of mmdebstrap's leftovers after an interruption
+)
 
 
 @dataclass(frozen=True)
@@ -21,6 +34,8 @@ class GuestImage:
 
 def ensure_guest(kernel: str | KernelSpec | None = None) -> GuestImage:
     """Provision (or reuse from the cache) the guest for `kernel` (see ensure_kernel)."""
+    ensure_packages(HOST_PACKAGES, cache_root() / "logs" / "host-packages.log",
+                    "guest provisioning")
     guest_kernel = ensure_kernel(kernel)
     return GuestImage(guest_kernel, ensure_initramfs(guest_kernel), ensure_rootfs(),
                       ensure_client_key())

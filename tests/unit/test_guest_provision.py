@@ -200,3 +200,12 @@ def test_mounts_below_deepest_first() -> None:
         Path("/c/stage/tree/sys"),
         Path("/c/stage/tree/with blank"),
     ]
+
+
+def test_guest_pyroute2_is_the_rigs_pin() -> None:
+    import tomllib
+
+    from rig.provision.rootfs import PYROUTE2_VERSION
+
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    assert f"pyroute2=={PYROUTE2_VERSION}" in pyproject["project"]["dependencies"]
