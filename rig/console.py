@@ -28,6 +28,7 @@ GUEST_FATAL = re.compile(r"rig-guest: FATAL: .*")
 class SerialConsole:
     def __init__(self, socket_path: Path, log_path: Path) -> None:
         self.log_path = log_path
+        log_path.write_bytes(b"")  # one boot per log: the reader appends from here on
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._listener.bind(str(socket_path))
         self._listener.listen(1)

@@ -21,7 +21,7 @@ from .errors import MachineError
 class Monitor:
     def __init__(self, sock: socket.socket, log_path: Path) -> None:
         self.log_path = log_path
-        self._log = log_path.open("a", encoding="utf-8")
+        self._log = log_path.open("w", encoding="utf-8")
         self._qmp = QEMUMonitorProtocol(sock)
         self._open = False
 
