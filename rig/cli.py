@@ -20,9 +20,10 @@ from . import cmd_replay
 from .cache import cache_root, list_entries
 from .cmdline import Modprobe
 from .errors import ProvisionError, RigError
-from .machine import Machine, MachineConfig, QemuInstall
+from .machine import QemuInstall
 from .progress import info, set_quiet, step
 from .provision.guest import ensure_guest
+from .session import Rig, RigConfig
 
 
 def provision_qemu(path: Path | None) -> QemuInstall:
@@ -88,8 +89,16 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--keep-logs", metavar="DIR", type=Path,
                    help="write console.log, qmp.log, qemu-stderr.log here (default: a temporary "
                         "directory, removed unless something fails)")
+    p.add_argument("--no-device", dest="device", action="store_false",
+                   help="boot without the emulated ConnectX-3")
+    p.add_argument("--no-driver", dest="driver", action="store_false",
+                   help="do not load mlx4_core at boot (the device is still attached)")
+    p.add_argument("--no-msi-x", dest="msi_x", action="store_false",
+                   help="load mlx4_core with msi_x=0 (INTx)")
+    p.add_argument("--mlx4-param", metavar="PARAM=VALUE", action="append", default=[],
+                   help="an extra mlx4_core module parameter")
     p.add_argument("--modprobe", metavar="'MODULE [PARAM=VALUE ...]'", action="append",
-                   default=[], help="load a module at boot, before the guest reports ready")
+                   default=[], help="load another module at boot, before the guest is ready")
     p.add_argument("--append", metavar="ARG", action="append", default=[],
                    help="an extra kernel command-line argument")
     p.add_argument("--memory", metavar="MIB", type=int, default=1024)
@@ -112,22 +121,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         raise RigError("rig run: no command given (rig run [options] -- CMD ...)")
-    modprobe = tuple(Modprobe.parse(m) for m in args.modprobe)
-    guest = ensure_guest(args.kernel)
-    qemu = provision_qemu(args.qemu)
-
     log_dir: Path = args.keep_logs or Path(tempfile.mkdtemp(prefix="rig-logs-"))
+    config = RigConfig(
+        log_dir=log_dir, kernel=args.kernel, qemu=args.qemu, msi_x=args.msi_x,
+        mlx4_params=tuple(args.mlx4_param), with_device=args.device,
+        load_driver=args.device and args.driver, memory_mib=args.memory,
+        boot_timeout=args.boot_timeout, kernel_args=tuple(args.append),
+        extra_modprobe=tuple(Modprobe.parse(m) for m in args.modprobe))
     succeeded = False
     try:
-        config = MachineConfig.for_guest(qemu, guest, log_dir, memory_mib=args.memory,
-                                         modprobe=modprobe, kernel_args=tuple(args.append))
-        with Machine(config) as machine:
-            machine.launch()
-            ssh = machine.wait_ready(args.boot_timeout)
-            info(f"guest ready in {machine.times.summary()}")
-            result = ssh.run(shlex.join(command), args.timeout,
-                             on_stdout=_stream(sys.stdout.buffer),
-                             on_stderr=_stream(sys.stderr.buffer))
+        with Rig(config) as rig:
+            info(f"guest ready in {rig.machine.times.summary()}")
+            result = rig.machine.ssh.run(shlex.join(command), args.timeout,
+                                         on_stdout=_stream(sys.stdout.buffer),
+                                         on_stderr=_stream(sys.stderr.buffer))
         succeeded = True
         return result.status
     finally:

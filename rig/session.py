@@ -51,6 +51,8 @@ class RigConfig:
     with_device: bool = True
     memory_mib: int = 1024
     boot_timeout: float = 180.0
+    extra_modprobe: tuple[Modprobe, ...] = ()  # loaded at boot after mlx4_core
+    kernel_args: tuple[str, ...] = ()
     name: str = "rig"
 
 
@@ -106,6 +108,7 @@ class Rig:
             if self.config.load_driver:
                 params = (f"msi_x={int(self.config.msi_x)}", *self.config.mlx4_params)
                 modprobe = (Modprobe("mlx4_core", params),)
+            modprobe += self.config.extra_modprobe
             mconfig = MachineConfig.for_guest(
                 qemu,
                 guest,
