@@ -17,7 +17,6 @@ from pathlib import Path
 from ..cache import cache_root, entry
 from ..errors import ProvisionError
 from ..progress import run_logged, step
-from .apt import ensure_packages
 from .guestfiles import digests, guest_file
 from .locking import building
 from .sshkeys import ClientKey, ensure_client_key, generate
@@ -76,7 +75,9 @@ def ensure_rootfs() -> RootFs:
 
 
 def _build(stage: Path, client_key: ClientKey, log: Path) -> None:
-    ensure_packages(("mmdebstrap", "e2fsprogs"), log, "building the guest root filesystem")
+    for tool, package in (("mmdebstrap", "mmdebstrap"), ("mke2fs", "e2fsprogs")):
+        if shutil.which(tool) is None:
+            raise ProvisionError(f"{tool} not found: apt-get install {package}")
     if os.geteuid() != 0:
         # Root mode gives the image real root ownership without fakeroot tricks.
         raise ProvisionError("building the guest root filesystem needs root (mmdebstrap)")
