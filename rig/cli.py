@@ -12,16 +12,15 @@ import shlex
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO
 
-from . import cmd_replay
+from . import cmd_interactive, cmd_replay
 from .cache import cache_root, list_entries
 from .cmdline import Modprobe
 from .errors import ProvisionError, RigError
 from .machine import QemuInstall
-from .progress import info, set_quiet, step
+from .progress import info, set_quiet, step, stream_to
 from .provision.guest import ensure_guest
 from .session import Rig, RigConfig
 
@@ -109,14 +108,6 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=cmd_run)
 
 
-def _stream(out: BinaryIO) -> Callable[[bytes], None]:
-    def write(data: bytes) -> None:
-        out.write(data)
-        out.flush()
-
-    return write
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
@@ -133,8 +124,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         with Rig(config) as rig:
             info(f"guest ready in {rig.machine.times.summary()}")
             result = rig.machine.ssh.run(shlex.join(command), args.timeout,
-                                         on_stdout=_stream(sys.stdout.buffer),
-                                         on_stderr=_stream(sys.stderr.buffer))
+                                         on_stdout=stream_to(sys.stdout.buffer),
+                                         on_stderr=stream_to(sys.stderr.buffer))
         succeeded = True
         return result.status
     finally:
@@ -147,7 +138,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 # -- entry point --------------------------------------------------------------------------
 
-SUBCOMMANDS = (_add_setup, _add_run, cmd_replay.add_parser)
+SUBCOMMANDS = (_add_setup, _add_run, cmd_replay.add_parser, cmd_interactive.add_parsers)
 
 
 def build_parser() -> argparse.ArgumentParser:

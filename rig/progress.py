@@ -6,9 +6,10 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 from .errors import ProvisionError, tail
 
@@ -75,3 +76,13 @@ def run_logged(
             raise
     if rc != 0:
         raise ProvisionError(f"{what} failed (exit {rc})", log, tail(log))
+
+
+def stream_to(out: BinaryIO) -> Callable[[bytes], None]:
+    """A sink for command output that shows each piece as it arrives."""
+
+    def write(data: bytes) -> None:
+        out.write(data)
+        out.flush()
+
+    return write

@@ -1,0 +1,187 @@
+"""Reproducing by hand: `rig up` keeps a rig running; `rig devlink|sh|fault|load|truth|down`
+act on it from other terminals."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+from typing import TypeAlias
+
+from . import builtin
+from .dumptext import format_dump, load_region_file
+from .errors import RigError
+from .instance import Instance
+from .progress import info, stream_to
+from .session import Rig, RigConfig
+
+Sub: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+def _named(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--name", default="default", help="which rig (default: %(default)s)")
+
+
+def add_parsers(sub: Sub) -> None:
+    p = sub.add_parser("up", help="start a rig and keep it up until Ctrl-C or `rig down`")
+    _named(p)
+    p.add_argument("--kernel", metavar="SPEC")
+    p.add_argument("--qemu", metavar="PATH", type=Path)
+    p.add_argument("--no-msi-x", dest="msi_x", action="store_false")
+    p.add_argument("--logs", metavar="DIR", type=Path, help="default: runs/up-<name>-<time>")
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("down", help="stop a rig started with `rig up`")
+    _named(p)
+    p.set_defaults(func=cmd_down)
+
+    p = sub.add_parser("sh", help="run a shell command in a running rig's guest")
+    _named(p)
+    p.add_argument("command", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_sh)
+
+    p = sub.add_parser("devlink", help="run devlink in a running rig's guest (its own output)",
+                       prefix_chars="\0")  # every argument belongs to devlink
+    p.add_argument("args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_devlink, name="default")
+
+    p = sub.add_parser("fault", help="inject a fault into a running rig's device")
+    _named(p)
+    p.add_argument("kind", choices=("catas", "cmd-timeout", "closing-cmd", "clear"))
+    default_words = " ".join(f"{w:#x}" for w in builtin.CATAS_WORDS)
+    p.add_argument("--words", metavar="WORD", nargs="+",
+                   help=f"catas buffer dwords (default: {default_words})")
+    p.add_argument("--opcode", type=lambda s: int(s, 0),
+                   help="only this firmware opcode (command faults)")
+    p.set_defaults(func=cmd_fault)
+
+    p = sub.add_parser("load", help="load a CR-space image and/or health buffer into the device")
+    _named(p)
+    p.add_argument("--crspace", metavar="FILE", type=Path)
+    p.add_argument("--health", metavar="FILE", type=Path)
+    p.set_defaults(func=cmd_load)
+
+    p = sub.add_parser("truth", help="what BAR0/health held at each crdump the device saw")
+    _named(p)
+    p.add_argument("--out", metavar="DIR", type=Path, help="save each as .bin files here")
+    p.set_defaults(func=cmd_truth)
+
+
+def _stop_on_signal(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    logs = args.logs or Path("runs") / time.strftime(f"up-{args.name}-%Y%m%d-%H%M%S")
+    try:
+        Instance.find(args.name)
+        raise RigError(f"a rig named {args.name!r} is already up; `rig down --name {args.name}`")
+    except RigError as e:
+        if "already up" in str(e):
+            raise
+    signal.signal(signal.SIGTERM, _stop_on_signal)
+    with Rig(RigConfig(log_dir=logs, kernel=args.kernel, qemu=args.qemu, msi_x=args.msi_x,
+                       name=args.name)) as rig:
+        inst = Instance.publish(args.name, rig)
+        try:
+            flag = "" if args.name == "default" else f" --name {args.name}"
+            print(f"rig {args.name!r} is up: {rig.dev_handle} (logs in {logs})\n"
+                  f"  rig devlink region show\n"
+                  f"  rig devlink dev param set {rig.dev_handle} name region_snapshot_enable "
+                  f"value true cmode runtime\n"
+                  f"  rig fault{flag} catas\n"
+                  f"  rig sh{flag} -- dmesg | tail\n"
+                  f"  rig down{flag}      (or Ctrl-C here)", flush=True)
+            while True:
+                signal.pause()
+        except KeyboardInterrupt:
+            info(f"stopping rig {args.name!r}")
+        finally:
+            inst.unpublish()
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    Instance.find(args.name).stop()
+    return 0
+
+
+def _run_in_guest(name: str, command: str) -> int:
+    ssh = Instance.find(name).ssh()
+    try:
+        res = ssh.run(command, timeout=3600, on_stdout=stream_to(sys.stdout.buffer),
+                      on_stderr=stream_to(sys.stderr.buffer))
+    finally:
+        ssh.close()
+    sys.stdout.flush()
+    return res.status
+
+
+def cmd_sh(args: argparse.Namespace) -> int:
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        raise RigError("rig sh: no command given (rig sh [--name N] -- CMD ...)")
+    return _run_in_guest(args.name, shlex.join(command))
+
+
+def cmd_devlink(args: argparse.Namespace) -> int:
+    rest = list(args.args)
+    name = "default"
+    if rest[:1] == ["--name"] and len(rest) > 1:
+        name, rest = rest[1], rest[2:]
+    return _run_in_guest(name, shlex.join(["devlink", *rest]))
+
+
+def cmd_fault(args: argparse.Namespace) -> int:
+    with Instance.find(args.name).control() as ctl:
+        if args.kind == "catas":
+            words = tuple(int(w, 0) for w in args.words) if args.words else builtin.CATAS_WORDS
+            ctl.inject_catas(words)
+            print(f"catas buffer now {' '.join(f'{w:08x}' for w in words)}; the driver's poll "
+                  "finds it within ~5 s")
+        elif args.kind == "cmd-timeout":
+            ctl.fault_cmd_timeout(args.opcode)
+            print("the next firmware command will never complete (try `rig devlink dev reload "
+                  "...`; the driver gives up after 60 s)")
+        elif args.kind == "closing-cmd":
+            ctl.fault_closing_cmd(args.opcode)
+            print("the next closing command will fail (try `rig devlink dev reload ...`)")
+        else:
+            ctl.clear_faults()
+            print("command faults cleared")
+    return 0
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    if args.crspace is None and args.health is None:
+        raise RigError("rig load: give --crspace FILE and/or --health FILE")
+    from cx3 import crspace as cr
+
+    with Instance.find(args.name).control() as ctl:
+        if args.crspace is not None:
+            ctl.load_crspace(load_region_file(args.crspace, cr.SIZE, "CR-space"))
+        if args.health is not None:
+            ctl.set_health(load_region_file(args.health, cr.HEALTH_SIZE, "health buffer"))
+    return 0
+
+
+def cmd_truth(args: argparse.Namespace) -> int:
+    with Instance.find(args.name).control() as ctl:
+        dumps = ctl.crdumps()
+        if not dumps:
+            print("the device has seen no crdump yet")
+        for info_ in dumps:
+            data = ctl.crdump(info_.index)
+            print(f"crdump {data.index} (t={data.t:.3f}): health buffer")
+            print(format_dump(data.health), end="")
+            if args.out:
+                args.out.mkdir(parents=True, exist_ok=True)
+                (args.out / f"crdump-{data.index}.cr-space.bin").write_bytes(data.image)
+                (args.out / f"crdump-{data.index}.fw-health.bin").write_bytes(data.health)
+        if args.out and dumps:
+            print(f"saved to {args.out}")
+    return 0
