@@ -211,6 +211,13 @@ class Background:
         line, self._buf = self._buf.split(b"\n", 1)
         return line.decode("utf-8", "replace")
 
+    def write(self, data: bytes) -> None:
+        """Send to the command's stdin."""
+        try:
+            self._chan.sendall(data)
+        except (OSError, paramiko.SSHException) as e:
+            raise MachineError(f"ssh {self.where}: {self.command!r} stdin: {e}") from e
+
     def wait(self, timeout: float) -> int:
         """Wait for the command to end (its remaining stdout is discarded); its status."""
         deadline = time.monotonic() + timeout

@@ -1,9 +1,12 @@
-"""The host side of `netlink.py`: upload it into the guest, run it over SSH, parse its JSON."""
+"""The host side of `netlink.py`: upload it into the guest, run it there, parse its JSON.
+
+One agent process serves a whole session (requests on its stdin, one JSON reply line each):
+starting Python and importing pyroute2 takes seconds under TCG.
+"""
 
 from __future__ import annotations
 
 import json
-import shlex
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,7 @@ class NetlinkAgent:
         self.ssh = ssh
         self.timeout = timeout
         self._uploaded = False
+        self._server: Background | None = None
 
     def _ensure_uploaded(self) -> None:
         if not self._uploaded:
@@ -35,46 +39,49 @@ class NetlinkAgent:
             self.ssh.put(SCRIPT, REMOTE)
             self._uploaded = True
 
-    def call(self, *args: str) -> Any:
-        self._ensure_uploaded()
-        cmd = "python3 " + " ".join(shlex.quote(a) for a in (REMOTE, *args))
-        res = self.ssh.run(cmd, timeout=self.timeout)
-        try:
-            doc = json.loads(res.stdout)
-        except ValueError as e:
-            raise RigError(
-                f"netlink agent printed no JSON (exit {res.status}): "
-                f"{(res.stderr or res.stdout).strip()[-400:]}"
-            ) from e
-        if isinstance(doc, dict) and "error" in doc:
-            raise NetlinkError(args[0], doc["error"], doc.get("errno"))
-        if res.status != 0:
-            raise RigError(f"netlink agent {args[0]} failed (exit {res.status}): {res.stderr}")
-        return doc
+    def _start(self) -> Background:
+        if self._server is None:
+            self._ensure_uploaded()
+            server = self.ssh.start(f"python3 {REMOTE} serve")
+            line = server.readline(timeout=self.timeout)
+            if line is None or json.loads(line) != {"ready": True}:
+                err = server.stderr()
+                server.close()
+                raise RigError(f"netlink agent did not start: {line!r} {err.strip()[-400:]}")
+            self._server = server
+        return self._server
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+
+    def call(self, op: str, **args: Any) -> Any:
+        server = self._start()
+        server.write(json.dumps({"op": op, **args}).encode() + b"\n")
+        line = server.readline(timeout=self.timeout)
+        if line is None:
+            self._server = None
+            raise RigError(f"netlink agent ended: {server.stderr().strip()[-400:]}")
+        reply = json.loads(line)
+        if "error" in reply:
+            raise NetlinkError(op, reply["error"], reply.get("errno"))
+        return reply["result"]
 
     def regions(self) -> list[RegionInfo]:
         return [
-            RegionInfo(
-                f"{r['bus']}/{r['dev']}/{r['name']}", r["size"], r["snapshots"], r["max_snapshots"]
-            )
+            RegionInfo(f"{r['bus']}/{r['dev']}/{r['name']}", r["size"], r["snapshots"],
+                       r["max_snapshots"])
             for r in self.call("regions")
         ]
 
-    def chunks(
-        self, handle: str, snapshot: int | None, addr: int | None = None, length: int | None = None
-    ) -> list[tuple[int, bytes]]:
-        args = ["read", handle]
-        if snapshot is not None:
-            args += ["--snapshot", str(snapshot)]
-        if addr is not None:
-            args += ["--addr", str(addr)]
-        if length is not None:
-            args += ["--length", str(length)]
-        return [(c["addr"], bytes.fromhex(c["data"])) for c in self.call(*args)]
+    def chunks(self, handle: str, snapshot: int | None, addr: int | None = None,
+               length: int | None = None) -> list[tuple[int, bytes]]:
+        reply = self.call("read", region=handle, snapshot=snapshot, addr=addr, length=length)
+        return [(c["addr"], bytes.fromhex(c["data"])) for c in reply]
 
-    def read(
-        self, handle: str, snapshot: int, addr: int | None = None, length: int | None = None
-    ) -> bytes:
+    def read(self, handle: str, snapshot: int, addr: int | None = None,
+             length: int | None = None) -> bytes:
         chunks = self.chunks(handle, snapshot, addr, length)
         out = bytearray()
         start = chunks[0][0] if chunks else 0
@@ -84,18 +91,17 @@ class NetlinkAgent:
             out += data
         return bytes(out)
 
-    def delete(self, handle: str, snapshot: int) -> None:
-        self.call("del", handle, "--snapshot", str(snapshot))
+    def delete(self, handle: str, snapshot: int | None) -> None:
+        self.call("del", region=handle, snapshot=snapshot)
 
     def new(self, handle: str, snapshot: int | None = None) -> None:
-        args = ["new", handle] + (["--snapshot", str(snapshot)] if snapshot is not None else [])
-        self.call(*args)
+        self.call("new", region=handle, snapshot=snapshot)
 
     def watch(self, count: int) -> RegionWatch:
         """Start listening for `count` REGION_NEW/DEL notifications; returns once listening."""
         self._ensure_uploaded()
         bg = self.ssh.start(f"python3 {REMOTE} watch --count {count}")
-        line = bg.readline(timeout=60)
+        line = bg.readline(timeout=self.timeout)
         if line is None or json.loads(line) != {"listening": True}:
             err = bg.stderr()
             bg.close()

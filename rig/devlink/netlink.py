@@ -228,7 +228,7 @@ class RegionClient:
 def _split(handle: str) -> tuple[str, str, str]:
     bus, dev, region = handle.split("/", 2) if handle.count("/") >= 2 else ("", "", handle)
     if not (bus and dev and region) or "/" in region:
-        raise SystemExit(f"bad region handle {handle!r}: expected BUS/DEV/REGION")
+        raise ValueError(f"bad region handle {handle!r}: expected BUS/DEV/REGION")
     return bus, dev, region
 
 
@@ -243,33 +243,62 @@ def main(argv: list[str] | None = None) -> int:
         if op == "read":
             sp.add_argument("--addr", type=int)
             sp.add_argument("--length", type=int)
+    sub.add_parser("serve", help="answer JSON requests on stdin, one per line")
     sp = sub.add_parser("watch")
     sp.add_argument("--count", type=int, default=1)
     args = ap.parse_args(argv)
 
     client = RegionClient()
-    out: Any
     try:
-        if args.op == "regions":
-            out = [asdict(r) for r in client.regions()]
-        elif args.op == "read":
-            chunks = client.read(*_split(args.region), args.snapshot, args.addr, args.length)
-            out = [{"addr": c.addr, "data": c.data.hex()} for c in chunks]
-        elif args.op == "del":
-            client.delete(*_split(args.region), args.snapshot)
-            out = {"deleted": args.snapshot}
-        elif args.op == "new":
-            client.new(*_split(args.region), args.snapshot)
-            out = {"created": args.snapshot}
-        else:
-            out = client.watch(args.count)
+        if args.op == "serve":
+            return serve(client)
+        if args.op == "watch":
+            client.watch(args.count)
             return 0
-    except DevlinkError as e:
-        print(json.dumps({"error": str(e), "errno": e.errno}))
-        return 1
+        reply = handle(client, vars(args))
     finally:
         client.close()
-    print(json.dumps(out))
+    print(json.dumps(reply))
+    return 1 if "error" in reply else 0
+
+
+def handle(client: RegionClient, req: dict[str, Any]) -> dict[str, Any]:
+    """One request ({"op": ..., "region": ..., ...}) to one reply ({"result"} or {"error"})."""
+    op = req.get("op")
+    try:
+        if op == "regions":
+            return {"result": [asdict(r) for r in client.regions()]}
+        handle_ = _split(str(req.get("region", "")))
+        snapshot = req.get("snapshot")
+        if op == "read":
+            chunks = client.read(*handle_, snapshot, req.get("addr"), req.get("length"))
+            return {"result": [{"addr": c.addr, "data": c.data.hex()} for c in chunks]}
+        if op == "del":
+            client.delete(*handle_, snapshot)
+            return {"result": {"deleted": snapshot}}
+        if op == "new":
+            client.new(*handle_, snapshot)
+            return {"result": {"created": snapshot}}
+        return {"error": f"unknown op {op!r}", "errno": errno.EINVAL}
+    except DevlinkError as e:
+        return {"error": str(e), "errno": e.errno}
+    except ValueError as e:
+        return {"error": str(e), "errno": errno.EINVAL}
+
+
+def serve(client: RegionClient) -> int:
+    """JSON requests on stdin, one reply line each: one Python start-up for many requests
+    (importing pyroute2 takes seconds under TCG)."""
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        try:
+            req = json.loads(line)
+        except ValueError as e:
+            reply: dict[str, Any] = {"error": f"bad request: {e}", "errno": errno.EINVAL}
+        else:
+            reply = handle(client, req) if isinstance(req, dict) else {
+                "error": "bad request: not an object", "errno": errno.EINVAL}
+        print(json.dumps(reply), flush=True)
     return 0
 
 
