@@ -220,26 +220,22 @@ class Rig:
         if self._machine is not None and not self._machine.is_running():
             raise MachineError("QEMU exited unexpectedly", self.log_dir / "console.log")
 
-    def wait_bound(self, timeout: float = 60.0) -> str:
-        """The devlink handle of the emulated device once mlx4_core has registered it."""
-        deadline = time.monotonic() + timeout
-        while True:
-            res = self.sh(
-                "for d in /sys/bus/pci/devices/*; do "
-                '[ "$(cat $d/vendor):$(cat $d/device)" = 0x15b3:0x1003 ] && '
-                "echo ${d##*/} $(readlink $d/driver); done",
-                check=False,
-            )
-            line = res.stdout.strip().splitlines()[0] if res.stdout.strip() else ""
-            bdf, _, driver = line.partition(" ")
-            if not bdf:
-                raise DriverNotBound(f"no {CX3_PCI_ID} device on the guest's PCI bus")
-            if driver.endswith("/mlx4_core") and f"pci/{bdf}" in self.devlink.devices():
-                return f"pci/{bdf}"
-            if time.monotonic() > deadline:
-                raise DriverNotBound(f"mlx4_core did not bind {bdf}: {self.driver_complaint()}")
-            # Probing is synchronous inside modprobe, so this is only reached when it failed.
-            time.sleep(0.5)
+    def wait_bound(self) -> str:
+        """The devlink handle of the emulated device, which mlx4_core must have registered.
+
+        The guest's init runs modprobe before it reports ready, and probing is synchronous
+        inside modprobe: by now the driver has either bound the device or given up.
+        """
+        res = self.sh("for d in /sys/bus/pci/devices/*; do "
+                      '[ "$(cat $d/vendor):$(cat $d/device)" = 0x15b3:0x1003 ] && '
+                      "echo ${d##*/} $(readlink $d/driver); done", check=False)
+        line = res.stdout.strip().splitlines()[0] if res.stdout.strip() else ""
+        bdf, _, driver = line.partition(" ")
+        if not bdf:
+            raise DriverNotBound(f"no {CX3_PCI_ID} device on the guest's PCI bus")
+        if driver.endswith("/mlx4_core") and f"pci/{bdf}" in self.devlink.devices():
+            return f"pci/{bdf}"
+        raise DriverNotBound(f"mlx4_core did not bind {bdf}: {self.driver_complaint()}")
 
     def driver_complaint(self) -> str:
         """The driver's own words about why it is not working, from dmesg."""
