@@ -69,9 +69,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     )
     for snap in report.snapshots:
         verdict = "agree" if snap.agree else "DIFFER"
-        changed = ", ".join(
+        names = (
             str(c["register"] or f"UNEXPLAINED@{c['offset']:#x}") for c in snap.changed_from_input
         )
+        changed = ", ".join(dict.fromkeys(names))  # one mention per register, in order
         print(
             f"{snap.region} snapshot {snap.id}: {snap.size} bytes, CLI/netlink/truth {verdict}"
             f"{'; differs from input in: ' + changed if changed else ''}"
