@@ -27,9 +27,12 @@ class NetlinkError(RigError):
 class NetlinkAgent:
     """devlink regions through pyroute2 generic netlink, running inside the guest."""
 
-    def __init__(self, ssh: GuestSsh, timeout: float = 120.0) -> None:
+    def __init__(self, ssh: GuestSsh, timeout: float = 120.0, as_user: str = "") -> None:
+        """as_user: a command prefix that drops privileges (e.g. `setpriv --reuid=65534 ...`)
+        to run the agent as another user."""
         self.ssh = ssh
         self.timeout = timeout
+        self.as_user = as_user
         self._uploaded = False
         self._server: Background | None = None
 
@@ -42,7 +45,7 @@ class NetlinkAgent:
     def _start(self) -> Background:
         if self._server is None:
             self._ensure_uploaded()
-            server = self.ssh.start(f"python3 {REMOTE} serve")
+            server = self.ssh.start(f"{self.as_user} python3 {REMOTE} serve".strip())
             line = server.readline(timeout=self.timeout)
             if line is None or json.loads(line) != {"ready": True}:
                 err = server.stderr()
@@ -75,12 +78,18 @@ class NetlinkAgent:
             for r in self.call("regions")
         ]
 
+    def region(self, handle: str) -> RegionInfo:
+        """REGION_GET of one region: unknown names fail as the kernel says."""
+        r = self.call("show", region=handle)
+        return RegionInfo(f"{r['bus']}/{r['dev']}/{r['name']}", r["size"], r["snapshots"],
+                          r["max_snapshots"])
+
     def chunks(self, handle: str, snapshot: int | None, addr: int | None = None,
                length: int | None = None) -> list[tuple[int, bytes]]:
         reply = self.call("read", region=handle, snapshot=snapshot, addr=addr, length=length)
         return [(c["addr"], bytes.fromhex(c["data"])) for c in reply]
 
-    def read(self, handle: str, snapshot: int, addr: int | None = None,
+    def read(self, handle: str, snapshot: int | None, addr: int | None = None,
              length: int | None = None) -> bytes:
         chunks = self.chunks(handle, snapshot, addr, length)
         out = bytearray()

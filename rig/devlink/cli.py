@@ -40,12 +40,15 @@ def _pairs(pairs: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
 
 
 class DevlinkCli:
-    def __init__(self, runner: Runner, timeout: float = 120.0) -> None:
+    def __init__(self, runner: Runner, timeout: float = 120.0, as_user: str = "") -> None:
+        """as_user: a command prefix that drops privileges (e.g. `setpriv --reuid=65534 ...`)
+        to run devlink as another user."""
         self.runner = runner
         self.timeout = timeout
+        self.devlink = f"{as_user} devlink".strip()
 
     def run(self, args: str, check: bool = True) -> Result:
-        cmd = f"devlink {args}"
+        cmd = f"{self.devlink} {args}"
         res = self.runner.run(cmd, timeout=self.timeout)
         if check and res.status != 0:
             raise DevlinkCliError(cmd, res.status, res.stderr or res.stdout)
@@ -87,7 +90,7 @@ class DevlinkCli:
         """`devlink -j ARGS` output. devlink writes JSON in many small pieces, and each one
         costs an SSH packet under TCG (8 s for a 1 MiB dump); through a file it is 4x faster.
         """
-        cmd = (f"f=$(mktemp) && devlink -j {args} > $f; s=$?; cat $f; rm -f $f; exit $s")
+        cmd = f"f=$(mktemp) && {self.devlink} -j {args} > $f; s=$?; cat $f; rm -f $f; exit $s"
         res = self.runner.run(cmd, timeout=self.timeout)
         if res.status != 0:
             raise DevlinkCliError(f"devlink -j {args}", res.status, res.stderr or res.stdout)
@@ -113,21 +116,24 @@ class DevlinkCli:
                     addr = None
         return chunks
 
-    def dump(self, handle: str, snapshot: int) -> bytes:
+    def dump(self, handle: str, snapshot: int | None) -> bytes:
+        """The whole snapshot; snapshot None leaves the id out (the kernel's error path)."""
         return _assemble(
-            self._chunks(f"region dump {shlex.quote(handle)} snapshot {snapshot}"),
+            self._chunks(f"region dump {shlex.quote(handle)}{_snap(snapshot)}"),
             0,
             f"dump of {handle} snapshot {snapshot}",
         )
 
-    def read(self, handle: str, snapshot: int, addr: int, length: int) -> bytes:
-        args = (
-            f"region read {shlex.quote(handle)} snapshot {snapshot} address {addr} length {length}"
-        )
+    def read(self, handle: str, snapshot: int | None, addr: int, length: int) -> bytes:
+        # Decimal on purpose: iproute2 6.1 rejects "0x..." addresses and lengths.
+        args = f"region read {shlex.quote(handle)}{_snap(snapshot)} address {addr} length {length}"
         return _assemble(self._chunks(args), addr, f"read of {handle}")
 
-    def delete(self, handle: str, snapshot: int) -> None:
-        self.run(f"region del {shlex.quote(handle)} snapshot {snapshot}")
+    def delete(self, handle: str, snapshot: int | None) -> None:
+        self.run(f"region del {shlex.quote(handle)}{_snap(snapshot)}")
+
+    def new(self, handle: str, snapshot: int | None = None) -> None:
+        self.run(f"region new {shlex.quote(handle)}{_snap(snapshot)}")
 
     def param_set(self, dev: str, name: str, value: str, cmode: str = "runtime") -> None:
         self.run(f"dev param set {dev} name {name} value {value} cmode {cmode}")
@@ -137,6 +143,10 @@ class DevlinkCli:
         params = doc["param"][dev]
         values = params[0]["values"]
         return {v["cmode"]: v["value"] for v in values}
+
+
+def _snap(snapshot: int | None) -> str:
+    return "" if snapshot is None else f" snapshot {snapshot}"
 
 
 def _assemble(chunks: list[tuple[int, bytes]], start: int, what: str) -> bytes:

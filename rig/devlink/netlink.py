@@ -15,11 +15,12 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import struct
 import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from pyroute2.netlink import NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST
+from pyroute2.netlink import NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE
 from pyroute2.netlink.devlink import devlinkcmd
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.generic import GenericNetlinkSocket
@@ -105,11 +106,29 @@ class DevlinkError(Exception):
         super().__init__(f"{op}: {errno.errorcode.get(err.code, err.code)} ({err})")
 
 
+NLMSG_HDRLEN = 16
+
+
+def dump_done_errno(data: bytes | bytearray, offset: int = 0) -> int:
+    """The errno an NLMSG_DONE message at `offset` carries (0: the dump succeeded).
+
+    A dump the kernel refuses once started (unknown region or snapshot, a start beyond the
+    end) ends with NLMSG_DONE whose payload is -errno. pyroute2 takes any NLMSG_DONE for a
+    normal end of dump, so without this check a failed read looks like an empty one.
+    """
+    (length,) = struct.unpack_from("=I", data, offset)
+    if length < NLMSG_HDRLEN + 4:
+        return 0
+    (code,) = struct.unpack_from("=i", data, offset + NLMSG_HDRLEN)
+    return -code if code < 0 else 0
+
+
 class RegionClient:
     """REGION_GET / READ / NEW / DEL, and REGION_NEW/DEL notifications."""
 
     def __init__(self) -> None:
-        self.sock = GenericNetlinkSocket()
+        # ext_ack: the kernel's own words ("Requested snapshot does not exist") with errors.
+        self.sock = GenericNetlinkSocket(ext_ack=True)
         self.sock.bind("devlink", devlinkmsg)
 
     def close(self) -> None:
@@ -120,10 +139,26 @@ class RegionClient:
         msg["cmd"] = cmd
         msg["version"] = 1
         msg["attrs"] = attrs
+        failed: list[int] = []
+
+        def check_done(m: Any) -> bool:
+            if m["header"]["type"] == NLMSG_DONE:
+                code = dump_done_errno(m.data, m.offset)
+                if code:
+                    failed.append(code)
+            return False  # keep the message: pyroute2 still ends the dump on it
+
         try:
-            return list(self.sock.nlm_request(msg, msg_type=self.sock.prid, msg_flags=flags))
+            replies = list(
+                self.sock.nlm_request(
+                    msg, msg_type=self.sock.prid, msg_flags=flags, callback=check_done
+                )
+            )
         except NetlinkError as e:
             raise DevlinkError(op, e) from e
+        if failed:
+            raise DevlinkError(op, NetlinkError(failed[0]))
+        return replies
 
     @staticmethod
     def _handle(bus: str, dev: str, region: str) -> list[tuple[str, Any]]:
@@ -137,24 +172,16 @@ class RegionClient:
         replies = self._request(
             "region show", DEVLINK_CMD_REGION_GET, [], NLM_F_REQUEST | NLM_F_DUMP
         )
-        found = []
-        for m in replies:
-            snaps_nest = m.get_attr("DEVLINK_ATTR_REGION_SNAPSHOTS")
-            snaps = []
-            if snaps_nest is not None:
-                for s in snaps_nest.get_attrs("DEVLINK_ATTR_REGION_SNAPSHOT"):
-                    snaps.append(s.get_attr("DEVLINK_ATTR_REGION_SNAPSHOT_ID"))
-            found.append(
-                Region(
-                    bus=m.get_attr("DEVLINK_ATTR_BUS_NAME"),
-                    dev=m.get_attr("DEVLINK_ATTR_DEV_NAME"),
-                    name=m.get_attr("DEVLINK_ATTR_REGION_NAME"),
-                    size=m.get_attr("DEVLINK_ATTR_REGION_SIZE"),
-                    max_snapshots=m.get_attr("DEVLINK_ATTR_REGION_MAX_SNAPSHOTS"),
-                    snapshots=sorted(snaps),
-                )
-            )
-        return found
+        return [_region(m) for m in replies]
+
+    def show(self, bus: str, dev: str, region: str) -> Region:
+        """REGION_GET for one region (the kernel's doit, not the dump)."""
+        attrs = self._handle(bus, dev, region)
+        replies = self._request("region show", DEVLINK_CMD_REGION_GET, attrs, NLM_F_REQUEST)
+        found = [_region(m) for m in replies if m.get_attr("DEVLINK_ATTR_REGION_NAME")]
+        if len(found) != 1:
+            raise LookupError(f"REGION_GET {bus}/{dev}/{region}: {len(found)} replies")
+        return found[0]
 
     def read(
         self,
@@ -225,6 +252,22 @@ class RegionClient:
         return events
 
 
+def _region(m: Any) -> Region:
+    snaps_nest = m.get_attr("DEVLINK_ATTR_REGION_SNAPSHOTS")
+    snaps = []
+    if snaps_nest is not None:
+        for s in snaps_nest.get_attrs("DEVLINK_ATTR_REGION_SNAPSHOT"):
+            snaps.append(s.get_attr("DEVLINK_ATTR_REGION_SNAPSHOT_ID"))
+    return Region(
+        bus=m.get_attr("DEVLINK_ATTR_BUS_NAME"),
+        dev=m.get_attr("DEVLINK_ATTR_DEV_NAME"),
+        name=m.get_attr("DEVLINK_ATTR_REGION_NAME"),
+        size=m.get_attr("DEVLINK_ATTR_REGION_SIZE"),
+        max_snapshots=m.get_attr("DEVLINK_ATTR_REGION_MAX_SNAPSHOTS"),
+        snapshots=sorted(snaps),
+    )
+
+
 def _split(handle: str) -> tuple[str, str, str]:
     bus, dev, region = handle.split("/", 2) if handle.count("/") >= 2 else ("", "", handle)
     if not (bus and dev and region) or "/" in region:
@@ -236,10 +279,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="op", required=True)
     sub.add_parser("regions")
-    for op in ("read", "del", "new"):
+    for op in ("show", "read", "del", "new"):
         sp = sub.add_parser(op)
         sp.add_argument("region", help="BUS/DEV/REGION, e.g. pci/0000:00:03.0/cr-space")
-        sp.add_argument("--snapshot", type=int)
+        if op != "show":
+            sp.add_argument("--snapshot", type=int)
         if op == "read":
             sp.add_argument("--addr", type=int)
             sp.add_argument("--length", type=int)
@@ -270,6 +314,8 @@ def handle(client: RegionClient, req: dict[str, Any]) -> dict[str, Any]:
             return {"result": [asdict(r) for r in client.regions()]}
         handle_ = _split(str(req.get("region", "")))
         snapshot = req.get("snapshot")
+        if op == "show":
+            return {"result": asdict(client.show(*handle_))}
         if op == "read":
             chunks = client.read(*handle_, snapshot, req.get("addr"), req.get("length"))
             return {"result": [{"addr": c.addr, "data": c.data.hex()} for c in chunks]}
@@ -284,6 +330,8 @@ def handle(client: RegionClient, req: dict[str, Any]) -> dict[str, Any]:
         return {"error": str(e), "errno": e.errno}
     except ValueError as e:
         return {"error": str(e), "errno": errno.EINVAL}
+    except LookupError as e:  # the kernel answered, but not as devlink should
+        return {"error": str(e), "errno": None}
 
 
 def serve(client: RegionClient) -> int:

@@ -1,0 +1,34 @@
+"""The guest-side netlink client's handling of dumps the kernel ends with an error."""
+
+from __future__ import annotations
+
+import errno
+import struct
+
+from rig.devlink.netlink import NLMSG_HDRLEN, dump_done_errno
+
+NLMSG_DONE = 3
+NLM_F_MULTI = 2
+
+
+def done(code: int, seq: int = 7) -> bytes:
+    """An NLMSG_DONE as netlink_dump() sends it: header, then the dump's int status."""
+    return struct.pack("=IHHIIi", NLMSG_HDRLEN + 4, NLMSG_DONE, NLM_F_MULTI, seq, 0, code)
+
+
+def test_a_failed_dump_reports_its_errno() -> None:
+    assert dump_done_errno(done(-errno.EINVAL)) == errno.EINVAL
+
+
+def test_a_successful_dump_reports_zero() -> None:
+    assert dump_done_errno(done(0)) == 0
+
+
+def test_the_message_is_found_at_its_offset_in_a_batch() -> None:
+    data = b"\xff" * 24 + done(-errno.EPERM)
+    assert dump_done_errno(data, 24) == errno.EPERM
+
+
+def test_a_done_without_payload_is_success() -> None:
+    bare = struct.pack("=IHHII", NLMSG_HDRLEN, NLMSG_DONE, NLM_F_MULTI, 1, 0)
+    assert dump_done_errno(bare) == 0
