@@ -68,14 +68,16 @@ _DEV_CAP_ENTRY_SIZES = {
 }
 
 
-def query_dev_cap() -> bytes:
+def query_dev_cap(health_buffer: bool = True) -> bytes:
+    """health_buffer False: firmware without health-buffer access (crdump is then skipped)."""
     out = bytearray(OUTBOX_SIZE)
     for off, value in _DEV_CAP_BYTES.items():
         out[off] = value
     for off, value in _DEV_CAP_ENTRY_SIZES.items():
         struct.pack_into(">H", out, off, value)
     struct.pack_into(">Q", out, 0xA0, MAX_ICM_SIZE)
-    struct.pack_into(">I", out, 0xE4, crspace.HEALTH_OFFSET)  # 0 would skip crdump
+    health = crspace.HEALTH_OFFSET if health_buffer else 0
+    struct.pack_into(">I", out, 0xE4, health)  # 0 makes the driver skip crdump
     return bytes(out)
 
 

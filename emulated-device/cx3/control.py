@@ -88,6 +88,7 @@ class ControlServer:
             "fault_cmd_timeout": self._fault_cmd_timeout,
             "fault_closing_cmd": self._fault_closing_cmd,
             "clear_faults": self._clear_faults,
+            "advertise_health": self._advertise_health,
             "read_bar0": self._read_bar0,
             "crdumps": self._crdumps,
             "crdump": self._crdump,
@@ -159,6 +160,13 @@ class ControlServer:
 
     def _fault_closing_cmd(self, req: dict[str, Any]) -> Reply:
         self.device.arm_closing_cmd(_opt_int(req, "opcode"), _int(req, "status", 1))
+        return {}
+
+    def _advertise_health(self, req: dict[str, Any]) -> Reply:
+        enabled = req.get("enabled")
+        if not isinstance(enabled, bool):
+            raise ValueError("'enabled' must be true or false")
+        self.device.advertise_health(enabled)
         return {}
 
     def _clear_faults(self, req: dict[str, Any]) -> Reply:
@@ -334,6 +342,10 @@ class ControlClient:
 
     def clear_faults(self) -> None:
         self.call("clear_faults")
+
+    def advertise_health(self, enabled: bool) -> None:
+        """False: QUERY_DEV_CAP offers no health buffer from the next probe (or reload) on."""
+        self.call("advertise_health", enabled=enabled)
 
     def read_bar0(self, offset: int, length: int) -> bytes:
         return base64.b64decode(self.call("read_bar0", offset=offset, length=length)["data"])

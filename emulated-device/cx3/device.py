@@ -142,6 +142,11 @@ class Cx3Device(Device):
         self.faults.arm_closing_cmd(opcode, status)
         self.events.add("fault", fault="closing_cmd", opcode=opcode, status=status)
 
+    def advertise_health(self, enabled: bool) -> None:
+        """Whether QUERY_DEV_CAP offers the health buffer (from the next probe on)."""
+        self.firmware.health_buffer = enabled
+        self.events.add("fault", fault="advertise_health", enabled=enabled)
+
     def clear_faults(self) -> None:
         self.faults.clear()
         self.events.add("fault", fault="clear")

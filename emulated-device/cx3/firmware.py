@@ -62,6 +62,8 @@ class Firmware:
     def __init__(self, mem: GuestMemory) -> None:
         self.mem = mem
         self.state = FwState()
+        # A knob, not firmware state: it survives resets and shows at the next QUERY_DEV_CAP.
+        self.health_buffer = True
         accept = self._accept
         self._handlers: dict[int, Handler] = {
             Opcode.QUERY_FW: self._query_fw,
@@ -127,6 +129,7 @@ class Firmware:
     def describe(self) -> dict[str, object]:
         return {
             "fw_running": self.state.running,
+            "health_buffer": self.health_buffer,
             "hca_initialized": self.state.hca_initialized,
             "icm_pages": len(self.state.icm),
             "mtt_base": self.state.mtt_base,
@@ -160,7 +163,7 @@ class Firmware:
         self.state.running = False
 
     def _query_dev_cap(self, cmd: Command) -> None:
-        self.mem.write(cmd.out_param, caps.query_dev_cap())
+        self.mem.write(cmd.out_param, caps.query_dev_cap(self.health_buffer))
 
     def _query_port(self, cmd: Command) -> None:
         port = cmd.in_modifier

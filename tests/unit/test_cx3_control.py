@@ -76,6 +76,17 @@ def test_command_fault_switches(served: tuple[Cx3Device, str]) -> None:
         assert client.state()["faults"]["cmd_timeout"] == {"opcode": None}
 
 
+def test_health_buffer_knob(served: tuple[Cx3Device, str]) -> None:
+    dev, path = served
+    with ControlClient(path) as client:
+        client.advertise_health(False)
+        assert client.state()["health_buffer"] is False
+        with pytest.raises(ControlError, match="'enabled' must be true or false"):
+            client.call("advertise_health", enabled=0)
+        client.advertise_health(True)
+    assert dev.firmware.health_buffer is True
+
+
 def test_crdump_records_and_events(served: tuple[Cx3Device, str]) -> None:
     dev, path = served
     dev.inject_catas()

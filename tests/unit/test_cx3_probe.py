@@ -43,6 +43,17 @@ def test_query_dev_cap_and_port() -> None:
     assert err.value.status == Status.BAD_PARAM
 
 
+def test_health_buffer_can_be_withheld_and_the_knob_survives_reset() -> None:
+    dev, _, drv = make_device()
+    dev.advertise_health(False)
+    drv.reset()  # a knob, like the command faults: the next probe must see it
+    cap = drv.cmd_box(Opcode.QUERY_DEV_CAP)
+    assert struct.unpack_from(">I", cap, 0xE4)[0] == 0  # the driver then skips crdump
+    dev.advertise_health(True)
+    cap = drv.cmd_box(Opcode.QUERY_DEV_CAP)
+    assert struct.unpack_from(">I", cap, 0xE4)[0] == crspace.HEALTH_OFFSET
+
+
 def test_probe_and_nop_interrupt_over_intx() -> None:
     dev, ctx, drv = make_device()
     drv.probe()
