@@ -1,1 +1,321 @@
-"""pytest fixtures for suites that want an emulated ConnectX-3 (see the README)."""
+"""pytest plugin: an emulated ConnectX-3 under a real QEMU guest and mlx4_core, as fixtures.
+
+Installed with the package as the `rig` pytest11 entry point, so any pytest run in an
+environment with mlx4-rig installed has these options and fixtures. Nothing boots unless a
+test asks for a rig fixture.
+
+Options
+-------
+--rig-kernel SPEC     guest kernel, as `rig setup --kernel` takes it (default: Debian's 6.1
+                      cloud kernel)
+--rig-qemu PATH       the qemu-system-x86_64 to use (default: $RIG_QEMU, a new enough system
+                      QEMU, or the rig's cached build)
+--rig-artifacts DIR   where a failing test's evidence goes (default: test-results/artifacts)
+
+Fixtures
+--------
+rig_config    (session)  `RigConfig` built from the options; the base of every rig below.
+                         Each rig gets its own log directory under pytest's tmp_path_factory.
+rig_session   (session)  a started `Rig` (msi_x=1) shared by every test that does not need a
+                         clean device. Tests that change driver state must leave it usable
+                         (or reprobe the driver themselves).
+rig           (function) the rig under test: `rig_session`, unless a module overrides the
+                         `rig` fixture (e.g. with a module-scoped rig from `rig_factory`).
+rig_machine   (function) `rig.machine`: the QEMU VM (SSH, QMP, console).
+rig_device    (function) `rig.device`: the device model's control client (fault knobs and
+                         ground truth: load_crspace, set_health, inject_catas, crdumps, ...).
+rig_factory   (module)   `rig_factory(**overrides) -> Rig` starts a fresh rig whose config is
+                         `rig_config` with `overrides` applied (msi_x=False, mlx4_params=...,
+                         name=...). Every rig it started is stopped at the end of the module,
+                         so a module-scoped fixture can boot once for all its tests.
+devlink       (function) a `RegionChannel` on `rig`, parametrized over "cli" (iproute2's
+                         devlink over SSH) and "netlink" (pyroute2 in the guest): a test that
+                         takes `devlink` runs once per channel. `rig_channel(rig, name)` gives
+                         the same objects for other rigs or for both channels at once.
+
+Failures
+--------
+If a rig cannot start (no QEMU, no kernel, provisioning or boot fails) the test fails with
+one line saying why (pytest.fail(..., pytrace=False)); nothing is skipped. When a test that
+used a rig fails, the plugin saves the rig's console log, a fresh dmesg, the QMP log, the
+device model's log and event log, every snapshot of every region, and the device's crdump
+records (ground truth) into --rig-artifacts/<test id>/<rig name>/, and names that directory in
+the failure report (section "rig artifacts") and in the JUnit XML (property rig_artifacts).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cx3.control import ControlClient
+
+from .devlink.channels import CHANNELS, CliChannel, NetlinkChannel, RegionChannel
+from .errors import RigError
+from .machine import Machine
+from .session import Rig, RigConfig
+
+ARTIFACTS_DEFAULT = "test-results/artifacts"
+# Dumping every cr-space snapshot of a broken rig must not hold the suite up for long.
+ARTIFACT_BUDGET_S = 90.0
+
+_RIGS = pytest.StashKey[list[Rig]]()  # running rigs, for artifacts and the final cleanup
+_FAILED_STARTS = pytest.StashKey[list[Rig]]()  # rigs whose start failed in this setup
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("rig", "mlx4 rig (emulated ConnectX-3 under QEMU)")
+    group.addoption("--rig-kernel", metavar="SPEC", default=None,
+                    help="guest kernel: a directory with bzImage + lib/modules/<release>, or "
+                         "deb:<package>[=<version>] (default: Debian's 6.1 cloud kernel)")
+    group.addoption("--rig-qemu", metavar="PATH", default=None,
+                    help="qemu-system-x86_64 to use (default: found or built by the rig)")
+    group.addoption("--rig-artifacts", metavar="DIR", default=ARTIFACTS_DEFAULT,
+                    help=f"where failing tests leave their evidence (default {ARTIFACTS_DEFAULT})")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[_RIGS] = []
+    config.stash[_FAILED_STARTS] = []
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Safety net: no QEMU or device process outlives the run, whatever failed."""
+    running: list[Rig] = session.config.stash.get(_RIGS, [])
+    for rig in list(running):
+        _stop(session.config, rig)
+
+
+# --- starting and stopping ------------------------------------------------------------------
+
+
+def start_rig(config: pytest.Config, rig_config: RigConfig) -> Rig:
+    """Start a rig or fail the test with one line saying why."""
+    rig = Rig(rig_config)
+    try:
+        rig.start()
+    except (RigError, OSError) as e:
+        config.stash[_FAILED_STARTS].append(rig)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        pytest.fail(f"rig {rig_config.name!r} cannot start: {first}", pytrace=False)
+    config.stash[_RIGS].append(rig)
+    return rig
+
+
+def _stop(config: pytest.Config, rig: Rig) -> None:
+    rigs = config.stash[_RIGS]
+    if rig in rigs:
+        rigs.remove(rig)
+    rig.stop()
+
+
+class RigFactory:
+    """Starts fresh rigs from a base config; stop_all() ends every one it started."""
+
+    def __init__(self, config: pytest.Config, base: RigConfig,
+                 log_dir: Callable[[str], Path], prefix: str) -> None:
+        self._config = config
+        self._base = base
+        self._log_dir = log_dir
+        self._prefix = prefix
+        self.rigs: list[Rig] = []
+
+    def __call__(self, **overrides: Any) -> Rig:
+        name = str(overrides.pop("name", f"{self._prefix}-{len(self.rigs)}"))
+        rig_config = replace(self._base, name=name, log_dir=self._log_dir(name), **overrides)
+        rig = start_rig(self._config, rig_config)
+        self.rigs.append(rig)
+        return rig
+
+    def stop(self, rig: Rig) -> None:
+        """Stop one rig early (e.g. before booting the next one on a small host)."""
+        _stop(self._config, rig)
+
+    def stop_all(self) -> None:
+        for rig in self.rigs:
+            _stop(self._config, rig)
+
+
+# --- fixtures -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def rig_config(request: pytest.FixtureRequest,
+               tmp_path_factory: pytest.TempPathFactory) -> RigConfig:
+    qemu = request.config.getoption("rig_qemu")
+    return RigConfig(
+        log_dir=tmp_path_factory.mktemp("rig-session"),
+        kernel=request.config.getoption("rig_kernel"),
+        qemu=Path(qemu) if qemu else None,
+        msi_x=True,
+        name="session",
+    )
+
+
+@pytest.fixture(scope="session")
+def rig_session(request: pytest.FixtureRequest, rig_config: RigConfig) -> Iterator[Rig]:
+    rig = start_rig(request.config, rig_config)
+    yield rig
+    _stop(request.config, rig)
+
+
+@pytest.fixture
+def rig(rig_session: Rig) -> Rig:
+    return rig_session
+
+
+@pytest.fixture
+def rig_machine(rig: Rig) -> Machine:
+    return rig.machine
+
+
+@pytest.fixture
+def rig_device(rig: Rig) -> ControlClient:
+    return rig.device
+
+
+@pytest.fixture(scope="module")
+def rig_factory(request: pytest.FixtureRequest, rig_config: RigConfig,
+                tmp_path_factory: pytest.TempPathFactory) -> Iterator[RigFactory]:
+    module = request.module.__name__.rsplit(".", 1)[-1]
+    factory = RigFactory(request.config, rig_config,
+                         lambda name: tmp_path_factory.mktemp(f"rig-{name}"), module)
+    yield factory
+    factory.stop_all()
+
+
+def rig_channel(rig: Rig, name: str) -> CliChannel | NetlinkChannel:
+    """The rig's own devlink CLI or netlink agent behind the common channel API."""
+    if name == "cli":
+        return CliChannel(rig.devlink)
+    if name == "netlink":
+        return NetlinkChannel(rig.netlink)
+    raise ValueError(f"unknown channel {name!r}; choose one of {', '.join(CHANNELS)}")
+
+
+@pytest.fixture(params=CHANNELS)
+def devlink(request: pytest.FixtureRequest, rig: Rig) -> RegionChannel:
+    return rig_channel(rig, str(request.param))
+
+
+# --- evidence on failure --------------------------------------------------------------------
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, Any, None]:
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    if not report.failed:
+        if report.when == "setup":
+            item.config.stash[_FAILED_STARTS].clear()
+        return
+    rigs = _rigs_of(item)
+    if report.when == "setup":
+        failed_starts: list[Rig] = item.config.stash[_FAILED_STARTS]
+        rigs.extend(failed_starts)
+        failed_starts.clear()
+    if not rigs:
+        return
+    base = Path(item.config.getoption("rig_artifacts"))
+    if not base.is_absolute():
+        base = item.config.rootpath / base
+    dest = base / _safe_name(item.nodeid + ("" if report.when == "call" else f"-{report.when}"))
+    deadline = time.monotonic() + ARTIFACT_BUDGET_S
+    for r in rigs:
+        collect_artifacts(r, dest / _safe_name(r.config.name), deadline)
+    report.sections.append(("rig artifacts", f"{dest}\n"))
+    report.user_properties.append(("rig_artifacts", str(dest)))
+
+
+def _rigs_of(item: pytest.Item) -> list[Rig]:
+    """The rigs a test used: its fixture values, or what they hold or started."""
+    funcargs: dict[str, Any] = getattr(item, "funcargs", {})
+    found: list[Rig] = []
+    for value in funcargs.values():
+        candidates = [value, getattr(value, "rig", None)]
+        if isinstance(value, RigFactory):
+            candidates += value.rigs
+        for c in candidates:
+            if isinstance(c, Rig) and c not in found:
+                found.append(c)
+    return found
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text).strip("_")[:150] or "test"
+
+
+def collect_artifacts(rig: Rig, dest: Path, deadline: float) -> None:
+    """Copy everything that explains a failure; each part best effort, never raising."""
+    dest.mkdir(parents=True, exist_ok=True)
+    problems: list[str] = []
+
+    def attempt(what: str, fn: Callable[[], object]) -> None:
+        try:
+            fn()
+        except Exception as e:  # evidence gathering must never hide the real failure
+            problems.append(f"{what}: {type(e).__name__}: {e}")
+
+    def copy_logs() -> None:  # console.log, qmp.log, qemu-stderr.log, cx3-device.log, ...
+        if rig.log_dir.is_dir():
+            for f in rig.log_dir.iterdir():
+                if f.is_file():
+                    shutil.copy2(f, dest / f.name)
+
+    attempt("logs", copy_logs)
+    running = _machine_running(rig)
+    if running:
+        attempt("dmesg", lambda: (dest / "dmesg.txt").write_text(
+            rig.machine.ssh.run("dmesg", timeout=30).stdout))
+    if rig.config.with_device and rig.device_process.alive():
+        attempt("device events", lambda: _save_device(rig, dest))
+    if running:
+        attempt("snapshots", lambda: problems.extend(_save_snapshots(rig, dest, deadline)))
+    if problems:
+        (dest / "artifact-errors.txt").write_text("\n".join(problems) + "\n")
+
+
+def _machine_running(rig: Rig) -> bool:
+    try:
+        return rig.machine.is_running()
+    except RigError:
+        return False
+
+
+def _save_device(rig: Rig, dest: Path) -> None:
+    control = rig.device
+    (dest / "device-state.json").write_text(json.dumps(control.state(), indent=1))
+    with (dest / "device-events.jsonl").open("w") as f:
+        for event in control.events(0).events:
+            f.write(json.dumps(event) + "\n")
+    for info in control.crdumps():  # the device's ground truth of each crdump
+        record = control.crdump(info.index)
+        (dest / f"crdump-{info.index}.bar0.bin").write_bytes(record.image)
+        (dest / f"crdump-{info.index}.health.bin").write_bytes(record.health)
+
+
+def _save_snapshots(rig: Rig, dest: Path, deadline: float) -> list[str]:
+    """Every snapshot of every region, as iproute2 dumps it; the problems met."""
+    problems: list[str] = []
+    regions = rig.devlink.regions()
+    (dest / "regions.json").write_text(json.dumps([r.__dict__ for r in regions], indent=1))
+    for region in regions:
+        for snap in region.snapshots:
+            if time.monotonic() > deadline:
+                return [*problems, "out of time: remaining snapshots not saved"]
+            name = region.handle.rsplit("/", 1)[-1]
+            try:
+                (dest / f"{name}-{snap}.bin").write_bytes(rig.devlink.dump(region.handle, snap))
+            except RigError as e:
+                problems.append(f"{region.handle} snapshot {snap}: {e}")
+    return problems

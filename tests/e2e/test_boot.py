@@ -26,7 +26,7 @@ def any_qemu() -> QemuInstall:
         return found
     system = shutil.which("qemu-system-x86_64")
     if system is None:
-        pytest.skip("no QEMU: run `rig setup` or install qemu-system-x86")
+        pytest.fail("no QEMU: run `rig setup` or install qemu-system-x86", pytrace=False)
     return qemu_at(Path(system))
 
 
