@@ -103,14 +103,7 @@ class GuestSsh:
         on_stdout/on_stderr get output as it arrives (for streaming); Result has it all.
         Raises MachineError if the connection fails or `timeout` passes.
         """
-        transport = self._client.get_transport()
-        if transport is None or not transport.is_active():
-            raise MachineError(f"ssh {self.where}: not connected")
-        try:
-            chan = transport.open_session(timeout=timeout)
-            chan.exec_command(command)
-        except (paramiko.SSHException, OSError, EOFError) as e:
-            raise MachineError(f"ssh {self.where}: cannot run {command!r}: {e}") from e
+        chan = self._exec(command, timeout)
         out: list[bytes] = []
         err: list[bytes] = []
         deadline = time.monotonic() + timeout
@@ -158,8 +151,7 @@ class GuestSsh:
             b"".join(err).decode("utf-8", "replace"),
         )
 
-    def start(self, command: str, timeout: float = 30.0) -> Background:
-        """Start `command` and return at once; read its stdout line by line."""
+    def _exec(self, command: str, timeout: float) -> paramiko.Channel:
         transport = self._client.get_transport()
         if transport is None or not transport.is_active():
             raise MachineError(f"ssh {self.where}: not connected")
@@ -168,6 +160,11 @@ class GuestSsh:
             chan.exec_command(command)
         except (paramiko.SSHException, OSError, EOFError) as e:
             raise MachineError(f"ssh {self.where}: cannot run {command!r}: {e}") from e
+        return chan
+
+    def start(self, command: str, timeout: float = 30.0) -> Background:
+        """Start `command` and return at once; read its stdout line by line."""
+        chan = self._exec(command, timeout)
         return Background(chan, command, self.where)
 
     def put(self, local: Path, remote: str) -> None:
