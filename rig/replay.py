@@ -53,19 +53,16 @@ class NoSnapshot(RigError):
 def load_inputs(opts: ReplayOptions, report: Report) -> tuple[bytes, bytes]:
     if opts.fault not in FAULTS:
         raise RigError(f"unknown fault {opts.fault!r}; choose one of {', '.join(FAULTS)}")
-    if opts.crspace is not None:
-        image = load_region_file(opts.crspace, cr.SIZE, "CR-space")
-        report.inputs["crspace"] = str(opts.crspace)
-    else:
-        image = builtin.crspace_image()
-        report.inputs["crspace"] = "built-in"
-    if opts.health is not None:
-        health = load_region_file(opts.health, cr.HEALTH_SIZE, "health buffer")
-        report.inputs["health"] = str(opts.health)
-    else:
-        health = builtin.health_buffer()
-        report.inputs["health"] = "built-in"
+    image = _input(opts.crspace, cr.SIZE, "CR-space", builtin.crspace_image, "crspace", report)
+    health = _input(opts.health, cr.HEALTH_SIZE, "health buffer", builtin.health_buffer,
+                    "health", report)
     return image, health
+
+
+def _input(path: Path | None, size: int, what: str, default: Callable[[], bytes], key: str,
+           report: Report) -> bytes:
+    report.inputs[key] = str(path) if path is not None else "built-in"
+    return load_region_file(path, size, what) if path is not None else default()
 
 
 def run_replay(opts: ReplayOptions) -> Report:
