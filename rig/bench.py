@@ -1,0 +1,471 @@
+"""`rig bench`: how long the rig's steps take on this machine, each the median of several runs.
+
+Sections, in order (each one's failure is recorded and the others still run):
+
+* host:     trapped-register round trips with no guest (device model alone, C and Python
+            socket ping-pongs as floors; rig.benchhost);
+* boot:     boot to SSH-ready with the device and mlx4_core, and without the device,
+            interleaved so both see the same background load;
+* guest:    one VM booted without the driver: the BAR0 read loop from guest user space
+            (rig/bench_guest.py), `modprobe`/`rmmod mlx4_core` N times, then N catas faults
+            with MSI-X and one with msi_x=0, each split into phases (rig.benchtimeline);
+* replay:   `rig replay` end to end N times, then two at once N times (throughput);
+* suite, cold (opt-in): `tox -e e2e`; `rig setup` into an empty temporary RIG_CACHE.
+
+VMs of the boot and guest sections run in this process, launched from the main thread (which
+outlives them, as rig.machine's PR_SET_PDEATHSIG needs); replays run as `rig replay`
+processes, so two can run at once exactly as a user would start them.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cx3 import crspace
+
+from . import __version__, benchhost, builtin
+from .benchstats import Results, Spec, document, ratios, to_json
+from .benchtimeline import RESTARTED, CatasTimeline, catas_timeline
+from .errors import RigError
+from .progress import info
+from .session import Rig, RigConfig
+
+SECTIONS = ("host", "boot", "guest", "replay", "suite", "cold")
+DEFAULT_SECTIONS = ("host", "boot", "guest", "replay")
+REPO = Path(__file__).resolve().parents[1]
+GUEST_SCRIPT = Path(__file__).with_name("bench_guest.py")
+GUEST_REMOTE = "/run/rig/bench_guest.py"
+BAR_READS = crspace.SIZE // 4
+RESTARTED_LINE = re.compile(RESTARTED.pattern + r", ret=(-?\d+)\s")
+
+SPECS = (
+    Spec("boot.device", "boot to SSH-ready, device + mlx4_core bound", "s", 8.0),
+    Spec("boot.device.firmware", "  firmware + kernel load", "s"),
+    Spec("boot.device.kernel", "  kernel", "s"),
+    Spec("boot.device.init", "  init, modprobe mlx4_core included", "s"),
+    Spec("boot.device.ssh", "  SSH connection", "s"),
+    Spec("boot.device_start", "device model process start (before QEMU)", "s"),
+    Spec("boot.nodevice", "boot to SSH-ready, no device", "s"),
+    Spec("boot.device_cost", "device cost: boot with / without", "x"),
+    Spec("probe.modprobe", "modprobe mlx4_core (probe, devlink registered)", "s"),
+    Spec("probe.rmmod", "rmmod mlx4_core", "s"),
+    Spec("catas.fault_to_snapshots", "catas fault -> both snapshots on the host", "s", 7.0),
+    Spec("catas.detection", "  detection (the driver polls every 5 s)", "s"),
+    Spec("catas.error_report", "  error report -> crdump start", "s"),
+    Spec("catas.crdump_loop", "  crdump read loop (driver, 1 MiB of BAR0)", "s", 1.0),
+    Spec("catas.snapshot_creation", "  fw-health read + snapshot creation", "s"),
+    Spec("catas.notification", "  REGION_NEW notifications to the host", "s"),
+    Spec("catas.reset_and_reprobe", "reset + re-probe after the fault", "s"),
+    Spec("intx.crdump_loop", "crdump read loop with msi_x=0 (INTx)", "s"),
+    Spec("intx.per_read", "  per 32-bit read with msi_x=0", "us"),
+    Spec("guest.bar_loop", "BAR0 read loop from guest user space (262,144 reads)", "s", 1.0),
+    Spec("guest.mapped_read", "  mapped pages, per read (Python's cost taken off)", "ns"),
+    Spec("guest.python_item", "  Python's cost per item (anonymous memory)", "ns"),
+    Spec("guest.trapped_read", "  trapped pages, per read", "us"),
+    Spec("guest.trapped_share", "  trapped pages' share of the loop (4 of 256 pages)", "%"),
+    Spec("rtt.guest", "trapped register read from the guest (0xf03fc)", "us"),
+    Spec("rtt.host", "trapped register read from the host (vfio_user.client)", "us"),
+    Spec("rtt.python", "Python socketpair ping-pong, REGION_READ sizes", "us"),
+    Spec("rtt.c", "C socketpair ping-pong, REGION_READ sizes", "us"),
+    Spec("rtt.host_vs_c", "host round trip / C ping-pong", "x", 2.0),
+    Spec("rtt.guest_vs_c", "guest round trip / C ping-pong", "x"),
+    Spec("replay.total", "rig replay end to end, warm cache", "s"),
+    Spec("replay.boot", "  boot", "s"),
+    Spec("replay.fault_to_snapshots", "  fault -> snapshots", "s"),
+    Spec("replay.reset_and_reprobe", "  reset + re-probe (as replay waits for it)", "s"),
+    Spec("replay.read_and_compare", "  read back and compare", "s"),
+    Spec("parallel.pair", "two rig replay at once, wall time", "s"),
+    Spec("parallel.throughput", "throughput of two at once vs one", "x"),
+    Spec("suite.e2e", "tox -e e2e", "s"),
+    Spec("cold.setup", "cold provisioning: rig setup into an empty cache", "s"),
+)
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    json_path: Path
+    log_dir: Path
+    runs: int = 3
+    sections: tuple[str, ...] = DEFAULT_SECTIONS
+    intx: bool = True  # one catas fault with msi_x=0 in the guest section (~30-60 s)
+    kernel: str | None = None
+    qemu: Path | None = None
+
+
+@dataclass
+class BenchRun:
+    results: Results
+    machine: dict[str, Any]
+    options: dict[str, Any]
+    duration: float = 0.0
+    section_times: dict[str, float] = field(default_factory=dict)
+
+    def document(self) -> dict[str, Any]:
+        doc = document(self.results, self.machine, self.options, self.duration)
+        doc["section_s"] = dict(self.section_times)
+        return doc
+
+
+def run_bench(opts: BenchOptions) -> BenchRun:
+    if opts.runs < 1:
+        raise RigError("--runs must be at least 1")
+    unknown = set(opts.sections) - set(SECTIONS)
+    if unknown:
+        raise RigError(f"unknown bench section(s) {sorted(unknown)}; known: {SECTIONS}")
+    t0 = time.monotonic()
+    opts.log_dir.mkdir(parents=True, exist_ok=True)
+    run = BenchRun(Results(SPECS), describe_host(), _options(opts))
+    run.machine.update(_describe_guest(opts))
+    sections: dict[str, Callable[[BenchOptions, BenchRun], None]] = {
+        "host": _host, "boot": _boot, "guest": _guest, "replay": _replay,
+        "suite": _suite, "cold": _cold,
+    }
+    for name in SECTIONS:
+        if name not in opts.sections:
+            continue
+        info(f"bench: {name} ...")
+        s0 = time.monotonic()
+        try:
+            sections[name](opts, run)
+        except Exception as e:  # one broken section must not lose the others' figures
+            run.results.error(name, f"{type(e).__name__}: {e}")
+            info(f"bench: {name} failed: {e}")
+        run.section_times[name] = time.monotonic() - s0
+        info(f"bench: {name}: {run.section_times[name]:.0f} s")
+    run.machine["loadavg_end"] = list(os.getloadavg())
+    run.duration = time.monotonic() - t0
+    return run
+
+
+def write_json(run: BenchRun, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(to_json(run.document()))
+
+
+# --- the machine ---------------------------------------------------------------------------
+
+
+def describe_host() -> dict[str, Any]:
+    return {
+        "cores": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "host_kernel": platform.release(),
+        "host_os": _os_name(),
+        "python": platform.python_version(),
+        "rig": __version__,
+        "git_commit": _git_commit(),
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "loadavg_start": list(os.getloadavg()),
+        "accel": "tcg",
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _os_name() -> str:
+    try:
+        text = Path("/etc/os-release").read_text()
+    except OSError:
+        return platform.system()
+    m = re.search(r'^PRETTY_NAME="?([^"\n]*)"?', text, re.M)
+    return m.group(1) if m else platform.system()
+
+
+def _git_commit() -> str | None:
+    try:
+        res = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = res.stdout.strip()
+    return commit if res.returncode == 0 and commit else None
+
+
+def _describe_guest(opts: BenchOptions) -> dict[str, Any]:
+    """QEMU and guest kernel versions (provisioning them now if the cache is cold)."""
+    from .provision.guest import ensure_guest
+    from .provision.localqemu import qemu_at
+    from .provision.qemu import ensure_qemu
+
+    try:
+        qemu = qemu_at(opts.qemu) if opts.qemu else ensure_qemu()
+        guest = ensure_guest(opts.kernel)
+    except RigError as e:
+        return {"qemu": None, "guest_kernel": None, "provision_error": str(e)}
+    return {"qemu": qemu.version, "guest_kernel": guest.kernel.release}
+
+
+def _options(opts: BenchOptions) -> dict[str, Any]:
+    return {"runs": opts.runs, "sections": list(opts.sections), "intx": opts.intx,
+            "kernel": opts.kernel, "qemu": None if opts.qemu is None else str(opts.qemu)}
+
+
+# --- host: round trips without a guest ------------------------------------------------------
+
+
+def _host(opts: BenchOptions, run: BenchRun) -> None:
+    r = run.results
+    c = benchhost.c_pingpong(opts.runs)
+    py = benchhost.python_pingpong(opts.runs)
+    dev = benchhost.device_round_trips(opts.runs, opts.log_dir)
+    for key, values in (("rtt.c", c), ("rtt.python", py), ("rtt.host", dev)):
+        for v in values:
+            r.add(key, v)
+    for v in ratios(dev, c):
+        r.add("rtt.host_vs_c", v)
+
+
+# --- boot ----------------------------------------------------------------------------------
+
+
+def _config(opts: BenchOptions, log_dir: Path, **kw: Any) -> RigConfig:
+    return RigConfig(log_dir=log_dir, kernel=opts.kernel, qemu=opts.qemu, name="bench", **kw)
+
+
+def _boot(opts: BenchOptions, run: BenchRun) -> None:
+    r = run.results
+    with_dev: list[float] = []
+    without: list[float] = []
+    for i in range(opts.runs):
+        with Rig(_config(opts, opts.log_dir / f"boot-device-{i}")) as rig:
+            t = rig.machine.times
+            assert t.ssh is not None and t.ready is not None
+            with_dev.append(t.ssh - t.launched)
+            r.add("boot.device", with_dev[-1])
+            r.add("boot.device_start", rig.timings.device_start)
+            if t.first_output is not None and t.kernel_done is not None:
+                r.add("boot.device.firmware", t.first_output - t.launched)
+                r.add("boot.device.kernel", t.kernel_done - t.first_output)
+                r.add("boot.device.init", t.ready - t.kernel_done)
+            r.add("boot.device.ssh", t.ssh - t.ready)
+        # The same boot without the device (mlx4_core is still loaded: it finds nothing).
+        with Rig(_config(opts, opts.log_dir / f"boot-nodevice-{i}", with_device=False)) as rig:
+            t = rig.machine.times
+            assert t.ssh is not None
+            without.append(t.ssh - t.launched)
+            r.add("boot.nodevice", without[-1])
+    for v in ratios(with_dev, without):
+        r.add("boot.device_cost", v)
+
+
+# --- guest: read loop, probe, catas ---------------------------------------------------------
+
+
+def _guest(opts: BenchOptions, run: BenchRun) -> None:
+    r = run.results
+    # No driver at boot: BAR0 can be mapped from user space only while no driver claims it.
+    with Rig(_config(opts, opts.log_dir / "guest", load_driver=False)) as rig:
+        rig.sh(f"mkdir -p {Path(GUEST_REMOTE).parent}")
+        rig.machine.ssh.put(GUEST_SCRIPT, GUEST_REMOTE)
+        bdf = _find_device(rig)
+        _read_loop(rig, bdf, opts.runs, run)
+        res = _guest_json(rig, f"probe {bdf} --param msi_x=1 --runs {opts.runs}")
+        for ns in res["ns"]["modprobe"]:
+            r.add("probe.modprobe", ns / 1e9)
+        for ns in res["ns"]["rmmod"]:
+            r.add("probe.rmmod", ns / 1e9)
+
+        _load_driver(rig, "msi_x=1")
+        rig.device.load_crspace(builtin.crspace_image())  # the path `rig replay` takes
+        rig.device.set_health(builtin.health_buffer())
+        for _ in range(opts.runs):
+            tl = _catas(rig, timeout=60)
+            for name in ("fault_to_snapshots", "detection", "error_report", "crdump_loop",
+                         "snapshot_creation", "notification", "reset_and_reprobe"):
+                value = getattr(tl, name)
+                if value is not None:
+                    r.add(f"catas.{name}", value)
+        if opts.intx:
+            rig.sh("rmmod mlx4_core", timeout=120)
+            _load_driver(rig, "msi_x=0")
+            # Every read of BAR0 is trapped now: the crdump takes tens of seconds.
+            tl = _catas(rig, timeout=600)
+            r.add("intx.crdump_loop", tl.crdump_loop)
+            r.add("intx.per_read", tl.crdump_loop / BAR_READS * 1e6)
+            r.note("intx.crdump_loop", "one run (it is slow)")
+
+
+def _find_device(rig: Rig) -> str:
+    res = rig.sh("for d in /sys/bus/pci/devices/*; do "
+                 '[ "$(cat $d/vendor):$(cat $d/device)" = 0x15b3:0x1003 ] && echo ${d##*/}; '
+                 "done; true")
+    bdfs = res.stdout.split()
+    if not bdfs:
+        raise RigError("no ConnectX-3 on the guest's PCI bus")
+    return bdfs[0]
+
+
+def _guest_json(rig: Rig, args: str, timeout: float = 300.0) -> dict[str, Any]:
+    res = rig.sh(f"python3 {GUEST_REMOTE} {args}", timeout=timeout)
+    reply: dict[str, Any] = json.loads(res.stdout.strip().splitlines()[-1])
+    return reply
+
+
+def _read_loop(rig: Rig, bdf: str, runs: int, run: BenchRun) -> None:
+    r = run.results
+    trapped = ",".join(hex(p) for p in crspace.TRAPPED_PAGES)
+    res = _guest_json(rig, f"readloop {bdf} --trapped {trapped} "
+                           f"--register {crspace.SEMAPHORE:#x} --runs {runs}")
+    ns, reads = res["ns"], res["reads"]
+    for i in range(runs):
+        item = ns["anon"][i] / reads["anon"]
+        r.add("guest.bar_loop", ns["whole"][i] / 1e9)
+        r.add("guest.python_item", item)
+        r.add("guest.mapped_read", ns["mapped"][i] / reads["mapped"] - item)
+        r.add("guest.trapped_read", (ns["trapped"][i] / reads["trapped"] - item) / 1000)
+        parts = ns["mapped"][i] + ns["trapped"][i]
+        r.add("guest.trapped_share", 100 * ns["trapped"][i] / parts)
+        register = (ns["register"][i] - ns["loop"][i]) / reads["register"] / 1000
+        r.add("rtt.guest", register)
+    c = run.results.figures["rtt.c"].samples
+    for v in ratios(run.results.figures["rtt.guest"].samples, c):
+        r.add("rtt.guest_vs_c", v)
+
+
+def _load_driver(rig: Rig, param: str) -> None:
+    rig.sh(f"modprobe mlx4_core {param}", timeout=120)
+    rig.dev_handle = rig.wait_bound()
+
+
+def _catas(rig: Rig, timeout: float) -> CatasTimeline:
+    """Inject a catas fault, wait for both snapshots and the re-probe; clean up after."""
+    rig.enable_snapshots()
+    console = rig.machine.console
+    # Asking for events from far ahead returns none, just the index of the next one.
+    first_event = rig.device.events(1 << 62).next
+    first_line = len(console.lines())
+    text_start = len(console.text)
+    watch = rig.netlink.watch(count=2)
+    arrivals: list[float] = []
+    snapshots: list[dict[str, Any]] = []
+    try:
+        rig.device.inject_catas(builtin.CATAS_WORDS)
+        for _ in range(2):
+            snapshots.append(watch.next(timeout))
+            arrivals.append(time.monotonic())
+    finally:
+        watch.close()
+    # Up to the line's end: the console reader stamps a line when its newline arrives.
+    match = console.wait_for(RESTARTED_LINE, 120, start=text_start)
+    if match.group(1) != "0":
+        raise RigError(f"the driver did not recover from the fault: {match.group(0).strip()}")
+    tl = catas_timeline(rig.device.events(first_event).events, console.lines()[first_line:],
+                        arrivals)
+    for snap in snapshots:  # the regions hold a few snapshots only: make room for the next
+        rig.netlink.delete(rig.region(snap["region"]), snap["snapshot"])
+    return tl
+
+
+# --- replay: end to end, one and two at once -----------------------------------------------
+
+
+def _replay_command(opts: BenchOptions, out: Path) -> list[str]:
+    cmd = [sys.executable, "-m", "rig", "replay", "--out", str(out)]
+    if opts.kernel:
+        cmd += ["--kernel", opts.kernel]
+    if opts.qemu:
+        cmd += ["--qemu", str(opts.qemu)]
+    return cmd
+
+
+def _start_replay(opts: BenchOptions, out: Path) -> subprocess.Popen[bytes]:
+    out.mkdir(parents=True, exist_ok=True)
+    with (out.parent / f"{out.name}.log").open("wb") as log:
+        return subprocess.Popen(_replay_command(opts, out), stdin=subprocess.DEVNULL,
+                                stdout=log, stderr=subprocess.STDOUT)
+
+
+def _finish_replay(proc: subprocess.Popen[bytes], out: Path) -> dict[str, Any]:
+    status = proc.wait(timeout=900)
+    try:
+        report: dict[str, Any] = json.loads((out / "report.json").read_text())
+    except (OSError, ValueError):
+        report = {}
+    if status != 0 or not report.get("ok"):
+        errors = "; ".join(report.get("errors", [])) or f"see {out.parent / out.name}.log"
+        raise RigError(f"rig replay --out {out} failed (exit {status}): {errors}")
+    return report
+
+
+def _replay(opts: BenchOptions, run: BenchRun) -> None:
+    r = run.results
+    singles: list[float] = []
+    for i in range(opts.runs):
+        out = opts.log_dir / f"replay-{i}"
+        t0 = time.monotonic()
+        report = _finish_replay(_start_replay(opts, out), out)
+        singles.append(time.monotonic() - t0)
+        r.add("replay.total", singles[-1])
+        t = report["timings"]
+        for name in ("boot", "fault_to_snapshots", "reset_and_reprobe", "read_and_compare"):
+            if name in t:
+                r.add(f"replay.{name}", t[name])
+    one = sorted(singles)[len(singles) // 2]
+    for i in range(opts.runs):
+        outs = [opts.log_dir / f"parallel-{i}-{k}" for k in (0, 1)]
+        t0 = time.monotonic()
+        procs = [_start_replay(opts, out) for out in outs]
+        for proc, out in zip(procs, outs, strict=True):
+            _finish_replay(proc, out)
+        pair = time.monotonic() - t0
+        r.add("parallel.pair", pair)
+        r.add("parallel.throughput", 2 * one / pair)
+
+
+# --- opt-in: the test suite, cold provisioning ---------------------------------------------
+
+
+def _timed(cmd: list[str], log: Path, env: dict[str, str] | None = None,
+           cwd: Path | None = None, timeout: float = 7200) -> float:
+    t0 = time.monotonic()
+    with log.open("wb") as out:
+        status = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, env=env, cwd=cwd,
+                                timeout=timeout).returncode
+    if status != 0:
+        raise RigError(f"{' '.join(cmd)} failed (exit {status})", log)
+    return time.monotonic() - t0
+
+
+def _suite(opts: BenchOptions, run: BenchRun) -> None:
+    tox = shutil.which("tox")
+    if tox is None or not (REPO / "tox.ini").is_file():
+        raise RigError("--suite needs tox and a checkout with tox.ini")
+    run.results.add("suite.e2e", _timed([tox, "-e", "e2e"], opts.log_dir / "suite-e2e.log",
+                                        cwd=REPO))
+
+
+def _cold(opts: BenchOptions, run: BenchRun) -> None:
+    cache = Path(tempfile.mkdtemp(prefix="rig-cold-cache-"))
+    try:
+        cmd = [sys.executable, "-m", "rig", "setup"]
+        if opts.kernel:
+            cmd += ["--kernel", opts.kernel]
+        if opts.qemu:
+            cmd += ["--qemu", str(opts.qemu)]
+            run.results.note("cold.setup", f"QEMU not built: --qemu {opts.qemu}")
+        env = dict(os.environ, RIG_CACHE=str(cache))
+        run.results.add("cold.setup", _timed(cmd, opts.log_dir / "cold-setup.log", env=env))
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)

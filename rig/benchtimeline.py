@@ -1,0 +1,112 @@
+"""One catas fault on a single clock: where the time between injection and snapshots goes.
+
+Three witnesses, all put on the host's CLOCK_MONOTONIC:
+
+* the device model's event log (its own process, same clock): the injection, the crdump
+  start (the driver's "block volatile accesses" write), the reset;
+* the guest kernel's log lines, as the serial console delivered them: each carries the
+  guest's printk timestamp and the host time it arrived. The console only ever adds delay,
+  so the smallest (arrival - printk time) over the lines around the fault is the best
+  estimate of the guest-to-host clock offset, and printk times are mapped with it (a
+  console burst that arrives late then does not skew the phases);
+* the REGION_NEW notifications, timed on the host as the netlink watcher's lines arrive.
+
+Pure: unit-tested with synthetic logs.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import RigError
+
+PRINTK = re.compile(r"^\[\s*(\d+\.\d+)\]\s(.*)$")
+DETECTED = re.compile(r"Internal error detected")
+CRSPACE_ADDED = re.compile(r"crdump: added snapshot \d+ to devlink region cr-space")
+HEALTH_ADDED = re.compile(r"crdump: added snapshot \d+ to devlink region fw-health")
+RESTARTED = re.compile(r"mlx4_restart_one was ended")
+
+
+class TimelineError(RigError):
+    pass
+
+
+@dataclass(frozen=True)
+class CatasTimeline:
+    """Phase durations in seconds, in the order they happen."""
+
+    detection: float  # injection -> the driver's catas poll reports it
+    error_report: float  # report -> crdump starts (error buffer printk, work queue)
+    crdump_loop: float  # crdump start -> cr-space snapshot added (1 MiB of BAR0 read)
+    snapshot_creation: float  # -> fw-health read and its snapshot added
+    notification: float  # -> both REGION_NEW notifications on the host (netlink, SSH)
+    fault_to_snapshots: float  # injection -> both notifications on the host
+    reset_and_reprobe: float | None  # fw-health snapshot -> mlx4_restart_one ended
+    clock_offset: float  # host time - guest printk time
+
+
+def printk_lines(console: Sequence[tuple[float, str]]) -> list[tuple[float, float, str]]:
+    """(host arrival, guest printk time, text) of the console lines that are kernel messages."""
+    out = []
+    for host_t, line in console:
+        if m := PRINTK.match(line.strip()):
+            out.append((host_t, float(m.group(1)), m.group(2)))
+    return out
+
+
+def clock_offset(lines: Sequence[tuple[float, float, str]]) -> float:
+    if not lines:
+        raise TimelineError("no kernel messages on the console to align the guest's clock")
+    return min(host - guest for host, guest, _ in lines)
+
+
+def _first(lines: Sequence[tuple[float, float, str]], pattern: re.Pattern[str],
+           offset: float, what: str) -> float:
+    for _, guest, text in lines:
+        if pattern.search(text):
+            return guest + offset
+    raise TimelineError(f"the guest never logged {what} ({pattern.pattern!r})")
+
+
+def _event(events: Sequence[dict[str, Any]], what: str, **match: Any) -> float:
+    for e in events:
+        if all(e.get(k) == v for k, v in match.items()):
+            return float(e["t"])
+    raise TimelineError(f"no {what} in the device's event log")
+
+
+def catas_timeline(events: Sequence[dict[str, Any]], console: Sequence[tuple[float, str]],
+                   notifications: Sequence[float]) -> CatasTimeline:
+    """Phases of one catas fault, from what happened after it was injected.
+
+    `events`: the device's events from the injection on; `console`: the console lines from
+    just before the injection on; `notifications`: host arrival times of the REGION_NEW
+    notifications for the fault's snapshots.
+    """
+    lines = printk_lines(console)
+    offset = clock_offset(lines)
+    injected = _event(events, "catas injection", kind="fault", fault="inject_catas")
+    crdump = _event(events, "crdump start", kind="crdump")
+    detected = _first(lines, DETECTED, offset, "the internal error")
+    crspace = _first(lines, CRSPACE_ADDED, offset, "the cr-space snapshot")
+    health = _first(lines, HEALTH_ADDED, offset, "the fw-health snapshot")
+    if not notifications:
+        raise TimelineError("no REGION_NEW notification arrived")
+    visible = max(notifications)
+    try:
+        restarted: float | None = _first(lines, RESTARTED, offset, "the restart")
+    except TimelineError:
+        restarted = None
+    return CatasTimeline(
+        detection=detected - injected,
+        error_report=crdump - detected,
+        crdump_loop=crspace - crdump,
+        snapshot_creation=health - crspace,
+        notification=visible - health,
+        fault_to_snapshots=visible - injected,
+        reset_and_reprobe=None if restarted is None else restarted - health,
+        clock_offset=offset,
+    )
