@@ -272,7 +272,8 @@ def kmsg_wait_command(pattern: str, nth: int) -> str:
 
     /dev/kmsg replays the log from boot and then blocks for new records, so this waits for
     the event itself instead of polling dmesg. One read() returns one record and needs a
-    large buffer (awk and friends get EINVAL), hence Python.
+    large buffer (awk and friends get EINVAL), hence Python. A record is "prefix;message"
+    plus continuation lines (" SUBSYSTEM=pci", " DEVICE=+pci:..."): only the message counts.
     """
     script = (
         "import os,sys\n"
@@ -283,10 +284,11 @@ def kmsg_wait_command(pattern: str, nth: int) -> str:
         "        rec=os.read(fd,65536).decode(errors='replace')\n"
         "    except BrokenPipeError:\n"
         "        continue\n"  # EPIPE: records were overwritten while we read; go on
-        f"    if {pattern!r} in rec:\n"
+        "    msg=rec.split(';',1)[-1].split('\\n',1)[0]\n"
+        f"    if {pattern!r} in msg:\n"
         "        seen+=1\n"
         f"        if seen=={nth}:\n"
-        "            print(rec.split(';',1)[-1].strip())\n"
+        "            print(msg.strip())\n"
         "            break\n"
     )
     return f"python3 -c {shlex.quote(script)}"

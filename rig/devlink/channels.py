@@ -92,6 +92,9 @@ class CliChannel:
         with self._errors():
             self.cli.new(handle, snapshot)
 
+    def close(self) -> None:
+        pass  # one SSH command per request: nothing held open
+
     def _errors(self) -> _Translate:
         return _Translate(self.name)
 
