@@ -1,0 +1,129 @@
+"""Every way into mlx4's error flow, and the switches that keep it from taking a crdump
+(checklist items 18, 19): a failing closing command and a command that never completes (both
+during `devlink dev reload`), `internal_error_reset` false, firmware without a health buffer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from cx3 import crspace as cr
+from cx3 import opcodes
+from rig import builtin
+from rig.session import Rig
+
+from .support import (
+    CMD_TIMEOUT_FAULT,
+    CRDUMP_TIMEOUT,
+    NO_HEALTH_BUFFER,
+    Snapshot,
+    assert_no_kernel_trouble,
+    be32,
+    catas_without_snapshot,
+    catas_words,
+    enable_snapshots,
+    kmsg_count,
+    param,
+    reload,
+    reload_snapshot,
+    reprobe,
+    rules,
+    snapshot_ids,
+)
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def fresh_driver(rig_session: Rig) -> Rig:
+    reprobe(rig_session)
+    rig_session.device.load_crspace(builtin.crspace_image())
+    return rig_session
+
+
+@pytest.fixture
+def rig(fresh_driver: Rig) -> Iterator[Rig]:
+    """The session rig with snapshots on in both cmodes (a reload re-applies driverinit
+    values) and the device's knobs back at their defaults afterwards."""
+    enable_snapshots(fresh_driver, "runtime", "driverinit")
+    yield fresh_driver
+    fresh_driver.device.clear_faults()
+    fresh_driver.device.advertise_health(True)
+
+
+def command_fault(rig: Rig, arm: Callable[[], None], n: int, timeout: float) -> Snapshot:
+    """A reload-triggered fault, checked against the snapshots that were there before."""
+    before = snapshot_ids(rig)
+    in_use = set(before["cr-space"]) | set(before["fw-health"])
+    snap = reload_snapshot(rig, arm, n, timeout)
+    assert snap.id == rules(rig).next_snapshot_id(in_use, sorted(in_use))
+    assert snapshot_ids(rig) == {r: sorted([*ids, snap.id]) for r, ids in before.items()}
+    return snap
+
+
+def check_command_fault_snapshot(rig: Rig, snap: Snapshot) -> None:
+    assert rig.devlink.dump(rig.region("fw-health"), snap.id) == snap.health == snap.truth.health
+    image = rig.devlink.dump(rig.region("cr-space"), snap.id)
+    assert image == snap.truth.image
+    assert be32(image, cr.BLOCK_VOLATILE) == 1
+    assert be32(image, cr.CATAS_OFFSET) == 0, "no internal error was injected"
+    dmesg = rig.dmesg()
+    assert f"crdump: added snapshot {snap.id} to devlink region cr-space" in dmesg
+    assert "device is going to be reset" in dmesg
+    assert_no_kernel_trouble(rig)
+
+
+def test_failing_closing_command_takes_a_crdump(rig: Rig) -> None:
+    snap = command_fault(rig, rig.device.fault_closing_cmd, 20, CRDUMP_TIMEOUT)
+    assert rig.device.state()["faults"]["closing_cmd"] is None, "the fault was not hit"
+    failed = [e for e in rig.device.events(0).events
+              if e["kind"] == "cmd" and e["t"] < snap.truth.t and e.get("status")]
+    assert failed, "no command failed before the crdump"
+    opcode, status = failed[-1]["opcode"], failed[-1]["status"]
+    assert opcode in opcodes.CLOSING
+    assert f"command {opcode:#x} failed: fw status = {status:#x}" in rig.dmesg()
+    check_command_fault_snapshot(rig, snap)
+
+
+@pytest.mark.slow
+def test_command_that_never_completes_takes_a_crdump(rig: Rig) -> None:
+    snap = command_fault(rig, rig.device.fault_cmd_timeout, 21, CMD_TIMEOUT_FAULT)
+    hung = [e for e in rig.device.events(0).events if e["kind"] == "cmd" and e.get("hung")]
+    assert len(hung) == 1, f"expected one hung command, got {hung}"
+    assert snap.truth.t - hung[0]["t"] >= 55, "crdump before the driver's 60 s timeout"
+    assert f"command {hung[0]['opcode']:#x} timed out" in rig.dmesg()
+    check_command_fault_snapshot(rig, snap)
+
+
+def test_internal_error_reset_false_means_no_reset_and_no_crdump(rig: Rig) -> None:
+    rig.devlink.param_set(rig.dev_handle, "internal_error_reset", "false", "runtime")
+    before = snapshot_ids(rig)
+    crdumps = rig.device.state()["crdumps"]
+    resets = kmsg_count(rig, "device is going to be reset")
+    last_word = f"buf[{cr.CATAS_DWORDS - 1:02x}]"  # poll_catas's dump ends with this line
+    dumped = kmsg_count(rig, last_word)
+    rig.device.inject_catas(catas_words(30))
+    rig.wait_kmsg(last_word, nth=dumped + 1, timeout=CRDUMP_TIMEOUT)
+    # poll_catas decides right there: without internal_error_reset it queues no reset work
+    # and stops polling. The reload below takes the devlink lock such work would need, so
+    # once it is through, a reset that was coming would have happened.
+    reload(rig)
+    assert kmsg_count(rig, "device is going to be reset") == resets
+    assert rig.device.state()["crdumps"] == crdumps, "the driver read BAR0 for a crdump"
+    assert snapshot_ids(rig) == before
+    # The reload re-applied the driverinit value (true) and reset the device (catas cleared).
+    assert param(rig, "internal_error_reset") == {"runtime": True, "driverinit": True}
+    assert rig.device.read_bar0(cr.CATAS_OFFSET, 4) == bytes(4)
+    assert_no_kernel_trouble(rig)
+
+
+def test_firmware_without_health_buffer_means_no_crdump(rig: Rig) -> None:
+    rig.device.advertise_health(False)
+    reload(rig)  # the driver reads the health-buffer offset in QUERY_DEV_CAP at load
+    line = catas_without_snapshot(rig, NO_HEALTH_BUFFER)
+    assert NO_HEALTH_BUFFER in line
+    rig.device.advertise_health(True)
+    reload(rig)
+    assert_no_kernel_trouble(rig)
