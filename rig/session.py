@@ -117,6 +117,7 @@ class Rig:
                 modprobe=modprobe,
                 memory_mib=self.config.memory_mib,
                 name=self.config.name,
+                kernel_args=self.config.kernel_args,
             )
             self._machine = Machine(mconfig)
             t0 = time.monotonic()
