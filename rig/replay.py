@@ -110,6 +110,7 @@ def _replay(rig: Rig, opts: ReplayOptions, image: bytes, health: bytes, report: 
         with step(f"injecting fault {opts.fault}, waiting for the driver's snapshots"):
             t_fault = time.monotonic()
             reload = _inject(rig, opts, report)
+            rig.netlink.prestart()  # its start-up overlaps the driver's detection and reset
             events = [watch.next(SNAPSHOT_TIMEOUT[opts.fault]) for _ in REGIONS]
             t_snap = time.monotonic()
     except RigError as e:

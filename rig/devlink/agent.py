@@ -35,6 +35,7 @@ class NetlinkAgent:
         self.as_user = as_user
         self._uploaded = False
         self._server: Background | None = None
+        self._launching: Background | None = None  # started, not yet ready
 
     def _ensure_uploaded(self) -> None:
         if not self._uploaded:
@@ -42,10 +43,18 @@ class NetlinkAgent:
             self.ssh.put(SCRIPT, REMOTE)
             self._uploaded = True
 
+    def prestart(self) -> None:
+        """Launch the agent without waiting for it, so its slow start-up (Python and pyroute2
+        under TCG take seconds) overlaps other work; the first request waits for it."""
+        if self._server is None and self._launching is None:
+            self._ensure_uploaded()
+            self._launching = self.ssh.start(f"{self.as_user} python3 {REMOTE} serve".strip())
+
     def _start(self) -> Background:
         if self._server is None:
-            self._ensure_uploaded()
-            server = self.ssh.start(f"{self.as_user} python3 {REMOTE} serve".strip())
+            self.prestart()
+            server, self._launching = self._launching, None
+            assert server is not None
             line = server.readline(timeout=self.timeout)
             if line is None or json.loads(line) != {"ready": True}:
                 err = server.stderr()
@@ -55,9 +64,10 @@ class NetlinkAgent:
         return self._server
 
     def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
+        for proc in (self._server, self._launching):
+            if proc is not None:
+                proc.close()
+        self._server = self._launching = None
 
     def call(self, op: str, **args: Any) -> Any:
         server = self._start()
