@@ -103,11 +103,13 @@ def start_rig(config: pytest.Config, rig_config: RigConfig) -> Rig:
     try:
         rig.start()
     except (RigError, OSError) as e:
-        config.stash[_FAILED_STARTS].append(rig)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        pytest.fail(f"rig {rig_config.name!r} cannot start: {first}", pytrace=False)
-    config.stash[_RIGS].append(rig)
-    return rig
+        error = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    else:
+        config.stash[_RIGS].append(rig)
+        return rig
+    # Outside the except block, so the report is this one line, not a chain of tracebacks.
+    config.stash[_FAILED_STARTS].append(rig)
+    pytest.fail(f"rig {rig_config.name!r} cannot start: {error}", pytrace=False)
 
 
 def _stop(config: pytest.Config, rig: Rig) -> None:
@@ -277,7 +279,7 @@ def collect_artifacts(rig: Rig, dest: Path, deadline: float) -> None:
     if running:
         attempt("dmesg", lambda: (dest / "dmesg.txt").write_text(
             rig.machine.ssh.run("dmesg", timeout=30).stdout))
-    if rig.config.with_device and rig.device_process.alive():
+    if _device_alive(rig):
         attempt("device events", lambda: _save_device(rig, dest))
     if running:
         attempt("snapshots", lambda: problems.extend(_save_snapshots(rig, dest, deadline)))
@@ -288,6 +290,13 @@ def collect_artifacts(rig: Rig, dest: Path, deadline: float) -> None:
 def _machine_running(rig: Rig) -> bool:
     try:
         return rig.machine.is_running()
+    except RigError:  # never started, or stopped already
+        return False
+
+
+def _device_alive(rig: Rig) -> bool:
+    try:
+        return rig.device_process.alive()
     except RigError:
         return False
 
