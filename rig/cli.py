@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import cmd_bench, cmd_interactive, cmd_replay
+from . import cmd_bench, cmd_build_kernel, cmd_interactive, cmd_replay
 from .cache import cache_root, list_entries
 from .cmdline import Modprobe
 from .errors import ProvisionError, RigError
@@ -57,8 +57,12 @@ def _human_size(n: int) -> str:
 def _add_setup(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("setup", help="provision QEMU, the guest kernel, initramfs and root fs")
     p.add_argument("--kernel", metavar="SPEC",
-                   help="guest kernel: a directory with bzImage + lib/modules/<release>, or "
-                        "deb:<package>[=<version>] (default: Debian's newest 6.1 cloud-amd64)")
+                   help="guest kernel: a directory with bzImage + lib/modules/<release>; "
+                        "deb:<package>[=<version>] (default: Debian's newest 6.1 cloud-amd64); "
+                        "or build:SOURCE[+PATCHES], built from source on first use: SOURCE is "
+                        "6.1 (Debian's linux-source-6.1), 6.1=VERSION or a kernel tree, "
+                        "PATCHES a series (see `rig build-kernel --help`), e.g. "
+                        "build:6.1+guest-kernel/patches/example-break-crdump")
     p.add_argument("--qemu", metavar="PATH", type=Path, help="use this qemu-system-x86_64")
     p.set_defaults(func=cmd_setup)
 
@@ -139,7 +143,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 # -- entry point --------------------------------------------------------------------------
 
 SUBCOMMANDS = (_add_setup, _add_run, cmd_replay.add_parser, cmd_interactive.add_parsers,
-               cmd_bench.add_parser)
+               cmd_build_kernel.add_parser, cmd_bench.add_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,5 @@
-"""The guest-side files kept under guest-kernel/init/ (init scripts, sshd config)."""
+"""The guest-side files kept under guest-kernel/ (init scripts, sshd config, kernel config
+fragment)."""
 
 from __future__ import annotations
 
@@ -9,16 +10,29 @@ from pathlib import Path
 from ..errors import ProvisionError
 
 
-def init_dir() -> Path:
-    """guest-kernel/init in a source checkout, else the installed guest_kernel package's."""
-    checkout = Path(__file__).resolve().parents[2] / "guest-kernel" / "init"
+def guest_kernel_dir() -> Path:
+    """guest-kernel/ in a source checkout, else the installed guest_kernel package."""
+    checkout = Path(__file__).resolve().parents[2] / "guest-kernel"
     if checkout.is_dir():
         return checkout
     # Installed layout: pyproject.toml maps guest-kernel/ to the package guest_kernel.
     spec = importlib.util.find_spec("guest_kernel")
     if spec is None or spec.origin is None:
-        raise ProvisionError(f"guest init scripts not found (looked in {checkout})")
-    return Path(spec.origin).resolve().parent / "init"
+        raise ProvisionError(f"guest-side files not found (looked in {checkout})")
+    return Path(spec.origin).resolve().parent
+
+
+def init_dir() -> Path:
+    """guest-kernel/init: the guest's init scripts and sshd config."""
+    return guest_kernel_dir() / "init"
+
+
+def guest_kernel_file(name: str) -> Path:
+    """A file kept directly under guest-kernel/ (the kernel config fragment)."""
+    path = guest_kernel_dir() / name
+    if not path.is_file():
+        raise ProvisionError(f"guest kernel file {path} is missing")
+    return path
 
 
 def guest_file(name: str) -> Path:

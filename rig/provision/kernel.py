@@ -19,6 +19,7 @@ from ..cache import cache_root, entry
 from ..errors import ProvisionError
 from ..progress import info, run_logged, step
 from . import debs
+from .kbuildspec import BuildSpec, is_build_spec, parse_build_spec
 from .kmod import ModuleIndex, bzimage_release, config_value
 from .locking import building
 
@@ -38,17 +39,19 @@ class GuestKernel:
     vmlinuz: Path
     modules_dir: Path  # .../lib/modules/<release>
     release: str
-    origin: str  # "debian:<package>=<version>" or "user:<bzImage path>"
+    origin: str  # "debian:<package>=<version>", "build:<source>[+<patches>]" or "user:<path>"
 
 
 @dataclass(frozen=True)
 class KernelSpec:
-    """Where the guest kernel comes from: a Debian package (None = newest default) or files."""
+    """Where the guest kernel comes from: a Debian package (None = newest default), files, or
+    a build from source (rig.provision.kbuild)."""
 
     package: str | None = None
     version: str | None = None
     bzimage: Path | None = None
     modules_dir: Path | None = None
+    build: BuildSpec | None = None
 
     @classmethod
     def from_paths(cls, bzimage: Path, modules_dir: Path) -> KernelSpec:
@@ -56,9 +59,12 @@ class KernelSpec:
 
     @classmethod
     def parse(cls, text: str | None) -> KernelSpec:
-        """None -> Debian default; "deb:<package>[=<version>]"; or a kernel directory."""
+        """None -> Debian default; "deb:<package>[=<version>]"; "build:<source>[+<patches>]"
+        (see rig.provision.kbuildspec); or a kernel directory."""
         if text is None or text in ("", "default", "deb:"):
             return cls()
+        if is_build_spec(text):
+            return cls(build=parse_build_spec(text))
         if text.startswith("deb:"):
             package, _, version = text[4:].partition("=")
             return cls(package=package, version=version or None)
@@ -88,6 +94,11 @@ def ensure_kernel(spec: str | KernelSpec | None = None) -> GuestKernel:
     """The guest kernel for `spec`, fetched into the cache if it is a Debian package."""
     if not isinstance(spec, KernelSpec):
         spec = KernelSpec.parse(spec)
+    if spec.build is not None:
+        from .kbuild import ensure_build  # the build machinery loads only when asked for
+
+        # A build is a kernel directory whose kernel.json names its origin.
+        return ensure_kernel(KernelSpec.from_directory(ensure_build(spec.build).path))
     if spec.bzimage is not None and spec.modules_dir is not None:
         return _user_kernel(spec.bzimage, spec.modules_dir)
     if spec.package is not None:
@@ -184,9 +195,19 @@ def _user_kernel(bzimage: Path, modules_dir: Path) -> GuestKernel:
     if announced is not None and announced != release:
         raise ProvisionError(f"user kernel: {bzimage} is release {announced} but the modules "
                              f"are for {release} ({modules_dir})")
-    kernel = GuestKernel(bzimage, modules_dir, release, f"user:{bzimage}")
+    origin = _recorded_origin(bzimage.parent) or f"user:{bzimage}"
+    kernel = GuestKernel(bzimage, modules_dir, release, origin)
     check_kernel(kernel, find_config(kernel))
     return kernel
+
+
+def _recorded_origin(directory: Path) -> str | None:
+    """The origin a cache entry (a Debian kernel, a rig build) records for itself, so that
+    passing its directory as --kernel still says where the kernel came from."""
+    try:
+        return str(json.loads((directory / INFO_FILE).read_text())["origin"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def find_config(kernel: GuestKernel) -> Path | None:

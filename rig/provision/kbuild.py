@@ -1,0 +1,254 @@
+"""Build the guest kernel from source, optionally patched, into a cache entry the rig boots
+like any kernel directory (KernelSpec.from_directory):
+
+    <cache>/kbuild/<version>-<series>-<key>/
+        bzImage  config  System.map  lib/modules/<release>/  kernel.json  build.log
+
+The key covers the source (package version, or the tree's fingerprint), the patches'
+contents, the config fragments, the compiler and RECIPE: a second run with the same inputs
+builds nothing. Builds run under `nice -n 19` on every core: VMs of concurrent runs keep
+their CPU. The full log is <cache>/logs/kbuild-<entry>.log (copied into the entry).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..cache import CacheEntry, cache_root, entry
+from ..errors import ProvisionError
+from ..progress import info, run_logged, step
+from .apt import ensure_packages
+from .guestfiles import guest_kernel_file
+from .kbuildspec import BuildSpec
+from .kconfig import Fragments, configure
+from .ksource import ResolvedSource, resolve
+from .kworkspace import Workspace
+from .locking import building
+from .patchseries import EMPTY, Series, load_series
+
+# Bump when what a build produces changes in a way the inputs do not show.
+RECIPE = 1
+KIND = "kbuild"
+ARCH = "x86_64"
+LOCALVERSION = "-rig"
+FRAGMENT = "rig.config"
+INFO_FILE = "kernel.json"
+BUILD_PACKAGES = (
+    "build-essential",  # gcc, make, libc headers
+    "flex",
+    "bison",
+    "bc",
+    "libelf-dev",  # objtool
+    "xz-utils",  # the linux-source tarball
+    "git",  # git apply
+    "kmod",  # depmod at modules_install
+)
+# Fixed build identity: the base and the patched build then share every object a patch does
+# not touch, and the same inputs give the same bzImage.
+REPRODUCIBLE_ENV = {
+    "KBUILD_BUILD_TIMESTAMP": "2000-01-01 00:00:00 UTC",
+    "KBUILD_BUILD_USER": "rig",
+    "KBUILD_BUILD_HOST": "mlx4-rig",
+    "KBUILD_BUILD_VERSION": "1",
+}
+_COMPILE_ERROR = re.compile(r"(: (?:fatal )?error: |^make\[\d+\]: \*\*\* |undefined reference)")
+
+
+@dataclass(frozen=True)
+class BuiltKernel:
+    path: Path  # the kernel directory: bzImage + lib/modules/<release>
+    release: str
+    origin: str
+    build: dict[str, Any]  # how it was built: seconds, phases, jobs, cold
+    cached: bool  # found in the cache by this call
+
+
+def jobs() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def compiler_version() -> str:
+    try:
+        out = subprocess.run(["gcc", "--version"], capture_output=True, text=True, check=False)
+    except OSError:
+        return "none"
+    return out.stdout.splitlines()[0].strip() if out.stdout else "unknown"
+
+
+def build_inputs(source: ResolvedSource, series: Series, fragments: Fragments,
+                 compiler: str) -> dict[str, object]:
+    """What the cache key of a build covers."""
+    return {
+        "recipe": RECIPE,
+        "source": source.identity,
+        "patches": series.digest,
+        "fragments": fragments.digest,
+        "compiler": compiler,
+        "arch": ARCH,
+        "localversion": LOCALVERSION,
+    }
+
+
+def entry_name(source: ResolvedSource, series: Series) -> str:
+    """<version>-base, or <version>-<series name> for a patched build."""
+    if not series.patches:
+        return f"{source.version}-base"
+    stem = Path(series.origin).name
+    return f"{source.version}-{re.sub(r'[^A-Za-z0-9._-]+', '_', stem)[:40]}"
+
+
+def origin(source: ResolvedSource, series: Series) -> str:
+    text = f"build:{source.label}"
+    return text + (f"+{series.describe()}" if series.patches else "")
+
+
+def make_command(src: Path, out: Path) -> list[str]:
+    return ["nice", "-n", "19", "make", "-C", str(src), f"O={out}", f"ARCH={ARCH}",
+            f"LOCALVERSION={LOCALVERSION}"]
+
+
+def rig_fragment() -> Path:
+    return guest_kernel_file(FRAGMENT)
+
+
+def ensure_build(spec: BuildSpec) -> BuiltKernel:
+    """The built kernel for `spec`, from the cache or built now."""
+    resolve_log = cache_root() / "logs" / "kbuild.log"
+    source = resolve(spec.source, resolve_log)
+    series = load_series(spec.patches) if spec.patches is not None else EMPTY
+    fragments = Fragments.load([rig_fragment(), *spec.fragments])
+    e = entry(KIND, entry_name(source, series),
+              build_inputs(source, series, fragments, compiler_version()))
+    cached = True
+    with building(e) as missing:
+        if missing:
+            cached = False
+            _build(e, source, series, fragments)
+    return read_built(e.path, cached)
+
+
+def read_built(path: Path, cached: bool = True) -> BuiltKernel:
+    data = json.loads((path / INFO_FILE).read_text())
+    return BuiltKernel(path, str(data["release"]), str(data["origin"]), dict(data["build"]),
+                       cached)
+
+
+def build_log(e: CacheEntry) -> Path:
+    return cache_root() / "logs" / f"kbuild-{e.name}-{e.key}.log"
+
+
+def _build(e: CacheEntry, source: ResolvedSource, series: Series,
+           fragments: Fragments) -> None:
+    log = build_log(e)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(f"# kernel build {e.name} ({origin(source, series)})\n"
+                   f"# inputs: {json.dumps(e.inputs, sort_keys=True)}\n")
+    ensure_packages(BUILD_PACKAGES, log, "building a guest kernel")
+    n = jobs()
+    phases: dict[str, float] = {}
+    t_start = time.monotonic()
+    with step(f"building guest kernel {e.name} from {source.label}"), \
+            Workspace.open(source, log) as ws:
+        phases["unpack"] = time.monotonic() - t_start
+        cold = ws.is_cold()
+        if series.skipped:
+            info(f"skipping patches without a diff: {', '.join(series.skipped)}")
+        if series.patches:
+            t0 = time.monotonic()
+            with step(f"applying {series.describe()}"):
+                ws.apply(series, log)
+            phases["patch"] = time.monotonic() - t0
+        t0 = time.monotonic()
+        with step("configuring (tinyconfig + " + " + ".join(p.name for p in fragments.paths)
+                  + ")"):
+            config = configure(make_command(ws.src, ws.cfg), ws.src, ws.cfg, fragments, log)
+            _sync_config(config, ws.obj / ".config")
+        phases["configure"] = time.monotonic() - t0
+        t0 = time.monotonic()
+        what = "everything (cold)" if cold else "what changed since the last build here"
+        with step(f"compiling {what} with make -j{n} under nice -n 19"):
+            _make(ws, ["bzImage", "modules"], f"-j{n}", log)
+        phases["make"] = time.monotonic() - t0
+        t0 = time.monotonic()
+        with e.build() as stage:
+            release = _install(ws, stage, log)
+            phases["install"] = time.monotonic() - t0
+            total = time.monotonic() - t_start
+            build = {"seconds": round(total, 1),
+                     "phases": {k: round(v, 1) for k, v in phases.items()},
+                     "jobs": n, "cold": cold, "nice": 19}
+            (stage / INFO_FILE).write_text(json.dumps({
+                "release": release,
+                "origin": origin(source, series),
+                "source": source.label,
+                "patches": [{"name": p.name, "subject": p.subject, "sha256": p.digest}
+                            for p in series.patches],
+                "skipped": list(series.skipped),
+                "fragments": [str(p) for p in fragments.paths],
+                # configure() has checked each of these against the final .config.
+                "fragment_settings_verified": len(fragments.settings),
+                "build": build,
+            }, indent=2) + "\n")
+            with log.open("a") as f:
+                f.write(f"\n# build finished: {json.dumps(build)}\n")
+            shutil.copyfile(log, stage / "build.log")
+    info(f"kernel {release} built in {total:.0f} s ({'cold' if cold else 'incremental'}: "
+         f"make {phases['make']:.0f} s with -j{n}); log: {log}")
+
+
+def _sync_config(config: Path, target: Path) -> None:
+    """Copy the new .config over the build's only if it differs: a rewritten one with the
+    same contents would still make kbuild re-run syncconfig and check every object."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not target.is_file() or target.read_bytes() != config.read_bytes():
+        shutil.copyfile(config, target)
+
+
+def _make(ws: Workspace, targets: list[str], jobs_flag: str, log: Path) -> None:
+    start = log.stat().st_size
+    try:
+        run_logged([*make_command(ws.src, ws.obj), jobs_flag, *targets], log,
+                   f"make {' '.join(targets)}", env=REPRODUCIBLE_ENV)
+    except ProvisionError as e:
+        errors = compile_errors(_read_from(log, start))
+        if errors:
+            raise ProvisionError(f"{e.args[0]}; first errors:\n  " + "\n  ".join(errors),
+                                 log, e.tail) from e
+        raise
+
+
+def _read_from(log: Path, offset: int) -> str:
+    with log.open("rb") as f:
+        f.seek(offset)
+        return f.read().decode("utf-8", "replace")
+
+
+def compile_errors(text: str, limit: int = 5) -> list[str]:
+    """The first compiler/linker error lines of a make run (make -j interleaves output, so
+    the tail alone often shows only make's own complaints)."""
+    found = [ln.strip() for ln in text.splitlines() if _COMPILE_ERROR.search(ln)]
+    return found[:limit]
+
+
+def _install(ws: Workspace, stage: Path, log: Path) -> str:
+    run_logged([*make_command(ws.src, ws.obj), f"INSTALL_MOD_PATH={stage}",
+                "modules_install"], log, "make modules_install", env=REPRODUCIBLE_ENV)
+    release = (ws.obj / "include" / "config" / "kernel.release").read_text().strip()
+    modules = stage / "lib" / "modules" / release
+    if not (modules / "modules.dep").is_file():
+        raise ProvisionError(f"modules_install left no {modules}/modules.dep", log)
+    # These point into the workspace, which is pruned: the entry must stand alone.
+    for link in ("build", "source"):
+        (modules / link).unlink(missing_ok=True)
+    shutil.copyfile(ws.obj / "arch" / "x86" / "boot" / "bzImage", stage / "bzImage")
+    shutil.copyfile(ws.obj / ".config", stage / "config")
+    shutil.copyfile(ws.obj / "System.map", stage / "System.map")
+    return release

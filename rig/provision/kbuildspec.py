@@ -1,0 +1,100 @@
+"""`build:` kernel specs: build the guest kernel from source, optionally with patches.
+
+    build:6.1                  Debian's linux-source-6.1, the version apt offers
+    build:6.1=6.1.192-2        that version of it
+    build:/path/to/linux       a kernel tree of your own (copied; never modified)
+    build:SOURCE+PATCHES       SOURCE with a patch series applied (see patchseries.py):
+                               a directory of *.patch, a quilt series, an mbox, one patch
+
+Everything after the first "+" is the series path, so a pinned version or a tree path must
+not contain "+". Relative paths are taken from the current directory.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from ..errors import ProvisionError
+
+PREFIX = "build:"
+DEFAULT_SERIES = "6.1"
+_SERIES = re.compile(r"^(\d+\.\d+)(?:=(\S+))?$")
+
+
+@dataclass(frozen=True)
+class DebianSource:
+    """Debian's linux-source-<series> package: the packaged kernel's own source."""
+
+    series: str  # "6.1"
+    version: str | None = None  # None: apt's candidate
+
+    @property
+    def package(self) -> str:
+        return f"linux-source-{self.series}"
+
+    def describe(self) -> str:
+        return self.series + (f"={self.version}" if self.version else "")
+
+
+@dataclass(frozen=True)
+class TreeSource:
+    """A kernel source tree the user points at."""
+
+    path: Path
+
+    def describe(self) -> str:
+        return str(self.path)
+
+
+Source = DebianSource | TreeSource
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    source: Source
+    patches: Path | None = None
+    fragments: tuple[Path, ...] = ()  # merged after guest-kernel/rig.config, in order
+
+    def unpatched(self) -> BuildSpec:
+        return replace(self, patches=None)
+
+    def describe(self) -> str:
+        """The spec as a `--kernel` argument (extra fragments have no spelling there)."""
+        text = PREFIX + self.source.describe()
+        return text + (f"+{self.patches}" if self.patches is not None else "")
+
+
+def is_build_spec(text: str | None) -> bool:
+    return text is not None and text.startswith(PREFIX)
+
+
+def parse_source(text: str, cwd: Path | None = None) -> Source:
+    """"6.1", "6.1=<version>" or a directory."""
+    if m := _SERIES.match(text):
+        return DebianSource(m.group(1), m.group(2))
+    if not text:
+        return DebianSource(DEFAULT_SERIES)
+    path = (cwd or Path.cwd()) / Path(text).expanduser()
+    if not path.is_dir():
+        raise ProvisionError(f"kernel source {text!r}: neither a Debian series such as "
+                             f"{DEFAULT_SERIES} (or {DEFAULT_SERIES}=<version>) nor a directory")
+    if not (path / "Makefile").is_file() or not (path / "Kconfig").is_file():
+        raise ProvisionError(f"kernel source {path}: no Makefile and Kconfig; not a kernel tree")
+    return TreeSource(path.resolve())
+
+
+def parse_build_spec(text: str, cwd: Path | None = None) -> BuildSpec:
+    """`build:SOURCE[+PATCHES]` (see the module docstring)."""
+    if not text.startswith(PREFIX):
+        raise ProvisionError(f"not a build spec: {text!r} (want {PREFIX}SOURCE[+PATCHES])")
+    source_text, plus, patches_text = text[len(PREFIX):].partition("+")
+    if plus and not patches_text:
+        raise ProvisionError(f"{text!r}: nothing after '+' (want {PREFIX}SOURCE+PATCHES)")
+    patches = None
+    if patches_text:
+        patches = ((cwd or Path.cwd()) / Path(patches_text).expanduser()).resolve()
+        if not patches.exists():
+            raise ProvisionError(f"{text!r}: patch series {patches} does not exist")
+    return BuildSpec(parse_source(source_text, cwd), patches)
