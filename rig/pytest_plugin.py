@@ -26,17 +26,30 @@ rig_device    (function) `rig.device`: the device model's control client (fault 
                          ground truth: load_crspace, set_health, inject_catas, crdumps, ...).
 rig_factory   (module)   `rig_factory(**overrides) -> Rig` starts a fresh rig whose config is
                          `rig_config` with `overrides` applied (msi_x=False, mlx4_params=...,
-                         name=...). Every rig it started is stopped at the end of the module,
-                         so a module-scoped fixture can boot once for all its tests.
+                         kernel_args=..., name=...). Every rig it started is stopped at the
+                         end of the module, so a module-scoped fixture can boot once for all
+                         its tests; `rig_factory.stop(rig)` ends one early (one VM at a time
+                         on a small host).
 devlink       (function) a `RegionChannel` on `rig`, parametrized over "cli" (iproute2's
                          devlink over SSH) and "netlink" (pyroute2 in the guest): a test that
-                         takes `devlink` runs once per channel. `rig_channel(rig, name)` gives
-                         the same objects for other rigs or for both channels at once.
+                         takes `devlink` runs once per channel, as test_x[cli] and
+                         test_x[netlink]. The API (rig.devlink.channels): regions(),
+                         region(handle), read(handle, snapshot, addr, length),
+                         dump(handle, snapshot), delete(handle, snapshot), new(handle,
+                         snapshot=None); a snapshot of None leaves the id out of the request.
+                         Failures raise `ChannelError` with `.errno` (the kernel's answer, or
+                         None when the tool refused the request itself) and `.message`.
+
+Helpers: `rig_channel(rig, "cli" | "netlink")` gives the same channel objects for any rig
+(e.g. both at once, to compare them); `rig.devlink.channels.open_channel(name, rig.machine.ssh,
+UNPRIVILEGED)` opens one that runs as nobody without capabilities (close() it); `start_rig`
+starts a rig outside the fixtures with the same one-line failure.
 
 Failures
 --------
-If a rig cannot start (no QEMU, no kernel, provisioning or boot fails) the test fails with
-one line saying why (pytest.fail(..., pytrace=False)); nothing is skipped. When a test that
+If a rig cannot start (no QEMU, no kernel, provisioning or boot fails) every test that needs
+it fails at setup (pytest reports an ERROR) with one line saying why (pytest.fail(...,
+pytrace=False)); nothing is skipped. When a test that
 used a rig fails, the plugin saves the rig's console log, a fresh dmesg, the QMP log, the
 device model's log and event log, every snapshot of every region, and the device's crdump
 records (ground truth) into --rig-artifacts/<test id>/<rig name>/, and names that directory in
@@ -237,6 +250,7 @@ def pytest_runtest_makereport(
         collect_artifacts(r, dest / _safe_name(r.config.name), deadline)
     report.sections.append(("rig artifacts", f"{dest}\n"))
     report.user_properties.append(("rig_artifacts", str(dest)))
+    item.user_properties.append(("rig_artifacts", str(dest)))  # JUnit XML reads teardown's
 
 
 def _rigs_of(item: pytest.Item) -> list[Rig]:

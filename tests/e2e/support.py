@@ -14,6 +14,7 @@ from typing import Any
 from cx3 import crspace as cr
 from cx3.control import CrdumpData
 from rig import builtin
+from rig.compare import diff, hexdump_diff
 from rig.devlink.cli import RegionInfo
 from rig.session import REGIONS, Rig
 
@@ -234,6 +235,16 @@ def reload(rig: Rig) -> None:
 
 
 # --- snapshot contents ----------------------------------------------------------------------
+
+
+def assert_same_bytes(got: bytes, expected: bytes, what: str) -> None:
+    """Byte-for-byte equality, failing with where and how the bytes differ."""
+    d = diff(expected, got)
+    assert d.equal, (
+        f"{what}: {d.count} byte(s) differ (sizes {len(expected)}/{len(got)}), first at "
+        + ", ".join(f"{o:#x}" for o in d.first_offsets[:8]) + "\n"
+        + hexdump_diff(expected, got, ("expected", "got"), max_lines=8)
+    )
 
 
 def be32(data: bytes, offset: int) -> int:

@@ -21,6 +21,7 @@ from .support import (
     MAX_SNAPSHOTS,
     Snapshot,
     assert_no_kernel_trouble,
+    assert_same_bytes,
     be32,
     catas_region,
     catas_snapshot,
@@ -48,6 +49,15 @@ def taken(rig: Rig) -> list[Snapshot]:
     return []
 
 
+def fault(rig: Rig, taken: list[Snapshot], n: int) -> Snapshot:
+    """A catas fault with snapshots on (set again: each test may run on its own)."""
+    rig.device.load_crspace(builtin.crspace_image())
+    enable_snapshots(rig)
+    snap = catas_snapshot(rig, n)
+    taken.append(snap)
+    return snap
+
+
 def test_probe_lists_the_device_and_two_empty_regions(rig: Rig) -> None:
     assert rig.dev_handle in rig.sh("devlink dev show").stdout.split()
     lines = rig.sh("devlink region show").stdout.splitlines()
@@ -63,11 +73,9 @@ def test_probe_lists_the_device_and_two_empty_regions(rig: Rig) -> None:
 
 
 def test_catas_fault_snapshots_both_regions_and_recovers(rig: Rig, taken: list[Snapshot]) -> None:
-    rig.device.load_crspace(builtin.crspace_image())
-    enable_snapshots(rig)
+    assert snapshot_ids(rig) == {"cr-space": [], "fw-health": []}, "needs a fresh rig"
     added_before = kmsg_count(rig, "crdump: added snapshot")
-    snap = catas_snapshot(rig, 1)
-    taken.append(snap)
+    snap = fault(rig, taken, 1)
     assert snap.id == rules(rig).next_snapshot_id(set(), [])
     assert snapshot_ids(rig) == {"cr-space": [snap.id], "fw-health": [snap.id]}
 
@@ -79,17 +87,18 @@ def test_catas_fault_snapshots_both_regions_and_recovers(rig: Rig, taken: list[S
     assert "mlx4_restart_one was ended, ret=0" in dmesg
 
     channel = rig_channel(rig, "cli")
-    assert channel.dump(rig.region("fw-health"), snap.id) == snap.health == snap.truth.health
+    assert_same_bytes(snap.truth.health, snap.health, "device truth vs health loaded")
+    assert_same_bytes(channel.dump(rig.region("fw-health"), snap.id), snap.health, "fw-health")
     image = channel.dump(rig.region("cr-space"), snap.id)
-    assert image == snap.truth.image
+    assert_same_bytes(image, snap.truth.image, "cr-space")
     assert be32(image, cr.BLOCK_VOLATILE) == 1
     assert be32(image, cr.CR_FILTER) & 1 << 6 == 0
     assert catas_region(image, len(snap.catas)) == snap.catas
 
 
 def test_device_is_reset_and_probed_again(rig: Rig, taken: list[Snapshot]) -> None:
-    assert taken, "needs the catas fault of the previous test"
-    after = [e for e in rig.device.events(0).events if e["t"] >= taken[-1].truth.t]
+    snap = taken[-1] if taken else fault(rig, taken, 3)
+    after = [e for e in rig.device.events(0).events if e["t"] >= snap.truth.t]
     kinds = [(e["kind"], e.get("name", e.get("source"))) for e in after]
     reset = kinds.index(("reset", "bar0"))
     assert ("cmd", "QUERY_FW") in kinds[reset:], "no re-probe after the reset"
@@ -102,14 +111,14 @@ def test_device_is_reset_and_probed_again(rig: Rig, taken: list[Snapshot]) -> No
 
 def test_second_fault_takes_the_next_snapshot(rig: Rig, taken: list[Snapshot]) -> None:
     before = snapshot_ids(rig)
-    snap = catas_snapshot(rig, 2)
-    taken.append(snap)
+    snap = fault(rig, taken, 2)
     in_use = set(before["cr-space"]) | set(before["fw-health"])
     assert snap.id == rules(rig).next_snapshot_id(in_use, [s.id for s in taken[:-1]])
     after = snapshot_ids(rig)
     for region in ("cr-space", "fw-health"):
         assert after[region] == sorted([*before[region], snap.id])
-    assert rig_channel(rig, "netlink").dump(rig.region("fw-health"), snap.id) == snap.health
+    health = rig_channel(rig, "netlink").dump(rig.region("fw-health"), snap.id)
+    assert_same_bytes(health, snap.health, "fw-health (netlink)")
     assert_no_kernel_trouble(rig)
 
 

@@ -20,6 +20,7 @@ from .support import (
     NO_HEALTH_BUFFER,
     Snapshot,
     assert_no_kernel_trouble,
+    assert_same_bytes,
     be32,
     catas_without_snapshot,
     catas_words,
@@ -64,9 +65,11 @@ def command_fault(rig: Rig, arm: Callable[[], None], n: int, timeout: float) -> 
 
 
 def check_command_fault_snapshot(rig: Rig, snap: Snapshot) -> None:
-    assert rig.devlink.dump(rig.region("fw-health"), snap.id) == snap.health == snap.truth.health
+    assert_same_bytes(snap.truth.health, snap.health, "device truth vs health loaded")
+    assert_same_bytes(rig.devlink.dump(rig.region("fw-health"), snap.id), snap.health,
+                      "fw-health")
     image = rig.devlink.dump(rig.region("cr-space"), snap.id)
-    assert image == snap.truth.image
+    assert_same_bytes(image, snap.truth.image, "cr-space")
     assert be32(image, cr.BLOCK_VOLATILE) == 1
     assert be32(image, cr.CATAS_OFFSET) == 0, "no internal error was injected"
     dmesg = rig.dmesg()

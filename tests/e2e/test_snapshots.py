@@ -34,6 +34,7 @@ from .support import (
     RESTARTED,
     Snapshot,
     assert_no_kernel_trouble,
+    assert_same_bytes,
     be32,
     catas_region,
     catas_snapshot,
@@ -136,14 +137,14 @@ def test_fw_health_holds_each_faults_health_buffer(
     assert len({s.health for s in taken.snapshots}) == len(taken.snapshots)
     for snap in taken.snapshots:
         data = devlink.dump(rig.region("fw-health"), snap.id)
-        assert data == snap.health == snap.truth.health
+        assert_same_bytes(snap.truth.health, snap.health, "device truth vs health loaded")
+        assert_same_bytes(data, snap.health, f"fw-health snapshot {snap.id} ({devlink.name})")
 
 
 def test_crspace_is_what_bar0_held(rig: Rig, taken: Taken, devlink: RegionChannel) -> None:
     snap = taken.snapshots[0]
     data = crspace_dump(rig, taken, devlink)
-    assert len(data) == cr.SIZE
-    assert data == snap.truth.image
+    assert_same_bytes(data, snap.truth.image, f"cr-space snapshot {snap.id} ({devlink.name})")
     # The words the driver changed itself, and the injected ones (firmware contract §9.2):
     assert be32(data, cr.BLOCK_VOLATILE) == 1
     assert be32(taken.image, cr.CR_FILTER) & 1 << 6, "the image sets the CR filter bit"
@@ -161,7 +162,8 @@ def test_later_snapshots_hold_their_own_fault(
     health = cr.HEALTH_OFFSET - page
     for snap in taken.snapshots[1:]:
         data = devlink.read(rig.region("cr-space"), snap.id, page, cr.PAGE)
-        assert data == snap.truth.image[page:page + cr.PAGE]
+        assert_same_bytes(data, snap.truth.image[page:page + cr.PAGE],
+                          f"cr-space snapshot {snap.id} page {page:#x} ({devlink.name})")
         assert tuple(be32(data, 4 * i) for i in range(len(snap.catas))) == snap.catas
         assert data[health:health + cr.HEALTH_SIZE] == snap.health
 
@@ -176,7 +178,8 @@ def test_cli_and_netlink_agree_on_every_field_and_byte(rig: Rig, taken: Taken) -
             rig.region("fw-health"), snap.id)
         assert cli.read(rig.region("cr-space"), snap.id, 0x80000, 0x1000) == netlink.read(
             rig.region("cr-space"), snap.id, 0x80000, 0x1000)
-    assert crspace_dump(rig, taken, cli) == crspace_dump(rig, taken, netlink)
+    assert_same_bytes(crspace_dump(rig, taken, netlink), crspace_dump(rig, taken, cli),
+                      "cr-space: netlink vs CLI")
 
 
 def test_dump_text_is_16_bytes_a_line_with_16_digit_addresses(rig: Rig, taken: Taken) -> None:
@@ -194,7 +197,7 @@ def test_dump_text_is_16_bytes_a_line_with_16_digit_addresses(rig: Rig, taken: T
             assert m, f"{name} line {n}: {line!r}"
             assert int(m.group(1), 16) == 16 * n
             data += bytes.fromhex(m.group(2).replace(" ", ""))
-        assert bytes(data) == truth
+        assert_same_bytes(bytes(data), truth, f"{name} dump text")
 
 
 # --- reading ----------------------------------------------------------------------------------
