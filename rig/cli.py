@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import cmd_bench, cmd_build_kernel, cmd_interactive, cmd_replay
+from . import cmd_bench, cmd_build_kernel, cmd_interactive, cmd_replay, cmd_validate
 from .cache import cache_root, list_entries
 from .cmdline import Modprobe
 from .errors import ProvisionError, RigError
@@ -143,7 +143,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 # -- entry point --------------------------------------------------------------------------
 
 SUBCOMMANDS = (_add_setup, _add_run, cmd_replay.add_parser, cmd_interactive.add_parsers,
-               cmd_build_kernel.add_parser, cmd_bench.add_parser)
+               cmd_build_kernel.add_parser, cmd_validate.add_parser, cmd_bench.add_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,312 @@
+"""The driver behaviours `rig validate` checks on each kernel, and how each one is judged.
+
+Two boots per kernel: `rig replay` (catas fault, snapshots read over CLI and netlink and
+compared with the device's truth) and one session for the rest, in order: probe, regions,
+a first fault and the recovery, a second fault, snapshot deletion, reload, the kernel log.
+A step whose prerequisite did not pass is reported as an error ("not run"), not a failure.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cx3 import crspace as cr
+from cx3.control import CrdumpData
+
+from . import builtin
+from .compare import diff
+from .errors import RigError
+from .progress import info
+from .report import Report
+from .session import REGIONS, Rig, RigConfig
+
+PASS, FAIL, ERROR = "pass", "fail", "error"
+# Generous: the catas poll runs every 5 s, and a 2-core host may be compiling a kernel for the
+# next run while this one's guest dumps 1 MiB of BAR0.
+SNAPSHOT_TIMEOUT = 150.0
+RESTART_TIMEOUT = 120.0
+EXPECTED_SIZES = {"cr-space": cr.SIZE, "fw-health": cr.HEALTH_SIZE}
+# What the kernel prints when it complains about itself.
+_KERNEL_TROUBLE = re.compile(r"WARNING:|BUG:|Oops|general protection fault|Call Trace:|"
+                             r"kernel BUG|UBSAN:|KASAN:")
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    name: str
+    summary: str
+
+
+BEHAVIOURS = (
+    Behaviour("probe", "mlx4_core binds the emulated ConnectX-3 and registers with devlink"),
+    Behaviour("regions", "exactly cr-space (BAR0 size) and fw-health (64 bytes), no snapshots"),
+    Behaviour("catas-snapshots", "a catas fault gives one snapshot per region, same id, equal "
+                                 "to the device truth over CLI and netlink (rig replay)"),
+    Behaviour("recovery", "after a fault the driver resets the device and probes again"),
+    Behaviour("second-fault", "a second fault: a new id in both regions, contents equal to the "
+                              "truth, the first snapshots kept"),
+    Behaviour("snapshot-delete", "region del removes exactly that snapshot of that region"),
+    Behaviour("reload", "devlink dev reload succeeds and both regions come back"),
+    Behaviour("kernel-log", "no WARNING, BUG or Oops in the kernel log"),
+)
+NAMES = tuple(b.name for b in BEHAVIOURS)
+
+
+@dataclass
+class Outcome:
+    status: str  # PASS | FAIL | ERROR
+    detail: str = ""
+    # Facts that should not change between runs of the same kernel: a difference between
+    # the two kernels with the same status is reported as "changed".
+    observed: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+class Broken(RigError):
+    """The behaviour is not as it should be (a failure, not a rig error)."""
+
+
+# --- from a replay report -------------------------------------------------------------------
+
+
+def replay_outcome(report: Report, out: Path) -> Outcome:
+    """catas-snapshots, judged from `rig replay`'s report (written to `out`)."""
+    problems = list(report.errors)
+    observed: dict[str, Any] = {}
+    by_region = {s.region: s for s in report.snapshots}
+    for region in REGIONS:
+        snap = by_region.get(region)
+        if snap is None:
+            if not report.errors:
+                problems.append(f"no {region} snapshot")
+            continue
+        observed[region] = {"id": snap.id, "size": snap.size, "agree": snap.agree}
+        differing = [c for c in snap.comparisons if not c.equal]
+        see = f" (see {out / snap.diff_path})" if snap.diff_path else ""
+        if [(c.a, c.b) for c in differing] == [("truth", "cli"), ("truth", "netlink")]:
+            d = differing[0]
+            # The usual way a driver bug shows: both readers see the same wrong bytes.
+            where = _where(d.differing_bytes, d.first_offsets)
+            problems.append(f"{region} snapshot {snap.id} differs from the device truth "
+                            f"{where} (CLI and netlink agree){see}")
+        else:
+            problems += [f"{region} snapshot {snap.id}: {c.a} and {c.b} differ "
+                         f"{_where(c.differing_bytes, c.first_offsets)}{see}" for c in differing]
+        unexplained = [c for c in snap.changed_from_input if not c.get("register")]
+        if unexplained:
+            problems.append(f"{region}: device truth differs from the input where no register "
+                            "explains it")
+    if len({s.id for s in report.snapshots}) > 1:
+        problems.append("the regions' snapshots have different ids: "
+                        + ", ".join(f"{s.region} {s.id}" for s in report.snapshots))
+    status = PASS if report.ok and not problems else FAIL
+    detail = "; ".join(problems) if problems else (
+        "both regions snapshotted with id "
+        f"{report.snapshots[0].id}, CLI/netlink/truth agree" if report.snapshots else "")
+    return Outcome(status, detail, observed, report.timings.get("total", 0.0))
+
+
+def _where(count: int, offsets: list[int]) -> str:
+    start = f" from offset {offsets[0]:#x}" if offsets else ""
+    return f"in {count} byte{'s' if count != 1 else ''}{start}"
+
+
+# --- one session for the rest ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Fault:
+    ids: dict[str, int]  # region -> snapshot id of the REGION_NEW notifications
+    truth: CrdumpData | None  # what the device held at its crdump
+
+
+class Session:
+    """Runs the session behaviours on one booted rig, recording an Outcome for each."""
+
+    def __init__(self, rig: Rig) -> None:
+        self.rig = rig
+        self.outcomes: dict[str, Outcome] = {}
+        self.faults: list[Fault] = []
+
+    def run(self, name: str, check: Callable[[], Outcome], *requires: str) -> None:
+        missing = [r for r in requires if self.outcomes.get(r, Outcome(ERROR)).status != PASS]
+        if missing:
+            self.outcomes[name] = Outcome(ERROR, f"not run: {', '.join(missing)} did not pass")
+            return
+        t0 = time.monotonic()
+        try:
+            outcome = check()
+        except Broken as e:
+            outcome = Outcome(FAIL, str(e))
+        except RigError as e:
+            # The driver's or the guest's failure shows up as a failed guest command: the
+            # behaviour did not happen, whatever the cause.
+            outcome = Outcome(FAIL, str(e).splitlines()[0])
+        outcome.seconds = time.monotonic() - t0
+        self.outcomes[name] = outcome
+        info(f"  {name}: {outcome.status}{': ' + outcome.detail if outcome.detail else ''}")
+
+    # -- the checks --
+
+    def regions(self) -> Outcome:
+        found = {r.handle.rsplit("/", 1)[1]: r for r in self.rig.devlink.regions()
+                 if r.handle.startswith(self.rig.dev_handle + "/")}
+        observed = {name: {"size": r.size, "max": r.max_snapshots, "snapshots": r.snapshots}
+                    for name, r in sorted(found.items())}
+        problems = []
+        if sorted(found) != sorted(REGIONS):
+            problems.append(f"regions {sorted(found)}, expected {sorted(REGIONS)}")
+        for name, size in EXPECTED_SIZES.items():
+            if name in found and found[name].size != size:
+                problems.append(f"{name} is {found[name].size} bytes, expected {size}")
+            if name in found and found[name].snapshots:
+                problems.append(f"{name} starts with snapshots {found[name].snapshots}")
+        if problems:
+            return Outcome(FAIL, "; ".join(problems), observed)
+        return Outcome(PASS, ", ".join(f"{n} {found[n].size} B (max {found[n].max_snapshots})"
+                                       for n in REGIONS), observed)
+
+    def fault(self) -> Outcome:
+        """Inject a catas fault, collect its notifications, wait for the recovery."""
+        rig = self.rig
+        if not self.faults:
+            # rig replay's inputs: every CR-space dword and health word distinct, so that a
+            # snapshot read from the wrong place cannot match by accident.
+            rig.device.load_crspace(builtin.crspace_image())
+            rig.device.set_health(builtin.health_buffer())
+            rig.enable_snapshots()
+        before = len(rig.device.crdumps())
+        watch = rig.netlink.watch(count=len(REGIONS))
+        ids: dict[str, int] = {}
+        try:
+            rig.device.inject_catas(builtin.CATAS_WORDS)
+            for _ in REGIONS:
+                event = watch.next(SNAPSHOT_TIMEOUT)
+                if event.get("cmd") == "new":
+                    ids[event["region"]] = event["snapshot"]
+        except RigError as e:
+            info(f"  no snapshot notification after fault {len(self.faults) + 1}: {e}")
+        finally:
+            watch.close()
+        line = rig.wait_kmsg("mlx4_restart_one was ended", nth=len(self.faults) + 1,
+                             timeout=RESTART_TIMEOUT)
+        crdumps = rig.device.crdumps()
+        truth = rig.device.crdump(crdumps[-1].index) if len(crdumps) > before else None
+        self.faults.append(Fault(ids, truth))
+        if "ret=0" not in line:
+            raise Broken(f"the driver did not recover: {line}")
+        rig.wait_bound()
+        return Outcome(PASS, f"recovered ({line})", {"recovered": True})
+
+    def second_fault(self) -> Outcome:
+        first = self.faults[0]
+        self.fault()
+        second = self.faults[1]
+        problems = []
+        if sorted(first.ids) != sorted(REGIONS):
+            problems.append(f"the first fault notified snapshots only for {sorted(first.ids)}")
+        if sorted(second.ids) != sorted(REGIONS):
+            raise Broken(f"the second fault notified snapshots only for {sorted(second.ids)}")
+        if len(set(second.ids.values())) != 1:
+            problems.append(f"the second fault's snapshot ids differ: {second.ids}")
+        if set(second.ids.values()) & set(first.ids.values()):
+            problems.append(f"the second fault reused an id: {first.ids} then {second.ids}")
+        if second.truth is None:
+            raise Broken("the device saw no crdump for the second fault")
+        contents = {}
+        for region in REGIONS:
+            handle = self.rig.region(region)
+            listed = self.rig.devlink.region(handle).snapshots
+            for fault_no, fault in enumerate((first, second), 1):
+                if region in fault.ids and fault.ids[region] not in listed:
+                    problems.append(f"{region} no longer lists snapshot {fault.ids[region]} "
+                                    f"of fault {fault_no}")
+            data = self.rig.devlink.dump(handle, second.ids[region])
+            truth = second.truth.image if region == "cr-space" else second.truth.health
+            d = diff(truth, data)
+            contents[region] = d.equal
+            if not d.equal:
+                problems.append(f"{region} snapshot {second.ids[region]} differs from the "
+                                f"device truth {_where(d.count, d.first_offsets)}")
+        observed = {"ids": [first.ids, second.ids], "contents_match": contents}
+        if problems:
+            return Outcome(FAIL, "; ".join(problems), observed)
+        return Outcome(PASS, f"ids {first.ids['cr-space']} then {second.ids['cr-space']}, "
+                             "contents equal the truth", observed)
+
+    def snapshot_delete(self) -> Outcome:
+        first = self.faults[0].ids
+        devlink = self.rig.devlink
+        keep_region, del_region = REGIONS[1], REGIONS[0]
+        if del_region not in first:
+            return Outcome(ERROR, f"not run: the first fault made no {del_region} snapshot")
+        before = {r: devlink.region(self.rig.region(r)).snapshots for r in REGIONS}
+        victim = first[del_region]
+        devlink.delete(self.rig.region(del_region), victim)
+        after = {r: devlink.region(self.rig.region(r)).snapshots for r in REGIONS}
+        problems = []
+        expected = [s for s in before[del_region] if s != victim]
+        if after[del_region] != expected:
+            problems.append(f"{del_region} lists {after[del_region]} after deleting {victim} "
+                            f"from {before[del_region]}")
+        if after[keep_region] != before[keep_region]:
+            problems.append(f"deleting from {del_region} changed {keep_region}: "
+                            f"{before[keep_region]} -> {after[keep_region]}")
+        observed = {"before": before, "after": after}
+        if problems:
+            return Outcome(FAIL, "; ".join(problems), observed)
+        return Outcome(PASS, f"{del_region} {before[del_region]} -> {after[del_region]}, "
+                             f"{keep_region} unchanged", observed)
+
+    def reload(self) -> Outcome:
+        rig = self.rig
+        rig.sh(f"devlink dev reload {rig.dev_handle}", timeout=180)
+        rig.wait_bound()
+        found = {r.handle.rsplit("/", 1)[1]: r.size for r in rig.devlink.regions()
+                 if r.handle.startswith(rig.dev_handle + "/")}
+        if found != EXPECTED_SIZES:
+            raise Broken(f"after reload the regions are {found}, expected {EXPECTED_SIZES}")
+        return Outcome(PASS, "reloaded; both regions present", {"regions": found})
+
+    def kernel_log(self) -> Outcome:
+        trouble = [ln for ln in self.rig.dmesg().splitlines() if _KERNEL_TROUBLE.search(ln)]
+        if trouble:
+            return Outcome(FAIL, f"{len(trouble)} line(s), first: {trouble[0].strip()}",
+                           {"clean": False})
+        return Outcome(PASS, "clean", {"clean": True})
+
+
+def run_session(kernel: str | None, qemu: Path | None, out: Path) -> dict[str, Outcome]:
+    """Boot `kernel` once and check every behaviour but catas-snapshots (see run_replay)."""
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    rig = Rig(RigConfig(log_dir=out, kernel=kernel, qemu=qemu, name="validate"))
+    try:
+        rig.start()
+    except RigError as e:
+        # No driver, no devlink, no boot: nothing after the probe can be judged.
+        outcomes = {"probe": Outcome(FAIL, str(e).splitlines()[0], {"bound": False},
+                                     time.monotonic() - t0)}
+        for name in NAMES:
+            if name not in ("probe", "catas-snapshots"):
+                outcomes[name] = Outcome(ERROR, "not run: probe did not pass")
+        return outcomes
+    try:
+        s = Session(rig)
+        s.outcomes["probe"] = Outcome(PASS, f"bound as {rig.dev_handle}", {"bound": True},
+                                      time.monotonic() - t0)
+        info(f"  probe: pass: bound as {rig.dev_handle}")
+        s.run("regions", s.regions, "probe")
+        s.run("recovery", s.fault, "probe")
+        s.run("second-fault", s.second_fault, "recovery")
+        s.run("snapshot-delete", s.snapshot_delete, "recovery")
+        s.run("reload", s.reload, "probe")
+        s.run("kernel-log", s.kernel_log)
+        return s.outcomes
+    finally:
+        rig.stop()
