@@ -18,6 +18,7 @@ import re
 import shutil
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,8 @@ REPRODUCIBLE_ENV = {
     "KBUILD_BUILD_HOST": "mlx4-rig",
     "KBUILD_BUILD_VERSION": "1",
 }
-_COMPILE_ERROR = re.compile(r"(: (?:fatal )?error: |^make\[\d+\]: \*\*\* |undefined reference)")
+_COMPILE_ERROR = re.compile(r": (?:fatal )?error: |undefined reference|: multiple definition")
+_MAKE_ERROR = re.compile(r"^make(?:\[\d+\])?: \*\*\* ")
 
 
 @dataclass(frozen=True)
@@ -105,9 +107,11 @@ def entry_name(source: ResolvedSource, series: Series) -> str:
     return f"{source.version}-{re.sub(r'[^A-Za-z0-9._-]+', '_', stem)[:40]}"
 
 
-def origin(source: ResolvedSource, series: Series) -> str:
-    text = f"build:{source.label}"
-    return text + (f"+{series.describe()}" if series.patches else "")
+def origin(source: ResolvedSource, series: Series, extra_fragments: Sequence[Path] = ()) -> str:
+    """What the kernel is built from, for messages and reports: source, patches and any
+    config fragment beyond the rig's own."""
+    text = f"build:{source.label}" + (f"+{series.describe()}" if series.patches else "")
+    return text + "".join(f" with {p.name}" for p in extra_fragments)
 
 
 def make_command(src: Path, out: Path) -> list[str]:
@@ -149,7 +153,8 @@ def _build(e: CacheEntry, source: ResolvedSource, series: Series,
            fragments: Fragments) -> None:
     log = build_log(e)
     log.parent.mkdir(parents=True, exist_ok=True)
-    log.write_text(f"# kernel build {e.name} ({origin(source, series)})\n"
+    made_from = origin(source, series, fragments.paths[1:])
+    log.write_text(f"# kernel build {e.name} ({made_from})\n"
                    f"# inputs: {json.dumps(e.inputs, sort_keys=True)}\n")
     ensure_packages(BUILD_PACKAGES, log, "building a guest kernel")
     n = jobs()
@@ -187,7 +192,7 @@ def _build(e: CacheEntry, source: ResolvedSource, series: Series,
                      "jobs": n, "cold": cold, "nice": 19}
             (stage / INFO_FILE).write_text(json.dumps({
                 "release": release,
-                "origin": origin(source, series),
+                "origin": made_from,
                 "source": source.label,
                 "patches": [{"name": p.name, "subject": p.subject, "sha256": p.digest}
                             for p in series.patches],
@@ -218,7 +223,8 @@ def _make(ws: Workspace, targets: list[str], jobs_flag: str, log: Path) -> None:
         run_logged([*make_command(ws.src, ws.obj), jobs_flag, *targets], log,
                    f"make {' '.join(targets)}", env=REPRODUCIBLE_ENV)
     except ProvisionError as e:
-        errors = compile_errors(_read_from(log, start))
+        # Paths inside the workspace say nothing to the reader; the tail keeps them.
+        errors = [e.replace(f"{ws.src}/", "") for e in compile_errors(_read_from(log, start))]
         if errors:
             raise ProvisionError(f"{e.args[0]}; first errors:\n  " + "\n  ".join(errors),
                                  log, e.tail) from e
@@ -233,9 +239,10 @@ def _read_from(log: Path, offset: int) -> str:
 
 def compile_errors(text: str, limit: int = 5) -> list[str]:
     """The first compiler/linker error lines of a make run (make -j interleaves output, so
-    the tail alone often shows only make's own complaints)."""
-    found = [ln.strip() for ln in text.splitlines() if _COMPILE_ERROR.search(ln)]
-    return found[:limit]
+    the tail alone often shows only make's own complaints); else make's first complaint."""
+    lines = text.splitlines()
+    found = [ln.strip() for ln in lines if _COMPILE_ERROR.search(ln)]
+    return found[:limit] or [ln.strip() for ln in lines if _MAKE_ERROR.search(ln)][:1]
 
 
 def _install(ws: Workspace, stage: Path, log: Path) -> str:
