@@ -6,7 +6,9 @@ Patches are applied in place, after saving every file they touch; those files ar
 when the build ends, or when the next build finds an interrupted one's leftovers. Restored
 files get a new mtime, so make recompiles whatever a patch had changed.
 
-Workspaces live under <cache>/kbuild-work; only the KEEP most recently used are kept.
+Workspaces live under <cache>/kbuild-work; only the KEEP most recently used are kept. A
+workspace is keyed by the source's identity: a user's tree that changed gets a new one, and
+so a full build.
 """
 
 from __future__ import annotations
