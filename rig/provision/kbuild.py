@@ -40,6 +40,7 @@ RECIPE = 1
 KIND = "kbuild"
 ARCH = "x86_64"
 LOCALVERSION = "-rig"
+NICE = 19  # concurrent runs' VMs keep their CPU while a kernel compiles
 FRAGMENT = "rig.config"
 INFO_FILE = "kernel.json"
 BUILD_PACKAGES = (
@@ -115,7 +116,7 @@ def origin(source: ResolvedSource, series: Series, extra_fragments: Sequence[Pat
 
 
 def make_command(src: Path, out: Path) -> list[str]:
-    return ["nice", "-n", "19", "make", "-C", str(src), f"O={out}", f"ARCH={ARCH}",
+    return ["nice", "-n", str(NICE), "make", "-C", str(src), f"O={out}", f"ARCH={ARCH}",
             f"LOCALVERSION={LOCALVERSION}"]
 
 
@@ -179,7 +180,7 @@ def _build(e: CacheEntry, source: ResolvedSource, series: Series,
         phases["configure"] = time.monotonic() - t0
         t0 = time.monotonic()
         what = "everything (cold)" if cold else "what changed since the last build here"
-        with step(f"compiling {what} with make -j{n} under nice -n 19"):
+        with step(f"compiling {what} with make -j{n} under nice -n {NICE}"):
             _make(ws, ["bzImage", "modules"], f"-j{n}", log)
         phases["make"] = time.monotonic() - t0
         t0 = time.monotonic()
@@ -189,24 +190,30 @@ def _build(e: CacheEntry, source: ResolvedSource, series: Series,
             total = time.monotonic() - t_start
             build = {"seconds": round(total, 1),
                      "phases": {k: round(v, 1) for k, v in phases.items()},
-                     "jobs": n, "cold": cold, "nice": 19}
-            (stage / INFO_FILE).write_text(json.dumps({
-                "release": release,
-                "origin": made_from,
-                "source": source.label,
-                "patches": [{"name": p.name, "subject": p.subject, "sha256": p.digest}
-                            for p in series.patches],
-                "skipped": list(series.skipped),
-                "fragments": [str(p) for p in fragments.paths],
-                # configure() has checked each of these against the final .config.
-                "fragment_settings_verified": len(fragments.settings),
-                "build": build,
-            }, indent=2) + "\n")
+                     "jobs": n, "cold": cold, "nice": NICE}
+            _record(stage, release, made_from, source, series, fragments, build)
             with log.open("a") as f:
                 f.write(f"\n# build finished: {json.dumps(build)}\n")
             shutil.copyfile(log, stage / "build.log")
     info(f"kernel {release} built in {total:.0f} s ({'cold' if cold else 'incremental'}: "
          f"make {phases['make']:.0f} s with -j{n}); log: {log}")
+
+
+def _record(stage: Path, release: str, made_from: str, source: ResolvedSource, series: Series,
+            fragments: Fragments, build: dict[str, Any]) -> None:
+    """kernel.json: what the entry holds and how it was made (read back by read_built)."""
+    (stage / INFO_FILE).write_text(json.dumps({
+        "release": release,
+        "origin": made_from,
+        "source": source.label,
+        "patches": [{"name": p.name, "subject": p.subject, "sha256": p.digest}
+                    for p in series.patches],
+        "skipped": list(series.skipped),
+        "fragments": [str(p) for p in fragments.paths],
+        # configure() has checked each of these against the final .config.
+        "fragment_settings_verified": len(fragments.settings),
+        "build": build,
+    }, indent=2) + "\n")
 
 
 def _sync_config(config: Path, target: Path) -> None:

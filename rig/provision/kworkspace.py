@@ -70,7 +70,7 @@ class Workspace:
             if not (ws.root / READY).is_file():
                 shutil.rmtree(ws.root, ignore_errors=True)
                 ws.root.mkdir(parents=True)
-                with step(f"unpacking kernel source {source.label}"):
+                with step(f"setting up a build workspace for {source.label}"):
                     populate(source, ws.src, log)
                 (ws.root / READY).write_text(source.label + "\n")
             ws.restore()
