@@ -4,6 +4,7 @@ cache keys, workspaces that put patched files back, compiler-error extraction.""
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -196,6 +197,27 @@ def test_tree_fingerprint_outside_git_follows_sizes_and_mtimes(tmp_path: Path) -
     assert tree_fingerprint(tmp_path) == first
     os.utime(tmp_path / "a.c", ns=(1, 1))
     assert tree_fingerprint(tmp_path) != first
+
+
+def test_tree_fingerprint_in_git_follows_head_changes_and_untracked_files(
+        tmp_path: Path) -> None:
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c",
+                        "user.email=t@example.org", *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "a.c").write_text("a\n")
+    git("add", "a.c")
+    git("commit", "-qm", "one")
+    clean = tree_fingerprint(tmp_path)
+    assert clean.startswith("git-") and tree_fingerprint(tmp_path) == clean
+    (tmp_path / "a.c").write_text("b\n")
+    edited = tree_fingerprint(tmp_path)
+    (tmp_path / "new.c").write_text("n\n")
+    untracked = tree_fingerprint(tmp_path)
+    git("add", "-A")
+    git("commit", "-qm", "two")
+    assert len({clean, edited, untracked, tree_fingerprint(tmp_path)}) == 4
 
 
 # --- workspaces -----------------------------------------------------------------------------
