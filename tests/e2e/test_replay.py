@@ -1,0 +1,77 @@
+"""`rig replay`, the main job, end to end: real QEMU, kernel and driver, each run a fresh rig."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from cx3 import crspace as cr
+from rig import cli
+from rig.dumptext import format_dump
+from rig.replay import ReplayOptions, run_replay, tamper
+
+pytestmark = pytest.mark.e2e
+
+
+def test_default_replay_passes_over_both_channels(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert cli.main(["replay", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["schema"] == "mlx4-rig/replay/1" and report["ok"] and not report["errors"]
+    assert sorted(s["region"] for s in report["snapshots"]) == ["cr-space", "fw-health"]
+    assert len({s["id"] for s in report["snapshots"]}) == 1  # one id shared by both regions
+    for snap in report["snapshots"]:
+        assert snap["agree"] and all(c["equal"] for c in snap["comparisons"])
+        assert (out / snap["path"]).read_bytes() == (out / snap["path"]).with_suffix(
+            ".truth.bin").read_bytes()
+    for log in ("console.log", "dmesg.txt", "qmp.log", "device-events.jsonl"):
+        assert (out / log).stat().st_size > 0, log
+
+
+def test_user_image_and_old_format_health_text(tmp_path: Path) -> None:
+    image = os.urandom(cr.SIZE)
+    health = os.urandom(cr.HEALTH_SIZE)
+    (tmp_path / "crspace.bin").write_bytes(image)
+    # Older iproute2's layout: two-byte groups.
+    old = "".join(f"{off:016x} " + " ".join(health[i : i + 2].hex()
+                                            for i in range(off, off + 16, 2)) + "\n"
+                  for off in range(0, len(health), 16))
+    (tmp_path / "health.txt").write_text(old)
+    assert format_dump(health) != old  # really the other layout
+    report = run_replay(ReplayOptions(out=tmp_path / "run", crspace=tmp_path / "crspace.bin",
+                                      health=tmp_path / "health.txt"))
+    assert report.ok, report.errors
+    snaps = {s.region: s for s in report.snapshots}
+    assert (tmp_path / "run" / snaps["fw-health"].path).read_bytes() == health
+    saved = (tmp_path / "run" / snaps["cr-space"].path).read_bytes()
+    explained = [(int(str(c["offset"])), int(str(c["length"])))
+                 for c in snaps["cr-space"].changed_from_input]
+    assert all(c["register"] for c in snaps["cr-space"].changed_from_input)
+    rest = bytearray(saved)
+    for off, length in explained:  # outside what the report explains, the input is intact
+        rest[off : off + length] = image[off : off + length]
+    assert bytes(rest) == image
+
+
+def test_wrong_expectation_fails_and_points_at_the_offset(tmp_path: Path) -> None:
+    offset = 0x12345
+    report = run_replay(ReplayOptions(out=tmp_path / "run", truth_hook=tamper(offset)))
+    assert not report.ok
+    snap = next(s for s in report.snapshots if s.region == "cr-space")
+    truth_vs_cli = next(c for c in snap.comparisons if (c.a, c.b) == ("truth", "cli"))
+    assert not truth_vs_cli.equal and truth_vs_cli.first_offsets == [offset]
+    assert snap.diff_path is not None
+    diff_text = (tmp_path / "run" / snap.diff_path).read_text()
+    assert f"{offset & ~15:08x}" in diff_text and "^^" in diff_text
+
+
+def test_missing_input_is_a_clear_error_and_keeps_the_run_directory(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert cli.main(["replay", "--out", str(out), "--crspace", str(tmp_path / "nope")]) == 1
+    report = json.loads((out / "report.json").read_text())
+    assert not report["ok"]
+    assert report["errors"] == [f"cannot read CR-space file {tmp_path / 'nope'}: "
+                                "No such file or directory"]
