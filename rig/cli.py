@@ -17,6 +17,7 @@ from pathlib import Path
 
 from . import cmd_bench, cmd_build_kernel, cmd_interactive, cmd_replay, cmd_validate
 from .cache import cache_root, list_entries
+from .cliargs import add_guest_options
 from .cmdline import Modprobe
 from .errors import ProvisionError, RigError
 from .machine import QemuInstall
@@ -87,8 +88,7 @@ def cmd_setup(args: argparse.Namespace) -> int:
 def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("run", help="boot a guest, run a command in it over SSH, shut down",
                        description="Exit status: the command's; 2 if the rig failed.")
-    p.add_argument("--kernel", metavar="SPEC", help="guest kernel (see `rig setup --help`)")
-    p.add_argument("--qemu", metavar="PATH", type=Path, help="use this qemu-system-x86_64")
+    add_guest_options(p)
     p.add_argument("--keep-logs", metavar="DIR", type=Path,
                    help="write console.log, qmp.log, qemu-stderr.log here (default: a temporary "
                         "directory, removed unless something fails)")

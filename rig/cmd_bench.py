@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .bench import DEFAULT_SECTIONS, SECTIONS, BenchOptions, run_bench, write_json
 from .benchstats import format_table
+from .cliargs import add_guest_options
 from .progress import info
 
 
@@ -31,8 +32,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    help=f"run only these sections ({', '.join(SECTIONS)}); repeatable")
     p.add_argument("--no-intx", dest="intx", action="store_false",
                    help="skip the crdump with msi_x=0 (every BAR0 read trapped; ~1 min)")
-    p.add_argument("--kernel", metavar="SPEC", help="guest kernel (see `rig setup --help`)")
-    p.add_argument("--qemu", metavar="PATH", type=Path, help="use this qemu-system-x86_64")
+    add_guest_options(p)
     p.add_argument("--keep-logs", action="store_true",
                    help="keep the VMs' and replays' logs even when everything worked")
     p.set_defaults(func=cmd_bench)

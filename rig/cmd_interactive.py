@@ -13,6 +13,7 @@ from types import FrameType
 from typing import TypeAlias
 
 from . import builtin
+from .cliargs import add_guest_options
 from .dumptext import format_dump, load_region_file
 from .errors import RigError
 from .instance import Instance
@@ -29,8 +30,7 @@ def _named(p: argparse.ArgumentParser) -> None:
 def add_parsers(sub: Sub) -> None:
     p = sub.add_parser("up", help="start a rig and keep it up until Ctrl-C or `rig down`")
     _named(p)
-    p.add_argument("--kernel", metavar="SPEC")
-    p.add_argument("--qemu", metavar="PATH", type=Path)
+    add_guest_options(p)
     p.add_argument("--no-msi-x", dest="msi_x", action="store_false")
     p.add_argument("--logs", metavar="DIR", type=Path, help="default: runs/up-<name>-<time>")
     p.set_defaults(func=cmd_up)

@@ -6,6 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
+from .cliargs import add_guest_options
 from .progress import info
 from .replay import FAULTS, ReplayOptions, run_replay
 
@@ -40,8 +41,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "firmware command never completes (60 s); closing-cmd: a closing "
         "command fails (both triggered by `devlink dev reload`)",
     )
-    p.add_argument("--kernel", metavar="SPEC", help="guest kernel (see `rig setup --help`)")
-    p.add_argument("--qemu", metavar="PATH", type=Path, help="use this qemu-system-x86_64")
+    add_guest_options(p)
     p.add_argument(
         "--no-msi-x",
         dest="msi_x",
