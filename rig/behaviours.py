@@ -8,7 +8,6 @@ A step whose prerequisite did not pass is reported as an error ("not run"), not 
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from cx3.control import CrdumpData
 from . import builtin
 from .compare import diff
 from .errors import RigError
+from .kernellog import kernel_trouble
 from .progress import info
 from .report import Report
 from .session import REGIONS, Rig, RigConfig
@@ -31,9 +31,6 @@ PASS, FAIL, ERROR = "pass", "fail", "error"
 SNAPSHOT_TIMEOUT = 150.0
 RESTART_TIMEOUT = 120.0
 EXPECTED_SIZES = {"cr-space": cr.SIZE, "fw-health": cr.HEALTH_SIZE}
-# What the kernel prints when it complains about itself.
-_KERNEL_TROUBLE = re.compile(r"WARNING:|BUG:|Oops|general protection fault|Call Trace:|"
-                             r"kernel BUG|UBSAN:|KASAN:")
 
 
 @dataclass(frozen=True)
@@ -274,7 +271,7 @@ class Session:
         return Outcome(PASS, "reloaded; both regions present", {"regions": found})
 
     def kernel_log(self) -> Outcome:
-        trouble = [ln for ln in self.rig.dmesg().splitlines() if _KERNEL_TROUBLE.search(ln)]
+        trouble = kernel_trouble(self.rig.dmesg())
         if trouble:
             return Outcome(FAIL, f"{len(trouble)} line(s), first: {trouble[0].strip()}",
                            {"clean": False})

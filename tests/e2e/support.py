@@ -16,6 +16,7 @@ from cx3.control import CrdumpData
 from rig import builtin
 from rig.compare import diff, hexdump_diff
 from rig.devlink.cli import RegionInfo
+from rig.kernellog import kernel_trouble
 from rig.session import REGIONS, Rig
 
 CRDUMP_TIMEOUT = 150.0  # catas poll (5 s) + crdump (~15 s under INTx), on a busy 2-core host
@@ -25,10 +26,6 @@ RESTARTED = "mlx4_restart_one was ended"
 SNAPSHOTS_DISABLED = "crdump: devlink snapshot disabled, skipping"
 NO_HEALTH_BUFFER = "crdump: FW doesn't support health buffer access, skipping"
 MAX_SNAPSHOTS = 8  # mlx4's MAX_NUM_OF_DUMPS_TO_STORE (crdump.c)
-KERNEL_TROUBLE = re.compile(
-    r"WARNING:|Call Trace|BUG:|kernel BUG|Oops|general protection fault|cut here|"
-    r"Kernel panic|soft lockup|hung_task|refcount_t:|UBSAN|KASAN"
-)
 
 
 # --- the rules of the kernel under test ------------------------------------------------------
@@ -78,10 +75,6 @@ def rules(rig: Rig) -> DevlinkRules:
 def kmsg_count(rig: Rig, text: str) -> int:
     """How often the kernel log holds `text` (to wait for the next one with wait_kmsg)."""
     return rig.dmesg().count(text)
-
-
-def kernel_trouble(dmesg: str) -> list[str]:
-    return [line for line in dmesg.splitlines() if KERNEL_TROUBLE.search(line)]
 
 
 def assert_no_kernel_trouble(rig: Rig) -> None:
