@@ -44,15 +44,7 @@ def c_pingpong(runs: int, round_trips: int = 20000) -> list[float]:
                              capture_output=True, text=True)
         if res.returncode != 0:
             raise RigError(f"cc {PINGPONG_C} failed: {res.stderr.strip()[-500:]}")
-        out = []
-        for _ in range(runs):
-            res = subprocess.run([str(exe), str(round_trips)], capture_output=True, text=True,
-                                 timeout=120)
-            if res.returncode != 0:
-                raise RigError(f"ping-pong failed: {res.stderr.strip()}")
-            n, ns = (int(w) for w in res.stdout.split())
-            out.append(ns / n / 1000)
-        return out
+        return _timed_runs([str(exe), str(round_trips)], runs, "ping-pong")
 
 
 def _python_pingpong_child(round_trips: int) -> None:
@@ -81,12 +73,16 @@ def _python_pingpong_child(round_trips: int) -> None:
 
 def python_pingpong(runs: int, round_trips: int = 20000) -> list[float]:
     code = f"from rig.benchhost import _python_pingpong_child as f; f({round_trips})"
+    return _timed_runs([sys.executable, "-c", code], runs, "python ping-pong")
+
+
+def _timed_runs(cmd: list[str], runs: int, what: str) -> list[float]:
+    """Run a ping-pong `runs` times; it prints "<round trips> <ns>": µs per round trip."""
     out = []
     for _ in range(runs):
-        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             timeout=120)
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         if res.returncode != 0:
-            raise RigError(f"python ping-pong failed: {res.stderr.strip()[-500:]}")
+            raise RigError(f"{what} failed: {res.stderr.strip()[-500:]}")
         n, ns = (int(w) for w in res.stdout.split())
         out.append(ns / n / 1000)
     return out

@@ -105,20 +105,24 @@ def _replay(rig: Rig, opts: ReplayOptions, image: bytes, health: bytes, report: 
     rig.enable_snapshots()
     crdumps_before = len(rig.device.crdumps())
 
-    watch = rig.netlink.watch(count=len(REGIONS))
+    t_fault = 0.0
+
+    def inject() -> Background | None:
+        nonlocal t_fault
+        t_fault = time.monotonic()
+        reload = _inject(rig, opts, report)
+        rig.netlink.prestart()  # its start-up overlaps the driver's detection and reset
+        return reload
+
     try:
         with step(f"injecting fault {opts.fault}, waiting for the driver's snapshots"):
-            t_fault = time.monotonic()
-            reload = _inject(rig, opts, report)
-            rig.netlink.prestart()  # its start-up overlaps the driver's detection and reset
-            events = [watch.next(SNAPSHOT_TIMEOUT[opts.fault]) for _ in REGIONS]
+            reload, events = rig.netlink.notifications_during(
+                inject, len(REGIONS), SNAPSHOT_TIMEOUT[opts.fault])
             t_snap = time.monotonic()
     except RigError as e:
         raise NoSnapshot(
             f"no snapshot after the {opts.fault} fault: {_why_no_snapshot(rig)} ({e})"
         ) from e
-    finally:
-        watch.close()
 
     ids = {e["region"]: e["snapshot"] for e in events if e["cmd"] == "new"}
     if sorted(ids) != sorted(REGIONS) or len(set(ids.values())) != 1:

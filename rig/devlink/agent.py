@@ -7,8 +7,9 @@ starting Python and importing pyroute2 takes seconds under TCG.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..errors import RigError
 from ..ssh import Background, GuestSsh
@@ -16,6 +17,7 @@ from .cli import RegionInfo
 
 SCRIPT = Path(__file__).with_name("netlink.py")
 REMOTE = "/run/rig/devlink_netlink.py"
+T = TypeVar("T")
 
 
 class NetlinkError(RigError):
@@ -115,6 +117,17 @@ class NetlinkAgent:
 
     def new(self, handle: str, snapshot: int | None = None) -> None:
         self.call("new", region=handle, snapshot=snapshot)
+
+    def notifications_during(self, trigger: Callable[[], T], count: int,
+                             timeout: float) -> tuple[T, list[dict[str, Any]]]:
+        """Listen on devlink's config group, run `trigger`, then collect the next `count`
+        region notifications (listening first, so none can be missed)."""
+        watch = self.watch(count)
+        try:
+            result = trigger()
+            return result, [watch.next(timeout) for _ in range(count)]
+        finally:
+            watch.close()
 
     def watch(self, count: int) -> RegionWatch:
         """Start listening for `count` REGION_NEW/DEL notifications; returns once listening."""

@@ -143,12 +143,7 @@ class Snapshot:
 def _await_snapshots(rig: Rig, trigger: Callable[[], None], timeout: float) -> tuple[
         int, list[dict[str, Any]]]:
     """Run `trigger` and wait for the REGION_NEW of both regions; (id, notifications)."""
-    watch = rig.netlink.watch(count=len(REGIONS))
-    try:
-        trigger()
-        events = [watch.next(timeout) for _ in REGIONS]
-    finally:
-        watch.close()
+    _, events = rig.netlink.notifications_during(trigger, len(REGIONS), timeout)
     assert all(e["cmd"] == "new" and e["dev"] == rig.dev_handle for e in events), events
     assert sorted(e["region"] for e in events) == sorted(REGIONS), events
     ids = {e["snapshot"] for e in events}
