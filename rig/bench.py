@@ -77,10 +77,12 @@ SPECS = (
     Spec("guest.trapped_read", "  trapped pages, per read", "us"),
     Spec("guest.trapped_share", "  trapped pages' share of the loop (4 of 256 pages)", "%"),
     Spec("rtt.guest", "trapped register read from the guest (0xf03fc)", "us"),
-    Spec("rtt.host", "trapped register read from the host (vfio_user.client)", "us"),
+    Spec("rtt.model", "trapped register read, C client (as QEMU) -> model", "us"),
+    Spec("rtt.host", "trapped register read, Python client (vfio_user.client)", "us"),
     Spec("rtt.python", "Python socketpair ping-pong, REGION_READ sizes", "us"),
     Spec("rtt.c", "C socketpair ping-pong, REGION_READ sizes", "us"),
-    Spec("rtt.host_vs_c", "host round trip / C ping-pong", "x", 2.0),
+    Spec("rtt.model_vs_c", "model round trip (C client) / C ping-pong", "x", 2.0),
+    Spec("rtt.host_vs_c", "both ends Python / C ping-pong", "x"),
     Spec("rtt.guest_vs_c", "guest round trip / C ping-pong", "x"),
     Spec("replay.total", "rig replay end to end, warm cache", "s"),
     Spec("replay.boot", "  boot", "s"),
@@ -226,14 +228,14 @@ def _options(opts: BenchOptions) -> dict[str, Any]:
 
 def _host(opts: BenchOptions, run: BenchRun) -> None:
     r = run.results
-    c = benchhost.c_pingpong(opts.runs)
-    py = benchhost.python_pingpong(opts.runs)
-    dev = benchhost.device_round_trips(opts.runs, opts.log_dir)
-    for key, values in (("rtt.c", c), ("rtt.python", py), ("rtt.host", dev)):
+    figures = benchhost.round_trips(opts.runs, opts.log_dir)
+    for key, values in figures.items():
         for v in values:
             r.add(key, v)
-    for v in ratios(dev, c):
-        r.add("rtt.host_vs_c", v)
+    for key, values in (("rtt.model_vs_c", figures["rtt.model"]),
+                        ("rtt.host_vs_c", figures["rtt.host"])):
+        for v in ratios(values, figures["rtt.c"]):
+            r.add(key, v)
 
 
 # --- boot ----------------------------------------------------------------------------------

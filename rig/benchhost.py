@@ -1,13 +1,16 @@
 """Host-only round trips for `rig bench`: what a trapped MMIO access costs without a guest.
 
-* `c_pingpong`: the floor, rig/bench_pingpong.c compiled with the system cc: two processes
-  exchanging REGION_READ-sized messages over an AF_UNIX socketpair;
-* `python_pingpong`: the same exchange with two CPython processes and nothing else, so the
-  language's share and the model's share of the device round trip can be told apart;
-* `device_round_trips`: vfio_user.client reading a trapped register (the semaphore, as the
-  driver's reset does) from a `python -m cx3` process, with no QEMU involved.
+All use REGION_READ-sized messages (a 32-byte request, a 36-byte reply) over AF_UNIX streams:
 
-Each returns microseconds per round trip, one value per run.
+* `rtt.c`: the floor, rig/bench_pingpong.c compiled with the system cc at run time: two C
+  processes exchanging messages;
+* `rtt.python`: the same exchange between two plain CPython processes, so the language's
+  share and the model's share can be told apart;
+* `rtt.model`: the same C program as a vfio-user client reading a trapped register (the
+  semaphore, as the driver's reset does) from a `python -m cx3`: what QEMU, also C, sees;
+* `rtt.host`: vfio_user.client doing the same, so both ends are Python.
+
+Each figure is microseconds per round trip, one value per run.
 """
 
 from __future__ import annotations
@@ -34,17 +37,37 @@ REPLY = 36  # the same + 4 bytes of data
 TRAPPED_REGISTER = crspace.SEMAPHORE
 
 
-def c_pingpong(runs: int, round_trips: int = 20000) -> list[float]:
+def round_trips(runs: int, log_dir: Path, reads: int = 10000) -> dict[str, list[float]]:
+    """Every host figure, `runs` values each: see the module's docstring."""
+    with tempfile.TemporaryDirectory(prefix="rig-bench-") as tmp:
+        exe = str(_compile(Path(tmp)))
+        out = {
+            "rtt.c": _timed_runs([exe, str(2 * reads)], runs, "C ping-pong"),
+            "rtt.python": _timed_runs(
+                [sys.executable, "-c", f"{_PYTHON_PINGPONG}({2 * reads})"], runs, "Python ping-pong"
+            ),
+        }
+        with DeviceProcess(Path(tmp), log_dir, name="bench-cx3") as device:
+            model = [exe, "--vfio-user", str(device.socket), str(BAR0_REGION),
+                     hex(TRAPPED_REGISTER), str(reads)]
+            out["rtt.model"] = _timed_runs(model, runs, "C vfio-user client")
+            out["rtt.host"] = _python_client(device.socket, runs, reads)
+        return out
+
+
+def _compile(tmp: Path) -> Path:
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         raise RigError("no C compiler (cc) for the ping-pong baseline: apt-get install gcc")
-    with tempfile.TemporaryDirectory(prefix="rig-bench-") as tmp:
-        exe = Path(tmp) / "pingpong"
-        res = subprocess.run([cc, "-O2", "-o", str(exe), str(PINGPONG_C)],
-                             capture_output=True, text=True)
-        if res.returncode != 0:
-            raise RigError(f"cc {PINGPONG_C} failed: {res.stderr.strip()[-500:]}")
-        return _timed_runs([str(exe), str(round_trips)], runs, "ping-pong")
+    exe = tmp / "pingpong"
+    res = subprocess.run([cc, "-O2", "-o", str(exe), str(PINGPONG_C)],
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RigError(f"cc {PINGPONG_C} failed: {res.stderr.strip()[-500:]}")
+    return exe
+
+
+_PYTHON_PINGPONG = "from rig.benchhost import _python_pingpong_child as f; f"
 
 
 def _python_pingpong_child(round_trips: int) -> None:
@@ -71,11 +94,6 @@ def _python_pingpong_child(round_trips: int) -> None:
     print(round_trips, elapsed)
 
 
-def python_pingpong(runs: int, round_trips: int = 20000) -> list[float]:
-    code = f"from rig.benchhost import _python_pingpong_child as f; f({round_trips})"
-    return _timed_runs([sys.executable, "-c", code], runs, "python ping-pong")
-
-
 def _timed_runs(cmd: list[str], runs: int, what: str) -> list[float]:
     """Run a ping-pong `runs` times; it prints "<round trips> <ns>": µs per round trip."""
     out = []
@@ -88,10 +106,8 @@ def _timed_runs(cmd: list[str], runs: int, what: str) -> list[float]:
     return out
 
 
-def device_round_trips(runs: int, log_dir: Path, reads: int = 3000) -> list[float]:
-    with tempfile.TemporaryDirectory(prefix="rig-bench-") as tmp, \
-            DeviceProcess(Path(tmp), log_dir, name="bench-cx3") as device, \
-            Client(device.socket) as client:
+def _python_client(path: Path, runs: int, reads: int) -> list[float]:
+    with Client(path) as client:
         client.version()
         for _ in range(200):  # warm up: first-use costs are not the steady state
             client.read32(BAR0_REGION, TRAPPED_REGISTER)

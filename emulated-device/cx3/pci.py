@@ -38,7 +38,6 @@ MSIX_CTRL_ENABLE = 1 << 15
 MSIX_CTRL_MASKALL = 1 << 14
 
 
-
 def _initial_header() -> tuple[bytearray, bytearray]:
     cfg = bytearray(SIZE)
     wmask = bytearray(SIZE)

@@ -6,7 +6,6 @@ real transport (probe-like sequences, resets, faults) without a VM.
 
 from __future__ import annotations
 
-import array
 import json
 import os
 import socket
@@ -15,6 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import protocol as p
+
+_ANC_SPACE = socket.CMSG_SPACE(4 * p.MAX_MSG_FDS)
+_pack_header = p.HEADER.pack
+_REPLY = int(p.Flags.REPLY)
+_ERROR = int(p.Flags.ERROR)
+_NO_REPLY = int(p.Flags.NO_REPLY)
+_TYPE_MASK = int(p.Flags.TYPE_MASK)
+_U32 = struct.Struct("<I")
+_RX_SIZE = 64 << 10  # a reply this large arrives in one recvmsg; larger ones take more
 
 
 class ClientError(Exception):
@@ -37,7 +45,9 @@ class Client:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
         self.sock.connect(str(path))
+        p.set_io_timeout(self.sock, timeout)  # after connect: see set_io_timeout for why
         self._next_id = 0
+        self._rx = memoryview(bytearray(_RX_SIZE))
 
     def close(self) -> None:
         self.sock.close()
@@ -51,45 +61,71 @@ class Client:
     # --- framing ----------------------------------------------------------------------------
 
     def send_raw(self, data: bytes, fds: list[int] | None = None) -> None:
-        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
-        sent = self.sock.sendmsg([data], anc)
-        if sent < len(data):
-            self.sock.sendall(data[sent:])  # a stream may take a large message in parts
+        try:
+            sent = self.sock.sendmsg([data], [p.fds_ancillary(fds)] if fds else [])
+            if sent < len(data):
+                self.sock.sendall(data[sent:])  # a stream may take a large message in parts
+        except BlockingIOError as e:
+            raise TimeoutError("vfio-user server is not reading its socket") from e
 
     def recv_reply(self) -> tuple[p.Header, bytes, list[int]]:
         fds: list[int] = []
-        raw, anc, _, _ = self.sock.recvmsg(p.HEADER_SIZE, socket.CMSG_SPACE(4 * p.MAX_MSG_FDS))
-        for _, _, data in anc:
-            a = array.array("i")
-            a.frombytes(data[: len(data) - len(data) % 4])
-            fds.extend(a)
-        while len(raw) < p.HEADER_SIZE:
-            raw += self._recv(p.HEADER_SIZE - len(raw))
-        hdr = p.Header.unpack(raw)
-        body = b""
-        while len(body) < hdr.size - p.HEADER_SIZE:
-            body += self._recv(hdr.size - p.HEADER_SIZE - len(body))
-        return hdr, body, fds
+        header, body = self._recv_message(fds)
+        return p.Header(*header), body, fds
 
-    def _recv(self, n: int) -> bytes:
-        chunk = self.sock.recv(n)
-        if not chunk:
+    def _recv_message(self, fds: list[int]) -> tuple[tuple[int, int, int, int, int], bytes]:
+        """Receive one message: its header fields and its payload.
+
+        One recvmsg takes a whole small reply: the server speaks only when spoken to, so
+        nothing of a next message can follow it in the stream.
+        """
+        rx = self._rx
+        try:
+            got, anc, _, _ = self.sock.recvmsg_into([rx], _ANC_SPACE)
+            if anc:
+                fds.extend(p.fds_from_ancillary(anc))
+            while got < p.HEADER_SIZE:
+                got += self._recv_into(rx[got:])
+            header: tuple[int, int, int, int, int] = p.HEADER.unpack_from(rx)
+            size = header[2]
+            if size < p.HEADER_SIZE or got > size:
+                raise ConnectionError(f"malformed reply: size {size}, {got} bytes received")
+            if got == size:
+                return header, bytes(rx[p.HEADER_SIZE : size])
+            body = bytearray(size - p.HEADER_SIZE)  # a large reply: the rest goes straight in
+            view = memoryview(body)
+            view[: got - p.HEADER_SIZE] = rx[p.HEADER_SIZE : got]
+            got -= p.HEADER_SIZE
+            while got < len(body):
+                got += self._recv_into(view[got:])
+        except BlockingIOError as e:
+            raise TimeoutError("no reply from the vfio-user server") from e
+        return header, bytes(body)
+
+    def _recv_into(self, buf: memoryview) -> int:
+        n = self.sock.recv_into(buf)
+        if n == 0:
             raise ConnectionError("server closed the connection")
-        return chunk
+        return n
 
     def request(
         self, command: int, payload: bytes = b"", fds: list[int] | None = None, flags: int = 0
     ) -> tuple[bytes, list[int]]:
-        self._next_id = (self._next_id + 1) & 0xFFFF
-        hdr = p.Header(self._next_id, command, p.HEADER_SIZE + len(payload), flags, 0)
-        self.send_raw(hdr.pack() + payload, fds)
-        if flags & p.Flags.NO_REPLY:
+        self._next_id = msg_id = (self._next_id + 1) & 0xFFFF
+        self.send_raw(
+            _pack_header(msg_id, command, p.HEADER_SIZE + len(payload), flags, 0) + payload, fds
+        )
+        if flags & _NO_REPLY:
             return b"", []
-        reply, body, rfds = self.recv_reply()
-        if reply.msg_id != hdr.msg_id or reply.command != command or not reply.is_reply:
-            raise ConnectionError(f"mismatched reply {reply} to {hdr}")
-        if reply.flags & p.Flags.ERROR:
-            raise ClientError(p.command_name(command), reply.error)
+        rfds: list[int] = []
+        (r_id, r_command, _, r_flags, r_error), body = self._recv_message(rfds)
+        if r_id != msg_id or r_command != command or r_flags & _TYPE_MASK != _REPLY:
+            raise ConnectionError(
+                f"mismatched reply (id {r_id}, command {r_command}, flags {r_flags:#x})"
+                f" to message {msg_id}, command {command}"
+            )
+        if r_flags & _ERROR:
+            raise ClientError(p.command_name(command), r_error)
         return body, rfds
 
     # --- commands ---------------------------------------------------------------------------
@@ -172,11 +208,11 @@ class Client:
 
     def read32(self, region: int, offset: int) -> int:
         """A 32-bit read as the CPU sees it (little-endian MMIO)."""
-        value: int = struct.unpack("<I", self.read(region, offset, 4))[0]
+        value: int = _U32.unpack_from(self.read(region, offset, 4))[0]
         return value
 
     def write32(self, region: int, offset: int, value: int) -> None:
-        self.write(region, offset, struct.pack("<I", value))
+        self.write(region, offset, _U32.pack(value))
 
     def reset(self) -> None:
         self.request(p.Command.DEVICE_RESET)

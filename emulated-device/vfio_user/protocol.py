@@ -7,7 +7,9 @@ SCM_RIGHTS ancillary data on the same sendmsg as the message's first byte.
 
 from __future__ import annotations
 
+import array
 import enum
+import socket
 import struct
 from dataclasses import dataclass
 
@@ -124,3 +126,30 @@ _COMMAND_NAMES = {c.value: c.name for c in Command}  # Command(n) is slow, and r
 
 def command_name(command: int) -> str:
     return _COMMAND_NAMES.get(command) or f"command {command}"
+
+
+def fds_ancillary(fds: list[int]) -> tuple[int, int, bytes]:
+    """The SCM_RIGHTS ancillary item that passes `fds` with a sendmsg."""
+    return (socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())
+
+
+def fds_from_ancillary(anc: list[tuple[int, int, bytes]]) -> list[int]:
+    """The file descriptors a recvmsg received as SCM_RIGHTS."""
+    fds = array.array("i")
+    for level, kind, data in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+    return fds.tolist()
+
+
+def set_io_timeout(sock: socket.socket, seconds: float) -> None:
+    """Bound a blocking socket's sends and receives in the kernel (SO_RCVTIMEO/SO_SNDTIMEO).
+
+    Not `sock.settimeout()`: that makes CPython poll() before every send and recv, doubling
+    the system calls of each trapped MMIO access. An expired kernel timeout surfaces as
+    BlockingIOError.
+    """
+    sock.setblocking(True)
+    tv = struct.pack("@ll", int(seconds), int(seconds % 1 * 1_000_000))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)

@@ -7,7 +7,6 @@ global lock, and a late or missing reply desynchronises the stream for good.
 
 from __future__ import annotations
 
-import array
 import errno
 import json
 import os
@@ -15,27 +14,27 @@ import selectors
 import socket
 import struct
 import sys
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 from . import protocol as p
 from .device import CONFIG_REGION, NUM_IRQ_INDEXES, NUM_REGIONS, Device, DmaError, Region
 from .dma import DmaSpace
+from .framing import Disconnected, Header, MessageReader
 from .irq import IrqTable
 
-RECV_TIMEOUT = 2.0  # a message's body must follow its header promptly
+SEND_TIMEOUT = 2.0  # a client that stops reading its replies is gone
 DRAIN_LIMIT = 64 << 20  # oversized messages up to this are skipped, beyond it we hang up
 
-Handler = Callable[[p.Header, bytes, list[int]], tuple[bytes, list[int]]]
+_pack_header = p.HEADER.pack
+_REPLY = int(p.Flags.REPLY)
+_ERROR = int(p.Flags.ERROR)
+
+Handler = Callable[[bytes, list[int]], tuple[bytes, list[int]]]
 
 
 def _stderr_log(msg: str) -> None:
     print(f"vfio-user: {msg}", file=sys.stderr, flush=True)
-
-
-class Disconnected(Exception):
-    pass
 
 
 class Server:
@@ -51,8 +50,8 @@ class Server:
         self._log = log
         self.dma = DmaSpace()
         self.irqs = IrqTable(device.irq_counts)
-        self.stats: Counter[str] = Counter()
         self.conn: socket.socket | None = None
+        self._reader: MessageReader | None = None
         self._sel: selectors.BaseSelector | None = None
         if self.path.is_socket():
             self.path.unlink()  # a stale socket from a dead server
@@ -121,7 +120,8 @@ class Server:
             self.log("refusing a second client: one is already connected")
             conn.close()
             return
-        conn.settimeout(RECV_TIMEOUT)
+        p.set_io_timeout(conn, SEND_TIMEOUT)
+        self._reader = MessageReader(conn, p.MAX_MSG_SIZE, DRAIN_LIMIT)
         self.conn = conn
         if self._sel is not None:
             self._sel.register(conn, selectors.EVENT_READ, self._on_readable)
@@ -134,6 +134,9 @@ class Server:
             self._sel.unregister(self.conn)
         self.conn.close()
         self.conn = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         # The client's memory and eventfds die with it; the device must not touch them.
         self.irqs.close()
         self.dma.unmap_all()
@@ -141,104 +144,79 @@ class Server:
         self.log("client disconnected")
 
     def _on_readable(self) -> None:
+        assert self._reader is not None
         try:
-            self.handle_one()
+            messages = self._reader.read()
         except Disconnected as e:
             if str(e):
                 self.log(str(e))
             self._drop_client()
-
-    # --- message framing --------------------------------------------------------------------
-
-    def _recv_exact(self, n: int, fds: list[int] | None = None) -> bytes:
-        assert self.conn is not None
-        buf = bytearray()
-        while len(buf) < n:
+            return
+        for i, (header, body, fds) in enumerate(messages):
             try:
-                if fds is not None and not buf:
-                    chunk, anc, _, _ = self.conn.recvmsg(n, socket.CMSG_SPACE(p.MAX_MSG_FDS * 4))
-                    for level, kind, data in anc:
-                        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                            a = array.array("i")
-                            a.frombytes(data[: len(data) - len(data) % 4])
-                            fds.extend(a)
-                else:
-                    chunk = self.conn.recv(n - len(buf))
-            except TimeoutError as e:
-                raise Disconnected(
-                    f"truncated message: got {len(buf)} of {n} bytes, hanging up"
-                ) from e
-            except OSError as e:
-                raise Disconnected(f"socket error: {e}") from e
-            if not chunk:
-                raise Disconnected("" if not buf else f"client closed mid-message ({len(buf)}/{n})")
-            buf += chunk
-        return bytes(buf)
+                self._handle(header, body, fds)
+            except Disconnected as e:
+                self.log(str(e))
+                for _, _, unused in messages[i + 1 :]:
+                    self._close_fds(unused)
+                self._drop_client()
+                return
+
+    # --- messages ---------------------------------------------------------------------------
+    #
+    # Every trapped MMIO access of the guest is one message here, with a vCPU stalled until
+    # the reply: this is the hot path, so it works on plain tuples.
 
     def _send(self, data: bytes, fds: list[int]) -> None:
         assert self.conn is not None
-        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
         try:
-            sent = self.conn.sendmsg([data], anc)
+            if not fds:
+                sent = self.conn.send(data)
+            else:
+                sent = self.conn.sendmsg([data], [p.fds_ancillary(fds)])
             if sent < len(data):
                 self.conn.sendall(data[sent:])  # large replies may go out in parts
-        except OSError as e:
+        except OSError as e:  # BlockingIOError included: SO_SNDTIMEO expired
             raise Disconnected(f"cannot send reply: {e}") from e
 
-    def handle_one(self) -> None:
-        """Read one message, dispatch it, reply. Raises Disconnected when the stream is gone."""
-        fds: list[int] = []
-        hdr = p.Header.unpack(self._recv_exact(p.HEADER_SIZE, fds))
-        if hdr.size < p.HEADER_SIZE:
-            self._close_fds(fds)
-            raise Disconnected(f"malformed header: size {hdr.size} < {p.HEADER_SIZE}; hanging up")
-        if hdr.size > p.MAX_MSG_SIZE:
-            self._close_fds(fds)
-            if hdr.size > DRAIN_LIMIT:
-                raise Disconnected(f"message of {hdr.size} bytes is absurd; hanging up")
-            self._recv_exact(hdr.size - p.HEADER_SIZE)
+    def _handle(self, header: Header, body: bytes | None, fds: list[int]) -> None:
+        """Dispatch one message and reply. Raises Disconnected when the reply cannot go out."""
+        msg_id, command, size, flags, _ = header
+        if body is None:
+            name = p.command_name(command)
             self._reply_error(
-                hdr,
-                errno.E2BIG,
-                f"{p.command_name(hdr.command)}: {hdr.size}-byte message too large",
+                msg_id, command, flags, errno.E2BIG, f"{name}: {size}-byte message too large"
             )
             return
-        body = self._recv_exact(hdr.size - p.HEADER_SIZE)
-        if hdr.is_reply:
+        if flags & p.Flags.TYPE_MASK == p.Flags.REPLY:
             self._close_fds(fds)
-            self.log(f"unexpected reply to message {hdr.msg_id} (we send no requests); ignored")
+            self.log(f"unexpected reply to message {msg_id} (we send no requests); ignored")
             return
-        name = p.command_name(hdr.command)
-        self.stats[name] += 1
-        handler = self._handlers.get(hdr.command)
+        handler = self._handlers.get(command)
         if handler is None:
             self._close_fds(fds)
-            self._reply_error(hdr, errno.ENOTSUP, f"{name}: not supported")
+            name = p.command_name(command)
+            self._reply_error(msg_id, command, flags, errno.ENOTSUP, f"{name}: not supported")
             return
         try:
-            payload, out_fds = handler(hdr, body, fds)
+            payload, out_fds = handler(body, fds)
         except p.ProtocolError as e:
-            self._reply_error(hdr, e.errno, f"{name}: {e}")
-            return
+            err, msg = e.errno, str(e)
         except DmaError as e:
-            self._reply_error(hdr, errno.EFAULT, f"{name}: {e}")
-            return
+            err, msg = errno.EFAULT, str(e)
         except Exception as e:  # a device bug must not kill the server or stall the vCPU
-            self._reply_error(hdr, errno.EIO, f"{name}: device error {type(e).__name__}: {e}")
+            err, msg = errno.EIO, f"device error {type(e).__name__}: {e}"
+        else:
+            if not flags & p.Flags.NO_REPLY:
+                reply = _pack_header(msg_id, command, p.HEADER_SIZE + len(payload), _REPLY, 0)
+                self._send(reply + payload, out_fds)
             return
-        if hdr.wants_reply:
-            size = p.HEADER_SIZE + len(payload)
-            reply = p.Header(hdr.msg_id, hdr.command, size, p.Flags.REPLY, 0)
-            self._send(reply.pack() + payload, out_fds)
+        self._reply_error(msg_id, command, flags, err, f"{p.command_name(command)}: {msg}")
 
-    def _reply_error(self, hdr: p.Header, err: int, msg: str) -> None:
-        self.stats["errors"] += 1
+    def _reply_error(self, msg_id: int, command: int, flags: int, err: int, msg: str) -> None:
         self.log(msg)
-        if hdr.wants_reply:
-            reply = p.Header(
-                hdr.msg_id, hdr.command, p.HEADER_SIZE, p.Flags.REPLY | p.Flags.ERROR, err
-            )
-            self._send(reply.pack(), [])
+        if not flags & p.Flags.NO_REPLY:
+            self._send(_pack_header(msg_id, command, p.HEADER_SIZE, _REPLY | _ERROR, err), [])
 
     @staticmethod
     def _close_fds(fds: list[int]) -> None:
@@ -261,7 +239,7 @@ class Server:
 
     # --- handlers -------------------------------------------------------------------------
 
-    def _version(self, hdr: p.Header, body: bytes, fds: list[int]) -> tuple[bytes, list[int]]:
+    def _version(self, body: bytes, fds: list[int]) -> tuple[bytes, list[int]]:
         self._no_fds(fds, "VERSION")
         major, minor = self._unpack(p.VERSION, body, "VERSION")
         caps = body[p.VERSION.size :]
@@ -290,7 +268,7 @@ class Server:
             ours = b"{}\0"
         return p.VERSION.pack(0, 0) + ours, []
 
-    def _dma_map(self, hdr: p.Header, body: bytes, fds: list[int]) -> tuple[bytes, list[int]]:
+    def _dma_map(self, body: bytes, fds: list[int]) -> tuple[bytes, list[int]]:
         _, flags, offset, iova, size = self._unpack(p.DMA_MAP, body, "DMA_MAP")
         if len(fds) > 1:
             self._close_fds(fds)
@@ -300,7 +278,7 @@ class Server:
         )
         return b"", []
 
-    def _dma_unmap(self, hdr: p.Header, body: bytes, fds: list[int]) -> tuple[bytes, list[int]]:
+    def _dma_unmap(self, body: bytes, fds: list[int]) -> tuple[bytes, list[int]]:
         self._no_fds(fds, "DMA_UNMAP")
         _, flags, iova, size = self._unpack(p.DMA_UNMAP, body, "DMA_UNMAP")
         if flags & p.DMA_UNMAP_FLAG_ALL:
@@ -311,13 +289,13 @@ class Server:
         self.device.dma_unmapped(iova, size)
         return body[: p.DMA_UNMAP.size], []
 
-    def _get_info(self, hdr: p.Header, body: bytes, fds: list[int]) -> tuple[bytes, list[int]]:
+    def _get_info(self, body: bytes, fds: list[int]) -> tuple[bytes, list[int]]:
         self._no_fds(fds, "DEVICE_GET_INFO")
         self._unpack(p.DEVICE_INFO, body, "DEVICE_GET_INFO")
         flags = p.DEVICE_FLAGS_PCI | p.DEVICE_FLAGS_RESET
         return p.DEVICE_INFO.pack(p.DEVICE_INFO.size, flags, NUM_REGIONS, NUM_IRQ_INDEXES), []
 
-    def _region_info(self, hdr: p.Header, body: bytes, fds: list[int]) -> tuple[bytes, list[int]]:
+    def _region_info(self, body: bytes, fds: list[int]) -> tuple[bytes, list[int]]:
         self._no_fds(fds, "DEVICE_GET_REGION_INFO")
         argsz, _, index, _, _, _ = self._unpack(p.REGION_INFO, body, "DEVICE_GET_REGION_INFO")
         if not 0 <= index < NUM_REGIONS:
@@ -344,7 +322,7 @@ class Server:
         info = p.REGION_INFO.pack(needed, flags, index, cap_offset, region.size, 0)
         return info + caps, [region.fd] if caps and region.fd is not None else []
 
-    def _irq_info(self, hdr: p.Header, body: bytes, fds: list[int]) -> tuple[bytes, list[int]]:
+    def _irq_info(self, body: bytes, fds: list[int]) -> tuple[bytes, list[int]]:
         self._no_fds(fds, "DEVICE_GET_IRQ_INFO")
         _, _, index, _ = self._unpack(p.IRQ_INFO, body, "DEVICE_GET_IRQ_INFO")
         if not 0 <= index < NUM_IRQ_INDEXES:
@@ -352,7 +330,7 @@ class Server:
         count = self.irqs.indexes[index].count
         return p.IRQ_INFO.pack(p.IRQ_INFO.size, self.irqs.info_flags(index), index, count), []
 
-    def _set_irqs(self, hdr: p.Header, body: bytes, fds: list[int]) -> tuple[bytes, list[int]]:
+    def _set_irqs(self, body: bytes, fds: list[int]) -> tuple[bytes, list[int]]:
         try:
             _, flags, index, start, count = self._unpack(p.IRQ_SET, body, "DEVICE_SET_IRQS")
         except p.ProtocolError:
@@ -378,7 +356,7 @@ class Server:
             raise p.ProtocolError(errno.EINVAL, f"region {index} is not {what}able")
         return region
 
-    def _region_read(self, hdr: p.Header, body: bytes, fds: list[int]) -> tuple[bytes, list[int]]:
+    def _region_read(self, body: bytes, fds: list[int]) -> tuple[bytes, list[int]]:
         self._no_fds(fds, "REGION_READ")
         offset, index, count = self._unpack(p.REGION_RW, body, "REGION_READ")
         region = self._access(index, offset, count, write=False)
@@ -388,7 +366,7 @@ class Server:
             raise p.ProtocolError(errno.EIO, f"device returned {len(data)} of {count} bytes")
         return p.REGION_RW.pack(offset, index, count) + data, []
 
-    def _region_write(self, hdr: p.Header, body: bytes, fds: list[int]) -> tuple[bytes, list[int]]:
+    def _region_write(self, body: bytes, fds: list[int]) -> tuple[bytes, list[int]]:
         self._no_fds(fds, "REGION_WRITE")
         offset, index, count = self._unpack(p.REGION_RW, body, "REGION_WRITE")
         data = body[p.REGION_RW.size :]
@@ -401,9 +379,7 @@ class Server:
         region.write(offset, data)
         return p.REGION_RW.pack(offset, index, count), []
 
-    def _region_write_multi(
-        self, hdr: p.Header, body: bytes, fds: list[int]
-    ) -> tuple[bytes, list[int]]:
+    def _region_write_multi(self, body: bytes, fds: list[int]) -> tuple[bytes, list[int]]:
         self._no_fds(fds, "REGION_WRITE_MULTI")
         (n,) = self._unpack(p.WRITE_MULTI_COUNT, body, "REGION_WRITE_MULTI")
         if len(body) < p.WRITE_MULTI_COUNT.size + n * p.WRITE_ONE.size:
@@ -419,7 +395,7 @@ class Server:
             region.write(offset, data[:count])
         return b"", []
 
-    def _reset(self, hdr: p.Header, body: bytes, fds: list[int]) -> tuple[bytes, list[int]]:
+    def _reset(self, body: bytes, fds: list[int]) -> tuple[bytes, list[int]]:
         self._no_fds(fds, "DEVICE_RESET")
         self.device.reset()
         return b"", []

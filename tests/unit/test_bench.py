@@ -67,7 +67,7 @@ def test_the_bench_specs_are_unique_and_cover_every_goal_of_the_issue() -> None:
     results = Results(bench.SPECS)
     goals = {k: f.spec.goal for k, f in results.figures.items() if f.spec.goal is not None}
     assert goals == {"boot.device": 8.0, "catas.fault_to_snapshots": 7.0,
-                     "catas.crdump_loop": 1.0, "guest.bar_loop": 1.0, "rtt.host_vs_c": 2.0}
+                     "catas.crdump_loop": 1.0, "guest.bar_loop": 1.0, "rtt.model_vs_c": 2.0}
     assert {s.unit for s in bench.SPECS} <= {"s", "ms", "us", "ns", "x", "%"}
 
 
