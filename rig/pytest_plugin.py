@@ -59,6 +59,7 @@ the failure report (section "rig artifacts") and in the JUnit XML (property rig_
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import time
@@ -80,6 +81,9 @@ ARTIFACTS_DEFAULT = "test-results/artifacts"
 # Dumping every cr-space snapshot of a broken rig must not hold the suite up for long.
 ARTIFACT_BUDGET_S = 90.0
 
+# What one xdist worker may need at once: two 1 GiB guests with their QEMUs and device models.
+WORKER_MEMORY_MIB = 3 * 1024
+
 _RIGS = pytest.StashKey[list[Rig]]()  # running rigs, for artifacts and the final cleanup
 _FAILED_STARTS = pytest.StashKey[list[Rig]]()  # rigs whose start failed in this setup
 
@@ -98,6 +102,23 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[_RIGS] = []
     config.stash[_FAILED_STARTS] = []
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto` (pytest-xdist): a worker per core, as far as memory goes.
+
+    Each worker boots its own VMs (one TCG vCPU each, up to two at a time in a module that
+    compares rigs), so the cores bound the speed-up and MemAvailable bounds the count.
+    """
+    cores = len(os.sched_getaffinity(0))
+    try:
+        found = re.search(r"^MemAvailable:\s+(\d+) kB", Path("/proc/meminfo").read_text(), re.M)
+    except OSError:
+        found = None
+    if found is None:
+        return cores
+    return max(1, min(cores, int(found[1]) // (WORKER_MEMORY_MIB * 1024)))
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
