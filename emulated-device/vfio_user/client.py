@@ -15,7 +15,6 @@ from pathlib import Path
 
 from . import protocol as p
 
-_ANC_SPACE = socket.CMSG_SPACE(4 * p.MAX_MSG_FDS)
 _pack_header = p.HEADER.pack
 _REPLY = int(p.Flags.REPLY)
 _ERROR = int(p.Flags.ERROR)
@@ -73,7 +72,7 @@ class Client:
         header, body = self._recv_message(fds)
         return p.Header(*header), body, fds
 
-    def _recv_message(self, fds: list[int]) -> tuple[tuple[int, int, int, int, int], bytes]:
+    def _recv_message(self, fds: list[int]) -> tuple[p.HeaderFields, bytes]:
         """Receive one message: its header fields and its payload.
 
         One recvmsg takes a whole small reply: the server speaks only when spoken to, so
@@ -81,12 +80,12 @@ class Client:
         """
         rx = self._rx
         try:
-            got, anc, _, _ = self.sock.recvmsg_into([rx], _ANC_SPACE)
+            got, anc, _, _ = self.sock.recvmsg_into([rx], p.FDS_SPACE)
             if anc:
                 fds.extend(p.fds_from_ancillary(anc))
             while got < p.HEADER_SIZE:
                 got += self._recv_into(rx[got:])
-            header: tuple[int, int, int, int, int] = p.HEADER.unpack_from(rx)
+            header: p.HeaderFields = p.HEADER.unpack_from(rx)
             size = header[2]
             if size < p.HEADER_SIZE or got > size:
                 raise ConnectionError(f"malformed reply: size {size}, {got} bytes received")

@@ -17,13 +17,11 @@ import socket
 from . import protocol as p
 
 RX_SIZE = 64 << 10  # bytes asked of each recvmsg
-_ANC_SPACE = socket.CMSG_SPACE(p.MAX_MSG_FDS * 4)
 _HEADER = p.HEADER
 _HEADER_SIZE = p.HEADER_SIZE
 
-Header = tuple[int, int, int, int, int]  # msg_id, command, size, flags, error
 # body is None for a message too large to accept: drained from the stream, to be refused.
-Message = tuple[Header, bytes | None, list[int]]
+Message = tuple[p.HeaderFields, bytes | None, list[int]]
 
 
 class Disconnected(Exception):
@@ -39,12 +37,12 @@ class MessageReader:
         self._offset = 0  # stream offset of _buf[0], always a message boundary
         self._fds: dict[int, list[int]] = {}  # stream offset of a message -> its descriptors
         self._skip = 0  # bytes of an oversized message still to discard
-        self._oversized: Header | None = None  # that message's header
+        self._oversized: p.HeaderFields | None = None  # that message's header
 
     def read(self) -> list[Message]:
         """One recvmsg: the messages it completed, in order (often one, possibly none)."""
         try:
-            data, anc, _, _ = self._sock.recvmsg(RX_SIZE, _ANC_SPACE)
+            data, anc, _, _ = self._sock.recvmsg(RX_SIZE, p.FDS_SPACE)
         except BlockingIOError:
             return []  # a spurious wakeup
         except OSError as e:
@@ -55,7 +53,7 @@ class MessageReader:
             pending = len(self._buf) + self._skip
             raise Disconnected(f"client closed mid-message ({pending} bytes)" if pending else "")
         if not self._buf and not self._skip and len(data) >= _HEADER_SIZE:
-            header: Header = _HEADER.unpack_from(data)
+            header: p.HeaderFields = _HEADER.unpack_from(data)
             if header[2] == len(data) <= self._max_size:  # exactly one message: no copies
                 self._offset += len(data)
                 return [(header, data[_HEADER_SIZE:], fds)]
@@ -88,7 +86,7 @@ class MessageReader:
                 raise Disconnected("file descriptors arrived in the middle of a message")
             self._fds[self._offset + owner] = fds
         while len(buf) >= _HEADER_SIZE:
-            header: Header = _HEADER.unpack_from(buf)
+            header: p.HeaderFields = _HEADER.unpack_from(buf)
             size = header[2]
             if size < _HEADER_SIZE:
                 raise Disconnected(f"malformed header: size {size} < {_HEADER_SIZE}; hanging up")

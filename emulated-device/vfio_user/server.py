@@ -20,7 +20,7 @@ from pathlib import Path
 from . import protocol as p
 from .device import CONFIG_REGION, NUM_IRQ_INDEXES, NUM_REGIONS, Device, DmaError, Region
 from .dma import DmaSpace
-from .framing import Disconnected, Header, MessageReader
+from .framing import Disconnected, MessageReader
 from .irq import IrqTable
 
 SEND_TIMEOUT = 2.0  # a client that stops reading its replies is gone
@@ -179,7 +179,7 @@ class Server:
         except OSError as e:  # BlockingIOError included: SO_SNDTIMEO expired
             raise Disconnected(f"cannot send reply: {e}") from e
 
-    def _handle(self, header: Header, body: bytes | None, fds: list[int]) -> None:
+    def _handle(self, header: p.HeaderFields, body: bytes | None, fds: list[int]) -> None:
         """Dispatch one message and reply. Raises Disconnected when the reply cannot go out."""
         msg_id, command, size, flags, _ = header
         if body is None:
