@@ -40,7 +40,7 @@ from . import __version__, benchhost, builtin
 from .benchstats import Results, Spec, document, ratios, to_json
 from .benchtimeline import RESTARTED, CatasTimeline, catas_timeline
 from .errors import RigError
-from .progress import info
+from .progress import info, run_logged
 from .session import Rig, RigConfig
 
 SECTIONS = ("host", "boot", "guest", "replay", "suite", "cold")
@@ -440,15 +440,11 @@ def _replay(opts: BenchOptions, run: BenchRun) -> None:
 # --- the test suite; opt-in: cold provisioning ---------------------------------------------
 
 
-def _timed(cmd: list[str], log: Path, env: dict[str, str] | None = None,
-           cwd: Path | None = None, timeout: float = 7200) -> float:
+def _timed(cmd: list[str], log: Path, what: str, env: dict[str, str] | None = None,
+           cwd: Path | None = None) -> float:
+    """Run `cmd` to completion, output in `log` with a heartbeat; its wall time."""
     t0 = time.monotonic()
-    with log.open("wb") as out:
-        status = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, env=env, cwd=cwd,
-                                timeout=timeout).returncode
-    if status != 0:
-        raise RigError(f"{' '.join(cmd)} failed (exit {status})", log)
+    run_logged(cmd, log, what, cwd=cwd, env=env)
     return time.monotonic() - t0
 
 
@@ -459,7 +455,7 @@ def _suite(opts: BenchOptions, run: BenchRun) -> None:
         raise RigError("timing the suite needs tox and a checkout with tox.ini "
                        "(./rigw bench has both; or pass --no-suite)")
     log = opts.log_dir / "suite.log"
-    run.results.add("suite.full", _timed([tox], log, cwd=REPO))
+    run.results.add("suite.full", _timed([tox], log, "tox", cwd=REPO))
     # tox 4 ends with one line per env: "  e2e: OK (226.34=setup[1.20]+cmd[225.14] seconds)"
     for env, seconds in re.findall(r"^\s*(\w+): OK \(([\d.]+)=", log.read_text(), re.M):
         if f"suite.{env}" in run.results.figures:
@@ -476,6 +472,7 @@ def _cold(opts: BenchOptions, run: BenchRun) -> None:
             cmd += ["--qemu", str(opts.qemu)]
             run.results.note("cold.setup", f"QEMU not built: --qemu {opts.qemu}")
         env = dict(os.environ, RIG_CACHE=str(cache))
-        run.results.add("cold.setup", _timed(cmd, opts.log_dir / "cold-setup.log", env=env))
+        log = opts.log_dir / "cold-setup.log"
+        run.results.add("cold.setup", _timed(cmd, log, "rig setup", env=env))
     finally:
         shutil.rmtree(cache, ignore_errors=True)
