@@ -132,8 +132,6 @@ class Server:
             return
         if self._sel is not None:
             self._sel.unregister(self.conn)
-        self.conn.close()
-        self.conn = None
         if self._reader is not None:
             self._reader.close()
             self._reader = None
@@ -141,6 +139,9 @@ class Server:
         self.irqs.close()
         self.dma.unmap_all()
         self.device.reset()
+        # Hang up last: whoever sees the end of the stream finds the device already reset.
+        self.conn.close()
+        self.conn = None
         self.log("client disconnected")
 
     def _on_readable(self) -> None:
