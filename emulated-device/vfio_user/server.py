@@ -29,6 +29,10 @@ DRAIN_LIMIT = 64 << 20  # oversized messages up to this are skipped, beyond it w
 _pack_header = p.HEADER.pack
 _REPLY = int(p.Flags.REPLY)
 _ERROR = int(p.Flags.ERROR)
+_NO_REPLY = int(p.Flags.NO_REPLY)
+_TYPE_MASK = int(p.Flags.TYPE_MASK)
+# The only requests that may carry file descriptors (memory to map, eventfds to signal).
+_TAKES_FDS = frozenset({p.Command.DMA_MAP, p.Command.DEVICE_SET_IRQS})
 
 Handler = Callable[[bytes, list[int]], tuple[bytes, list[int]]]
 
@@ -189,15 +193,19 @@ class Server:
                 msg_id, command, flags, errno.E2BIG, f"{name}: {size}-byte message too large"
             )
             return
-        if flags & p.Flags.TYPE_MASK == p.Flags.REPLY:
+        if flags & _TYPE_MASK == _REPLY:
             self._close_fds(fds)
             self.log(f"unexpected reply to message {msg_id} (we send no requests); ignored")
             return
         handler = self._handlers.get(command)
-        if handler is None:
+        if handler is None or (fds and command not in _TAKES_FDS):
             self._close_fds(fds)
             name = p.command_name(command)
-            self._reply_error(msg_id, command, flags, errno.ENOTSUP, f"{name}: not supported")
+            if handler is None:
+                self._reply_error(msg_id, command, flags, errno.ENOTSUP, f"{name}: not supported")
+            else:
+                msg = f"{name}: unexpected file descriptors"
+                self._reply_error(msg_id, command, flags, errno.EINVAL, msg)
             return
         try:
             payload, out_fds = handler(body, fds)
@@ -208,7 +216,7 @@ class Server:
         except Exception as e:  # a device bug must not kill the server or stall the vCPU
             err, msg = errno.EIO, f"device error {type(e).__name__}: {e}"
         else:
-            if not flags & p.Flags.NO_REPLY:
+            if not flags & _NO_REPLY:
                 reply = _pack_header(msg_id, command, p.HEADER_SIZE + len(payload), _REPLY, 0)
                 self._send(reply + payload, out_fds)
             return
@@ -216,7 +224,7 @@ class Server:
 
     def _reply_error(self, msg_id: int, command: int, flags: int, err: int, msg: str) -> None:
         self.log(msg)
-        if not flags & p.Flags.NO_REPLY:
+        if not flags & _NO_REPLY:
             self._send(_pack_header(msg_id, command, p.HEADER_SIZE, _REPLY | _ERROR, err), [])
 
     @staticmethod
@@ -232,16 +240,9 @@ class Server:
             )
         return st.unpack_from(body)
 
-    @staticmethod
-    def _no_fds(fds: list[int], what: str) -> None:
-        if fds:
-            Server._close_fds(fds)
-            raise p.ProtocolError(errno.EINVAL, f"{what}: unexpected file descriptors")
-
     # --- handlers -------------------------------------------------------------------------
 
     def _version(self, body: bytes, fds: list[int]) -> tuple[bytes, list[int]]:
-        self._no_fds(fds, "VERSION")
         major, minor = self._unpack(p.VERSION, body, "VERSION")
         caps = body[p.VERSION.size :]
         if major != 0:
@@ -280,7 +281,6 @@ class Server:
         return b"", []
 
     def _dma_unmap(self, body: bytes, fds: list[int]) -> tuple[bytes, list[int]]:
-        self._no_fds(fds, "DMA_UNMAP")
         _, flags, iova, size = self._unpack(p.DMA_UNMAP, body, "DMA_UNMAP")
         if flags & p.DMA_UNMAP_FLAG_ALL:
             self.dma.unmap_all()
@@ -291,13 +291,11 @@ class Server:
         return body[: p.DMA_UNMAP.size], []
 
     def _get_info(self, body: bytes, fds: list[int]) -> tuple[bytes, list[int]]:
-        self._no_fds(fds, "DEVICE_GET_INFO")
         self._unpack(p.DEVICE_INFO, body, "DEVICE_GET_INFO")
         flags = p.DEVICE_FLAGS_PCI | p.DEVICE_FLAGS_RESET
         return p.DEVICE_INFO.pack(p.DEVICE_INFO.size, flags, NUM_REGIONS, NUM_IRQ_INDEXES), []
 
     def _region_info(self, body: bytes, fds: list[int]) -> tuple[bytes, list[int]]:
-        self._no_fds(fds, "DEVICE_GET_REGION_INFO")
         argsz, _, index, _, _, _ = self._unpack(p.REGION_INFO, body, "DEVICE_GET_REGION_INFO")
         if not 0 <= index < NUM_REGIONS:
             raise p.ProtocolError(errno.EINVAL, f"no region {index}")
@@ -324,7 +322,6 @@ class Server:
         return info + caps, [region.fd] if caps and region.fd is not None else []
 
     def _irq_info(self, body: bytes, fds: list[int]) -> tuple[bytes, list[int]]:
-        self._no_fds(fds, "DEVICE_GET_IRQ_INFO")
         _, _, index, _ = self._unpack(p.IRQ_INFO, body, "DEVICE_GET_IRQ_INFO")
         if not 0 <= index < NUM_IRQ_INDEXES:
             raise p.ProtocolError(errno.EINVAL, f"no IRQ index {index}")
@@ -358,7 +355,6 @@ class Server:
         return region
 
     def _region_read(self, body: bytes, fds: list[int]) -> tuple[bytes, list[int]]:
-        self._no_fds(fds, "REGION_READ")
         offset, index, count = self._unpack(p.REGION_RW, body, "REGION_READ")
         region = self._access(index, offset, count, write=False)
         assert region.read is not None
@@ -368,7 +364,6 @@ class Server:
         return p.REGION_RW.pack(offset, index, count) + data, []
 
     def _region_write(self, body: bytes, fds: list[int]) -> tuple[bytes, list[int]]:
-        self._no_fds(fds, "REGION_WRITE")
         offset, index, count = self._unpack(p.REGION_RW, body, "REGION_WRITE")
         data = body[p.REGION_RW.size :]
         if len(data) != count:
@@ -381,7 +376,6 @@ class Server:
         return p.REGION_RW.pack(offset, index, count), []
 
     def _region_write_multi(self, body: bytes, fds: list[int]) -> tuple[bytes, list[int]]:
-        self._no_fds(fds, "REGION_WRITE_MULTI")
         (n,) = self._unpack(p.WRITE_MULTI_COUNT, body, "REGION_WRITE_MULTI")
         if len(body) < p.WRITE_MULTI_COUNT.size + n * p.WRITE_ONE.size:
             raise p.ProtocolError(errno.EINVAL, f"REGION_WRITE_MULTI: {n} records do not fit")
@@ -397,6 +391,5 @@ class Server:
         return b"", []
 
     def _reset(self, body: bytes, fds: list[int]) -> tuple[bytes, list[int]]:
-        self._no_fds(fds, "DEVICE_RESET")
         self.device.reset()
         return b"", []

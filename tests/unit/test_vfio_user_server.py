@@ -148,6 +148,30 @@ def test_malformed_messages_get_error_replies(served: tuple[ToyDevice, Server, C
     assert any("too large" in line for line in logs)
 
 
+def test_descriptors_with_a_request_that_takes_none_are_refused(
+    served: tuple[ToyDevice, Server, Client],
+) -> None:
+    _, server, client = served
+    r, w = os.pipe()
+    try:
+        with pytest.raises(ClientError) as e:
+            client.request(p.Command.REGION_READ, p.REGION_RW.pack(0, 0, 4), fds=[w])
+        assert e.value.errno == errno.EINVAL
+        logs = server.logs  # type: ignore[attr-defined]
+        assert any("REGION_READ: unexpected file descriptors" in line for line in logs)
+        os.close(w)
+        w = -1
+        # The server closed its copy: with no writer left, the pipe reads as ended (a copy
+        # still open would make this non-blocking read raise BlockingIOError instead).
+        os.set_blocking(r, False)
+        assert os.read(r, 1) == b""
+        assert client.read32(0, 0) == 0  # and the stream is still in step
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+
+
 def test_bad_header_hangs_up_and_server_accepts_again(
     served: tuple[ToyDevice, Server, Client], tmp_path: Path
 ) -> None:
