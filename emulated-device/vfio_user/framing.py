@@ -11,7 +11,6 @@ belong to the last message that starts in it.
 
 from __future__ import annotations
 
-import os
 import socket
 
 from . import protocol as p
@@ -49,7 +48,7 @@ class MessageReader:
             raise Disconnected(f"socket error: {e}") from e
         fds = p.fds_from_ancillary(anc) if anc else []
         if not data:
-            self._close(fds)
+            p.close_fds(fds)
             pending = len(self._buf) + self._skip
             raise Disconnected(f"client closed mid-message ({pending} bytes)" if pending else "")
         if not self._buf and not self._skip and len(data) >= _HEADER_SIZE:
@@ -62,7 +61,7 @@ class MessageReader:
     def close(self) -> None:
         """Close descriptors that arrived with messages never returned."""
         for fds in self._fds.values():
-            self._close(fds)
+            p.close_fds(fds)
         self._fds.clear()
 
     def _split(self, data: bytes, fds: list[int]) -> list[Message]:
@@ -82,7 +81,7 @@ class MessageReader:
         if fds:
             owner = self._last_start_from(start)
             if owner is None:
-                self._close(fds)
+                p.close_fds(fds)
                 raise Disconnected("file descriptors arrived in the middle of a message")
             self._fds[self._offset + owner] = fds
         while len(buf) >= _HEADER_SIZE:
@@ -93,7 +92,7 @@ class MessageReader:
             if size > self._max_size:
                 if size > self._drain_limit:
                     raise Disconnected(f"message of {size} bytes is absurd; hanging up")
-                self._close(self._fds.pop(self._offset, []))
+                p.close_fds(self._fds.pop(self._offset, []))
                 take = min(size, len(buf))
                 del buf[:take]
                 self._offset += take
@@ -125,8 +124,3 @@ class MessageReader:
                 break  # the split loop reports it
             pos += size
         return last
-
-    @staticmethod
-    def _close(fds: list[int]) -> None:
-        for fd in fds:
-            os.close(fd)

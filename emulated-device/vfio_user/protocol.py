@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import array
 import enum
+import os
 import socket
 import struct
 from dataclasses import dataclass
@@ -134,6 +135,12 @@ def fds_from_ancillary(anc: list[tuple[int, int, bytes]]) -> list[int]:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
     return fds.tolist()
+
+
+def close_fds(fds: list[int]) -> None:
+    """Close descriptors received with a message that will not use them."""
+    for fd in fds:
+        os.close(fd)
 
 
 def set_io_timeout(sock: socket.socket, seconds: float) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import selectors
 import socket
 import struct
@@ -163,7 +162,7 @@ class Server:
             except Disconnected as e:
                 self.log(str(e))
                 for _, _, unused in messages[i + 1 :]:
-                    self._close_fds(unused)
+                    p.close_fds(unused)
                 self._drop_client()
                 return
 
@@ -194,18 +193,20 @@ class Server:
             )
             return
         if flags & _TYPE_MASK == _REPLY:
-            self._close_fds(fds)
+            p.close_fds(fds)
             self.log(f"unexpected reply to message {msg_id} (we send no requests); ignored")
             return
         handler = self._handlers.get(command)
-        if handler is None or (fds and command not in _TAKES_FDS):
-            self._close_fds(fds)
+        if handler is None:
+            p.close_fds(fds)
             name = p.command_name(command)
-            if handler is None:
-                self._reply_error(msg_id, command, flags, errno.ENOTSUP, f"{name}: not supported")
-            else:
-                msg = f"{name}: unexpected file descriptors"
-                self._reply_error(msg_id, command, flags, errno.EINVAL, msg)
+            self._reply_error(msg_id, command, flags, errno.ENOTSUP, f"{name}: not supported")
+            return
+        if fds and command not in _TAKES_FDS:
+            p.close_fds(fds)
+            name = p.command_name(command)
+            self._reply_error(msg_id, command, flags, errno.EINVAL,
+                              f"{name}: unexpected file descriptors")
             return
         try:
             payload, out_fds = handler(body, fds)
@@ -226,11 +227,6 @@ class Server:
         self.log(msg)
         if not flags & _NO_REPLY:
             self._send(_pack_header(msg_id, command, p.HEADER_SIZE, _REPLY | _ERROR, err), [])
-
-    @staticmethod
-    def _close_fds(fds: list[int]) -> None:
-        for fd in fds:
-            os.close(fd)
 
     @staticmethod
     def _unpack(st: struct.Struct, body: bytes, what: str) -> tuple[int, ...]:
@@ -273,7 +269,7 @@ class Server:
     def _dma_map(self, body: bytes, fds: list[int]) -> tuple[bytes, list[int]]:
         _, flags, offset, iova, size = self._unpack(p.DMA_MAP, body, "DMA_MAP")
         if len(fds) > 1:
-            self._close_fds(fds)
+            p.close_fds(fds)
             raise p.ProtocolError(errno.EINVAL, f"DMA_MAP with {len(fds)} fds")
         self.dma.map(
             iova, size, offset, fds[0] if fds else None, writable=bool(flags & p.DMA_MAP_FLAG_WRITE)
@@ -332,7 +328,7 @@ class Server:
         try:
             _, flags, index, start, count = self._unpack(p.IRQ_SET, body, "DEVICE_SET_IRQS")
         except p.ProtocolError:
-            self._close_fds(fds)
+            p.close_fds(fds)
             raise
         self.irqs.set_irqs(flags, index, start, count, body[p.IRQ_SET.size :], fds)
         return b"", []
