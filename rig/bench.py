@@ -441,10 +441,10 @@ def _replay(opts: BenchOptions, run: BenchRun) -> None:
 
 
 def _timed(cmd: list[str], log: Path, what: str, env: dict[str, str] | None = None,
-           cwd: Path | None = None) -> float:
+           cwd: Path | None = None, timeout: float = 7200) -> float:
     """Run `cmd` to completion, output in `log` with a heartbeat; its wall time."""
     t0 = time.monotonic()
-    run_logged(cmd, log, what, cwd=cwd, env=env)
+    run_logged(cmd, log, what, cwd=cwd, env=env, timeout=timeout)
     return time.monotonic() - t0
 
 

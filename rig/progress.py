@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -41,10 +44,12 @@ def run_logged(
     what: str,
     cwd: Path | None = None,
     env: Mapping[str, str] | None = None,
+    timeout: float | None = None,
 ) -> None:
     """Run a tool with its output appended to `log`; show a heartbeat with its latest line.
 
-    On failure raise ProvisionError naming the step, the log and its tail.
+    On failure, or when it runs past `timeout` seconds (then it is killed with everything it
+    started), raise ProvisionError naming the step, the log and its tail.
     """
     log.parent.mkdir(parents=True, exist_ok=True)
     full_env = dict(os.environ, **(env or {}))
@@ -55,12 +60,32 @@ def run_logged(
             proc = subprocess.Popen(
                 [str(c) for c in cmd], cwd=cwd, env=full_env,
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                # With a deadline, a group of its own: its children hold our pipe open too.
+                start_new_session=timeout is not None,
             )
         except OSError as e:
             raise ProvisionError(f"{what}: cannot run {cmd[0]}: {e}", log) from e
         assert proc.stdout is not None
         last_shown = time.monotonic()
         t0 = last_shown
+
+        def kill() -> None:
+            if timeout is None:
+                proc.kill()
+            else:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
+            kill()
+
+        # The output loop blocks on the tool's next line, so a timer enforces the deadline.
+        watchdog = threading.Timer(timeout, expire) if timeout is not None else None
+        if watchdog is not None:
+            watchdog.start()
         try:
             for line in proc.stdout:
                 out.write(line)
@@ -71,9 +96,14 @@ def run_logged(
                     last_shown = now
             rc = proc.wait()
         except BaseException:
-            proc.kill()
+            kill()
             proc.wait()
             raise
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
+    if expired.is_set():
+        raise ProvisionError(f"{what} did not finish in {timeout:.0f} s; killed", log, tail(log))
     if rc != 0:
         raise ProvisionError(f"{what} failed (exit {rc})", log, tail(log))
 
