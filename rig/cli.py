@@ -15,25 +15,29 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import cmd_bench, cmd_build_kernel, cmd_interactive, cmd_replay, cmd_validate
-from .cache import cache_root, list_entries
-from .cliargs import add_guest_options
-from .cmdline import Modprobe
-from .errors import ProvisionError, RigError
-from .machine import QemuInstall
-from .progress import info, set_quiet, step, stream_to
-from .provision.guest import ensure_guest
-from .session import Rig, RigConfig
+from rig.cache import cache_root, list_entries
+from rig.commands import bench as cmd_bench
+from rig.commands import build_kernel as cmd_build_kernel
+from rig.commands import interactive as cmd_interactive
+from rig.commands import replay as cmd_replay
+from rig.commands import validate as cmd_validate
+from rig.commands.options import add_guest_options
+from rig.errors import ProvisionError, RigError
+from rig.progress import info, set_quiet, step, stream_to
+from rig.provision.guest import ensure_guest
+from rig.rig import Rig, RigConfig
+from rig.vm.cmdline import Modprobe
+from rig.vm.machine import QemuInstall
 
 
 def provision_qemu(path: Path | None) -> QemuInstall:
     """The QEMU named by --qemu, else rig.provision.qemu's (found or built into the cache)."""
     if path is not None:
-        from .provision.localqemu import qemu_at
+        from rig.provision.localqemu import qemu_at
 
         return qemu_at(path)
     try:
-        from .provision.qemu import ensure_qemu
+        from rig.provision.qemu import ensure_qemu
     except ImportError as e:
         raise ProvisionError(
             "TODO: QEMU provisioning (rig.provision.qemu.ensure_qemu) is not available in this "
@@ -63,7 +67,7 @@ def _add_setup(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                         "or build:SOURCE[+PATCHES], built from source on first use: SOURCE is "
                         "6.1 (Debian's linux-source-6.1), 6.1=VERSION or a kernel tree, "
                         "PATCHES a series (see `rig build-kernel --help`), e.g. "
-                        "build:6.1+guest-kernel/patches/example-break-crdump")
+                        "build:6.1+guest/patches/example-break-crdump")
     p.add_argument("--qemu", metavar="PATH", type=Path, help="use this qemu-system-x86_64")
     p.set_defaults(func=cmd_setup)
 

@@ -14,11 +14,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from cx3.control import ControlClient
-
-from .cache import cache_root
-from .errors import RigError
-from .session import Rig
-from .ssh import GuestSsh, SshIdentity
+from rig.cache import cache_root
+from rig.errors import RigError
+from rig.rig import Rig
+from rig.vm.ssh import GuestSsh, SshIdentity
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import ProvisionError, tail
+from rig.errors import ProvisionError, tail
 
 _quiet = False
 

@@ -71,11 +71,10 @@ from typing import Any
 import pytest
 
 from cx3.control import ControlClient
-
-from .devlink.channels import CHANNELS, CliChannel, NetlinkChannel, RegionChannel
-from .errors import RigError
-from .machine import Machine
-from .session import Rig, RigConfig
+from rig.devlink.channels import CHANNELS, CliChannel, NetlinkChannel, RegionChannel
+from rig.errors import RigError
+from rig.rig import Rig, RigConfig
+from rig.vm.machine import Machine
 
 ARTIFACTS_DEFAULT = "test-results/artifacts"
 # Dumping every cr-space snapshot of a broken rig must not hold the suite up for long.

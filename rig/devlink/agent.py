@@ -11,11 +11,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..errors import RigError
-from ..ssh import Background, GuestSsh
-from .cli import RegionInfo
+from rig.devlink.cli import RegionInfo
+from rig.errors import RigError
+from rig.provision.guestfiles import guest_program
+from rig.vm.ssh import Background, GuestSsh
 
-SCRIPT = Path(__file__).with_name("netlink.py")
+SCRIPT = guest_program("devlink_netlink.py")
 REMOTE = "/run/rig/devlink_netlink.py"
 T = TypeVar("T")
 

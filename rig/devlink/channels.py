@@ -14,11 +14,11 @@ import os
 import re
 from typing import Protocol
 
-from ..errors import RigError
-from ..ssh import GuestSsh
-from .agent import NetlinkAgent
-from .agent import NetlinkError as AgentError
-from .cli import DevlinkCli, DevlinkCliError, RegionInfo
+from rig.devlink.agent import NetlinkAgent
+from rig.devlink.agent import NetlinkError as AgentError
+from rig.devlink.cli import DevlinkCli, DevlinkCliError, RegionInfo
+from rig.errors import RigError
+from rig.vm.ssh import GuestSsh
 
 CHANNELS = ("cli", "netlink")
 

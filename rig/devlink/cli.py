@@ -11,8 +11,8 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..errors import RigError
-from ..ssh import Result
+from rig.errors import RigError
+from rig.vm.ssh import Result
 
 
 class Runner(Protocol):

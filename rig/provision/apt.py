@@ -13,8 +13,8 @@ import subprocess
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from ..errors import ProvisionError
-from ..progress import info, run_logged
+from rig.errors import ProvisionError
+from rig.progress import info, run_logged
 
 DEBIAN_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 DEFAULT_MIRROR = "http://deb.debian.org/debian"

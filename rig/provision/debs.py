@@ -12,9 +12,9 @@ import re
 import subprocess
 from pathlib import Path
 
-from ..cache import cache_root
-from ..errors import ProvisionError
-from ..progress import run_logged
+from rig.cache import cache_root
+from rig.errors import ProvisionError
+from rig.progress import run_logged
 
 # Root downloading into a directory `_apt` cannot write makes apt warn on every call.
 APT_AS_ROOT = ("-o", "APT::Sandbox::User=root")

@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..cache import cache_root
-from .apt import ensure_packages
-from .initramfs import ensure_initramfs
-from .kernel import GuestKernel, KernelSpec, ensure_kernel
-from .rootfs import RootFs, ensure_rootfs
-from .sshkeys import ClientKey, ensure_client_key
+from rig.cache import cache_root
+from rig.provision.apt import ensure_packages
+from rig.provision.initramfs import ensure_initramfs
+from rig.provision.kernel import GuestKernel, KernelSpec, ensure_kernel
+from rig.provision.rootfs import RootFs, ensure_rootfs
+from rig.provision.sshkeys import ClientKey, ensure_client_key
 
 # Host tools provisioning uses (apt-get, dpkg-deb and setpriv come with any Debian system).
 HOST_PACKAGES: tuple[str, ...] = (
@@ -36,6 +36,6 @@ def ensure_guest(kernel: str | KernelSpec | None = None) -> GuestImage:
     """Provision (or reuse from the cache) the guest for `kernel` (see ensure_kernel)."""
     ensure_packages(HOST_PACKAGES, cache_root() / "logs" / "host-packages.log",
                     "guest provisioning")
-    guest_kernel = ensure_kernel(kernel)
-    return GuestImage(guest_kernel, ensure_initramfs(guest_kernel), ensure_rootfs(),
+    guest = ensure_kernel(kernel)
+    return GuestImage(guest, ensure_initramfs(guest), ensure_rootfs(),
                       ensure_client_key())

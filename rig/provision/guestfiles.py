@@ -1,4 +1,4 @@
-"""The guest-side files kept under guest-kernel/ (init scripts, sshd config, kernel config
+"""The guest-side files kept under guest/ (init scripts, sshd config, kernel config
 fragment)."""
 
 from __future__ import annotations
@@ -7,31 +7,39 @@ import hashlib
 import importlib.util
 from pathlib import Path
 
-from ..errors import ProvisionError
+from rig.errors import ProvisionError
 
 
-def guest_kernel_dir() -> Path:
-    """guest-kernel/ in a source checkout, else the installed guest_kernel package."""
-    checkout = Path(__file__).resolve().parents[2] / "guest-kernel"
+def guest_dir() -> Path:
+    """guest/ in a source checkout, else the installed guest package."""
+    checkout = Path(__file__).resolve().parents[2] / "guest"
     if checkout.is_dir():
         return checkout
-    # Installed layout: pyproject.toml maps guest-kernel/ to the package guest_kernel.
-    spec = importlib.util.find_spec("guest_kernel")
+    # Installed layout: pyproject.toml maps guest/ to the package guest.
+    spec = importlib.util.find_spec("guest")
     if spec is None or spec.origin is None:
         raise ProvisionError(f"guest-side files not found (looked in {checkout})")
     return Path(spec.origin).resolve().parent
 
 
 def init_dir() -> Path:
-    """guest-kernel/init: the guest's init scripts and sshd config."""
-    return guest_kernel_dir() / "init"
+    """guest/init: the guest's init scripts and sshd config."""
+    return guest_dir() / "init"
 
 
-def guest_kernel_file(name: str) -> Path:
-    """A file kept directly under guest-kernel/ (the kernel config fragment)."""
-    path = guest_kernel_dir() / name
+def guest_asset(name: str) -> Path:
+    """A file kept directly under guest/ (the kernel config fragment)."""
+    path = guest_dir() / name
     if not path.is_file():
         raise ProvisionError(f"guest kernel file {path} is missing")
+    return path
+
+
+def guest_program(name: str) -> Path:
+    """A program the rig runs inside the guest (guest/programs/), uploaded on use."""
+    path = guest_dir() / "programs" / name
+    if not path.is_file():
+        raise ProvisionError(f"guest program {path} is missing")
     return path
 
 

@@ -14,15 +14,15 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from ..cache import cache_root, entry, file_digest
-from ..errors import ProvisionError
-from ..progress import info, step
-from . import debs
-from .cpio import CpioWriter
-from .guestfiles import digests, guest_file
-from .kernel import GUEST_MODULES, GuestKernel
-from .kmod import ModuleIndex
-from .locking import building
+from rig.cache import cache_root, entry, file_digest
+from rig.errors import ProvisionError
+from rig.progress import info, step
+from rig.provision import debs
+from rig.provision.cpio import CpioWriter
+from rig.provision.guestfiles import digests, guest_file
+from rig.provision.kernel import GUEST_MODULES, GuestKernel
+from rig.provision.kmod import ModuleIndex
+from rig.provision.locking import building
 
 # Bump when the layout changes in a way the inputs do not show.
 RECIPE = 1

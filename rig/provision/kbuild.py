@@ -23,17 +23,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..cache import CacheEntry, cache_root, entry
-from ..errors import ProvisionError
-from ..progress import info, run_logged, step
-from .apt import ensure_packages
-from .guestfiles import guest_kernel_file
-from .kbuildspec import BuildSpec
-from .kconfig import Fragments, configure
-from .ksource import ResolvedSource, resolve
-from .kworkspace import Workspace
-from .locking import building
-from .patchseries import EMPTY, Series, load_series
+from rig.cache import CacheEntry, cache_root, entry
+from rig.errors import ProvisionError
+from rig.progress import info, run_logged, step
+from rig.provision.apt import ensure_packages
+from rig.provision.guestfiles import guest_asset
+from rig.provision.kbuildspec import BuildSpec
+from rig.provision.kconfig import Fragments, configure
+from rig.provision.ksource import ResolvedSource, resolve
+from rig.provision.kworkspace import Workspace
+from rig.provision.locking import building
+from rig.provision.patchseries import EMPTY, Series, load_series
 
 # Bump when what a build produces changes in a way the inputs do not show.
 RECIPE = 1
@@ -121,7 +121,7 @@ def make_command(src: Path, out: Path) -> list[str]:
 
 
 def rig_fragment() -> Path:
-    return guest_kernel_file(FRAGMENT)
+    return guest_asset(FRAGMENT)
 
 
 def ensure_build(spec: BuildSpec) -> BuiltKernel:

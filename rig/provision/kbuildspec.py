@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..errors import ProvisionError
+from rig.errors import ProvisionError
 
 PREFIX = "build:"
 DEFAULT_SERIES = "6.1"
@@ -55,7 +55,7 @@ Source = DebianSource | TreeSource
 class BuildSpec:
     source: Source
     patches: Path | None = None
-    fragments: tuple[Path, ...] = ()  # merged after guest-kernel/rig.config, in order
+    fragments: tuple[Path, ...] = ()  # merged after guest/rig.config, in order
 
     def unpatched(self) -> BuildSpec:
         return replace(self, patches=None)

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ProvisionError
-from ..progress import run_logged
+from rig.errors import ProvisionError
+from rig.progress import run_logged
 
 BASE_TARGET = "tinyconfig"
 _SET = re.compile(r"^CONFIG_([A-Za-z0-9_]+)=(.*)$")

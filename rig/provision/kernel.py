@@ -15,13 +15,13 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..cache import cache_root, entry
-from ..errors import ProvisionError
-from ..progress import info, run_logged, step
-from . import debs
-from .kbuildspec import BuildSpec, is_build_spec, parse_build_spec
-from .kmod import ModuleIndex, bzimage_release, config_value
-from .locking import building
+from rig.cache import cache_root, entry
+from rig.errors import ProvisionError
+from rig.progress import info, run_logged, step
+from rig.provision import debs
+from rig.provision.kbuildspec import BuildSpec, is_build_spec, parse_build_spec
+from rig.provision.kmod import ModuleIndex, bzimage_release, config_value
+from rig.provision.locking import building
 
 # Bump when what an entry holds changes in a way its package name and version do not show.
 RECIPE = 1
@@ -95,7 +95,9 @@ def ensure_kernel(spec: str | KernelSpec | None = None) -> GuestKernel:
     if not isinstance(spec, KernelSpec):
         spec = KernelSpec.parse(spec)
     if spec.build is not None:
-        from .kbuild import ensure_build  # the build machinery loads only when asked for
+        from rig.provision.kbuild import (
+            ensure_build,  # the build machinery loads only when asked for
+        )
 
         # A build is a kernel directory whose kernel.json names its origin.
         return ensure_kernel(KernelSpec.from_directory(ensure_build(spec.build).path))

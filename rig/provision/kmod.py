@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ProvisionError
+from rig.errors import ProvisionError
 
 _MODULE_SUFFIX = re.compile(r"\.ko(\.(xz|zst|gz))?$")
 

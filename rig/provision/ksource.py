@@ -17,11 +17,11 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ProvisionError
-from ..progress import run_logged
-from . import debs
-from .apt import upstream_version
-from .kbuildspec import DebianSource, Source, TreeSource
+from rig.errors import ProvisionError
+from rig.progress import run_logged
+from rig.provision import debs
+from rig.provision.apt import upstream_version
+from rig.provision.kbuildspec import DebianSource, Source, TreeSource
 
 
 @dataclass(frozen=True)

@@ -23,10 +23,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..cache import cache_root
-from ..progress import step
-from .ksource import ResolvedSource, populate
-from .patchseries import PatchError, Series, apply_series
+from rig.cache import cache_root
+from rig.progress import step
+from rig.provision.ksource import ResolvedSource, populate
+from rig.provision.patchseries import PatchError, Series, apply_series
 
 WORK_DIR = "kbuild-work"
 KEEP = 2

@@ -12,7 +12,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ProvisionError
+from rig.errors import ProvisionError
 
 # Debian's packaged firmware (seabios, qemu-system-data, ipxe-qemu), for builds without blobs.
 DEBIAN_FIRMWARE = (Path("/usr/share/seabios"), Path("/usr/share/qemu"), Path("/usr/lib/ipxe/qemu"))

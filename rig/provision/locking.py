@@ -6,7 +6,7 @@ import fcntl
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from ..cache import CacheEntry
+from rig.cache import CacheEntry
 
 
 @contextmanager

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from email.parser import BytesHeaderParser
 from pathlib import Path
 
-from ..errors import ProvisionError
+from rig.errors import ProvisionError
 
 PATCH_SUFFIXES = (".patch", ".diff")
 SERIES_FILE = "series"

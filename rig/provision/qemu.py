@@ -22,10 +22,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..cache import MANIFEST, cache_root, entry
-from ..errors import ProvisionError
-from ..progress import info, run_logged, step
-from .apt import SourceArchive, debian_version_key, ensure_packages, upstream_version
+from rig.cache import MANIFEST, cache_root, entry
+from rig.errors import ProvisionError
+from rig.progress import info, run_logged, step
+from rig.provision.apt import SourceArchive, debian_version_key, ensure_packages, upstream_version
 
 MIN_VERSION = (10, 1, 0)
 REQUIRED_DEVICE = "vfio-user-pci"

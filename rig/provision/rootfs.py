@@ -14,12 +14,12 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..cache import cache_root, entry
-from ..errors import ProvisionError
-from ..progress import run_logged, step
-from .guestfiles import digests, guest_file
-from .locking import building
-from .sshkeys import ClientKey, ensure_client_key, generate
+from rig.cache import cache_root, entry
+from rig.errors import ProvisionError
+from rig.progress import run_logged, step
+from rig.provision.guestfiles import digests, guest_file
+from rig.provision.locking import building
+from rig.provision.sshkeys import ClientKey, ensure_client_key, generate
 
 # Bump when the build steps change in a way the inputs below do not show.
 RECIPE = 1

@@ -9,8 +9,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..cache import cache_root
-from ..errors import ProvisionError
+from rig.cache import cache_root
+from rig.errors import ProvisionError
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,10 @@ from typing import Any
 from cx3 import crspace as cr
 from cx3.control import CrdumpData
 from rig import builtin
-from rig.compare import diff, hexdump_diff
 from rig.devlink.cli import RegionInfo
+from rig.formats.compare import diff, hexdump_diff
 from rig.kernellog import kernel_trouble
-from rig.session import REGIONS, Rig
+from rig.rig import REGIONS, Rig
 
 CRDUMP_TIMEOUT = 150.0  # catas poll (5 s) + crdump (~15 s under INTx), on a busy 2-core host
 RESTART_TIMEOUT = 120.0

@@ -15,9 +15,8 @@ import pytest
 from cx3 import crspace as cr
 from rig import builtin
 from rig.pytest_plugin import RigFactory, rig_channel
-from rig.session import Rig
-
-from .support import (
+from rig.rig import Rig
+from tests.e2e.support import (
     MAX_SNAPSHOTS,
     Snapshot,
     assert_no_kernel_trouble,

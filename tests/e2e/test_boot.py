@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from rig.machine import Machine, MachineConfig, QemuInstall
 from rig.provision.guest import ensure_guest
 from rig.provision.localqemu import qemu_at
+from rig.vm.machine import Machine, MachineConfig, QemuInstall
 
 pytestmark = pytest.mark.e2e
 

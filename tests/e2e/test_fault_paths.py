@@ -12,9 +12,8 @@ import pytest
 from cx3 import crspace as cr
 from cx3 import opcodes
 from rig import builtin
-from rig.session import Rig
-
-from .support import (
+from rig.rig import Rig
+from tests.e2e.support import (
     CMD_TIMEOUT_FAULT,
     CRDUMP_TIMEOUT,
     NO_HEALTH_BUFFER,

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from rig.session import Rig
-
-from .support import (
+from rig.rig import Rig
+from tests.e2e.support import (
     SNAPSHOTS_DISABLED,
     assert_no_kernel_trouble,
     catas_snapshot,

@@ -12,9 +12,8 @@ import pytest
 from cx3 import crspace as cr
 from rig.devlink.channels import ChannelError, RegionChannel
 from rig.pytest_plugin import rig_channel
-from rig.session import Rig
-
-from .support import MAX_SNAPSHOTS, regions_of, reprobe, rules
+from rig.rig import Rig
+from tests.e2e.support import MAX_SNAPSHOTS, regions_of, reprobe, rules
 
 pytestmark = pytest.mark.e2e
 

@@ -10,8 +10,8 @@ import pytest
 
 from cx3 import crspace as cr
 from rig import cli
-from rig.dumptext import format_dump
-from rig.replay import ReplayOptions, run_replay, tamper
+from rig.formats.dumptext import format_dump
+from rig.jobs.replay import ReplayOptions, run_replay, tamper
 
 pytestmark = pytest.mark.e2e
 

@@ -23,11 +23,10 @@ from rig.devlink.channels import (
     RegionChannel,
     open_channel,
 )
+from rig.formats.registers import explain
 from rig.pytest_plugin import rig_channel
-from rig.registers import explain
-from rig.session import REGIONS, Rig
-
-from .support import (
+from rig.rig import REGIONS, Rig
+from tests.e2e.support import (
     CRDUMP_TIMEOUT,
     MAX_SNAPSHOTS,
     RESTART_TIMEOUT,

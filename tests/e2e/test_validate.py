@@ -3,7 +3,7 @@ as a regression (exit 1), the comment-only patch as no change (exit 0), and the 
 is built once.
 
 A cold CI run builds the guest kernel from Debian's linux-source-6.1 first. Measured on a
-2-core machine (make -j2 under nice -n 19; tinyconfig + guest-kernel/rig.config): the base
+2-core machine (make -j2 under nice -n 19; tinyconfig + guest/rig.config): the base
 build took 330 s on a quiet machine and 696 s with other VMs running; each patched build
 after it about 12 s (crdump.c and the modules' link only); each `rig validate` about 1 min
 45 s of VM time (four boots). This module took 9 min 30 s cold (the build included) and
@@ -26,7 +26,7 @@ from rig.provision.kbuildspec import DEFAULT_SERIES, BuildSpec, DebianSource
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.kbuild]
 
-PATCHES = Path(__file__).resolve().parents[2] / "guest-kernel" / "patches"
+PATCHES = Path(__file__).resolve().parents[2] / "guest" / "patches"
 UNCHANGED = ("probe", "regions", "recovery", "snapshot-delete", "reload", "kernel-log")
 
 

@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 
 from cx3 import crspace
-from rig import bench, bench_guest
-from rig.benchstats import (
+from guest.programs import bench_guest
+from rig.bench import run as bench
+from rig.bench.stats import (
     SCHEMA,
     Figure,
     Results,
@@ -21,7 +22,7 @@ from rig.benchstats import (
     summarize,
     to_json,
 )
-from rig.benchtimeline import TimelineError, catas_timeline, clock_offset, printk_lines
+from rig.bench.timeline import TimelineError, catas_timeline, clock_offset, printk_lines
 from rig.cli import build_parser
 
 # --- statistics ---------------------------------------------------------------------------

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import os
 
-from rig.compare import diff, hexdump_diff
+from rig.formats.compare import diff, hexdump_diff
 
 
 def test_equal() -> None:

@@ -12,9 +12,8 @@ import pytest
 
 from cx3 import ControlClient, ControlError, ControlServer, Cx3Device, crspace
 from cx3.control import MAX_LINE
-
-from .cx3_guest import region_write
-from .vfio_loop import running_loop
+from tests.unit.cx3_guest import region_write
+from tests.unit.vfio_loop import running_loop
 
 
 @pytest.fixture

@@ -7,9 +7,8 @@ from hypothesis import strategies as st
 
 from cx3.hcr import Status
 from cx3.opcodes import Opcode
+from tests.unit.cx3_guest import HCR, make_device, region_write
 from vfio_user.device import BAR0_REGION, BAR2_REGION
-
-from .cx3_guest import HCR, make_device, region_write
 
 opcodes = st.one_of(st.sampled_from(list(Opcode)), st.integers(0, 0xFFF))
 u32 = st.integers(0, 0xFFFFFFFF)

@@ -10,8 +10,7 @@ import pytest
 from cx3 import crspace
 from cx3.hcr import Status
 from cx3.opcodes import Opcode
-
-from .cx3_guest import ASYNC_EQN, COMP_EQN, HCR, MTT_BASE, CmdError, Driver, make_device
+from tests.unit.cx3_guest import ASYNC_EQN, COMP_EQN, HCR, MTT_BASE, CmdError, Driver, make_device
 
 
 def test_query_fw_outbox_advertises_registers() -> None:

@@ -16,11 +16,10 @@ import pytest
 import cx3
 from cx3 import ControlClient, crspace
 from cx3.opcodes import Opcode
+from tests.unit.cx3_guest import Driver, Guest
 from vfio_user import IRQ_INTX
 from vfio_user.client import Client
 from vfio_user.device import BAR0_REGION
-
-from .cx3_guest import Driver, Guest
 
 GUEST_BASE = 0x1_0000_0000
 GUEST_SIZE = 8 << 20

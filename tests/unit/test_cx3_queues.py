@@ -10,8 +10,7 @@ from cx3.dma import GuestMemory
 from cx3.eq import EqContext, EqError, EventQueue, command_eqe, doorbell_eqn
 from cx3.icm import IcmError, IcmMap
 from cx3.pci import PciConfig
-
-from .cx3_guest import FakeContext
+from tests.unit.cx3_guest import FakeContext
 
 BASE = 0x2000_0000
 

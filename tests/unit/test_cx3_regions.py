@@ -8,10 +8,9 @@ import struct
 import pytest
 
 from cx3 import Cx3Device, crspace
+from tests.unit.cx3_guest import region_read, region_write
 from vfio_user import CONFIG_REGION, IRQ_INTX, IRQ_MSIX, AccessError
 from vfio_user.device import BAR0_REGION, BAR2_REGION
-
-from .cx3_guest import region_read, region_write
 
 
 def config(dev: Cx3Device, offset: int, size: int) -> int:

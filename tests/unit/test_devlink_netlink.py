@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import struct
 
-from rig.devlink.netlink import NLMSG_HDRLEN, dump_done_errno
+from guest.programs.devlink_netlink import NLMSG_HDRLEN, dump_done_errno
 
 NLMSG_DONE = 3
 NLM_F_MULTI = 2

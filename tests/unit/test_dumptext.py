@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from rig.dumptext import DumpFormatError, format_dump, load_region_file, parse_dump_text
 from rig.errors import RigError
+from rig.formats.dumptext import DumpFormatError, format_dump, load_region_file, parse_dump_text
 
 OLD = """\
 0000000000000000 0014 95dc 0014 9514 0035 1670 0034 db30

@@ -32,8 +32,7 @@ from rig.provision.kernel import KernelSpec
 from rig.provision.ksource import ResolvedSource, kernel_version, tree_fingerprint
 from rig.provision.kworkspace import Workspace, prune, safe_relative
 from rig.provision.patchseries import EMPTY, load_series
-
-from .kbuild_helpers import make_patch, new_file_patch
+from tests.unit.kbuild_helpers import make_patch, new_file_patch
 
 # --- config fragments ----------------------------------------------------------------------
 

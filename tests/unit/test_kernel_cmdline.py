@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from rig.cmdline import MAX_LENGTH, CmdlineError, Modprobe, kernel_cmdline
+from rig.vm.cmdline import MAX_LENGTH, CmdlineError, Modprobe, kernel_cmdline
 
 
 def test_base_arguments() -> None:
@@ -65,7 +65,7 @@ def test_too_long() -> None:
 def test_rig_init_reads_modprobe_back_with_xargs() -> None:
     line = kernel_cmdline([Modprobe("mlx4_core", ("msi_x=1", "log_num_mgm_entry_size=-10")),
                            Modprobe("dummy")], extra=["quiet"])
-    # The very pipeline guest-kernel/init/rig-init runs on /proc/cmdline.
+    # The very pipeline guest/init/rig-init runs on /proc/cmdline.
     out = subprocess.run(["xargs", "printf", "%s\\n"], input=line, capture_output=True,
                          text=True, check=True).stdout.splitlines()
     requests = [a.removeprefix("rig.modprobe=") for a in out if a.startswith("rig.modprobe=")]

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from rig.session import kmsg_wait_command
+from rig.rig import kmsg_wait_command
 
 RECORDS = [
     # /dev/kmsg records: "prefix;message", then dictionary lines that start with a space

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from rig.cmdline import Modprobe
 from rig.errors import MachineError
-from rig.machine import (
+from rig.vm.cmdline import Modprobe
+from rig.vm.machine import (
     BootTimes,
     MachineConfig,
     RuntimePaths,
@@ -18,7 +18,7 @@ from rig.machine import (
     qemu_command,
     vfio_user_device,
 )
-from rig.ssh import SshIdentity
+from rig.vm.ssh import SshIdentity
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,10 @@ from rig.provision.patchseries import (
     parse_changes,
     split_mbox,
 )
-
-from .kbuild_helpers import make_patch
+from tests.unit.kbuild_helpers import make_patch
 
 ORIGINAL = "".join(f"line {i}\n" for i in range(1, 41))
-EXAMPLES = Path(__file__).resolve().parents[2] / "guest-kernel" / "patches"
+EXAMPLES = Path(__file__).resolve().parents[2] / "guest" / "patches"
 
 
 def mail(n: int, subject: str, body: str) -> str:

@@ -28,7 +28,7 @@ def test_a_failing_test_leaves_the_rigs_logs_and_names_them(pytester: pytest.Pyt
     pytester.makepyfile(
         """
         import pytest
-        from rig.session import Rig, RigConfig
+        from rig.rig import Rig, RigConfig
 
         @pytest.fixture
         def rig(tmp_path):

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from cx3 import crspace as cr
-from rig.registers import explain
+from rig.formats.registers import explain
 
 
 def test_explain_names_registers_and_flags_the_rest() -> None:

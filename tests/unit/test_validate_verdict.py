@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from rig.behaviours import ERROR, FAIL, NAMES, PASS, Outcome, replay_outcome
-from rig.junit import junit_xml
-from rig.report import Comparison as ByteComparison
-from rig.report import Report, SnapshotReport
-from rig.verdict import CHANGED, FIXED, REGRESSED, SAME, Comparison, KernelResult, judge, table
+from rig.formats.junit import junit_xml
+from rig.formats.report import Comparison as ByteComparison
+from rig.formats.report import Report, SnapshotReport
+from rig.jobs.behaviours import ERROR, FAIL, NAMES, PASS, Outcome, replay_outcome
+from rig.jobs.verdict import CHANGED, FIXED, REGRESSED, SAME, Comparison, KernelResult, judge, table
 
 
 def kernel(role: str, **statuses: str) -> KernelResult:

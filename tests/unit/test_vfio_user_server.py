@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.vfio_loop import running_loop
 from vfio_user import CONFIG_REGION, IRQ_INTX, IRQ_MSIX, Device, Region
 from vfio_user import protocol as p
 from vfio_user.client import Client, ClientError
 from vfio_user.server import Server
-
-from .vfio_loop import running_loop
 
 PAGE = 4096
 

@@ -1,6 +1,6 @@
 """The guest kernel's command line, which is also how the host talks to the guest's init.
 
-rig-init (guest-kernel/init/rig-init) reads `rig.modprobe="<module> <param>=<value> ..."`
+rig-init (guest/init/rig-init) reads `rig.modprobe="<module> <param>=<value> ..."`
 arguments back from /proc/cmdline, in order, with xargs; so every word here is checked to be
 safe for that parsing (no quotes, backslashes or blanks inside a word).
 """
@@ -11,7 +11,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .errors import RigError
+from rig.errors import RigError
 
 # x86 COMMAND_LINE_SIZE: the kernel silently truncates a longer command line.
 MAX_LENGTH = 2047

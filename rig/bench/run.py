@@ -35,18 +35,19 @@ from pathlib import Path
 from typing import Any
 
 from cx3 import crspace
-
-from . import __version__, benchhost, builtin
-from .benchstats import Results, Spec, document, ratios, to_json
-from .benchtimeline import RESTARTED, CatasTimeline, catas_timeline
-from .errors import RigError
-from .progress import info, run_logged
-from .session import Rig, RigConfig
+from rig import __version__, builtin
+from rig.bench import host as benchhost
+from rig.bench.stats import Results, Spec, document, ratios, to_json
+from rig.bench.timeline import RESTARTED, CatasTimeline, catas_timeline
+from rig.errors import RigError
+from rig.progress import info, run_logged
+from rig.provision.guestfiles import guest_program
+from rig.rig import Rig, RigConfig
 
 SECTIONS = ("host", "boot", "guest", "replay", "suite", "cold")
 DEFAULT_SECTIONS = ("host", "boot", "guest", "replay", "suite")
-REPO = Path(__file__).resolve().parents[1]
-GUEST_SCRIPT = Path(__file__).with_name("bench_guest.py")
+REPO = Path(__file__).resolve().parents[2]
+GUEST_SCRIPT = guest_program("bench_guest.py")
 GUEST_REMOTE = "/run/rig/bench_guest.py"
 BAR_READS = crspace.SIZE // 4
 RESTARTED_LINE = re.compile(RESTARTED.pattern + r", ret=(-?\d+)\s")
@@ -208,16 +209,16 @@ def _git_commit() -> str | None:
 
 def _describe_guest(opts: BenchOptions) -> dict[str, Any]:
     """QEMU and guest kernel versions (provisioning them now if the cache is cold)."""
-    from .provision.guest import ensure_guest
-    from .provision.localqemu import qemu_at
-    from .provision.qemu import ensure_qemu
+    from rig.provision.guest import ensure_guest
+    from rig.provision.localqemu import qemu_at
+    from rig.provision.qemu import ensure_qemu
 
     try:
         qemu = qemu_at(opts.qemu) if opts.qemu else ensure_qemu()
         guest = ensure_guest(opts.kernel)
     except RigError as e:
-        return {"qemu": None, "guest_kernel": None, "provision_error": str(e)}
-    return {"qemu": qemu.version, "guest_kernel": guest.kernel.release}
+        return {"qemu": None, "guest": None, "provision_error": str(e)}
+    return {"qemu": qemu.version, "guest": guest.kernel.release}
 
 
 def _options(opts: BenchOptions) -> dict[str, Any]:

@@ -25,13 +25,12 @@ import time
 from pathlib import Path
 
 from cx3 import crspace
+from rig.devicemodel import DeviceProcess
+from rig.errors import RigError
 from vfio_user.client import Client
 from vfio_user.device import BAR0_REGION
 
-from .deviceproc import DeviceProcess
-from .errors import RigError
-
-PINGPONG_C = Path(__file__).with_name("bench_pingpong.c")
+PINGPONG_C = Path(__file__).with_name("pingpong.c")
 REQUEST = 32  # vfio-user header (16) + struct region_rw (16)
 REPLY = 36  # the same + 4 bytes of data
 TRAPPED_REGISTER = crspace.SEMAPHORE

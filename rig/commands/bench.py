@@ -7,10 +7,10 @@ import shutil
 import time
 from pathlib import Path
 
-from .bench import DEFAULT_SECTIONS, SECTIONS, BenchOptions, run_bench, write_json
-from .benchstats import format_table
-from .cliargs import add_guest_options
-from .progress import info
+from rig.bench.run import DEFAULT_SECTIONS, SECTIONS, BenchOptions, run_bench, write_json
+from rig.bench.stats import format_table
+from rig.commands.options import add_guest_options
+from rig.progress import info
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -53,7 +53,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     write_json(run, json_path)
     m = run.machine
     print(f"{m['cores']} cores, {m['cpu_model']}, QEMU {m.get('qemu')} (TCG), guest "
-          f"{m.get('guest_kernel')}, host {m['host_os']}, {m['date']}, load average "
+          f"{m.get('guest')}, host {m['host_os']}, {m['date']}, load average "
           f"{m['loadavg_start'][0]:.1f} -> {m['loadavg_end'][0]:.1f}")
     print(format_table(run.results.measured()))
     for f in run.results.missed():

@@ -10,8 +10,8 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from .behaviours import ERROR, FAIL
-from .verdict import REGRESSED, Comparison, KernelResult
+from rig.jobs.behaviours import ERROR, FAIL
+from rig.jobs.verdict import REGRESSED, Comparison, KernelResult
 
 
 def _suite(parent: ET.Element, name: str, cases: list[ET.Element]) -> None:

@@ -15,8 +15,7 @@ from pathlib import Path
 from types import TracebackType
 
 from cx3.control import ControlClient
-
-from .errors import RigError, tail
+from rig.errors import RigError, tail
 
 
 class DeviceModelError(RigError):

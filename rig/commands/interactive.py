@@ -12,13 +12,13 @@ from pathlib import Path
 from types import FrameType
 from typing import TypeAlias
 
-from . import builtin
-from .cliargs import add_guest_options
-from .dumptext import format_dump, load_region_file
-from .errors import RigError
-from .instance import Instance
-from .progress import info, stream_to
-from .session import Rig, RigConfig
+from rig import builtin
+from rig.commands.options import add_guest_options
+from rig.errors import RigError
+from rig.formats.dumptext import format_dump, load_region_file
+from rig.instance import Instance
+from rig.progress import info, stream_to
+from rig.rig import Rig, RigConfig
 
 Sub: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import paramiko
 
-from .errors import MachineError
+from rig.errors import MachineError
 
 Sink = Callable[[bytes], None]
 

@@ -15,7 +15,7 @@ from typing import Any
 from qemu.qmp import QMPError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
-from .errors import MachineError
+from rig.errors import MachineError
 
 
 class Monitor:

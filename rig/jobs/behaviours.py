@@ -16,14 +16,13 @@ from typing import Any
 
 from cx3 import crspace as cr
 from cx3.control import CrdumpData
-
-from . import builtin
-from .compare import diff
-from .errors import RigError
-from .kernellog import kernel_trouble
-from .progress import info
-from .report import Report
-from .session import REGIONS, Rig, RigConfig
+from rig import builtin
+from rig.errors import RigError
+from rig.formats.compare import diff
+from rig.formats.report import Report
+from rig.kernellog import kernel_trouble
+from rig.progress import info
+from rig.rig import REGIONS, Rig, RigConfig
 
 PASS, FAIL, ERROR = "pass", "fail", "error"
 # Generous: the catas poll runs every 5 s, and a 2-core host may be compiling a kernel for the

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .provision.kbuild import ensure_build
-from .provision.kbuildspec import DEFAULT_SERIES, BuildSpec, parse_source
-from .provision.kernel import ensure_kernel
+from rig.provision.kbuild import ensure_build
+from rig.provision.kbuildspec import DEFAULT_SERIES, BuildSpec, parse_source
+from rig.provision.kernel import ensure_kernel
 
 SOURCE_HELP = (f"{DEFAULT_SERIES} (Debian's linux-source-{DEFAULT_SERIES}, the version apt "
                f"offers), {DEFAULT_SERIES}=VERSION, or a kernel tree DIR (copied, never "
@@ -22,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "build-kernel",
         help="build a guest kernel from source (optionally patched) into the cache",
         description="Build bzImage and modules from Debian's kernel source or your tree, "
-        "configured from `make tinyconfig` plus guest-kernel/rig.config, into a cache entry "
+        "configured from `make tinyconfig` plus guest/rig.config, into a cache entry "
         "keyed by source, patches, config and compiler (a second run builds nothing). The "
         "directory it prints is a kernel spec for --kernel; so is "
         "`build:SOURCE[+PATCHES]`, which builds on first use. Builds run under nice -n 19 "
@@ -31,7 +31,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--source", default=DEFAULT_SERIES, metavar="SRC", help=SOURCE_HELP)
     p.add_argument("--patches", metavar="PATH", type=Path, help=PATCHES_HELP)
     p.add_argument("--fragment", metavar="FILE", type=Path, action="append", default=[],
-                   help="another config fragment, merged after guest-kernel/rig.config")
+                   help="another config fragment, merged after guest/rig.config")
     p.set_defaults(func=cmd_build_kernel)
 
 

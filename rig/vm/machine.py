@@ -29,12 +29,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Protocol
 
-from .cmdline import Modprobe, kernel_cmdline
-from .console import SerialConsole
-from .errors import MachineError, tail
-from .provision.guest import GuestImage
-from .qmp import Monitor
-from .ssh import GuestSsh, Result, SshIdentity, SshRefused
+from rig.errors import MachineError, tail
+from rig.provision.guest import GuestImage
+from rig.vm.cmdline import Modprobe, kernel_cmdline
+from rig.vm.console import SerialConsole
+from rig.vm.qmp import Monitor
+from rig.vm.ssh import GuestSsh, Result, SshIdentity, SshRefused
 
 READY = re.compile(r"rig-guest: ready")
 # The kernel's last line before it runs the initramfs's /init: splits the boot time.

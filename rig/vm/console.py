@@ -15,13 +15,13 @@ import threading
 import time
 from pathlib import Path
 
-from .errors import MachineError
+from rig.errors import MachineError
 
 # The kernel's own words for a dead guest: a wait ends at the end of its report.
 PANIC_START = re.compile(r"Kernel panic - not syncing")
 PANIC_END = re.compile(r"end Kernel panic")
 PANIC_GRACE = 3.0
-# What our guest scripts print when they give up (guest-kernel/init/*).
+# What our guest scripts print when they give up (guest/init/*).
 GUEST_FATAL = re.compile(r"rig-guest: FATAL: .*")
 
 

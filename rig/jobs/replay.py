@@ -15,16 +15,15 @@ from pathlib import Path
 
 from cx3 import crspace as cr
 from cx3.control import CrdumpData
-
-from . import __version__, builtin
-from .compare import diff, hexdump_diff
-from .dumptext import load_region_file
-from .errors import RigError
-from .progress import info, step
-from .registers import explain
-from .report import Comparison, Report, SnapshotReport, sha256
-from .session import REGIONS, Rig, RigConfig
-from .ssh import Background
+from rig import __version__, builtin
+from rig.errors import RigError
+from rig.formats.compare import diff, hexdump_diff
+from rig.formats.dumptext import load_region_file
+from rig.formats.registers import explain
+from rig.formats.report import Comparison, Report, SnapshotReport, sha256
+from rig.progress import info, step
+from rig.rig import REGIONS, Rig, RigConfig
+from rig.vm.ssh import Background
 
 FAULTS = ("catas", "cmd-timeout", "closing-cmd")
 # How long the driver may take to turn each fault into snapshots: the catas poll runs every

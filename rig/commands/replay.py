@@ -6,9 +6,9 @@ import argparse
 import time
 from pathlib import Path
 
-from .cliargs import add_guest_options
-from .progress import info
-from .replay import FAULTS, ReplayOptions, run_replay
+from rig.commands.options import add_guest_options
+from rig.jobs.replay import FAULTS, ReplayOptions, run_replay
+from rig.progress import info
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import RigError
+from rig.errors import RigError
 
 PRINTK = re.compile(r"^\[\s*(\d+\.\d+)\]\s(.*)$")
 DETECTED = re.compile(r"Internal error detected")

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .behaviours import BEHAVIOURS, ERROR, PASS, Outcome
+from rig.jobs.behaviours import BEHAVIOURS, ERROR, PASS, Outcome
 
 SCHEMA = "mlx4-rig/validate/1"
 SAME, CHANGED, REGRESSED, FIXED = "same", "changed", "regressed", "fixed"

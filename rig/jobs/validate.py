@@ -15,15 +15,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .behaviours import replay_outcome, run_session
-from .junit import write_junit
-from .progress import info, step
-from .provision.guest import ensure_guest
-from .provision.kbuild import ensure_build
-from .provision.kbuildspec import BuildSpec, is_build_spec, parse_build_spec, parse_source
-from .provision.patchseries import load_series
-from .replay import ReplayOptions, run_replay
-from .verdict import Comparison, KernelResult
+from rig.formats.junit import write_junit
+from rig.jobs.behaviours import replay_outcome, run_session
+from rig.jobs.replay import ReplayOptions, run_replay
+from rig.jobs.verdict import Comparison, KernelResult
+from rig.progress import info, step
+from rig.provision.guest import ensure_guest
+from rig.provision.kbuild import ensure_build
+from rig.provision.kbuildspec import BuildSpec, is_build_spec, parse_build_spec, parse_source
+from rig.provision.patchseries import load_series
 
 
 @dataclass(frozen=True)

@@ -22,15 +22,14 @@ from pathlib import Path
 from types import TracebackType
 
 from cx3.control import ControlClient
-
-from .cmdline import Modprobe
-from .deviceproc import DeviceProcess
-from .devlink.agent import NetlinkAgent
-from .devlink.cli import DevlinkCli
-from .errors import MachineError, RigError
-from .machine import Machine, MachineConfig, QemuInstall
-from .progress import info
-from .ssh import Result
+from rig.devicemodel import DeviceProcess
+from rig.devlink.agent import NetlinkAgent
+from rig.devlink.cli import DevlinkCli
+from rig.errors import MachineError, RigError
+from rig.progress import info
+from rig.vm.cmdline import Modprobe
+from rig.vm.machine import Machine, MachineConfig, QemuInstall
+from rig.vm.ssh import Result
 
 CX3_PCI_ID = "15b3:1003"
 REGIONS = ("cr-space", "fw-health")
@@ -82,9 +81,9 @@ class Rig:
     # --- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> Rig:
-        from .provision.guest import ensure_guest
-        from .provision.localqemu import qemu_at
-        from .provision.qemu import ensure_qemu
+        from rig.provision.guest import ensure_guest
+        from rig.provision.localqemu import qemu_at
+        from rig.provision.qemu import ensure_qemu
 
         self.log_dir.mkdir(parents=True, exist_ok=True)
         t0 = time.monotonic()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .errors import RigError
+from rig.errors import RigError
 
 _LINE = re.compile(r"^([0-9a-fA-F]{16})((?:\s+[0-9a-fA-F]+)+)\s*$")
 _HANDLE = re.compile(r"^\S+/\S+/\S+:?$")  # "pci/0000:00:03.0/cr-space:" heading, if any

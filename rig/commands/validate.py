@@ -6,11 +6,11 @@ import argparse
 import time
 from pathlib import Path
 
-from .cmd_build_kernel import PATCHES_HELP, SOURCE_HELP
-from .progress import info
-from .provision.kbuildspec import DEFAULT_SERIES
-from .validate import ValidateOptions, run_validate
-from .verdict import table
+from rig.commands.build_kernel import PATCHES_HELP, SOURCE_HELP
+from rig.jobs.validate import ValidateOptions, run_validate
+from rig.jobs.verdict import table
+from rig.progress import info
+from rig.provision.kbuildspec import DEFAULT_SERIES
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -32,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    "in config and version)")
     p.add_argument("--source", default=DEFAULT_SERIES, metavar="SRC", help=SOURCE_HELP)
     p.add_argument("--fragment", metavar="FILE", type=Path, action="append", default=[],
-                   help="another config fragment for every build, after guest-kernel/rig.config")
+                   help="another config fragment for every build, after guest/rig.config")
     p.add_argument("--qemu", metavar="PATH", type=Path, help="use this qemu-system-x86_64")
     p.add_argument("--out", metavar="DIR", type=Path,
                    help="run directory (default: runs/validate-<time>)")
