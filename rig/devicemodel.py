@@ -15,14 +15,10 @@ from pathlib import Path
 from types import TracebackType
 
 from cx3.control import ControlClient
-from rig.errors import RigError, tail
+from rig.errors import DeviceModelError, tail
 
 
-class DeviceModelError(RigError):
-    pass
-
-
-class DeviceProcess:
+class DeviceModel:
     """One emulated ConnectX-3: its vfio-user socket, control socket and log."""
 
     def __init__(self, rundir: Path, logdir: Path, name: str = "cx3") -> None:
@@ -106,7 +102,7 @@ class DeviceProcess:
         for path in (self.socket, self.control_socket):
             path.unlink(missing_ok=True)
 
-    def __enter__(self) -> DeviceProcess:
+    def __enter__(self) -> DeviceModel:
         self.start()
         return self
 

@@ -1,4 +1,17 @@
-"""Errors the rig reports to its user as one clear line (the CLI prints them, no traceback)."""
+"""The rig's errors: one tree, one line each on stderr, one exit status each.
+
+    RigError              exit 2: the rig or its input failed
+    ├── UsageError        bad arguments, a missing or malformed input file
+    │   └── DumpFormatError (rig.formats.dumptext) a dump text that does not parse
+    ├── ProvisionError    fetching or building QEMU, a kernel, the root fs
+    ├── MachineError      QEMU did not start, boot or answer; it died; the guest panicked
+    ├── DeviceModelError  the device model did not start, died, or refused a request
+    └── KernelFailure     exit 1: the kernel under test did not do what it must (no
+                          snapshot, no recovery, a snapshot unlike the device's truth)
+
+Every command maps them the same way (rig.cli.main): 0 the kernel under test passed, 1 it
+failed, 2 the rig or its input failed.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +20,8 @@ from pathlib import Path
 
 class RigError(Exception):
     """A failure the user can act on: the message says what failed and where the log is."""
+
+    exit_status = 2
 
     def __init__(self, message: str, log: Path | None = None, tail: str = "") -> None:
         self.log = log
@@ -22,12 +37,26 @@ class RigError(Exception):
         return text
 
 
+class UsageError(RigError):
+    """The command line or an input file is wrong."""
+
+
 class ProvisionError(RigError):
     """Fetching or building a cached artifact (QEMU, kernel, image) failed."""
 
 
 class MachineError(RigError):
     """A VM failed to launch, boot, or answer."""
+
+
+class DeviceModelError(RigError):
+    """The device model did not start, died, or refused a control request."""
+
+
+class KernelFailure(RigError):
+    """The kernel under test failed: the rig worked and saw the driver misbehave."""
+
+    exit_status = 1
 
 
 def tail(path: Path, lines: int = 25) -> str:

@@ -39,7 +39,7 @@ class Instance:
     def publish(cls, name: str, rig: Rig) -> Instance:
         ident = rig.machine.config.ssh
         inst = cls(name, os.getpid(), rig.machine.ssh_port, str(ident.client_key),
-                   ident.host_key, str(rig.device_process.control_socket), rig.dev_handle,
+                   ident.host_key, str(rig.device_model.control_socket), rig.dev_handle,
                    str(rig.log_dir))
         path = cls.path(name)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,12 +1,16 @@
-"""Progress for long steps: one line per phase on stderr, full tool output in a log file."""
+"""Progress for long steps: one line per phase, full tool output in a log file.
+
+Library code reports through `logging` (logger "rig" and below); the CLI shows INFO and up on
+stderr as "rig: ..." (rig.cli.main), pytest captures it like any log.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -16,26 +20,16 @@ from typing import BinaryIO
 
 from rig.errors import ProvisionError, tail
 
-_quiet = False
-
-
-def set_quiet(quiet: bool) -> None:
-    global _quiet
-    _quiet = quiet
-
-
-def info(msg: str) -> None:
-    if not _quiet:
-        print(f"rig: {msg}", file=sys.stderr, flush=True)
+logger = logging.getLogger(__name__)
 
 
 @contextmanager
 def step(what: str) -> Iterator[None]:
     """Announce a phase and how long it took."""
-    info(f"{what} ...")
+    logger.info("%s ...", what)
     t0 = time.monotonic()
     yield
-    info(f"{what}: done in {time.monotonic() - t0:.1f} s")
+    logger.info("%s: done in %.1f s", what, time.monotonic() - t0)
 
 
 def run_logged(
@@ -90,9 +84,9 @@ def run_logged(
             for line in proc.stdout:
                 out.write(line)
                 now = time.monotonic()
-                if now - last_shown > 15 and not _quiet:
+                if now - last_shown > 15 and logger.isEnabledFor(logging.INFO):
                     text = line.decode("utf-8", "replace").strip()[:90]
-                    info(f"  {what} [{now - t0:.0f} s] {text}")
+                    logger.info("  %s [%.0f s] %s", what, now - t0, text)
                     last_shown = now
             rc = proc.wait()
         except BaseException:

@@ -41,9 +41,9 @@ devlink       (function) a `RegionChannel` on `rig`, parametrized over "cli" (ip
                          None when the tool refused the request itself) and `.message`.
 
 Helpers: `rig_channel(rig, "cli" | "netlink")` gives the same channel objects for any rig
-(e.g. both at once, to compare them); `rig.devlink.channels.open_channel(name, rig.machine.ssh,
-UNPRIVILEGED)` opens one that runs as nobody without capabilities (close() it); `start_rig`
-starts a rig outside the fixtures with the same one-line failure.
+(e.g. both at once, to compare them); `rig.channel(name, UNPRIVILEGED)` opens one that runs
+as nobody without capabilities (close() it); `start_rig` starts a rig outside the fixtures
+with the same one-line failure.
 
 Failures
 --------
@@ -312,7 +312,7 @@ def collect_artifacts(rig: Rig, dest: Path, deadline: float) -> None:
     running = _machine_running(rig)
     if running:
         attempt("dmesg", lambda: (dest / "dmesg.txt").write_text(
-            rig.machine.ssh.run("dmesg", timeout=30).stdout))
+            rig.sh("dmesg", timeout=30).stdout))
     if _device_alive(rig):
         attempt("device events", lambda: _save_device(rig, dest))
     if running:
@@ -330,7 +330,7 @@ def _machine_running(rig: Rig) -> bool:
 
 def _device_alive(rig: Rig) -> bool:
     try:
-        return rig.device_process.alive()
+        return rig.device_model.alive()
     except RigError:
         return False
 

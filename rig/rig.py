@@ -1,18 +1,22 @@
 """A running rig: one emulated ConnectX-3 (device-model process) and the guest that drives it.
 
-This is the library the CLI, the pytest plugin and users' scripts share:
+This is the library the CLI, the jobs, the pytest plugin and users' scripts share. Jobs and
+tests talk to a `Rig` — guest commands (`sh`, `spawn`, `put`), the kernel log, the console,
+the devlink channels, the device's control client, the driver under test (`rig.mlx4`) —
+never to QEMU or SSH underneath (`rig.machine` is there for VM-level tests only):
 
     with Rig(RigConfig(log_dir=Path("out"))) as rig:
-        rig.enable_snapshots()
-        with rig.netlink.watch(count=2) as ...:
-            rig.device.inject_catas(...)
+        rig.mlx4.enable_snapshots()
+        cycle = rig.mlx4.fault("catas")
+        assert rig.devlink.dump(rig.region("cr-space"), cycle.snapshot_id()) == \
+            cycle.expected("cr-space")
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import re
+import logging
 import shlex
 import shutil
 import tempfile
@@ -22,21 +26,18 @@ from pathlib import Path
 from types import TracebackType
 
 from cx3.control import ControlClient
-from rig.devicemodel import DeviceProcess
+from rig.devicemodel import DeviceModel
 from rig.devlink.agent import NetlinkAgent
+from rig.devlink.channels import CliChannel, NetlinkChannel, open_channel
 from rig.devlink.cli import DevlinkCli
 from rig.errors import MachineError, RigError
-from rig.progress import info
+from rig.mlx4 import Mlx4
 from rig.vm.cmdline import Modprobe
-from rig.vm.machine import Machine, MachineConfig, QemuInstall
-from rig.vm.ssh import Result
+from rig.vm.console import SerialConsole
+from rig.vm.machine import BootTimes, Machine, MachineConfig, QemuInstall
+from rig.vm.ssh import Background, Result, Sink
 
-CX3_PCI_ID = "15b3:1003"
-REGIONS = ("cr-space", "fw-health")
-
-
-class DriverNotBound(RigError):
-    pass
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -69,11 +70,12 @@ class Rig:
         self.log_dir = config.log_dir
         self.timings = Timings()
         self._rundir: Path | None = None
-        self._device: DeviceProcess | None = None
+        self._device: DeviceModel | None = None
         self._machine: Machine | None = None
         self._devlink: DevlinkCli | None = None
         self._netlink: NetlinkAgent | None = None
         self.dev_handle = ""  # "pci/0000:00:03.0" once the driver is bound
+        self.mlx4 = Mlx4(self)
         self.qemu_version = ""
         self.kernel_release = ""
         self.kernel_origin = ""
@@ -99,7 +101,7 @@ class Rig:
             sockets: tuple[Path, ...] = ()
             if self.config.with_device:
                 t0 = time.monotonic()
-                self._device = DeviceProcess(self._rundir, self.log_dir)
+                self._device = DeviceModel(self._rundir, self.log_dir)
                 self._device.start()
                 sockets = (self._device.socket,)
                 self.timings.device_start = time.monotonic() - t0
@@ -120,14 +122,14 @@ class Rig:
             )
             self._machine = Machine(mconfig)
             t0 = time.monotonic()
-            info(f"booting {guest.kernel.release} under QEMU {qemu.version} (TCG)")
+            logger.info(f"booting {guest.kernel.release} under QEMU {qemu.version} (TCG)")
             self._machine.launch()
             self._machine.wait_ready(self.config.boot_timeout)
             self.timings.boot = time.monotonic() - t0
             self._devlink = DevlinkCli(self._machine.ssh)
             self._netlink = NetlinkAgent(self._machine.ssh)
             if self.config.with_device and self.config.load_driver:
-                self.dev_handle = self.wait_bound()
+                self.dev_handle = self.mlx4.wait_bound()
         except BaseException:
             self.stop()
             raise
@@ -173,12 +175,12 @@ class Rig:
 
     @property
     def device(self) -> ControlClient:
-        if self._device is None:
-            raise RigError("this rig has no emulated device")
-        return self._device.control
+        """The emulated card's control surface: fault knobs and the crdump ground truth."""
+        return self.device_model.control
 
     @property
-    def device_process(self) -> DeviceProcess:
+    def device_model(self) -> DeviceModel:
+        """The device model's process (its sockets and log)."""
         if self._device is None:
             raise RigError("this rig has no emulated device")
         return self._device
@@ -200,15 +202,39 @@ class Rig:
 
     # --- guest helpers ------------------------------------------------------------------------
 
-    def sh(self, command: str, timeout: float = 120.0, check: bool = True) -> Result:
-        """Run a shell command in the guest; RigError with its stderr if it fails."""
-        res = self.machine.ssh.run(command, timeout=timeout)
+    def sh(self, command: str, timeout: float = 120.0, check: bool = True,
+           on_stdout: Sink | None = None, on_stderr: Sink | None = None) -> Result:
+        """Run a shell command in the guest; RigError with its stderr if it fails (check)."""
+        res = self.machine.ssh.run(command, timeout, on_stdout=on_stdout, on_stderr=on_stderr)
         if check and res.status != 0:
             raise RigError(
                 f"guest command `{command}` failed (exit {res.status}): "
                 f"{(res.stderr or res.stdout).strip()[-500:]}"
             )
         return res
+
+    def spawn(self, command: str) -> Background:
+        """Start a guest command and return at once; wait(), readline(), close() it."""
+        return self.machine.ssh.start(command)
+
+    def put(self, local: Path, remote: str) -> None:
+        """Copy a file into the guest."""
+        self.machine.ssh.put(local, remote)
+
+    @property
+    def boot_times(self) -> BootTimes:
+        """When the boot reached each stage (firmware, kernel, init, SSH)."""
+        return self.machine.times
+
+    @property
+    def console(self) -> SerialConsole:
+        """The guest's serial console (kernel messages with host arrival times)."""
+        return self.machine.console
+
+    def channel(self, name: str, as_user: str = "") -> CliChannel | NetlinkChannel:
+        """A new devlink channel ("cli" or "netlink") into the guest, e.g. as another user
+        (as_user: a command prefix such as rig.devlink.channels.UNPRIVILEGED); close() it."""
+        return open_channel(name, self.machine.ssh, as_user)
 
     def dmesg(self) -> str:
         return self.sh("dmesg", timeout=60).stdout
@@ -220,47 +246,17 @@ class Rig:
         if self._machine is not None and not self._machine.is_running():
             raise MachineError("QEMU exited unexpectedly", self.log_dir / "console.log")
 
-    def wait_bound(self) -> str:
-        """The devlink handle of the emulated device, which mlx4_core must have registered.
-
-        The guest's init runs modprobe before it reports ready, and probing is synchronous
-        inside modprobe: by now the driver has either bound the device or given up.
-        """
-        res = self.sh("for d in /sys/bus/pci/devices/*; do "
-                      '[ "$(cat $d/vendor):$(cat $d/device)" = 0x15b3:0x1003 ] && '
-                      "echo ${d##*/} $(readlink $d/driver); done", check=False)
-        line = res.stdout.strip().splitlines()[0] if res.stdout.strip() else ""
-        bdf, _, driver = line.partition(" ")
-        if not bdf:
-            raise DriverNotBound(f"no {CX3_PCI_ID} device on the guest's PCI bus")
-        if driver.endswith("/mlx4_core") and f"pci/{bdf}" in self.devlink.devices():
-            return f"pci/{bdf}"
-        raise DriverNotBound(f"mlx4_core did not bind {bdf}: {self.driver_complaint()}")
-
-    def driver_complaint(self) -> str:
-        """The driver's own words about why it is not working, from dmesg."""
-        lines = [
-            ln
-            for ln in self.dmesg().splitlines()
-            if "mlx4" in ln and re.search(r"fail|error|abort|unsupported|blacklist", ln, re.I)
-        ]
-        return "; ".join(ln.split("]", 1)[-1].strip() for ln in lines[-4:]) or "dmesg is silent"
-
     def wait_kmsg(self, pattern: str, nth: int = 1, timeout: float = 60.0) -> str:
         """Block until the guest kernel logs `pattern` (a plain substring) for the nth time."""
         res = self.sh(kmsg_wait_command(pattern, nth), timeout=timeout)
         return res.stdout.strip()
-
-    def enable_snapshots(self, cmodes: tuple[str, ...] = ("runtime",)) -> None:
-        for cmode in cmodes:
-            self.devlink.param_set(self.dev_handle, "region_snapshot_enable", "true", cmode)
 
     def _save_device_events(self) -> None:
         assert self._device is not None
         try:
             page = self._device.control.events(0)
         except Exception as e:  # the log is best effort; never mask the real failure
-            info(f"could not save the device event log: {e}")
+            logger.info(f"could not save the device event log: {e}")
             return
         with (self.log_dir / "device-events.jsonl").open("w") as f:
             for event in page.events:

@@ -103,13 +103,6 @@ class Server:
         self._sel = sel
         sel.register(self.listener, selectors.EVENT_READ, self._accept)
 
-    def serve_forever(self) -> None:
-        sel = selectors.DefaultSelector()
-        self.register(sel)
-        while True:
-            for key, _ in sel.select():
-                key.data()
-
     def close(self) -> None:
         self._drop_client()
         if self._sel is not None:

@@ -75,11 +75,6 @@ class devlinkmsg(devlinkcmd):  # type: ignore[misc]  # pyroute2 naming
         nla_map = devlinkcmd.devlink.nla_map + _MISSING_ATTRS
 
 
-def attr_number(name: str) -> int:
-    """The kernel's number for a devlink attribute (its position in the uapi enum)."""
-    return [n for n, _ in devlinkmsg.nla_map].index(name)
-
-
 @dataclass
 class Region:
     bus: str

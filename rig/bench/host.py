@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from cx3 import crspace
-from rig.devicemodel import DeviceProcess
+from rig.devicemodel import DeviceModel
 from rig.errors import RigError
 from vfio_user.client import Client
 from vfio_user.device import BAR0_REGION
@@ -46,7 +46,7 @@ def round_trips(runs: int, log_dir: Path, reads: int = 10000) -> dict[str, list[
                 [sys.executable, "-c", f"{_PYTHON_PINGPONG}({2 * reads})"], runs, "Python ping-pong"
             ),
         }
-        with DeviceProcess(Path(tmp), log_dir, name="bench-cx3") as device:
+        with DeviceModel(Path(tmp), log_dir, name="bench-cx3") as device:
             model = [exe, "--vfio-user", str(device.socket), str(BAR0_REGION),
                      hex(TRAPPED_REGISTER), str(reads)]
             out["rtt.model"] = _timed_runs(model, runs, "C vfio-user client")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import os
 import platform
 import re
@@ -40,9 +41,11 @@ from rig.bench import host as benchhost
 from rig.bench.stats import Results, Spec, document, ratios, to_json
 from rig.bench.timeline import RESTARTED, CatasTimeline, catas_timeline
 from rig.errors import RigError
-from rig.progress import info, run_logged
+from rig.progress import run_logged
 from rig.provision.guestfiles import guest_program
 from rig.rig import Rig, RigConfig
+
+logger = logging.getLogger(__name__)
 
 SECTIONS = ("host", "boot", "guest", "replay", "suite", "cold")
 DEFAULT_SECTIONS = ("host", "boot", "guest", "replay", "suite")
@@ -50,7 +53,6 @@ REPO = Path(__file__).resolve().parents[2]
 GUEST_SCRIPT = guest_program("bench_guest.py")
 GUEST_REMOTE = "/run/rig/bench_guest.py"
 BAR_READS = crspace.SIZE // 4
-RESTARTED_LINE = re.compile(RESTARTED.pattern + r", ret=(-?\d+)\s")
 
 SPECS = (
     Spec("boot.device", "boot to SSH-ready, device + mlx4_core bound", "s", 8.0),
@@ -141,15 +143,15 @@ def run_bench(opts: BenchOptions) -> BenchRun:
     for name in SECTIONS:
         if name not in opts.sections:
             continue
-        info(f"bench: {name} ...")
+        logger.info(f"bench: {name} ...")
         s0 = time.monotonic()
         try:
             sections[name](opts, run)
         except Exception as e:  # one broken section must not lose the others' figures
             run.results.error(name, f"{type(e).__name__}: {e}")
-            info(f"bench: {name} failed: {e}")
+            logger.info(f"bench: {name} failed: {e}")
         run.section_times[name] = time.monotonic() - s0
-        info(f"bench: {name}: {run.section_times[name]:.0f} s")
+        logger.info(f"bench: {name}: {run.section_times[name]:.0f} s")
     run.machine["loadavg_end"] = list(os.getloadavg())
     run.duration = time.monotonic() - t0
     return run
@@ -254,7 +256,7 @@ def _boot(opts: BenchOptions, run: BenchRun) -> None:
     without: list[float] = []
     for i in range(opts.runs):
         with Rig(_config(opts, opts.log_dir / f"boot-device-{i}")) as rig:
-            t = rig.machine.times
+            t = rig.boot_times
             assert t.ssh is not None and t.ready is not None
             with_dev.append(t.ssh - t.launched)
             r.add("boot.device", with_dev[-1])
@@ -266,7 +268,7 @@ def _boot(opts: BenchOptions, run: BenchRun) -> None:
             r.add("boot.device.ssh", t.ssh - t.ready)
         # The same boot without the device (mlx4_core is still loaded: it finds nothing).
         with Rig(_config(opts, opts.log_dir / f"boot-nodevice-{i}", with_device=False)) as rig:
-            t = rig.machine.times
+            t = rig.boot_times
             assert t.ssh is not None
             without.append(t.ssh - t.launched)
             r.add("boot.nodevice", without[-1])
@@ -282,7 +284,7 @@ def _guest(opts: BenchOptions, run: BenchRun) -> None:
     # No driver at boot: BAR0 can be mapped from user space only while no driver claims it.
     with Rig(_config(opts, opts.log_dir / "guest", load_driver=False)) as rig:
         rig.sh(f"mkdir -p {Path(GUEST_REMOTE).parent}")
-        rig.machine.ssh.put(GUEST_SCRIPT, GUEST_REMOTE)
+        rig.put(GUEST_SCRIPT, GUEST_REMOTE)
         bdf = _find_device(rig)
         _read_loop(rig, bdf, opts.runs, run)
         res = _guest_json(rig, f"probe {bdf} --param msi_x=1 --runs {opts.runs}")
@@ -350,35 +352,25 @@ def _read_loop(rig: Rig, bdf: str, runs: int, run: BenchRun) -> None:
 
 def _load_driver(rig: Rig, param: str) -> None:
     rig.sh(f"modprobe mlx4_core {param}", timeout=120)
-    rig.dev_handle = rig.wait_bound()
+    rig.dev_handle = rig.mlx4.wait_bound()
 
 
 def _catas(rig: Rig, timeout: float) -> CatasTimeline:
-    """Inject a catas fault, wait for both snapshots and the re-probe; clean up after."""
-    rig.enable_snapshots()
-    console = rig.machine.console
+    """Take a catas fault through the driver; its timeline from the device's events, the
+    console's line stamps and the notifications' arrivals. Deletes the snapshots after."""
+    rig.mlx4.enable_snapshots()
+    console = rig.console
     # Asking for events from far ahead returns none, just the index of the next one.
     first_event = rig.device.events(1 << 62).next
     first_line = len(console.lines())
     text_start = len(console.text)
-    watch = rig.netlink.watch(count=2)
-    arrivals: list[float] = []
-    snapshots: list[dict[str, Any]] = []
-    try:
-        rig.device.inject_catas(builtin.CATAS_WORDS)
-        for _ in range(2):
-            snapshots.append(watch.next(timeout))
-            arrivals.append(time.monotonic())
-    finally:
-        watch.close()
-    # Up to the line's end: the console reader stamps a line when its newline arrives.
-    match = console.wait_for(RESTARTED_LINE, 120, start=text_start)
-    if match.group(1) != "0":
-        raise RigError(f"the driver did not recover from the fault: {match.group(0).strip()}")
+    cycle = rig.mlx4.fault("catas", timeout=timeout)
+    # The console reader stamps a line when its newline arrives: wait for that stamp.
+    console.wait_for(RESTARTED, 120, start=text_start)
     tl = catas_timeline(rig.device.events(first_event).events, console.lines()[first_line:],
-                        arrivals)
-    for snap in snapshots:  # the regions hold a few snapshots only: make room for the next
-        rig.netlink.delete(rig.region(snap["region"]), snap["snapshot"])
+                        cycle.arrivals)
+    for region, snapshot in cycle.ids.items():  # the regions hold a few snapshots only
+        rig.netlink.delete(rig.region(region), snapshot)
     return tl
 
 

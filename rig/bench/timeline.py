@@ -21,13 +21,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from rig import mlx4
 from rig.errors import RigError
 
 PRINTK = re.compile(r"^\[\s*(\d+\.\d+)\]\s(.*)$")
 DETECTED = re.compile(r"Internal error detected")
 CRSPACE_ADDED = re.compile(r"crdump: added snapshot \d+ to devlink region cr-space")
 HEALTH_ADDED = re.compile(r"crdump: added snapshot \d+ to devlink region fw-health")
-RESTARTED = re.compile(r"mlx4_restart_one was ended")
+RESTARTED = re.compile(re.escape(mlx4.RESTARTED))
 
 
 class TimelineError(RigError):

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import shutil
 import time
 from pathlib import Path
 
 from rig.bench.run import DEFAULT_SECTIONS, SECTIONS, BenchOptions, run_bench, write_json
 from rig.bench.stats import format_table
-from rig.commands.options import add_guest_options
-from rig.progress import info
+from rig.commands.options import Subparsers, add_guest_options
+
+logger = logging.getLogger(__name__)
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+
+def add_parser(sub: Subparsers) -> None:
     p = sub.add_parser(
         "bench",
         help="measure boot, probe, crdump, fault-to-snapshot and replay times",
@@ -62,8 +65,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"rig: error in {err['section']}: {err['error']}")
     print(f"{run.duration:.0f} s in all")
     if run.results.errors or args.keep_logs:
-        info(f"logs: {log_dir}")
+        logger.info(f"logs: {log_dir}")
     else:
         shutil.rmtree(log_dir, ignore_errors=True)
-    info(f"figures: {json_path}")
+    logger.info(f"figures: {json_path}")
     return 1 if run.results.errors else 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from rig.commands.options import Subparsers
 from rig.provision.kbuild import ensure_build
 from rig.provision.kbuildspec import DEFAULT_SERIES, BuildSpec, parse_source
 from rig.provision.kernel import ensure_kernel
@@ -17,7 +18,7 @@ PATCHES_HELP = ("a patch series: a directory of *.patch/*.diff (applied in sorte
                 "format-patch mails, or one patch")
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(sub: Subparsers) -> None:
     p = sub.add_parser(
         "build-kernel",
         help="build a guest kernel from source (optionally patched) into the cache",

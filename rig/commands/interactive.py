@@ -4,30 +4,31 @@ act on it from other terminals."""
 from __future__ import annotations
 
 import argparse
+import logging
 import shlex
 import signal
 import sys
 import time
 from pathlib import Path
 from types import FrameType
-from typing import TypeAlias
 
 from rig import builtin
-from rig.commands.options import add_guest_options
+from rig.commands.options import Subparsers, add_guest_options, command_after_dashes
 from rig.errors import RigError
 from rig.formats.dumptext import format_dump, load_region_file
 from rig.instance import Instance
-from rig.progress import info, stream_to
+from rig.progress import stream_to
 from rig.rig import Rig, RigConfig
 
-Sub: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+logger = logging.getLogger(__name__)
+
 
 
 def _named(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", default="default", help="which rig (default: %(default)s)")
 
 
-def add_parsers(sub: Sub) -> None:
+def add_parsers(sub: Subparsers) -> None:
     p = sub.add_parser("up", help="start a rig and keep it up until Ctrl-C or `rig down`")
     _named(p)
     add_guest_options(p)
@@ -99,7 +100,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             while True:
                 signal.pause()
         except KeyboardInterrupt:
-            info(f"stopping rig {args.name!r}")
+            logger.info(f"stopping rig {args.name!r}")
         finally:
             inst.unpublish()
     return 0
@@ -122,9 +123,7 @@ def _run_in_guest(name: str, command: str) -> int:
 
 
 def cmd_sh(args: argparse.Namespace) -> int:
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    if not command:
-        raise RigError("rig sh: no command given (rig sh [--name N] -- CMD ...)")
+    command = command_after_dashes(args.command, "rig sh [--name N] -- CMD ...")
     return _run_in_guest(args.name, shlex.join(command))
 
 

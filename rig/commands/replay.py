@@ -3,22 +3,29 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
 import time
 from pathlib import Path
 
-from rig.commands.options import add_guest_options
-from rig.jobs.replay import FAULTS, ReplayOptions, run_replay
-from rig.progress import info
+from rig.commands.options import Subparsers, add_guest_options
+from rig.jobs.replay import ReplayOptions, run_replay
+from rig.mlx4 import FAULTS
+
+logger = logging.getLogger(__name__)
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+
+def add_parser(sub: Subparsers) -> None:
     p = sub.add_parser(
         "replay",
         help="replay a firmware crash through mlx4_core and check its snapshots",
         description="Boot the rig, load a CR-space image and health buffer into the emulated "
         "ConnectX-3, make the driver hit the fault, and compare every snapshot it "
         "takes (read with devlink over SSH and with pyroute2 over netlink) with "
-        "what the device held. Exit 0 only if everything agrees.",
+        "what the device held. Exit 0 if everything agrees, 1 if the kernel under test "
+        "failed (a snapshot differs, none was taken, no recovery), 2 if the rig or its input "
+        "failed.",
     )
     p.add_argument(
         "--crspace",
@@ -78,10 +85,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
             f"{'; differs from input in: ' + changed if changed else ''}"
         )
     for err in report.errors:
-        print(f"rig: error: {err}")
+        print(f"rig: error: {err}", file=sys.stderr)
     t = report.timings
     if "fault_to_snapshots" in t:
         print(f"fault to snapshots {t['fault_to_snapshots']:.1f} s, total {t['total']:.1f} s")
-    info(f"report: {out / 'report.json'}")
-    print("PASS" if report.ok else "FAIL")
-    return 0 if report.ok else 1
+    logger.info(f"report: {out / 'report.json'}")
+    print({0: "PASS", 1: "FAIL"}.get(report.exit_status, "ERROR"))
+    return report.exit_status

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import time
 from pathlib import Path
 
 from rig.commands.build_kernel import PATCHES_HELP, SOURCE_HELP
+from rig.commands.options import Subparsers
 from rig.jobs.validate import ValidateOptions, run_validate
 from rig.jobs.verdict import table
-from rig.progress import info
 from rig.provision.kbuildspec import DEFAULT_SERIES
 
+logger = logging.getLogger(__name__)
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+
+def add_parser(sub: Subparsers) -> None:
     p = sub.add_parser(
         "validate",
         help="build a kernel with a driver patch and compare its behaviour with the base",
@@ -48,7 +51,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(f"{k.role + ':':<9}{k.release}  {k.origin}")
     print()
     print(table(comparison), end="")
-    info(f"results: {out / 'validate.json'}, {out / 'junit.xml'}")
+    logger.info(f"results: {out / 'validate.json'}, {out / 'junit.xml'}")
     if comparison.regressions:
         print(f"REGRESSED: {', '.join(comparison.regressions)}")
         return 1

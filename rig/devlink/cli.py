@@ -35,10 +35,6 @@ class RegionInfo:
     max_snapshots: int | None = None
 
 
-def _pairs(pairs: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
-    return pairs
-
-
 class DevlinkCli:
     def __init__(self, runner: Runner, timeout: float = 120.0, as_user: str = "") -> None:
         """as_user: a command prefix that drops privileges (e.g. `setpriv --reuid=65534 ...`)
@@ -99,7 +95,7 @@ class DevlinkCli:
     def _chunks(self, args: str) -> list[tuple[int, bytes]]:
         out = self._json_text(args)
         try:
-            doc = json.loads(out, object_pairs_hook=_pairs)
+            doc = json.loads(out, object_pairs_hook=list)
         except ValueError as e:
             raise RigError(f"`devlink -j {args}` printed invalid JSON: {e}") from e
         # [("regions"?...)] or [(handle, [("address", n), ("data", [...]), ...])]

@@ -12,13 +12,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from rig.errors import RigError
+from rig.errors import UsageError
 
 _LINE = re.compile(r"^([0-9a-fA-F]{16})((?:\s+[0-9a-fA-F]+)+)\s*$")
 _HANDLE = re.compile(r"^\S+/\S+/\S+:?$")  # "pci/0000:00:03.0/cr-space:" heading, if any
 
 
-class DumpFormatError(RigError):
+class DumpFormatError(UsageError):
     pass
 
 
@@ -66,7 +66,7 @@ def load_region_file(path: Path, size: int, what: str) -> bytes:
     try:
         data = path.read_bytes()
     except OSError as e:
-        raise RigError(f"cannot read {what} file {path}: {e.strerror}") from e
+        raise UsageError(f"cannot read {what} file {path}: {e.strerror}") from e
     if looks_like_text(data):
         try:
             text = data.decode("ascii")
@@ -76,7 +76,7 @@ def load_region_file(path: Path, size: int, what: str) -> bytes:
         if start != 0:
             raise DumpFormatError(f"{path}: dump starts at {start:#x}, expected 0")
     if len(data) != size:
-        raise RigError(f"{what} file {path} holds {len(data)} bytes; the region is {size} bytes")
+        raise UsageError(f"{what} file {path} holds {len(data)} bytes; the region is {size} bytes")
     return data
 
 

@@ -45,6 +45,7 @@ class Report:
     timings: dict[str, float] = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    exit_status: int = 2  # 0 pass, 1 the kernel under test failed, 2 the rig or input failed
     schema: str = SCHEMA
 
     def to_json(self) -> str:

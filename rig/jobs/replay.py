@@ -8,27 +8,24 @@ held when the driver read them.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from cx3 import crspace as cr
-from cx3.control import CrdumpData
 from rig import __version__, builtin
-from rig.errors import RigError
+from rig.errors import RigError, UsageError
 from rig.formats.compare import diff, hexdump_diff
 from rig.formats.dumptext import load_region_file
 from rig.formats.registers import explain
 from rig.formats.report import Comparison, Report, SnapshotReport, sha256
-from rig.progress import info, step
-from rig.rig import REGIONS, Rig, RigConfig
-from rig.vm.ssh import Background
+from rig.mlx4 import FAULTS, REGIONS, FaultCycle
+from rig.progress import step
+from rig.rig import Rig, RigConfig
 
-FAULTS = ("catas", "cmd-timeout", "closing-cmd")
-# How long the driver may take to turn each fault into snapshots: the catas poll runs every
-# 5 s; a command that never completes is given up after the driver's 60 s timeout.
-SNAPSHOT_TIMEOUT = {"catas": 40.0, "cmd-timeout": 150.0, "closing-cmd": 60.0}
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -41,17 +38,11 @@ class ReplayOptions:
     qemu: Path | None = None
     msi_x: bool = True
     catas_words: tuple[int, ...] = builtin.CATAS_WORDS
-    #: For tests: alter the device's ground truth before comparing (must make the run fail).
-    truth_hook: Callable[[CrdumpData], CrdumpData] | None = None
-
-
-class NoSnapshot(RigError):
-    pass
 
 
 def load_inputs(opts: ReplayOptions, report: Report) -> tuple[bytes, bytes]:
     if opts.fault not in FAULTS:
-        raise RigError(f"unknown fault {opts.fault!r}; choose one of {', '.join(FAULTS)}")
+        raise UsageError(f"unknown fault {opts.fault!r}; choose one of {', '.join(FAULTS)}")
     image = _input(opts.crspace, cr.SIZE, "CR-space", builtin.crspace_image, "crspace", report)
     health = _input(opts.health, cr.HEALTH_SIZE, "health buffer", builtin.health_buffer,
                     "health", report)
@@ -65,7 +56,8 @@ def _input(path: Path | None, size: int, what: str, default: Callable[[], bytes]
 
 
 def run_replay(opts: ReplayOptions) -> Report:
-    """Run the whole job; the report says what agreed. Never raises RigError."""
+    """Run the whole job; the report says what agreed and its exit status. Never raises
+    RigError: a failure of the rig, its input or the kernel lands in `report.errors`."""
     opts.out.mkdir(parents=True, exist_ok=True)
     report = Report(versions={"rig": __version__})
     report.fault = {"kind": opts.fault}
@@ -81,6 +73,7 @@ def run_replay(opts: ReplayOptions) -> Report:
             _replay(rig, opts, image, health, report)
     except RigError as e:
         report.errors.append(str(e))
+        report.exit_status = e.exit_status
     report.timings["total"] = time.monotonic() - t_start
     report.artifacts = {
         p.name: p.name
@@ -94,6 +87,10 @@ def run_replay(opts: ReplayOptions) -> Report:
             s.agree and all(c["register"] for c in s.changed_from_input) for s in report.snapshots
         )
     )
+    if report.ok:
+        report.exit_status = 0
+    elif not report.errors:
+        report.exit_status = 1  # the rig worked: the snapshots are wrong
     report.write(opts.out)
     return report
 
@@ -101,101 +98,38 @@ def run_replay(opts: ReplayOptions) -> Report:
 def _replay(rig: Rig, opts: ReplayOptions, image: bytes, health: bytes, report: Report) -> None:
     rig.device.load_crspace(image)
     rig.device.set_health(health)
-    rig.enable_snapshots()
-    crdumps_before = len(rig.device.crdumps())
+    rig.mlx4.enable_snapshots()
+    if opts.fault == "catas":
+        report.fault["catas_words"] = [f"{w:#010x}" for w in opts.catas_words]
+    else:
+        report.fault["trigger"] = "devlink dev reload"
+    with step(f"injecting fault {opts.fault}, waiting for the driver's snapshots and recovery"):
+        # The netlink agent's start-up overlaps the driver's detection and reset.
+        cycle = rig.mlx4.fault(opts.fault, words=opts.catas_words,
+                               on_injected=rig.netlink.prestart)
+    snap_id = cycle.snapshot_id()
+    assert cycle.truth is not None  # fault() checked it
+    t_snap = cycle.arrivals[-1]
+    report.timings["fault_to_snapshots"] = t_snap - cycle.t_fault
+    report.timings["detection"] = cycle.truth.t - cycle.t_fault
+    report.timings["crdump_and_snapshot"] = t_snap - cycle.truth.t
+    report.timings["reset_and_reprobe"] = cycle.t_recovered - t_snap
 
-    t_fault = 0.0
-
-    def inject() -> Background | None:
-        nonlocal t_fault
-        t_fault = time.monotonic()
-        reload = _inject(rig, opts, report)
-        rig.netlink.prestart()  # its start-up overlaps the driver's detection and reset
-        return reload
-
-    try:
-        with step(f"injecting fault {opts.fault}, waiting for the driver's snapshots"):
-            reload, events = rig.netlink.notifications_during(
-                inject, len(REGIONS), SNAPSHOT_TIMEOUT[opts.fault])
-            t_snap = time.monotonic()
-    except RigError as e:
-        raise NoSnapshot(
-            f"no snapshot after the {opts.fault} fault: {_why_no_snapshot(rig)} ({e})"
-        ) from e
-
-    ids = {e["region"]: e["snapshot"] for e in events if e["cmd"] == "new"}
-    if sorted(ids) != sorted(REGIONS) or len(set(ids.values())) != 1:
-        raise RigError(f"unexpected region notifications: {events}")
-    crdumps = rig.device.crdumps()
-    if len(crdumps) <= crdumps_before:
-        raise RigError("the driver made snapshots but the device saw no crdump start")
-    truth = rig.device.crdump(crdumps[-1].index)
-    report.timings["fault_to_snapshots"] = t_snap - t_fault
-    report.timings["detection"] = truth.t - t_fault
-    report.timings["crdump_and_snapshot"] = t_snap - truth.t
-
-    with step("waiting for the device reset and re-probe"):
-        t0 = time.monotonic()
-        if reload is not None:
-            status = reload.wait(SNAPSHOT_TIMEOUT[opts.fault])
-            if status != 0:
-                raise RigError(
-                    f"`devlink dev reload` failed after the fault (exit {status}): "
-                    f"{reload.stderr().strip()}"
-                )
-        else:
-            line = rig.wait_kmsg("mlx4_restart_one was ended", timeout=60)
-            if "ret=0" not in line:
-                raise RigError(f"the driver did not recover: {line}")
-        report.timings["reset_and_reprobe"] = time.monotonic() - t0
-
-    if opts.truth_hook is not None:
-        truth = opts.truth_hook(truth)
     with step("reading the snapshots over SSH (devlink) and netlink (pyroute2)"):
         t0 = time.monotonic()
         for region in REGIONS:
-            report.snapshots.append(
-                _check(rig, region, ids[region], truth, image, health, opts.out)
-            )
+            given = image if region == "cr-space" else health
+            report.snapshots.append(_check(rig, region, snap_id, cycle, given, opts.out))
         report.timings["read_and_compare"] = time.monotonic() - t0
 
 
-def _inject(rig: Rig, opts: ReplayOptions, report: Report) -> Background | None:
-    """Make the driver hit the fault; returns the running reload for reload-driven faults."""
-    if opts.fault == "catas":
-        report.fault["catas_words"] = [f"{w:#010x}" for w in opts.catas_words]
-        rig.device.inject_catas(opts.catas_words)
-        return None
-    # A command fault needs a command: in steady state mlx4_core sends none, but a reload
-    # tears down (CLOSE_PORT first, then the closing commands) and probes again.
-    if opts.fault == "cmd-timeout":
-        rig.device.fault_cmd_timeout()
-    else:
-        rig.device.fault_closing_cmd()
-    report.fault["trigger"] = "devlink dev reload"
-    return rig.machine.ssh.start(f"devlink dev reload {rig.dev_handle}")
-
-
-def _why_no_snapshot(rig: Rig) -> str:
-    rig.check_health()
-    dmesg = rig.dmesg()
-    if "devlink snapshot disabled, skipping" in dmesg:
-        return "the driver skipped it: region_snapshot_enable is false"
-    if "doesn't support health buffer access" in dmesg:
-        return "the driver skipped it: the firmware advertises no health buffer"
-    if "Internal error detected" not in dmesg and "timed out" not in dmesg:
-        return f"the driver never noticed the fault ({rig.driver_complaint()})"
-    return f"the driver noticed the fault but made no snapshot ({rig.driver_complaint()})"
-
-
 def _check(
-    rig: Rig, region: str, snap_id: int, truth: CrdumpData, image: bytes, health: bytes, out: Path
+    rig: Rig, region: str, snap_id: int, cycle: FaultCycle, given: bytes, out: Path
 ) -> SnapshotReport:
     handle = rig.region(region)
     cli = rig.devlink.dump(handle, snap_id)
     nl = rig.netlink.read(handle, snap_id)
-    expected = truth.image if region == "cr-space" else truth.health
-    given = image if region == "cr-space" else health
+    expected = cycle.expected(region)
     name = f"{region}-{snap_id}"
     (out / f"{name}.bin").write_bytes(cli)
     if nl != cli:
@@ -218,7 +152,7 @@ def _check(
     if diffs:
         diff_path = f"{name}.diff.txt"
         (out / diff_path).write_text("\n".join(diffs))
-        info(f"{handle} snapshot {snap_id}: MISMATCH, see {out / diff_path}")
+        logger.info(f"{handle} snapshot {snap_id}: MISMATCH, see {out / diff_path}")
     changes = _changes_from_input(region, given, expected)
     return SnapshotReport(
         region=region,
@@ -244,14 +178,3 @@ def _changes_from_input(region: str, given: bytes, truth: bytes) -> list[dict[st
     return [
         {"offset": d.first_offsets[0], "length": d.count, "register": None, "why": "UNEXPLAINED"}
     ]
-
-
-def tamper(offset: int) -> Callable[[CrdumpData], CrdumpData]:
-    """A truth hook flipping one CR-space byte: the comparison must then fail there."""
-
-    def hook(truth: CrdumpData) -> CrdumpData:
-        image = bytearray(truth.image)
-        image[offset] ^= 0xFF
-        return replace(truth, image=bytes(image))
-
-    return hook

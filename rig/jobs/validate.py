@@ -11,6 +11,7 @@ in config and often in version too, so a difference there need not be the patch'
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +20,13 @@ from rig.formats.junit import write_junit
 from rig.jobs.behaviours import replay_outcome, run_session
 from rig.jobs.replay import ReplayOptions, run_replay
 from rig.jobs.verdict import Comparison, KernelResult
-from rig.progress import info, step
+from rig.progress import step
 from rig.provision.guest import ensure_guest
 from rig.provision.kbuild import ensure_build
 from rig.provision.kbuildspec import BuildSpec, is_build_spec, parse_build_spec, parse_source
 from rig.provision.patchseries import load_series
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,7 @@ def prepare(role: str, spec: BuildSpec | str) -> tuple[str, KernelResult]:
     if isinstance(spec, BuildSpec):
         built = ensure_build(spec)
         how = "cached" if built.cached else f"built in {built.build['seconds']:.0f} s"
-        info(f"{role} kernel: {built.origin} ({how})")
+        logger.info(f"{role} kernel: {built.origin} ({how})")
         argument = str(built.path)
         result = KernelResult(role, spec.describe(),
                               build={**built.build, "cached": built.cached,
@@ -81,7 +84,7 @@ def run_validate(opts: ValidateOptions) -> Comparison:
     opts.out.mkdir(parents=True, exist_ok=True)
     series = load_series(opts.patches)  # fails now on an unreadable series
     if not series.patches:
-        info(f"{opts.patches}: no patches; the patched kernel is the base build")
+        logger.info(f"{opts.patches}: no patches; the patched kernel is the base build")
     patched_spec = BuildSpec(parse_source(opts.source), opts.patches.resolve(), opts.fragments)
     # Both kernels before any boot: a patch that does not apply fails in seconds, not after
     # the base kernel's runs.

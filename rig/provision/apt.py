@@ -6,6 +6,7 @@ archives under the cache, so adding `deb-src` for sid cannot change what the hos
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -14,7 +15,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from rig.errors import ProvisionError
-from rig.progress import info, run_logged
+from rig.progress import run_logged
+
+logger = logging.getLogger(__name__)
 
 DEBIAN_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
@@ -106,7 +109,7 @@ def ensure_packages(names: Sequence[str], log: Path, why: str) -> None:
             f"{why}: missing Debian packages and not root to install them; "
             f"run as root: apt-get install {' '.join(missing)}"
         )
-    info(f"installing Debian packages: {' '.join(missing)}")
+    logger.info(f"installing Debian packages: {' '.join(missing)}")
     install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing]
     env = {"DEBIAN_FRONTEND": "noninteractive"}
     try:

@@ -9,6 +9,7 @@ over FULL_TREE_LIMIT (e.g. a user's with debug info) is cut to the modules the g
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import subprocess
@@ -16,13 +17,15 @@ from pathlib import Path
 
 from rig.cache import cache_root, entry, file_digest
 from rig.errors import ProvisionError
-from rig.progress import info, step
+from rig.progress import step
 from rig.provision import debs
 from rig.provision.cpio import CpioWriter
 from rig.provision.guestfiles import digests, guest_file
 from rig.provision.kernel import GUEST_MODULES, GuestKernel
 from rig.provision.kmod import ModuleIndex
 from rig.provision.locking import building
+
+logger = logging.getLogger(__name__)
 
 # Bump when the layout changes in a way the inputs do not show.
 RECIPE = 1
@@ -117,7 +120,7 @@ def write_initramfs(out: Path, kernel: GuestKernel, busybox: Path) -> None:
         if tree_size(kernel.modules_dir) <= FULL_TREE_LIMIT:
             cpio.tree(modules, kernel.modules_dir)
         else:
-            info(f"{kernel.modules_dir} is over {FULL_TREE_LIMIT >> 20} MiB: the initramfs "
+            logger.info(f"{kernel.modules_dir} is over {FULL_TREE_LIMIT >> 20} MiB: the initramfs "
                  f"gets only {', '.join(GUEST_MODULES)} and their dependencies")
             _module_subset(cpio, modules, kernel.modules_dir,
                            boot_modules + index.load_order(list(GUEST_MODULES)))

@@ -13,6 +13,7 @@ their CPU. The full log is <cache>/logs/kbuild-<entry>.log (copied into the entr
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -25,7 +26,7 @@ from typing import Any
 
 from rig.cache import CacheEntry, cache_root, entry
 from rig.errors import ProvisionError
-from rig.progress import info, run_logged, step
+from rig.progress import run_logged, step
 from rig.provision.apt import ensure_packages
 from rig.provision.guestfiles import guest_asset
 from rig.provision.kbuildspec import BuildSpec
@@ -34,6 +35,8 @@ from rig.provision.ksource import ResolvedSource, resolve
 from rig.provision.kworkspace import Workspace
 from rig.provision.locking import building
 from rig.provision.patchseries import EMPTY, Series, load_series
+
+logger = logging.getLogger(__name__)
 
 # Bump when what a build produces changes in a way the inputs do not show.
 RECIPE = 1
@@ -166,7 +169,7 @@ def _build(e: CacheEntry, source: ResolvedSource, series: Series,
         phases["unpack"] = time.monotonic() - t_start
         cold = ws.is_cold()
         if series.skipped:
-            info(f"skipping patches without a diff: {', '.join(series.skipped)}")
+            logger.info(f"skipping patches without a diff: {', '.join(series.skipped)}")
         if series.patches:
             t0 = time.monotonic()
             with step(f"applying {series.describe()}"):
@@ -195,7 +198,7 @@ def _build(e: CacheEntry, source: ResolvedSource, series: Series,
             with log.open("a") as f:
                 f.write(f"\n# build finished: {json.dumps(build)}\n")
             shutil.copyfile(log, stage / "build.log")
-    info(f"kernel {release} built in {total:.0f} s ({'cold' if cold else 'incremental'}: "
+    logger.info(f"kernel {release} built in {total:.0f} s ({'cold' if cold else 'incremental'}: "
          f"make {phases['make']:.0f} s with -j{n}); log: {log}")
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import lzma
 import re
 import shutil
@@ -17,11 +18,13 @@ from pathlib import Path
 
 from rig.cache import cache_root, entry
 from rig.errors import ProvisionError
-from rig.progress import info, run_logged, step
+from rig.progress import run_logged, step
 from rig.provision import debs
 from rig.provision.kbuildspec import BuildSpec, is_build_spec, parse_build_spec
 from rig.provision.kmod import ModuleIndex, bzimage_release, config_value
 from rig.provision.locking import building
+
+logger = logging.getLogger(__name__)
 
 # Bump when what an entry holds changes in a way its package name and version do not show.
 RECIPE = 1
@@ -109,7 +112,7 @@ def ensure_kernel(spec: str | KernelSpec | None = None) -> GuestKernel:
     try:
         return _debian_kernel(_newest_package(DEFAULT_FLAVOUR, log), None)
     except _LacksDriver as e:
-        info(f"{e}; falling back to the generic {FALLBACK_FLAVOUR} flavour")
+        logger.info(f"{e}; falling back to the generic {FALLBACK_FLAVOUR} flavour")
         return _debian_kernel(_newest_package(FALLBACK_FLAVOUR, log), None)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import re
 import shutil
@@ -24,8 +25,10 @@ from pathlib import Path
 
 from rig.cache import MANIFEST, cache_root, entry
 from rig.errors import ProvisionError
-from rig.progress import info, run_logged, step
+from rig.progress import run_logged, step
 from rig.provision.apt import SourceArchive, debian_version_key, ensure_packages, upstream_version
+
+logger = logging.getLogger(__name__)
 
 MIN_VERSION = (10, 1, 0)
 REQUIRED_DEVICE = "vfio-user-pci"
@@ -204,7 +207,7 @@ def _from_system() -> Qemu | None:
     binary = Path(found)
     version, why = _qualify(binary)
     if why:
-        info(f"not using {binary}: {why}")
+        logger.info(f"not using {binary}: {why}")
         return None
     assert version is not None
     return Qemu(binary, (), version)
@@ -300,7 +303,7 @@ def _fetch_source(archive: SourceArchive, work: Path, log: Path) -> tuple[str, P
         except ProvisionError:
             # An index can list a version whose files the mirror no longer holds: try the next.
             failed.append(version)
-            info(f"  {SOURCE_PACKAGE} {version} could not be fetched; trying an older one")
+            logger.info(f"  {SOURCE_PACKAGE} {version} could not be fetched; trying an older one")
     raise ProvisionError(
         f"none of the {SOURCE_PACKAGE} sources could be fetched from {archive.mirror}: "
         f"{', '.join(failed)}",
@@ -338,7 +341,7 @@ def _build(root: Path) -> Qemu:
     work.mkdir(parents=True)
     log = root / "logs" / time.strftime("qemu-build-%Y%m%dT%H%M%S.log")
     log.parent.mkdir(parents=True, exist_ok=True)
-    info(f"building QEMU from Debian source; full log: {log}")
+    logger.info(f"building QEMU from Debian source; full log: {log}")
     with step("checking Debian packages for the QEMU build"):
         ensure_packages((*BUILD_PACKAGES, *RUNTIME_PACKAGES), log, "building QEMU")
     archive = SourceArchive(root / "apt", SOURCE_SUITES)
@@ -368,7 +371,7 @@ def _build(root: Path) -> Qemu:
             )
         )
     shutil.rmtree(work, ignore_errors=True)
-    info(f"QEMU {qemu_version} cached at {target.path}")
+    logger.info(f"QEMU {qemu_version} cached at {target.path}")
     return Qemu(target.path / "bin" / BINARY, firmware_dirs(), qemu_version)
 
 

@@ -34,7 +34,7 @@ from rig.provision.guest import GuestImage
 from rig.vm.cmdline import Modprobe, kernel_cmdline
 from rig.vm.console import SerialConsole
 from rig.vm.qmp import Monitor
-from rig.vm.ssh import GuestSsh, Result, SshIdentity, SshRefused
+from rig.vm.ssh import GuestSsh, SshIdentity, SshRefused
 
 READY = re.compile(r"rig-guest: ready")
 # The kernel's last line before it runs the initramfs's /init: splits the boot time.
@@ -358,10 +358,6 @@ class Machine:
         stderr = tail(self.stderr_log, 10)
         extra = f"\n--- QEMU stderr ({self.stderr_log}) ---\n{stderr}" if stderr.strip() else ""
         return MachineError(str(error.args[0]), error.log, error.tail + extra)
-
-    def run(self, command: str, timeout: float = 60.0) -> Result:
-        """Run a shell command in the guest over the SSH connection wait_ready() made."""
-        return self.ssh.run(command, timeout)
 
     # -- shutdown ---------------------------------------------------------------------------
 

@@ -7,25 +7,31 @@ from __future__ import annotations
 
 import re
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from cx3 import crspace as cr
 from cx3.control import CrdumpData
 from rig import builtin
-from rig.devlink.cli import RegionInfo
 from rig.formats.compare import diff, hexdump_diff
 from rig.kernellog import kernel_trouble
-from rig.rig import REGIONS, Rig
+from rig.mlx4 import (
+    MAX_SNAPSHOTS,
+    NO_HEALTH_BUFFER,
+    RECOVERY_TIMEOUT,
+    RESTARTED,
+    SNAPSHOT_TIMEOUT,
+    SNAPSHOTS_DISABLED,
+    FaultCycle,
+    regions_of,
+)
+from rig.rig import Rig
 
-CRDUMP_TIMEOUT = 150.0  # catas poll (5 s) + crdump (~15 s under INTx), on a busy 2-core host
-RESTART_TIMEOUT = 120.0
-CMD_TIMEOUT_FAULT = 240.0  # the driver's 60 s command timeout, then crdump, reset, reload
-RESTARTED = "mlx4_restart_one was ended"
-SNAPSHOTS_DISABLED = "crdump: devlink snapshot disabled, skipping"
-NO_HEALTH_BUFFER = "crdump: FW doesn't support health buffer access, skipping"
-MAX_SNAPSHOTS = 8  # mlx4's MAX_NUM_OF_DUMPS_TO_STORE (crdump.c)
+CRDUMP_TIMEOUT = SNAPSHOT_TIMEOUT["catas"]
+RESTART_TIMEOUT = RECOVERY_TIMEOUT
+CMD_TIMEOUT_FAULT = SNAPSHOT_TIMEOUT["cmd-timeout"]
+__all__ = ["MAX_SNAPSHOTS", "NO_HEALTH_BUFFER", "RESTARTED", "SNAPSHOTS_DISABLED", "regions_of"]
 
 
 # --- the rules of the kernel under test ------------------------------------------------------
@@ -72,36 +78,9 @@ def rules(rig: Rig) -> DevlinkRules:
 # --- the guest ------------------------------------------------------------------------------
 
 
-def kmsg_count(rig: Rig, text: str) -> int:
-    """How often the kernel log holds `text` (to wait for the next one with wait_kmsg)."""
-    return rig.dmesg().count(text)
-
-
 def assert_no_kernel_trouble(rig: Rig) -> None:
     trouble = kernel_trouble(rig.dmesg())
     assert not trouble, "kernel warnings in dmesg:\n" + "\n".join(trouble[:20])
-
-
-def reprobe(rig: Rig) -> None:
-    """rmmod + modprobe mlx4_core: a new devlink instance, every parameter at its default,
-    no snapshots, snapshot ids from scratch — a clean device without a reboot."""
-    rig.sh("rmmod mlx4_core", timeout=120)
-    params = " ".join((f"msi_x={int(rig.config.msi_x)}", *rig.config.mlx4_params))
-    rig.sh(f"modprobe mlx4_core {params}", timeout=180)  # probing is synchronous
-    assert rig.wait_bound() == rig.dev_handle
-
-
-def snapshot_ids(rig: Rig) -> dict[str, list[int]]:
-    """Region name -> its snapshot ids, for the rig's device (iproute2's view)."""
-    return {
-        r.handle.rsplit("/", 1)[-1]: r.snapshots
-        for r in rig.devlink.regions()
-        if r.handle.startswith(rig.dev_handle + "/")
-    }
-
-
-def regions_of(regions: list[RegionInfo], dev: str) -> dict[str, RegionInfo]:
-    return {r.handle.rsplit("/", 1)[-1]: r for r in regions if r.handle.startswith(dev + "/")}
 
 
 def ioremaps(rig: Rig) -> int:
@@ -140,86 +119,41 @@ class Snapshot:
     notifications: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _await_snapshots(rig: Rig, trigger: Callable[[], None], timeout: float) -> tuple[
-        int, list[dict[str, Any]]]:
-    """Run `trigger` and wait for the REGION_NEW of both regions; (id, notifications)."""
-    _, events = rig.netlink.notifications_during(trigger, len(REGIONS), timeout)
-    assert all(e["cmd"] == "new" and e["dev"] == rig.dev_handle for e in events), events
-    assert sorted(e["region"] for e in events) == sorted(REGIONS), events
-    ids = {e["snapshot"] for e in events}
-    assert len(ids) == 1 and isinstance(next(iter(ids)), int), (
-        f"both regions must get the same new snapshot id: {events}")
-    return ids.pop(), events
+def _snapshot(cycle: FaultCycle, health: bytes, words: tuple[int, ...]) -> Snapshot:
+    assert cycle.truth is not None
+    return Snapshot(cycle.snapshot_id(), cycle.truth, health, words, cycle.events)
 
 
 def catas_snapshot(rig: Rig, n: int, timeout: float = CRDUMP_TIMEOUT) -> Snapshot:
     """Inject internal error n; return the snapshot once the driver has recovered."""
     health, words = health_buffer(n), catas_words(n)
     rig.device.set_health(health)
-    crdumps = rig.device.state()["crdumps"]
-    restarts = kmsg_count(rig, RESTARTED)
-    snap_id, events = _await_snapshots(rig, lambda: rig.device.inject_catas(words), timeout)
-    line = rig.wait_kmsg(RESTARTED, nth=restarts + 1, timeout=RESTART_TIMEOUT)
-    assert "ret=0" in line, f"the driver did not recover: {line}"
-    assert rig.device.state()["crdumps"] == crdumps + 1, "one crdump per fault"
-    return Snapshot(snap_id, rig.device.crdump(crdumps), health, words, events)
+    return _snapshot(rig.mlx4.fault("catas", words=words, timeout=timeout), health, words)
 
 
 def catas_without_snapshot(rig: Rig, expect: str) -> str:
     """Inject an internal error the driver must not snapshot; returns the line it logged
     instead (`expect`) once the reset and re-probe are over."""
-    before = snapshot_ids(rig)
-    crdumps = rig.device.state()["crdumps"]
-    restarts = kmsg_count(rig, RESTARTED)
-    said = kmsg_count(rig, expect)
-    rig.device.inject_catas(catas_words(0xFF))
+    before = rig.mlx4.snapshot_ids()
+    said = rig.mlx4.kmsg_count(expect)
+    cycle = rig.mlx4.fault("catas", words=catas_words(0xFF), expect_snapshots=False)
     line = rig.wait_kmsg(expect, nth=said + 1, timeout=CRDUMP_TIMEOUT)
-    done = rig.wait_kmsg(RESTARTED, nth=restarts + 1, timeout=RESTART_TIMEOUT)
-    assert "ret=0" in done, f"the driver did not recover: {done}"
-    assert rig.device.state()["crdumps"] == crdumps, "the driver read BAR0 for a crdump"
-    assert snapshot_ids(rig) == before, "a snapshot appeared"
+    assert cycle.truth is None, "the driver read BAR0 for a crdump"
+    assert rig.mlx4.snapshot_ids() == before, "a snapshot appeared"
     return line
 
 
-def reload_snapshot(rig: Rig, arm: Callable[[], None], n: int, timeout: float) -> Snapshot:
+def reload_snapshot(rig: Rig, kind: str, n: int, opcode: int | None = None) -> Snapshot:
     """Arm a command fault, run `devlink dev reload` (its teardown sends the commands) and
     return the snapshot the driver takes on its way into the error state."""
     health = health_buffer(n)
     rig.device.set_health(health)
-    crdumps = rig.device.state()["crdumps"]
-    arm()
-    reload = None
-
-    def trigger() -> None:
-        nonlocal reload
-        reload = rig.machine.ssh.start(f"devlink dev reload {rig.dev_handle}")
-
-    try:
-        snap_id, events = _await_snapshots(rig, trigger, timeout)
-        assert reload is not None
-        status = reload.wait(timeout)
-        assert status == 0, f"`devlink dev reload` failed (exit {status}): {reload.stderr()}"
-    finally:
-        if reload is not None:
-            reload.close()
-    assert rig.wait_bound() == rig.dev_handle
-    assert rig.device.state()["crdumps"] == crdumps + 1, "one crdump per fault"
-    return Snapshot(snap_id, rig.device.crdump(crdumps), health, (), events)
-
-
-def enable_snapshots(rig: Rig, *cmodes: str) -> None:
-    for cmode in cmodes or ("runtime",):
-        rig.devlink.param_set(rig.dev_handle, "region_snapshot_enable", "true", cmode)
+    return _snapshot(rig.mlx4.fault(kind, opcode=opcode), health, ())
 
 
 def param(rig: Rig, name: str) -> dict[str, Any]:
     """cmode -> value of a devlink parameter of the rig's device."""
     return rig.devlink.param_get(rig.dev_handle, name)
-
-
-def reload(rig: Rig) -> None:
-    rig.sh(f"devlink dev reload {rig.dev_handle}", timeout=180)
-    assert rig.wait_bound() == rig.dev_handle
 
 
 # --- snapshot contents ----------------------------------------------------------------------

@@ -24,11 +24,7 @@ from tests.e2e.support import (
     be32,
     catas_region,
     catas_snapshot,
-    enable_snapshots,
-    kmsg_count,
-    reload,
     rules,
-    snapshot_ids,
 )
 
 pytestmark = pytest.mark.e2e
@@ -51,7 +47,7 @@ def taken(rig: Rig) -> list[Snapshot]:
 def fault(rig: Rig, taken: list[Snapshot], n: int) -> Snapshot:
     """A catas fault with snapshots on (set again: each test may run on its own)."""
     rig.device.load_crspace(builtin.crspace_image())
-    enable_snapshots(rig)
+    rig.mlx4.enable_snapshots()
     snap = catas_snapshot(rig, n)
     taken.append(snap)
     return snap
@@ -72,11 +68,11 @@ def test_probe_lists_the_device_and_two_empty_regions(rig: Rig) -> None:
 
 
 def test_catas_fault_snapshots_both_regions_and_recovers(rig: Rig, taken: list[Snapshot]) -> None:
-    assert snapshot_ids(rig) == {"cr-space": [], "fw-health": []}, "needs a fresh rig"
-    added_before = kmsg_count(rig, "crdump: added snapshot")
+    assert rig.mlx4.snapshot_ids() == {"cr-space": [], "fw-health": []}, "needs a fresh rig"
+    added_before = rig.mlx4.kmsg_count("crdump: added snapshot")
     snap = fault(rig, taken, 1)
     assert snap.id == rules(rig).next_snapshot_id(set(), [])
-    assert snapshot_ids(rig) == {"cr-space": [snap.id], "fw-health": [snap.id]}
+    assert rig.mlx4.snapshot_ids() == {"cr-space": [snap.id], "fw-health": [snap.id]}
 
     dmesg = rig.dmesg()
     assert dmesg.count("crdump: added snapshot") == added_before + 2
@@ -109,11 +105,11 @@ def test_device_is_reset_and_probed_again(rig: Rig, taken: list[Snapshot]) -> No
 
 
 def test_second_fault_takes_the_next_snapshot(rig: Rig, taken: list[Snapshot]) -> None:
-    before = snapshot_ids(rig)
+    before = rig.mlx4.snapshot_ids()
     snap = fault(rig, taken, 2)
     in_use = set(before["cr-space"]) | set(before["fw-health"])
     assert snap.id == rules(rig).next_snapshot_id(in_use, [s.id for s in taken[:-1]])
-    after = snapshot_ids(rig)
+    after = rig.mlx4.snapshot_ids()
     for region in ("cr-space", "fw-health"):
         assert after[region] == sorted([*before[region], snap.id])
     health = rig_channel(rig, "netlink").dump(rig.region("fw-health"), snap.id)
@@ -122,10 +118,10 @@ def test_second_fault_takes_the_next_snapshot(rig: Rig, taken: list[Snapshot]) -
 
 
 def test_reload_completes_without_kernel_warnings(rig: Rig) -> None:
-    before = snapshot_ids(rig)
-    reload(rig)
+    before = rig.mlx4.snapshot_ids()
+    rig.mlx4.reload()
     assert "mlx4_core" in rig.sh("ls /sys/bus/pci/drivers").stdout
-    assert snapshot_ids(rig) == before, "a reload must keep the snapshots"
+    assert rig.mlx4.snapshot_ids() == before, "a reload must keep the snapshots"
     assert_no_kernel_trouble(rig)
 
 

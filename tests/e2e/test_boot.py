@@ -9,6 +9,7 @@ import pytest
 
 from rig.provision.guest import ensure_guest
 from rig.provision.localqemu import qemu_at
+from rig.provision.qemu import find_qemu
 from rig.vm.machine import Machine, MachineConfig, QemuInstall
 
 pytestmark = pytest.mark.e2e
@@ -16,12 +17,7 @@ pytestmark = pytest.mark.e2e
 
 def any_qemu() -> QemuInstall:
     """Booting needs no vfio-user: the rig's QEMU if one is ready, else the system's."""
-    try:
-        from rig.provision.qemu import find_qemu
-
-        found = find_qemu()
-    except ImportError:
-        found = None
+    found = find_qemu()
     if found is not None:
         return found
     system = shutil.which("qemu-system-x86_64")

@@ -5,7 +5,7 @@ during `devlink dev reload`), `internal_error_reset` false, firmware without a h
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -14,7 +14,6 @@ from cx3 import opcodes
 from rig import builtin
 from rig.rig import Rig
 from tests.e2e.support import (
-    CMD_TIMEOUT_FAULT,
     CRDUMP_TIMEOUT,
     NO_HEALTH_BUFFER,
     Snapshot,
@@ -23,14 +22,9 @@ from tests.e2e.support import (
     be32,
     catas_without_snapshot,
     catas_words,
-    enable_snapshots,
-    kmsg_count,
     param,
-    reload,
     reload_snapshot,
-    reprobe,
     rules,
-    snapshot_ids,
 )
 
 pytestmark = pytest.mark.e2e
@@ -38,7 +32,7 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def fresh_driver(rig_session: Rig) -> Rig:
-    reprobe(rig_session)
+    rig_session.mlx4.reprobe()
     rig_session.device.load_crspace(builtin.crspace_image())
     return rig_session
 
@@ -47,19 +41,19 @@ def fresh_driver(rig_session: Rig) -> Rig:
 def rig(fresh_driver: Rig) -> Iterator[Rig]:
     """The session rig with snapshots on in both cmodes (a reload re-applies driverinit
     values) and the device's knobs back at their defaults afterwards."""
-    enable_snapshots(fresh_driver, "runtime", "driverinit")
+    fresh_driver.mlx4.enable_snapshots("runtime", "driverinit")
     yield fresh_driver
     fresh_driver.device.clear_faults()
     fresh_driver.device.advertise_health(True)
 
 
-def command_fault(rig: Rig, arm: Callable[[], None], n: int, timeout: float) -> Snapshot:
+def command_fault(rig: Rig, kind: str, n: int) -> Snapshot:
     """A reload-triggered fault, checked against the snapshots that were there before."""
-    before = snapshot_ids(rig)
+    before = rig.mlx4.snapshot_ids()
     in_use = set(before["cr-space"]) | set(before["fw-health"])
-    snap = reload_snapshot(rig, arm, n, timeout)
+    snap = reload_snapshot(rig, kind, n)
     assert snap.id == rules(rig).next_snapshot_id(in_use, sorted(in_use))
-    assert snapshot_ids(rig) == {r: sorted([*ids, snap.id]) for r, ids in before.items()}
+    assert rig.mlx4.snapshot_ids() == {r: sorted([*ids, snap.id]) for r, ids in before.items()}
     return snap
 
 
@@ -78,7 +72,7 @@ def check_command_fault_snapshot(rig: Rig, snap: Snapshot) -> None:
 
 
 def test_failing_closing_command_takes_a_crdump(rig: Rig) -> None:
-    snap = command_fault(rig, rig.device.fault_closing_cmd, 20, CRDUMP_TIMEOUT)
+    snap = command_fault(rig, "closing-cmd", 20)
     assert rig.device.state()["faults"]["closing_cmd"] is None, "the fault was not hit"
     failed = [e for e in rig.device.events(0).events
               if e["kind"] == "cmd" and e["t"] < snap.truth.t and e.get("status")]
@@ -91,7 +85,7 @@ def test_failing_closing_command_takes_a_crdump(rig: Rig) -> None:
 
 @pytest.mark.slow
 def test_command_that_never_completes_takes_a_crdump(rig: Rig) -> None:
-    snap = command_fault(rig, rig.device.fault_cmd_timeout, 21, CMD_TIMEOUT_FAULT)
+    snap = command_fault(rig, "cmd-timeout", 21)
     hung = [e for e in rig.device.events(0).events if e["kind"] == "cmd" and e.get("hung")]
     assert len(hung) == 1, f"expected one hung command, got {hung}"
     assert snap.truth.t - hung[0]["t"] >= 55, "crdump before the driver's 60 s timeout"
@@ -101,20 +95,20 @@ def test_command_that_never_completes_takes_a_crdump(rig: Rig) -> None:
 
 def test_internal_error_reset_false_means_no_reset_and_no_crdump(rig: Rig) -> None:
     rig.devlink.param_set(rig.dev_handle, "internal_error_reset", "false", "runtime")
-    before = snapshot_ids(rig)
+    before = rig.mlx4.snapshot_ids()
     crdumps = rig.device.state()["crdumps"]
-    resets = kmsg_count(rig, "device is going to be reset")
+    resets = rig.mlx4.kmsg_count("device is going to be reset")
     last_word = f"buf[{cr.CATAS_DWORDS - 1:02x}]"  # poll_catas's dump ends with this line
-    dumped = kmsg_count(rig, last_word)
+    dumped = rig.mlx4.kmsg_count(last_word)
     rig.device.inject_catas(catas_words(30))
     rig.wait_kmsg(last_word, nth=dumped + 1, timeout=CRDUMP_TIMEOUT)
     # poll_catas decides right there: without internal_error_reset it queues no reset work
     # and stops polling. The reload below takes the devlink lock such work would need, so
     # once it is through, a reset that was coming would have happened.
-    reload(rig)
-    assert kmsg_count(rig, "device is going to be reset") == resets
+    rig.mlx4.reload()
+    assert rig.mlx4.kmsg_count("device is going to be reset") == resets
     assert rig.device.state()["crdumps"] == crdumps, "the driver read BAR0 for a crdump"
-    assert snapshot_ids(rig) == before
+    assert rig.mlx4.snapshot_ids() == before
     # The reload re-applied the driverinit value (true) and reset the device (catas cleared).
     assert param(rig, "internal_error_reset") == {"runtime": True, "driverinit": True}
     assert rig.device.read_bar0(cr.CATAS_OFFSET, 4) == bytes(4)
@@ -123,9 +117,9 @@ def test_internal_error_reset_false_means_no_reset_and_no_crdump(rig: Rig) -> No
 
 def test_firmware_without_health_buffer_means_no_crdump(rig: Rig) -> None:
     rig.device.advertise_health(False)
-    reload(rig)  # the driver reads the health-buffer offset in QUERY_DEV_CAP at load
+    rig.mlx4.reload()  # the driver reads the health-buffer offset in QUERY_DEV_CAP at load
     line = catas_without_snapshot(rig, NO_HEALTH_BUFFER)
     assert NO_HEALTH_BUFFER in line
     rig.device.advertise_health(True)
-    reload(rig)
+    rig.mlx4.reload()
     assert_no_kernel_trouble(rig)

@@ -12,10 +12,7 @@ from tests.e2e.support import (
     catas_snapshot,
     catas_without_snapshot,
     param,
-    reload,
-    reprobe,
     rules,
-    snapshot_ids,
 )
 
 pytestmark = pytest.mark.e2e
@@ -24,7 +21,7 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture
 def fresh(rig_session: Rig) -> Rig:
     """A newly probed driver: every parameter at its default, no snapshots."""
-    reprobe(rig_session)
+    rig_session.mlx4.reprobe()
     return rig_session
 
 
@@ -32,7 +29,7 @@ def test_snapshots_are_off_by_default_and_a_fault_then_takes_none(fresh: Rig) ->
     assert param(fresh, "region_snapshot_enable") == {"runtime": False, "driverinit": False}
     line = catas_without_snapshot(fresh, SNAPSHOTS_DISABLED)
     assert SNAPSHOTS_DISABLED in line
-    assert snapshot_ids(fresh) == {"cr-space": [], "fw-health": []}
+    assert fresh.mlx4.snapshot_ids() == {"cr-space": [], "fw-health": []}
     assert_no_kernel_trouble(fresh)
 
 
@@ -45,19 +42,19 @@ def set_snapshot_enable(rig: Rig, runtime: bool, driverinit: bool) -> None:
 
 def test_driverinit_value_takes_effect_at_reload(rig: Rig) -> None:
     set_snapshot_enable(rig, runtime=False, driverinit=True)
-    reload(rig)
+    rig.mlx4.reload()
     assert param(rig, "region_snapshot_enable") == {"runtime": True, "driverinit": True}
-    before = snapshot_ids(rig)
+    before = rig.mlx4.snapshot_ids()
     in_use = set(before["cr-space"]) | set(before["fw-health"])
     snap = catas_snapshot(rig, 10)
     assert snap.id == rules(rig).next_snapshot_id(in_use, sorted(in_use))
-    assert snapshot_ids(rig) == {r: sorted([*ids, snap.id]) for r, ids in before.items()}
+    assert rig.mlx4.snapshot_ids() == {r: sorted([*ids, snap.id]) for r, ids in before.items()}
     # The catas restart is no reload: the runtime value survives it.
     assert param(rig, "region_snapshot_enable")["runtime"] is True
 
 
 def test_reload_resets_a_runtime_only_value(rig: Rig) -> None:
     set_snapshot_enable(rig, runtime=True, driverinit=False)
-    reload(rig)
+    rig.mlx4.reload()
     assert param(rig, "region_snapshot_enable") == {"runtime": False, "driverinit": False}
     assert_no_kernel_trouble(rig)

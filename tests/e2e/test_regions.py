@@ -13,14 +13,14 @@ from cx3 import crspace as cr
 from rig.devlink.channels import ChannelError, RegionChannel
 from rig.pytest_plugin import rig_channel
 from rig.rig import Rig
-from tests.e2e.support import MAX_SNAPSHOTS, regions_of, reprobe, rules
+from tests.e2e.support import MAX_SNAPSHOTS, regions_of, rules
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module", autouse=True)
 def fresh_driver(rig_session: Rig) -> None:
-    reprobe(rig_session)
+    rig_session.mlx4.reprobe()
 
 
 def bar0_length(rig: Rig) -> int:

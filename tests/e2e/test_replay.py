@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from cx3 import crspace as cr
+from cx3.control import ControlClient, CrdumpData
 from rig import cli
 from rig.formats.dumptext import format_dump
-from rig.jobs.replay import ReplayOptions, run_replay, tamper
+from rig.jobs.replay import ReplayOptions, run_replay
 
 pytestmark = pytest.mark.e2e
 
@@ -56,22 +58,42 @@ def test_user_image_and_old_format_health_text(tmp_path: Path) -> None:
     assert bytes(rest) == image
 
 
-def test_wrong_expectation_fails_and_points_at_the_offset(tmp_path: Path) -> None:
+@pytest.fixture
+def tampered_truth(monkeypatch: pytest.MonkeyPatch) -> int:
+    """The device's ground truth, as the rig receives it, with one CR-space byte flipped:
+    every comparison with it must then fail at that offset."""
     offset = 0x12345
-    report = run_replay(ReplayOptions(out=tmp_path / "run", truth_hook=tamper(offset)))
-    assert not report.ok
-    snap = next(s for s in report.snapshots if s.region == "cr-space")
-    truth_vs_cli = next(c for c in snap.comparisons if (c.a, c.b) == ("truth", "cli"))
-    assert not truth_vs_cli.equal and truth_vs_cli.first_offsets == [offset]
-    assert snap.diff_path is not None
-    diff_text = (tmp_path / "run" / snap.diff_path).read_text()
+    crdump = ControlClient.crdump
+
+    def flipped(self: ControlClient, index: int) -> CrdumpData:
+        truth = crdump(self, index)
+        image = bytearray(truth.image)
+        image[offset] ^= 0xFF
+        return replace(truth, image=bytes(image))
+
+    monkeypatch.setattr(ControlClient, "crdump", flipped)
+    return offset
+
+
+def test_wrong_expectation_fails_exit_1_and_points_at_the_offset(
+        tmp_path: Path, tampered_truth: int) -> None:
+    offset = tampered_truth
+    out = tmp_path / "run"
+    assert cli.main(["replay", "--out", str(out)]) == 1  # the kernel "failed": not the rig
+    report = json.loads((out / "report.json").read_text())
+    assert not report["ok"] and report["exit_status"] == 1 and not report["errors"]
+    snap = next(s for s in report["snapshots"] if s["region"] == "cr-space")
+    truth_vs_cli = next(c for c in snap["comparisons"] if (c["a"], c["b"]) == ("truth", "cli"))
+    assert not truth_vs_cli["equal"] and truth_vs_cli["first_offsets"] == [offset]
+    assert snap["diff_path"] is not None
+    diff_text = (out / snap["diff_path"]).read_text()
     assert f"{offset & ~15:08x}" in diff_text and "^^" in diff_text
 
 
 def test_missing_input_is_a_clear_error_and_keeps_the_run_directory(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    assert cli.main(["replay", "--out", str(out), "--crspace", str(tmp_path / "nope")]) == 1
+    assert cli.main(["replay", "--out", str(out), "--crspace", str(tmp_path / "nope")]) == 2
     report = json.loads((out / "report.json").read_text())
-    assert not report["ok"]
+    assert not report["ok"] and report["exit_status"] == 2
     assert report["errors"] == [f"cannot read CR-space file {tmp_path / 'nope'}: "
                                 "No such file or directory"]

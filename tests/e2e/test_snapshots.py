@@ -21,11 +21,11 @@ from rig.devlink.channels import (
     ChannelError,
     NetlinkChannel,
     RegionChannel,
-    open_channel,
 )
 from rig.formats.registers import explain
+from rig.mlx4 import REGIONS
 from rig.pytest_plugin import rig_channel
-from rig.rig import REGIONS, Rig
+from rig.rig import Rig
 from tests.e2e.support import (
     CRDUMP_TIMEOUT,
     MAX_SNAPSHOTS,
@@ -38,14 +38,10 @@ from tests.e2e.support import (
     catas_region,
     catas_snapshot,
     catas_words,
-    enable_snapshots,
     ioremaps,
     irq_vectors,
-    kmsg_count,
     regions_of,
-    reprobe,
     rules,
-    snapshot_ids,
 )
 
 pytestmark = pytest.mark.e2e
@@ -73,14 +69,14 @@ class Taken:
 @pytest.fixture(scope="module")
 def taken(rig_session: Rig) -> Taken:
     rig = rig_session
-    reprobe(rig)
+    rig.mlx4.reprobe()
     image = builtin.crspace_image()
     rig.device.load_crspace(image)
-    enable_snapshots(rig)
+    rig.mlx4.enable_snapshots()
     state = Taken(image, [], [], [], ioremaps(rig), irq_vectors(rig))
     for _ in range(3):
         state.snapshots.append(state.fault(rig))
-        state.listings.append(snapshot_ids(rig))
+        state.listings.append(rig.mlx4.snapshot_ids())
     return state
 
 
@@ -243,7 +239,7 @@ def test_netlink_reads_come_in_contiguous_256_byte_chunks(rig: Rig, taken: Taken
 def test_unknown_snapshot_id_fails_and_changes_nothing(
     rig: Rig, taken: Taken, devlink: RegionChannel
 ) -> None:
-    before = snapshot_ids(rig)
+    before = rig.mlx4.snapshot_ids()
     unused = max(before["cr-space"] + before["fw-health"]) + 1
     for handle in handles(rig):
         for request in ("read", "dump", "del"):
@@ -255,7 +251,7 @@ def test_unknown_snapshot_id_fails_and_changes_nothing(
                 else:
                     devlink.delete(handle, unused)
             assert err.value.errno == errno.EINVAL, f"{request} {handle}"
-    assert snapshot_ids(rig) == before
+    assert rig.mlx4.snapshot_ids() == before
 
 
 @pytest.mark.parametrize("channel", ["cli", "netlink"])
@@ -264,9 +260,9 @@ def test_without_cap_net_admin_new_del_and_read_get_eperm(
 ) -> None:
     caps = rig.sh(f"{UNPRIVILEGED} grep CapEff /proc/self/status").stdout.split()
     assert caps == ["CapEff:", "0000000000000000"], "the unprivileged user has capabilities"
-    before = snapshot_ids(rig)
+    before = rig.mlx4.snapshot_ids()
     snap_id = before["cr-space"][0]
-    user = open_channel(channel, rig.machine.ssh, UNPRIVILEGED)
+    user = rig.channel(channel, UNPRIVILEGED)
     try:
         for name, request in (
             ("read", lambda: user.read(rig.region("cr-space"), snap_id, 0, 16)),
@@ -278,7 +274,7 @@ def test_without_cap_net_admin_new_del_and_read_get_eperm(
             assert err.value.errno == errno.EPERM, name
     finally:
         user.close()
-    assert snapshot_ids(rig) == before
+    assert rig.mlx4.snapshot_ids() == before
 
 
 # --- deleting and reusing ids -----------------------------------------------------------------
@@ -289,7 +285,7 @@ def test_delete_removes_exactly_that_snapshot(
 ) -> None:
     # Each channel deletes from its own region, so together they free one id in both.
     region = "cr-space" if devlink.name == "cli" else "fw-health"
-    before = snapshot_ids(rig)
+    before = rig.mlx4.snapshot_ids()
     assert len(before[region]) >= 3, f"needs three snapshots in {region}: {before}"
     victim = before[region][len(before[region]) // 2]  # from the middle
     watch = rig.netlink.watch(count=1)
@@ -301,13 +297,13 @@ def test_delete_removes_exactly_that_snapshot(
     assert event == {"cmd": "del", "dev": rig.dev_handle, "region": region, "snapshot": victim}
     expected = dict(before)
     expected[region] = [i for i in before[region] if i != victim]
-    assert snapshot_ids(rig) == expected
+    assert rig.mlx4.snapshot_ids() == expected
     with pytest.raises(ChannelError):
         devlink.dump(rig.region(region), victim)
 
 
 def test_a_freed_id_is_given_to_the_next_snapshot(rig: Rig, taken: Taken) -> None:
-    ids = snapshot_ids(rig)
+    ids = rig.mlx4.snapshot_ids()
     # Make sure an id is free in both regions, below the highest one in use.
     held = sorted(set(ids["cr-space"]) | set(ids["fw-health"]))
     holes = [i for i in range(max(held)) if i not in held]
@@ -316,14 +312,14 @@ def test_a_freed_id_is_given_to_the_next_snapshot(rig: Rig, taken: Taken) -> Non
         for region in REGIONS:
             if victim in ids[region]:
                 rig.devlink.delete(rig.region(region), victim)
-        ids = snapshot_ids(rig)
+        ids = rig.mlx4.snapshot_ids()
     in_use = set(ids["cr-space"]) | set(ids["fw-health"])
     expected = rules(rig).next_snapshot_id(in_use, taken.issued)
     snap = taken.fault(rig)
     assert snap.id == expected
     if rules(rig).ids_from_xarray:
         assert snap.id < max(in_use), "the lowest free id, not the next one up"
-    after = snapshot_ids(rig)
+    after = rig.mlx4.snapshot_ids()
     for region in REGIONS:
         assert after[region] == sorted([*ids[region], snap.id])
 
@@ -331,15 +327,15 @@ def test_a_freed_id_is_given_to_the_next_snapshot(rig: Rig, taken: Taken) -> Non
 def test_a_region_holds_at_most_max_snapshots(rig: Rig, taken: Taken) -> None:
     regions = regions_of(rig.devlink.regions(), rig.dev_handle)
     assert {r.max_snapshots for r in regions.values()} == {MAX_SNAPSHOTS}
-    while len(snapshot_ids(rig)["cr-space"]) < MAX_SNAPSHOTS:
+    while len(rig.mlx4.snapshot_ids()["cr-space"]) < MAX_SNAPSHOTS:
         taken.fault(rig)
-    full = snapshot_ids(rig)
+    full = rig.mlx4.snapshot_ids()
     assert full["cr-space"] == full["fw-health"] and len(full["cr-space"]) == MAX_SNAPSHOTS
     # One more fault: the driver still dumps and resets, but devlink refuses the snapshot.
     next_id = rules(rig).next_snapshot_id(set(full["cr-space"]), taken.issued)
     taken.issued.append(next_id)
-    refused = kmsg_count(rig, "crdump: devlink create cr-space snapshot id")
-    restarts = kmsg_count(rig, RESTARTED)
+    refused = rig.mlx4.kmsg_count("crdump: devlink create cr-space snapshot id")
+    restarts = rig.mlx4.kmsg_count(RESTARTED)
     crdumps = rig.device.state()["crdumps"]
     rig.device.inject_catas(catas_words(0xCA))
     line = rig.wait_kmsg("crdump: devlink create cr-space snapshot id", nth=refused + 1,
@@ -348,7 +344,7 @@ def test_a_region_holds_at_most_max_snapshots(rig: Rig, taken: Taken) -> None:
     assert "ret=0" in rig.wait_kmsg(RESTARTED, nth=restarts + 1, timeout=RESTART_TIMEOUT)
     assert f"devlink create fw-health snapshot id {next_id} err -{errno.ENOSPC}" in rig.dmesg()
     assert rig.device.state()["crdumps"] == crdumps + 1, "the driver did read BAR0"
-    assert snapshot_ids(rig) == full
+    assert rig.mlx4.snapshot_ids() == full
 
 
 def test_fault_cycles_leave_no_warning_or_leak(rig: Rig, taken: Taken) -> None:

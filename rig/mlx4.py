@@ -1,0 +1,249 @@
+"""mlx4_core as the rig observes it: the one home of the driver-under-test's contract.
+
+What the driver must do, and how the rig waits for it (never by sleeping): bind the emulated
+ConnectX-3 and register with devlink, expose the cr-space and fw-health regions, and take a
+fault through its error flow — fault, REGION_NEW for both regions with one snapshot id, the
+device's capture of BAR0 at the crdump (the truth), then the reset and re-probe. `rig replay`,
+`rig validate`'s behaviours, `rig bench` and the e2e tests all take faults through `fault()`.
+
+The messages are the driver's own (drivers/net/ethernet/mellanox/mlx4/catas.c, crdump.c).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from cx3 import crspace as cr
+from cx3.control import CrdumpData
+from rig import builtin
+from rig.devlink.cli import RegionInfo
+from rig.errors import KernelFailure, RigError
+
+if TYPE_CHECKING:
+    from rig.rig import Rig
+    from rig.vm.ssh import Background
+
+CX3_PCI_ID = "15b3:1003"
+REGIONS = ("cr-space", "fw-health")
+REGION_SIZES = {"cr-space": cr.SIZE, "fw-health": cr.HEALTH_SIZE}
+MAX_SNAPSHOTS = 8  # MAX_NUM_OF_DUMPS_TO_STORE (crdump.c)
+
+RESTARTED = "mlx4_restart_one was ended"  # catas.c, after the reset and re-probe
+INTERNAL_ERROR = "Internal error detected"
+SNAPSHOTS_DISABLED = "crdump: devlink snapshot disabled, skipping"
+NO_HEALTH_BUFFER = "crdump: FW doesn't support health buffer access, skipping"
+
+FAULTS = ("catas", "cmd-timeout", "closing-cmd")
+# How long the driver may take to turn each fault into snapshots, on a busy 2-core host: the
+# catas poll runs every 5 s and the crdump takes ~15 s under INTx; a command that never
+# completes is given up after the driver's 60 s timeout, then the reload goes on.
+SNAPSHOT_TIMEOUT = {"catas": 150.0, "cmd-timeout": 240.0, "closing-cmd": 150.0}
+RECOVERY_TIMEOUT = 120.0
+RELOAD_TIMEOUT = 240.0
+
+
+@dataclass
+class FaultCycle:
+    """One fault taken through the driver's error flow, as the rig saw it."""
+
+    kind: str
+    trigger: str  # what made the driver act: its catas poll, or `devlink dev reload`
+    t_fault: float  # time.monotonic() at injection (the device's clock is the same)
+    events: list[dict[str, Any]] = field(default_factory=list)  # region notifications
+    arrivals: list[float] = field(default_factory=list)  # time.monotonic() of each
+    truth: CrdumpData | None = None  # BAR0 and health buffer as the crdump read them
+    recovery: str = ""  # the driver's restart line, or the reload's outcome
+    t_recovered: float = 0.0
+    missing: str = ""  # why notifications are missing (with expect_snapshots=False ... )
+
+    @property
+    def ids(self) -> dict[str, int]:
+        """Region -> id of its new snapshot."""
+        return {e["region"]: e["snapshot"] for e in self.events if e.get("cmd") == "new"}
+
+    def snapshot_id(self) -> int:
+        """The one id both regions got; KernelFailure if the notifications say otherwise."""
+        ids = self.ids
+        if sorted(ids) != sorted(REGIONS) or len(set(ids.values())) != 1:
+            raise KernelFailure(f"the {self.kind} fault's region notifications are not one new "
+                                f"snapshot per region with one id: {self.events}")
+        return next(iter(ids.values()))
+
+    def expected(self, region: str) -> bytes:
+        """What `region`'s snapshot of this fault must hold: the device's capture."""
+        if self.truth is None:
+            raise KernelFailure(f"the device saw no crdump for the {self.kind} fault")
+        return self.truth.image if region == "cr-space" else self.truth.health
+
+
+class Mlx4:
+    """mlx4_core on one rig."""
+
+    def __init__(self, rig: Rig) -> None:
+        self.rig = rig
+
+    # --- probe ---------------------------------------------------------------------------
+
+    def wait_bound(self) -> str:
+        """The devlink handle of the emulated device, which mlx4_core must have registered.
+
+        modprobe probes synchronously: by the time it returns (at boot, the guest's init runs
+        it before reporting ready) the driver has either bound the device or given up.
+        """
+        rig = self.rig
+        res = rig.sh("for d in /sys/bus/pci/devices/*; do "
+                     '[ "$(cat $d/vendor):$(cat $d/device)" = 0x15b3:0x1003 ] && '
+                     "echo ${d##*/} $(readlink $d/driver); done", check=False)
+        line = res.stdout.strip().splitlines()[0] if res.stdout.strip() else ""
+        bdf, _, driver = line.partition(" ")
+        if not bdf:
+            raise RigError(f"no {CX3_PCI_ID} device on the guest's PCI bus")
+        if driver.endswith("/mlx4_core") and f"pci/{bdf}" in rig.devlink.devices():
+            return f"pci/{bdf}"
+        raise KernelFailure(f"mlx4_core did not bind {bdf}: {self.complaint()}")
+
+    def complaint(self) -> str:
+        """The driver's own words about why it is not working, from the kernel log."""
+        lines = [
+            ln
+            for ln in self.rig.dmesg().splitlines()
+            if "mlx4" in ln and re.search(r"fail|error|abort|unsupported|blacklist", ln, re.I)
+        ]
+        return "; ".join(ln.split("]", 1)[-1].strip() for ln in lines[-4:]) or "dmesg is silent"
+
+    def reprobe(self) -> None:
+        """rmmod + modprobe mlx4_core: a new devlink instance, every parameter at its default,
+        no snapshots, snapshot ids from scratch — a clean device without a reboot."""
+        rig = self.rig
+        rig.sh("rmmod mlx4_core", timeout=120)
+        params = " ".join((f"msi_x={int(rig.config.msi_x)}", *rig.config.mlx4_params))
+        rig.sh(f"modprobe mlx4_core {params}", timeout=180)
+        self._bound_again()
+
+    def reload(self) -> None:
+        self.rig.sh(f"devlink dev reload {self.rig.dev_handle}", timeout=RELOAD_TIMEOUT)
+        self._bound_again()
+
+    def _bound_again(self) -> None:
+        handle = self.wait_bound()
+        if handle != self.rig.dev_handle:
+            raise KernelFailure(f"the device came back as {handle}, was {self.rig.dev_handle}")
+
+    # --- regions -------------------------------------------------------------------------
+
+    def regions(self) -> dict[str, RegionInfo]:
+        """Region name -> what iproute2's devlink lists for this device's region."""
+        return regions_of(self.rig.devlink.regions(), self.rig.dev_handle)
+
+    def snapshot_ids(self) -> dict[str, list[int]]:
+        return {name: r.snapshots for name, r in self.regions().items()}
+
+    def enable_snapshots(self, *cmodes: str) -> None:
+        for cmode in cmodes or ("runtime",):
+            self.rig.devlink.param_set(self.rig.dev_handle, "region_snapshot_enable", "true",
+                                       cmode)
+
+    # --- faults --------------------------------------------------------------------------
+
+    def kmsg_count(self, text: str) -> int:
+        """How often the kernel log holds `text` (to wait for the next one)."""
+        return self.rig.dmesg().count(text)
+
+    def fault(self, kind: str = "catas", *, words: tuple[int, ...] = builtin.CATAS_WORDS,
+              opcode: int | None = None, timeout: float | None = None,
+              expect_snapshots: bool = True, strict: bool = True,
+              on_injected: Callable[[], None] | None = None) -> FaultCycle:
+        """Inject a fault, collect the region notifications, take the device's truth and
+        wait for the driver to recover.
+
+        expect_snapshots=False: the driver must take none (nothing is listened for).
+        strict=False: missing notifications are recorded in `missing` instead of raising,
+        and the recovery is still awaited (rig validate judges the two separately).
+        """
+        if kind not in FAULTS:
+            raise RigError(f"unknown fault {kind!r}; choose one of {', '.join(FAULTS)}")
+        rig = self.rig
+        timeout = timeout or SNAPSHOT_TIMEOUT[kind]
+        crdumps = rig.device.state()["crdumps"]  # the index the next crdump gets
+        restarts = self.kmsg_count(RESTARTED)
+        watch = rig.netlink.watch(count=len(REGIONS)) if expect_snapshots else None
+        reload: Background | None = None
+        try:
+            cycle = FaultCycle(kind, "catas poll" if kind == "catas" else "devlink dev reload",
+                               time.monotonic())
+            reload = self._inject(kind, words, opcode)
+            if on_injected is not None:
+                on_injected()
+            if watch is not None:
+                try:
+                    for _ in REGIONS:
+                        cycle.events.append(watch.next(timeout))
+                        cycle.arrivals.append(time.monotonic())
+                except RigError as e:
+                    cycle.missing = (f"no snapshot after the {kind} fault: "
+                                     f"{self.why_no_snapshot()} ({e})")
+                    if strict:
+                        raise KernelFailure(cycle.missing) from e
+            self._await_recovery(cycle, reload, restarts, timeout)
+        finally:
+            if watch is not None:
+                watch.close()
+            if reload is not None:
+                reload.close()
+        if rig.device.state()["crdumps"] > crdumps:
+            cycle.truth = rig.device.crdump(crdumps)
+        if expect_snapshots and strict:
+            cycle.snapshot_id()
+            if cycle.truth is None:
+                raise KernelFailure("the driver made snapshots but the device saw no crdump")
+        return cycle
+
+    def _inject(self, kind: str, words: tuple[int, ...], opcode: int | None) -> Background | None:
+        """Make the driver hit the fault; the running reload for command faults."""
+        device = self.rig.device
+        if kind == "catas":
+            device.inject_catas(words)  # the driver's catas poll finds it
+            return None
+        # In steady state mlx4_core sends no command; a reload tears down (CLOSE_PORT, then
+        # the closing commands) and probes again.
+        if kind == "cmd-timeout":
+            device.fault_cmd_timeout(opcode)
+        else:
+            device.fault_closing_cmd(opcode)
+        return self.rig.spawn(f"devlink dev reload {self.rig.dev_handle}")
+
+    def _await_recovery(self, cycle: FaultCycle, reload: Background | None, restarts: int,
+                        timeout: float) -> None:
+        if reload is None:
+            line = self.rig.wait_kmsg(RESTARTED, nth=restarts + 1, timeout=RECOVERY_TIMEOUT)
+            if "ret=0" not in line:
+                raise KernelFailure(f"the driver did not recover: {line}")
+            cycle.recovery = line
+        else:
+            status = reload.wait(RELOAD_TIMEOUT)
+            if status != 0:
+                raise KernelFailure(f"`devlink dev reload` failed after the {cycle.kind} fault "
+                                    f"(exit {status}): {reload.stderr().strip()}")
+            cycle.recovery = "devlink dev reload: exit 0"
+        cycle.t_recovered = time.monotonic()
+        self._bound_again()
+
+    def why_no_snapshot(self) -> str:
+        self.rig.check_health()
+        dmesg = self.rig.dmesg()
+        if SNAPSHOTS_DISABLED in dmesg:
+            return "the driver skipped it: region_snapshot_enable is false"
+        if NO_HEALTH_BUFFER in dmesg:
+            return "the driver skipped it: the firmware advertises no health buffer"
+        if INTERNAL_ERROR not in dmesg and "timed out" not in dmesg:
+            return f"the driver never noticed the fault ({self.complaint()})"
+        return f"the driver noticed the fault but made no snapshot ({self.complaint()})"
+
+
+def regions_of(regions: list[RegionInfo], dev: str) -> dict[str, RegionInfo]:
+    """The regions of device `dev` (a devlink handle), by name."""
+    return {r.handle.rsplit("/", 1)[-1]: r for r in regions if r.handle.startswith(dev + "/")}
