@@ -11,7 +11,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from rig.jobs.behaviours import ERROR, FAIL
-from rig.jobs.verdict import REGRESSED, Comparison, KernelResult
+from rig.jobs.verdict import REGRESSED, Verdict, KernelResult
 
 
 def _suite(parent: ET.Element, name: str, cases: list[ET.Element]) -> None:
@@ -38,7 +38,7 @@ def _kernel_cases(k: KernelResult, names: list[str]) -> list[ET.Element]:
     return cases
 
 
-def junit_xml(c: Comparison) -> str:
+def junit_xml(c: Verdict) -> str:
     root = ET.Element("testsuites", name="rig validate")
     names = [r.behaviour for r in c.rows]
     for k in (c.base, c.patched):
@@ -60,6 +60,6 @@ def junit_xml(c: Comparison) -> str:
     return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
 
 
-def write_junit(c: Comparison, path: Path) -> Path:
+def write_junit(c: Verdict, path: Path) -> Path:
     path.write_text(junit_xml(c))
     return path

@@ -19,7 +19,7 @@ from pathlib import Path
 from rig.formats.junit import write_junit
 from rig.jobs.behaviours import replay_outcome, run_session
 from rig.jobs.replay import ReplayOptions, run_replay
-from rig.jobs.verdict import Comparison, KernelResult
+from rig.jobs.verdict import Verdict, KernelResult
 from rig.progress import step
 from rig.provision.guest import ensure_guest
 from rig.provision.kbuild import ensure_build
@@ -79,7 +79,7 @@ def run_kernel(kernel: str, result: KernelResult, opts: ValidateOptions) -> None
         result.outcomes.update(run_session(kernel, opts.qemu, out / "session"))
 
 
-def run_validate(opts: ValidateOptions) -> Comparison:
+def run_validate(opts: ValidateOptions) -> Verdict:
     t0 = time.monotonic()
     opts.out.mkdir(parents=True, exist_ok=True)
     series = load_series(opts.patches)  # fails now on an unreadable series
@@ -93,10 +93,10 @@ def run_validate(opts: ValidateOptions) -> Comparison:
     t_built = time.monotonic()
     run_kernel(base_kernel, base, opts)
     run_kernel(patched_kernel, patched, opts)
-    comparison = Comparison.of(base, patched)
-    comparison.timings = {"build": round(t_built - t0, 1),
-                          "runs": round(time.monotonic() - t_built, 1),
-                          "total": round(time.monotonic() - t0, 1)}
-    comparison.write_json(opts.out / "validate.json")
-    write_junit(comparison, opts.out / "junit.xml")
-    return comparison
+    verdict = Verdict.of(base, patched)
+    verdict.timings = {"build": round(t_built - t0, 1),
+                      "runs": round(time.monotonic() - t_built, 1),
+                      "total": round(time.monotonic() - t0, 1)}
+    verdict.write_json(opts.out / "validate.json")
+    write_junit(verdict, opts.out / "junit.xml")
+    return verdict

@@ -51,14 +51,14 @@ class Row:
 
 
 @dataclass
-class Comparison:
+class Verdict:
     base: KernelResult
     patched: KernelResult
     rows: list[Row]
     timings: dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, base: KernelResult, patched: KernelResult) -> Comparison:
+    def of(cls, base: KernelResult, patched: KernelResult) -> Verdict:
         rows = [Row(b.name, b.summary, base.outcome(b.name), patched.outcome(b.name),
                     judge(base.outcome(b.name), patched.outcome(b.name))) for b in BEHAVIOURS]
         return cls(base, patched, rows)
@@ -97,7 +97,7 @@ def _cell(o: Outcome) -> str:
     return o.status.upper() if o.status != PASS else o.status
 
 
-def table(c: Comparison) -> str:
+def table(c: Verdict) -> str:
     """The side-by-side table, with the details of every row that is not simply the same."""
     head = ("behaviour", f"base ({c.base.release or c.base.spec})",
             f"patched ({c.patched.release or c.patched.spec})", "verdict")

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from rig.formats.junit import junit_xml
-from rig.formats.report import Comparison as ByteComparison
+from rig.formats.report import Comparison
 from rig.formats.report import Report, SnapshotReport
 from rig.jobs.behaviours import ERROR, FAIL, NAMES, PASS, Outcome, replay_outcome
-from rig.jobs.verdict import CHANGED, FIXED, REGRESSED, SAME, Comparison, KernelResult, judge, table
+from rig.jobs.verdict import CHANGED, FIXED, REGRESSED, SAME, Verdict, KernelResult, judge, table
 
 
 def kernel(role: str, **statuses: str) -> KernelResult:
@@ -43,7 +43,7 @@ def test_judge_same_status_different_observation_is_changed() -> None:
 
 
 def test_regression_fails_and_is_named() -> None:
-    c = Comparison.of(kernel("base"), kernel("patched", catas_snapshots=FAIL,
+    c = Verdict.of(kernel("base"), kernel("patched", catas_snapshots=FAIL,
                                              second_fault=FAIL))
     assert c.regressions == ["catas-snapshots", "second-fault"] and not c.ok
     text = table(c)
@@ -58,13 +58,13 @@ def test_regression_fails_and_is_named() -> None:
 
 
 def test_no_change_is_ok_and_has_no_details() -> None:
-    c = Comparison.of(kernel("base"), kernel("patched"))
+    c = Verdict.of(kernel("base"), kernel("patched"))
     assert c.ok and c.regressions == []
     assert "details" not in table(c)
 
 
 def test_a_base_failure_is_shown_but_not_a_regression() -> None:
-    c = Comparison.of(kernel("base", reload=FAIL), kernel("patched", reload=FAIL))
+    c = Verdict.of(kernel("base", reload=FAIL), kernel("patched", reload=FAIL))
     assert c.ok
     assert "  reload on base: fail: reload broke" in table(c).splitlines()
 
@@ -72,12 +72,12 @@ def test_a_base_failure_is_shown_but_not_a_regression() -> None:
 def test_missing_outcome_counts_as_error() -> None:
     patched = kernel("patched")
     del patched.outcomes["reload"]
-    c = Comparison.of(kernel("base"), patched)
+    c = Verdict.of(kernel("base"), patched)
     assert c.regressions == ["reload"]
 
 
 def test_json_document(tmp_path: Path) -> None:
-    c = Comparison.of(kernel("base"), kernel("patched", kernel_log=FAIL))
+    c = Verdict.of(kernel("base"), kernel("patched", kernel_log=FAIL))
     c.timings = {"total": 10.0}
     doc = json.loads(c.write_json(tmp_path / "validate.json").read_text())
     assert doc["schema"] == "mlx4-rig/validate/1"
@@ -90,7 +90,7 @@ def test_json_document(tmp_path: Path) -> None:
 
 
 def test_junit_xml_has_a_suite_per_kernel_and_a_comparison() -> None:
-    c = Comparison.of(kernel("base", reload=ERROR), kernel("patched", reload=ERROR,
+    c = Verdict.of(kernel("base", reload=ERROR), kernel("patched", reload=ERROR,
                                                            catas_snapshots=FAIL))
     root = ET.fromstring(junit_xml(c))
     suites = {s.get("name", ""): s for s in root.iter("testsuite")}
@@ -109,10 +109,10 @@ def test_junit_xml_has_a_suite_per_kernel_and_a_comparison() -> None:
 
 
 def _snapshot(region: str, snap_id: int, equal: bool) -> SnapshotReport:
-    comparisons = [ByteComparison("truth", "cli", equal, 0 if equal else 60, [] if equal else [0]),
-                   ByteComparison("truth", "netlink", equal, 0 if equal else 60,
+    comparisons = [Comparison("truth", "cli", equal, 0 if equal else 60, [] if equal else [0]),
+                   Comparison("truth", "netlink", equal, 0 if equal else 60,
                                   [] if equal else [0]),
-                   ByteComparison("cli", "netlink", True, 0)]
+                   Comparison("cli", "netlink", True, 0)]
     return SnapshotReport(region, snap_id, 64, "x", f"{region}-{snap_id}.bin", equal,
                           comparisons, [], None if equal else f"{region}-{snap_id}.diff.txt")
 
@@ -139,7 +139,7 @@ def test_replay_outcome_names_the_region_that_differs(tmp_path: Path) -> None:
 def test_replay_outcome_names_each_reader_that_differs(tmp_path: Path) -> None:
     snap = _snapshot("fw-health", 0, True)
     snap.agree = False
-    snap.comparisons[2] = ByteComparison("cli", "netlink", False, 1, [0x3f])
+    snap.comparisons[2] = Comparison("cli", "netlink", False, 1, [0x3f])
     outcome = replay_outcome(Report(ok=False, snapshots=[_snapshot("cr-space", 0, True),
                                                          snap]), tmp_path)
     assert outcome.detail == "fw-health snapshot 0: cli and netlink differ in 1 byte from " \
