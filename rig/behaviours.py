@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cx3 import crspace as cr
-from cx3.control import CrdumpData
+from cx3 import layout as cr
+from cx3.wire import Crdump
 
 from . import builtin
 from .compare import diff
@@ -119,7 +119,7 @@ def _where(count: int, offsets: list[int]) -> str:
 @dataclass(frozen=True)
 class Fault:
     ids: dict[str, int]  # region -> snapshot id of the REGION_NEW notifications
-    truth: CrdumpData | None  # what the device held at its crdump
+    truth: Crdump | None  # what the device held at its crdump
 
 
 class Session:
@@ -181,7 +181,7 @@ class Session:
         watch = rig.netlink.watch(count=len(REGIONS))
         ids: dict[str, int] = {}
         try:
-            rig.device.inject_catas(builtin.CATAS_WORDS)
+            rig.device.fault("catas", words=builtin.CATAS_WORDS)
             for _ in REGIONS:
                 event = watch.next(SNAPSHOT_TIMEOUT)
                 if event.get("cmd") == "new":

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cx3 import crspace
+from cx3 import layout
 
 from . import __version__, benchhost, builtin
 from .benchstats import Results, Spec, document, ratios, to_json
@@ -48,7 +48,7 @@ DEFAULT_SECTIONS = ("host", "boot", "guest", "replay", "suite")
 REPO = Path(__file__).resolve().parents[1]
 GUEST_SCRIPT = Path(__file__).with_name("bench_guest.py")
 GUEST_REMOTE = "/run/rig/bench_guest.py"
-BAR_READS = crspace.SIZE // 4
+BAR_READS = layout.SIZE // 4
 RESTARTED_LINE = re.compile(RESTARTED.pattern + r", ret=(-?\d+)\s")
 
 SPECS = (
@@ -328,9 +328,9 @@ def _guest_json(rig: Rig, args: str, timeout: float = 300.0) -> dict[str, Any]:
 
 def _read_loop(rig: Rig, bdf: str, runs: int, run: BenchRun) -> None:
     r = run.results
-    trapped = ",".join(hex(p) for p in crspace.TRAPPED_PAGES)
+    trapped = ",".join(hex(p) for p in layout.TRAPPED_PAGES)
     res = _guest_json(rig, f"readloop {bdf} --trapped {trapped} "
-                           f"--register {crspace.SEMAPHORE:#x} --runs {runs}")
+                           f"--register {layout.SEMAPHORE:#x} --runs {runs}")
     ns, reads = res["ns"], res["reads"]
     for i in range(runs):
         item = ns["anon"][i] / reads["anon"]
@@ -364,7 +364,7 @@ def _catas(rig: Rig, timeout: float) -> CatasTimeline:
     arrivals: list[float] = []
     snapshots: list[dict[str, Any]] = []
     try:
-        rig.device.inject_catas(builtin.CATAS_WORDS)
+        rig.device.fault("catas", words=builtin.CATAS_WORDS)
         for _ in range(2):
             snapshots.append(watch.next(timeout))
             arrivals.append(time.monotonic())

@@ -15,6 +15,8 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from cx3.client import ControlError
+
 from . import cmd_bench, cmd_build_kernel, cmd_interactive, cmd_replay, cmd_validate
 from .cache import cache_root, list_entries
 from .cliargs import add_guest_options
@@ -162,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         status: int = args.func(args)
         return status
-    except RigError as e:
+    except (RigError, ControlError) as e:  # ControlError: the device model refused a request
         print(f"rig: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -13,7 +13,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from cx3.control import ControlClient
+from cx3.client import ControlClient
 
 from .cache import cache_root
 from .errors import RigError

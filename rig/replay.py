@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from cx3 import crspace as cr
-from cx3.control import CrdumpData
+from cx3 import layout as cr
+from cx3.wire import Crdump
 
 from . import __version__, builtin
 from .compare import diff, hexdump_diff
@@ -43,7 +43,7 @@ class ReplayOptions:
     msi_x: bool = True
     catas_words: tuple[int, ...] = builtin.CATAS_WORDS
     #: For tests: alter the device's ground truth before comparing (must make the run fail).
-    truth_hook: Callable[[CrdumpData], CrdumpData] | None = None
+    truth_hook: Callable[[Crdump], Crdump] | None = None
 
 
 class NoSnapshot(RigError):
@@ -165,14 +165,14 @@ def _inject(rig: Rig, opts: ReplayOptions, report: Report) -> Background | None:
     """Make the driver hit the fault; returns the running reload for reload-driven faults."""
     if opts.fault == "catas":
         report.fault["catas_words"] = [f"{w:#010x}" for w in opts.catas_words]
-        rig.device.inject_catas(opts.catas_words)
+        rig.device.fault("catas", words=opts.catas_words)
         return None
     # A command fault needs a command: in steady state mlx4_core sends none, but a reload
     # tears down (CLOSE_PORT first, then the closing commands) and probes again.
     if opts.fault == "cmd-timeout":
-        rig.device.fault_cmd_timeout()
+        rig.device.fault("cmd_timeout")
     else:
-        rig.device.fault_closing_cmd()
+        rig.device.fault("closing_cmd")
     report.fault["trigger"] = "devlink dev reload"
     return rig.machine.ssh.start(f"devlink dev reload {rig.dev_handle}")
 
@@ -190,7 +190,7 @@ def _why_no_snapshot(rig: Rig) -> str:
 
 
 def _check(
-    rig: Rig, region: str, snap_id: int, truth: CrdumpData, image: bytes, health: bytes, out: Path
+    rig: Rig, region: str, snap_id: int, truth: Crdump, image: bytes, health: bytes, out: Path
 ) -> SnapshotReport:
     handle = rig.region(region)
     cli = rig.devlink.dump(handle, snap_id)
@@ -247,10 +247,10 @@ def _changes_from_input(region: str, given: bytes, truth: bytes) -> list[dict[st
     ]
 
 
-def tamper(offset: int) -> Callable[[CrdumpData], CrdumpData]:
+def tamper(offset: int) -> Callable[[Crdump], Crdump]:
     """A truth hook flipping one CR-space byte: the comparison must then fail there."""
 
-    def hook(truth: CrdumpData) -> CrdumpData:
+    def hook(truth: Crdump) -> Crdump:
         image = bytearray(truth.image)
         image[offset] ^= 0xFF
         return replace(truth, image=bytes(image))

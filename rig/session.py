@@ -5,7 +5,7 @@ This is the library the CLI, the pytest plugin and users' scripts share:
     with Rig(RigConfig(log_dir=Path("out"))) as rig:
         rig.enable_snapshots()
         with rig.netlink.watch(count=2) as ...:
-            rig.device.inject_catas(...)
+            rig.device.fault("catas")
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from cx3.control import ControlClient
+from cx3.client import ControlClient
 
 from .cmdline import Modprobe
 from .deviceproc import DeviceProcess

@@ -11,8 +11,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cx3 import crspace as cr
-from cx3.control import CrdumpData
+from cx3 import layout as cr
+from cx3.wire import Crdump
 from rig import builtin
 from rig.compare import diff, hexdump_diff
 from rig.devlink.cli import RegionInfo
@@ -134,7 +134,7 @@ class Snapshot:
     """One driver snapshot (the same id in both regions) and what it must contain."""
 
     id: int
-    truth: CrdumpData  # BAR0 and health buffer as the device served them to the crdump
+    truth: Crdump  # BAR0 and health buffer as the device served them to the crdump
     health: bytes  # the health buffer the test loaded
     catas: tuple[int, ...]  # the catas words injected (empty for command faults)
     notifications: list[dict[str, Any]] = field(default_factory=list)
@@ -158,7 +158,7 @@ def catas_snapshot(rig: Rig, n: int, timeout: float = CRDUMP_TIMEOUT) -> Snapsho
     rig.device.set_health(health)
     crdumps = rig.device.state()["crdumps"]
     restarts = kmsg_count(rig, RESTARTED)
-    snap_id, events = _await_snapshots(rig, lambda: rig.device.inject_catas(words), timeout)
+    snap_id, events = _await_snapshots(rig, lambda: rig.device.fault("catas", words=words), timeout)
     line = rig.wait_kmsg(RESTARTED, nth=restarts + 1, timeout=RESTART_TIMEOUT)
     assert "ret=0" in line, f"the driver did not recover: {line}"
     assert rig.device.state()["crdumps"] == crdumps + 1, "one crdump per fault"
@@ -172,7 +172,7 @@ def catas_without_snapshot(rig: Rig, expect: str) -> str:
     crdumps = rig.device.state()["crdumps"]
     restarts = kmsg_count(rig, RESTARTED)
     said = kmsg_count(rig, expect)
-    rig.device.inject_catas(catas_words(0xFF))
+    rig.device.fault("catas", words=catas_words(0xFF))
     line = rig.wait_kmsg(expect, nth=said + 1, timeout=CRDUMP_TIMEOUT)
     done = rig.wait_kmsg(RESTARTED, nth=restarts + 1, timeout=RESTART_TIMEOUT)
     assert "ret=0" in done, f"the driver did not recover: {done}"

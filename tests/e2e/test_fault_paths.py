@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from cx3 import crspace as cr
+from cx3 import layout as cr
 from cx3 import opcodes
 from rig import builtin
 from rig.session import Rig
@@ -50,8 +50,8 @@ def rig(fresh_driver: Rig) -> Iterator[Rig]:
     values) and the device's knobs back at their defaults afterwards."""
     enable_snapshots(fresh_driver, "runtime", "driverinit")
     yield fresh_driver
-    fresh_driver.device.clear_faults()
-    fresh_driver.device.advertise_health(True)
+    fresh_driver.device.fault("clear")
+    fresh_driver.device.fault("advertise_health", enabled=True)
 
 
 def command_fault(rig: Rig, arm: Callable[[], None], n: int, timeout: float) -> Snapshot:
@@ -79,7 +79,7 @@ def check_command_fault_snapshot(rig: Rig, snap: Snapshot) -> None:
 
 
 def test_failing_closing_command_takes_a_crdump(rig: Rig) -> None:
-    snap = command_fault(rig, rig.device.fault_closing_cmd, 20, CRDUMP_TIMEOUT)
+    snap = command_fault(rig, lambda: rig.device.fault("closing_cmd"), 20, CRDUMP_TIMEOUT)
     assert rig.device.state()["faults"]["closing_cmd"] is None, "the fault was not hit"
     failed = [e for e in rig.device.events(0).events
               if e["kind"] == "cmd" and e["t"] < snap.truth.t and e.get("status")]
@@ -92,7 +92,7 @@ def test_failing_closing_command_takes_a_crdump(rig: Rig) -> None:
 
 @pytest.mark.slow
 def test_command_that_never_completes_takes_a_crdump(rig: Rig) -> None:
-    snap = command_fault(rig, rig.device.fault_cmd_timeout, 21, CMD_TIMEOUT_FAULT)
+    snap = command_fault(rig, lambda: rig.device.fault("cmd_timeout"), 21, CMD_TIMEOUT_FAULT)
     hung = [e for e in rig.device.events(0).events if e["kind"] == "cmd" and e.get("hung")]
     assert len(hung) == 1, f"expected one hung command, got {hung}"
     assert snap.truth.t - hung[0]["t"] >= 55, "crdump before the driver's 60 s timeout"
@@ -107,7 +107,7 @@ def test_internal_error_reset_false_means_no_reset_and_no_crdump(rig: Rig) -> No
     resets = kmsg_count(rig, "device is going to be reset")
     last_word = f"buf[{cr.CATAS_DWORDS - 1:02x}]"  # poll_catas's dump ends with this line
     dumped = kmsg_count(rig, last_word)
-    rig.device.inject_catas(catas_words(30))
+    rig.device.fault("catas", words=catas_words(30))
     rig.wait_kmsg(last_word, nth=dumped + 1, timeout=CRDUMP_TIMEOUT)
     # poll_catas decides right there: without internal_error_reset it queues no reset work
     # and stops polling. The reload below takes the devlink lock such work would need, so
@@ -123,10 +123,10 @@ def test_internal_error_reset_false_means_no_reset_and_no_crdump(rig: Rig) -> No
 
 
 def test_firmware_without_health_buffer_means_no_crdump(rig: Rig) -> None:
-    rig.device.advertise_health(False)
+    rig.device.fault("advertise_health", enabled=False)
     reload(rig)  # the driver reads the health-buffer offset in QUERY_DEV_CAP at load
     line = catas_without_snapshot(rig, NO_HEALTH_BUFFER)
     assert NO_HEALTH_BUFFER in line
-    rig.device.advertise_health(True)
+    rig.device.fault("advertise_health", enabled=True)
     reload(rig)
     assert_no_kernel_trouble(rig)

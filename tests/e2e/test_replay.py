@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cx3 import crspace as cr
+from cx3 import layout as cr
 from rig import cli
 from rig.dumptext import format_dump
 from rig.replay import ReplayOptions, run_replay, tamper
