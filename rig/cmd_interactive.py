@@ -155,6 +155,14 @@ def _show(value: object) -> str:
     return str(value)
 
 
+def _flag(name: str, value: object) -> str:
+    """How a given argument reads on the command line."""
+    flag = name.replace("_", "-")
+    if isinstance(value, bool):
+        return f" --{flag}" if value else f" --no-{flag}"
+    return f" --{flag} {_show(value)}"
+
+
 def _add_knob_arg(p: argparse.ArgumentParser, arg: ops.Arg) -> None:
     flag, dest = f"--{arg.name.replace('_', '-')}", f"knob_{arg.name}"
     no_default = arg.required or arg.default is None
@@ -176,7 +184,7 @@ def cmd_fault(args: argparse.Namespace) -> int:
     given = {n: tuple(v) if isinstance(v, list) else v for n, v in given.items() if v is not None}
     with Instance.find(args.name).control() as ctl:
         ctl.fault(op.name, **given)  # what is not given takes the table's default
-    shown = "".join(f" --{n} {_show(v)}" for n, v in given.items())
+    shown = "".join(_flag(n, v) for n, v in given.items())
     print(f"{op.cli_name}{shown}: {op.help}" + (f"; {op.note}" if op.note else ""))
     return 0
 
