@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import struct
 
-from cx3 import crspace as cr
+from cx3 import layout as cr
 
 CATAS_WORDS = (0x0FFFFFFF, 0x00C30001, 0xDEADBEEF, 0x00000000)
 

@@ -17,7 +17,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from cx3.control import ControlError
+from cx3.client import ControlError
 from rig.commands import bench, build_kernel, interactive, replay, run, setup, validate
 from rig.errors import RigError
 

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from cx3.control import ControlClient
+from cx3.client import ControlClient
 from rig.errors import DeviceModelError, tail
 
 

@@ -13,7 +13,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from cx3.control import ControlClient
+from cx3.client import ControlClient
 from rig.cache import cache_root
 from rig.errors import RigError
 from rig.rig import Rig

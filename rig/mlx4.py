@@ -17,8 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from cx3 import crspace as cr
-from cx3.control import CrdumpData
+from cx3 import layout as cr
+from cx3.wire import Crdump
 from rig import builtin
 from rig.devlink.cli import RegionInfo
 from rig.errors import KernelFailure, RigError
@@ -55,7 +55,7 @@ class FaultCycle:
     t_fault: float  # time.monotonic() at injection (the device's clock is the same)
     events: list[dict[str, Any]] = field(default_factory=list)  # region notifications
     arrivals: list[float] = field(default_factory=list)  # time.monotonic() of each
-    truth: CrdumpData | None = None  # BAR0 and health buffer as the crdump read them
+    truth: Crdump | None = None  # BAR0 and health buffer as the crdump read them
     recovery: str = ""  # the driver's restart line, or the reload's outcome
     t_recovered: float = 0.0
     missing: str = ""  # why notifications are missing (with expect_snapshots=False ... )
@@ -206,14 +206,14 @@ class Mlx4:
         """Make the driver hit the fault; the running reload for command faults."""
         device = self.rig.device
         if kind == "catas":
-            device.inject_catas(words)  # the driver's catas poll finds it
+            device.fault("catas", words=words)  # the driver's catas poll finds it
             return None
         # In steady state mlx4_core sends no command; a reload tears down (CLOSE_PORT, then
         # the closing commands) and probes again.
         if kind == "cmd-timeout":
-            device.fault_cmd_timeout(opcode)
+            device.fault("cmd_timeout", opcode=opcode)
         else:
-            device.fault_closing_cmd(opcode)
+            device.fault("closing_cmd", opcode=opcode)
         return self.rig.spawn(f"devlink dev reload {self.rig.dev_handle}")
 
     def _await_recovery(self, cycle: FaultCycle, reload: Background | None, restarts: int,

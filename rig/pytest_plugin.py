@@ -23,7 +23,8 @@ rig           (function) the rig under test: `rig_session`, unless a module over
                          `rig` fixture (e.g. with a module-scoped rig from `rig_factory`).
 rig_machine   (function) `rig.machine`: the QEMU VM (SSH, QMP, console).
 rig_device    (function) `rig.device`: the device model's control client (fault knobs and
-                         ground truth: load_crspace, set_health, inject_catas, crdumps, ...).
+                         ground truth: load_crspace, set_health, fault(knob, ...), crdumps,
+                         ...).
 rig_factory   (module)   `rig_factory(**overrides) -> Rig` starts a fresh rig whose config is
                          `rig_config` with `overrides` applied (msi_x=False, mlx4_params=...,
                          kernel_args=..., name=...). Every rig it started is stopped at the
@@ -70,7 +71,7 @@ from typing import Any
 
 import pytest
 
-from cx3.control import ControlClient
+from cx3.client import ControlClient
 from rig.devlink.channels import CHANNELS, CliChannel, NetlinkChannel, RegionChannel
 from rig.errors import RigError
 from rig.rig import Rig, RigConfig

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from cx3.control import ControlClient
+from cx3.client import ControlClient
 from rig.devicemodel import DeviceModel
 from rig.devlink.agent import NetlinkAgent
 from rig.devlink.channels import CliChannel, NetlinkChannel, open_channel

@@ -19,8 +19,8 @@ from typing import TextIO
 
 from vfio_user.server import Server
 
-from .control import ControlServer
 from .device import Cx3Device
+from .server import ControlServer
 
 
 def _logger(out: TextIO) -> Callable[[str], None]:

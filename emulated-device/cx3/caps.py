@@ -1,14 +1,15 @@
 """What the firmware advertises: the QUERY_FW, QUERY_DEV_CAP and QUERY_PORT outboxes.
 
-Values follow the recommended configuration of contract §6.2-§6.4: one Ethernet port, no SR-IOV,
-32-byte EQEs, every optional capability flag clear. Bytes not set here are 0.
+Field offsets follow the driver's parsers in drivers/net/ethernet/mellanox/mlx4/fw.c
+(mlx4_QUERY_FW, mlx4_QUERY_DEV_CAP, mlx4_QUERY_PORT). The configuration: one Ethernet port,
+no SR-IOV, 32-byte EQEs, every optional capability flag clear. Bytes not set here are 0.
 """
 
 from __future__ import annotations
 
 import struct
 
-from . import crspace
+from . import layout
 
 OUTBOX_SIZE = 0x100
 
@@ -27,13 +28,13 @@ def query_fw() -> bytes:
     struct.pack_into(">HHHH", out, 0x00, 0, major, subminor, minor)  # fw_pages 0: no MAP_FA
     struct.pack_into(">H", out, 0x0A, CMD_IF_REV)
     out[0x0F] = LOG_MAX_CMDS
-    struct.pack_into(">Q", out, 0x20, crspace.CLR_INT_OFFSET)  # clr_int in BAR0 (0x28 = 0)
-    struct.pack_into(">Q", out, 0x30, crspace.CATAS_OFFSET)
-    struct.pack_into(">I", out, 0x38, crspace.CATAS_DWORDS)  # must be > 0 or polling is off
+    struct.pack_into(">Q", out, 0x20, layout.CLR_INT_OFFSET)  # clr_int in BAR0 (0x28 = 0)
+    struct.pack_into(">Q", out, 0x30, layout.CATAS_OFFSET)
+    struct.pack_into(">I", out, 0x38, layout.CATAS_DWORDS)  # must be > 0 or polling is off
     return bytes(out)  # 0x3c catas BAR bits 0 -> BAR0
 
 
-# QUERY_DEV_CAP byte fields: offset -> value (contract §6.3).
+# QUERY_DEV_CAP byte fields: offset -> value (fw.c: QUERY_DEV_CAP_*_OFFSET).
 _DEV_CAP_BYTES = {
     0x10: 14,  # log max SRQ size
     0x11: 14,  # log max QP size
@@ -76,7 +77,7 @@ def query_dev_cap(health_buffer: bool = True) -> bytes:
     for off, value in _DEV_CAP_ENTRY_SIZES.items():
         struct.pack_into(">H", out, off, value)
     struct.pack_into(">Q", out, 0xA0, MAX_ICM_SIZE)
-    health = crspace.HEALTH_OFFSET if health_buffer else 0
+    health = layout.HEALTH_OFFSET if health_buffer else 0
     struct.pack_into(">I", out, 0xE4, health)  # 0 makes the driver skip crdump
     return bytes(out)
 

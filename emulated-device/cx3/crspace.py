@@ -13,34 +13,10 @@ import mmap
 import os
 from collections.abc import Callable, Iterable
 
-SIZE = 1 << 20
-PAGE = 4096
-
-# Offsets the driver hard-codes (contract §3.1) and the ones our firmware advertises (§3.2).
-CATAS_OFFSET = 0x1F000  # QUERY_FW: internal-error buffer
-CATAS_DWORDS = 0x10
-HEALTH_OFFSET = 0x1F100  # QUERY_DEV_CAP 0xe4: fw-health region
-HEALTH_SIZE = 0x40
-BLOCK_VOLATILE = HEALTH_OFFSET + HEALTH_SIZE  # crdump writes 1 before, 0 after the dump
-HCR_OFFSET = 0x80680
-HCR_SIZE = 0x1C
-OWNERSHIP = 0x8069C
-CLR_INT_OFFSET = 0x80700  # QUERY_FW: clr_int, 8 bytes; inta_pin 0 writes +4
-RESET = 0xF0010
-SEMAPHORE = 0xF03FC
-CR_FILTER = 0xF3F04  # bit 6 = FW CR filter; content comes from the loaded image
-
-TRAPPED_PAGES = (0x1F000, 0x80000, 0xF0000, 0xF3000)
+from .layout import PAGE, REGISTERS, SIZE, TRAPPED_PAGES
 
 #: Register ranges the model owns: a loaded image never overrides them (CR_FILTER is not one).
-OWNED_RANGES = (
-    (CATAS_OFFSET, CATAS_DWORDS * 4),
-    (HEALTH_OFFSET, HEALTH_SIZE + 4),  # health buffer + block-volatile word
-    (HCR_OFFSET, HCR_SIZE + 4),  # HCR + ownership
-    (CLR_INT_OFFSET, 8),
-    (RESET, 4),
-    (SEMAPHORE, 4),
-)
+OWNED_RANGES = tuple((reg.offset, reg.size) for reg in REGISTERS if reg.owned)
 
 WriteHook = Callable[[int, int], None]  # (dword offset, value)
 BadWrite = Callable[[int, int, int], None]  # (offset, size, dword hit) for partial writes

@@ -21,12 +21,12 @@ from vfio_user import (
 )
 from vfio_user.device import BAR0_REGION, BAR2_REGION
 
-from . import crspace, eq, hcr, opcodes, pci
+from . import crspace, eq, hcr, layout, opcodes, pci
 from .crspace import CrSpace
 from .dma import GuestMemory
 from .eq import EqError, EventQueue
 from .events import CrdumpStore, EventLog, Value
-from .faults import DEFAULT_CATAS, Faults
+from .faults import Faults
 from .firmware import Firmware, Result
 from .hcr import Hcr
 from .pci import PciConfig
@@ -66,16 +66,16 @@ class Cx3Device(Device):
         self.pci = PciConfig()
         self.cr = CrSpace(on_bad_write=self._bad_bar0_write)
         self.hcr = Hcr(self.cr)
-        self.faults = Faults(self.cr)
         self._ctx: DeviceContext = _Detached()
         self.mem = GuestMemory(self.pci, self._ctx)
         self.firmware = Firmware(self.mem)
+        self.faults = Faults(self.cr, self.firmware, self.events)
         self.intx_asserted = False
         self._install_hooks()
         self.regions = {
             CONFIG_REGION: Region(pci.SIZE, read=self.pci.read, write=self._config_write),
             BAR0_REGION: Region(
-                crspace.SIZE,
+                layout.SIZE,
                 read=self.cr.read,
                 write=self.cr.write,
                 fd=self.cr.fd,
@@ -87,14 +87,14 @@ class Cx3Device(Device):
 
     def _install_hooks(self) -> None:
         cr = self.cr
-        cr.hook([crspace.HCR_OFFSET + hcr.STATUS], self._hcr_write)
-        cr.hook([crspace.CLR_INT_OFFSET, crspace.CLR_INT_OFFSET + 4], self._clr_int)
-        cr.hook([crspace.RESET], self._reset_write)
-        cr.hook([crspace.BLOCK_VOLATILE], self._block_volatile)
-        cr.hook([crspace.CR_FILTER], self._cr_filter)
-        read_only = [crspace.OWNERSHIP, crspace.SEMAPHORE]
-        read_only += range(crspace.CATAS_OFFSET, crspace.CATAS_OFFSET + 4 * crspace.CATAS_DWORDS, 4)
-        read_only += range(crspace.HEALTH_OFFSET, crspace.BLOCK_VOLATILE, 4)
+        cr.hook([layout.HCR_OFFSET + hcr.STATUS], self._hcr_write)
+        cr.hook([layout.CLR_INT_OFFSET, layout.CLR_INT_OFFSET + 4], self._clr_int)
+        cr.hook([layout.RESET], self._reset_write)
+        cr.hook([layout.BLOCK_VOLATILE], self._block_volatile)
+        cr.hook([layout.CR_FILTER], self._cr_filter)
+        read_only = [layout.OWNERSHIP, layout.SEMAPHORE]
+        read_only += range(layout.CATAS_OFFSET, layout.CATAS_OFFSET + 4 * layout.CATAS_DWORDS, 4)
+        read_only += range(layout.HEALTH_OFFSET, layout.BLOCK_VOLATILE, 4)
         cr.hook(read_only, self._read_only)
 
     # --- vfio-user hooks -------------------------------------------------------------------
@@ -118,42 +118,11 @@ class Cx3Device(Device):
     def close(self) -> None:
         self.cr.close()
 
-    # --- control-side API (fault knobs and ground truth) ------------------------------------
-
-    def load_crspace(self, image: bytes) -> None:
-        self.faults.load_crspace(image)
-        self.events.add("fault", fault="load_crspace")
-
-    def set_health(self, data: bytes) -> None:
-        self.faults.set_health(data)
-        self.events.add("fault", fault="set_health")
-
-    def inject_catas(self, words: tuple[int, ...] = DEFAULT_CATAS) -> None:
-        self.faults.inject_catas(words)
-        self.events.add("fault", fault="inject_catas", word0=words[0], words=len(words))
-
-    def arm_cmd_timeout(self, opcode: int | None = None) -> None:
-        self.faults.arm_cmd_timeout(opcode)
-        self.events.add("fault", fault="cmd_timeout", opcode=opcode)
-
-    def arm_closing_cmd(
-        self, opcode: int | None = None, status: int = hcr.Status.INTERNAL_ERR
-    ) -> None:
-        self.faults.arm_closing_cmd(opcode, status)
-        self.events.add("fault", fault="closing_cmd", opcode=opcode, status=status)
-
-    def advertise_health(self, enabled: bool) -> None:
-        """Whether QUERY_DEV_CAP offers the health buffer (from the next probe on)."""
-        self.firmware.health_buffer = enabled
-        self.events.add("fault", fault="advertise_health", enabled=enabled)
-
-    def clear_faults(self) -> None:
-        self.faults.clear()
-        self.events.add("fault", fault="clear")
+    # --- control-side API: ground truth (the knobs are in self.faults) ---------------------
 
     def read_bar0(self, offset: int, length: int) -> bytes:
-        if offset < 0 or length < 0 or offset + length > crspace.SIZE:
-            raise ValueError(f"BAR0 range {offset:#x}+{length:#x} is outside 0..{crspace.SIZE:#x}")
+        if offset < 0 or length < 0 or offset + length > layout.SIZE:
+            raise ValueError(f"BAR0 range {offset:#x}+{length:#x} is outside 0..{layout.SIZE:#x}")
         return self.cr.read(offset, length)
 
     def state(self) -> dict[str, object]:
@@ -247,8 +216,8 @@ class Cx3Device(Device):
         self.counts["resets"] += 1
         self.firmware.reset()
         self.hcr.reset()
-        self.cr.fill(crspace.CATAS_OFFSET, 4 * crspace.CATAS_DWORDS)
-        self.cr.set_word(crspace.BLOCK_VOLATILE, 0)
+        self.cr.fill(layout.CATAS_OFFSET, 4 * layout.CATAS_DWORDS)
+        self.cr.set_word(layout.BLOCK_VOLATILE, 0)
         if self.intx_asserted:
             self.intx_asserted = False
             self._ctx.set_intx(False)
@@ -257,7 +226,7 @@ class Cx3Device(Device):
     def _block_volatile(self, offset: int, value: int) -> None:
         self.cr.set_word(offset, value)
         if value == 1:  # the driver's crdump is about to read all of BAR0, then the health buffer
-            health = self.cr.read(crspace.HEALTH_OFFSET, crspace.HEALTH_SIZE)
+            health = self.cr.read(layout.HEALTH_OFFSET, layout.HEALTH_SIZE)
             record = self.crdumps.capture(self.cr.image(), health)
             self.events.add("crdump", crdump=record.index)
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import collections
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+
+from .wire import Crdump
 
 Value = str | int | float | bool | None
 Event = dict[str, Value]
@@ -31,16 +32,6 @@ class EventLog:
     def since(self, index: int) -> list[Event]:
         first = self.next_index - len(self._events)
         return list(self._events)[max(0, index - first) :]
-
-
-@dataclass(frozen=True)
-class Crdump:
-    """BAR0 and the health buffer as the driver's crdump read them."""
-
-    index: int
-    t: float  # time.monotonic(), comparable with event timestamps
-    image: bytes
-    health: bytes
 
 
 class CrdumpStore:

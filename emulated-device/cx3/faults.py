@@ -1,19 +1,22 @@
 """Fault knobs, netdevsim style: plain switches the control interface flips.
 
-CR-space content knobs (image, health buffer, catas words) write BAR0 directly. Command knobs
-are one-shot: armed until the matching command arrives, then spent. An armed knob survives a
-device reset, so it can target the next probe; the hung command it caused does not.
+Each knob is a method of `Faults` named after its entry in cx3/ops.py (KNOBS); the control
+server calls it with that entry's arguments, and each logs one "fault" event. CR-space content
+knobs (image, health buffer, catas words) write BAR0 directly. Command knobs are one-shot:
+armed until the matching command arrives, then spent. An armed knob survives a device reset, so
+it can target the next probe; the hung command it caused does not.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import crspace, opcodes
+from . import layout, opcodes
 from .crspace import CrSpace
+from .events import EventLog
+from .firmware import Firmware
 from .hcr import Status
-
-DEFAULT_CATAS = (0x0FFFFFFF,)  # what the NVIDIA reset-flow documentation shows in buf[00]
+from .layout import DEFAULT_CATAS
 
 
 @dataclass
@@ -26,66 +29,81 @@ class CommandFault:
 
 
 class Faults:
-    def __init__(self, cr: CrSpace) -> None:
+    def __init__(self, cr: CrSpace, firmware: Firmware, events: EventLog) -> None:
         self._cr = cr
-        self.cmd_timeout: CommandFault | None = None
-        self.closing_cmd: CommandFault | None = None
+        self._firmware = firmware
+        self._events = events
+        self.armed_timeout: CommandFault | None = None
+        self.armed_closing: CommandFault | None = None
 
     # --- CR-space content ------------------------------------------------------------------
 
     def load_crspace(self, image: bytes) -> None:
-        if len(image) != crspace.SIZE:
-            raise ValueError(f"CR-space image must be {crspace.SIZE} bytes, got {len(image)}")
+        if len(image) != layout.SIZE:
+            raise ValueError(f"CR-space image must be {layout.SIZE} bytes, got {len(image)}")
         self._cr.load_image(image)
+        self._events.add("fault", fault="load_crspace")
 
     def set_health(self, data: bytes) -> None:
-        if len(data) != crspace.HEALTH_SIZE:
-            raise ValueError(f"health buffer must be {crspace.HEALTH_SIZE} bytes, got {len(data)}")
-        self._cr.store(crspace.HEALTH_OFFSET, data)
+        if len(data) != layout.HEALTH_SIZE:
+            raise ValueError(f"health buffer must be {layout.HEALTH_SIZE} bytes, got {len(data)}")
+        self._cr.store(layout.HEALTH_OFFSET, data)
+        self._events.add("fault", fault="set_health")
 
-    def inject_catas(self, words: tuple[int, ...] = DEFAULT_CATAS) -> None:
-        if not 1 <= len(words) <= crspace.CATAS_DWORDS:
-            raise ValueError(f"catas takes 1..{crspace.CATAS_DWORDS} words, got {len(words)}")
+    # --- knobs (cx3/ops.py KNOBS) ----------------------------------------------------------
+
+    def catas(self, words: tuple[int, ...] = DEFAULT_CATAS) -> None:
+        if not 1 <= len(words) <= layout.CATAS_DWORDS:
+            raise ValueError(f"catas takes 1..{layout.CATAS_DWORDS} words, got {len(words)}")
         if any(not 0 <= w <= 0xFFFFFFFF for w in words):
             raise ValueError("catas words must be 32-bit unsigned values")
         for i, word in enumerate(words):
-            self._cr.set_word(crspace.CATAS_OFFSET + 4 * i, word)
+            self._cr.set_word(layout.CATAS_OFFSET + 4 * i, word)
+        self._events.add("fault", fault="catas", word0=words[0], words=len(words))
 
-    # --- commands --------------------------------------------------------------------------
-
-    def arm_cmd_timeout(self, opcode: int | None = None) -> None:
+    def cmd_timeout(self, opcode: int | None = None) -> None:
         _check_opcode(opcode)
-        self.cmd_timeout = CommandFault(opcode)
+        self.armed_timeout = CommandFault(opcode)
+        self._events.add("fault", fault="cmd_timeout", opcode=opcode)
 
-    def arm_closing_cmd(self, opcode: int | None = None, status: int = Status.INTERNAL_ERR) -> None:
+    def closing_cmd(self, opcode: int | None = None, status: int = Status.INTERNAL_ERR) -> None:
         _check_opcode(opcode)
         if opcode is not None and opcode not in opcodes.CLOSING:
             raise ValueError(f"{opcodes.name(opcode)} is not a closing command")
         if not 1 <= status <= 0xFF:
             raise ValueError(f"closing-command status must be 1..255, got {status}")
-        self.closing_cmd = CommandFault(opcode, status)
+        self.armed_closing = CommandFault(opcode, status)
+        self._events.add("fault", fault="closing_cmd", opcode=opcode, status=status)
+
+    def advertise_health(self, enabled: bool) -> None:
+        """Whether QUERY_DEV_CAP offers the health buffer (from the next probe on)."""
+        self._firmware.health_buffer = enabled
+        self._events.add("fault", fault="advertise_health", enabled=enabled)
 
     def clear(self) -> None:
-        self.cmd_timeout = None
-        self.closing_cmd = None
+        self.armed_timeout = None
+        self.armed_closing = None
+        self._events.add("fault", fault="clear")
+
+    # --- the model's side ------------------------------------------------------------------
 
     def take_timeout(self, opcode: int) -> bool:
         """Should this command hang? Spends the knob if so."""
-        if self.cmd_timeout is None or not self.cmd_timeout.matches(opcode):
+        if self.armed_timeout is None or not self.armed_timeout.matches(opcode):
             return False
-        self.cmd_timeout = None
+        self.armed_timeout = None
         return True
 
     def take_closing_failure(self, opcode: int) -> int | None:
         """The status this closing command must fail with, if armed. Spends the knob."""
-        fault = self.closing_cmd
+        fault = self.armed_closing
         if fault is None or opcode not in opcodes.CLOSING or not fault.matches(opcode):
             return None
-        self.closing_cmd = None
+        self.armed_closing = None
         return fault.status
 
     def describe(self) -> dict[str, dict[str, int | None] | None]:
-        timeout, closing = self.cmd_timeout, self.closing_cmd
+        timeout, closing = self.armed_timeout, self.armed_closing
         return {
             "cmd_timeout": None if timeout is None else {"opcode": timeout.opcode},
             "closing_cmd": (

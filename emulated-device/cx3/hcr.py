@@ -1,4 +1,4 @@
-"""The HCR (host command register) protocol, contract §4 (`cmd.c: mlx4_cmd_post/poll`).
+"""The HCR (host command register) protocol (cmd.c: mlx4_cmd_post, mlx4_cmd_poll).
 
 Seven BE32 words at BAR0 0x80680. The driver fills +0x00..+0x14, then writes +0x18 with GO, its
 toggle T, E (event mode), op_modifier and opcode. The device keeps T, executes, writes the
@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from . import crspace
+from . import layout
 from .crspace import CrSpace
 
 IN_PARAM_H = 0x00
@@ -57,10 +57,10 @@ class Hcr:
         self._cr = cr
 
     def _get(self, reg: int) -> int:
-        return self._cr.word(crspace.HCR_OFFSET + reg)
+        return self._cr.word(layout.HCR_OFFSET + reg)
 
     def _set(self, reg: int, value: int) -> None:
-        self._cr.set_word(crspace.HCR_OFFSET + reg, value)
+        self._cr.set_word(layout.HCR_OFFSET + reg, value)
 
     @property
     def busy(self) -> bool:
@@ -90,4 +90,4 @@ class Hcr:
 
     def reset(self) -> None:
         """Power-on state: everything 0, in particular T=0 (the driver starts with toggle 1)."""
-        self._cr.fill(crspace.HCR_OFFSET, crspace.HCR_SIZE)
+        self._cr.fill(layout.HCR_OFFSET, layout.HCR_SIZE)

@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from cx3 import crspace
+from cx3 import layout
 from rig.devicemodel import DeviceModel
 from rig.errors import RigError
 from vfio_user.client import Client
@@ -33,7 +33,7 @@ from vfio_user.device import BAR0_REGION
 PINGPONG_C = Path(__file__).with_name("pingpong.c")
 REQUEST = 32  # vfio-user header (16) + struct region_rw (16)
 REPLY = 36  # the same + 4 bytes of data
-TRAPPED_REGISTER = crspace.SEMAPHORE
+TRAPPED_REGISTER = layout.SEMAPHORE
 
 
 def round_trips(runs: int, log_dir: Path, reads: int = 10000) -> dict[str, list[float]]:

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cx3 import crspace
+from cx3 import layout
 from rig import __version__, builtin
 from rig.bench import host as benchhost
 from rig.bench.stats import Results, Spec, document, ratios, to_json
@@ -52,7 +52,7 @@ DEFAULT_SECTIONS = ("host", "boot", "guest", "replay", "suite")
 REPO = Path(__file__).resolve().parents[2]
 GUEST_SCRIPT = guest_program("bench_guest.py")
 GUEST_REMOTE = "/run/rig/bench_guest.py"
-BAR_READS = crspace.SIZE // 4
+BAR_READS = layout.SIZE // 4
 
 SPECS = (
     Spec("boot.device", "boot to SSH-ready, device + mlx4_core bound", "s", 8.0),
@@ -331,9 +331,9 @@ def _guest_json(rig: Rig, args: str, timeout: float = 300.0) -> dict[str, Any]:
 
 def _read_loop(rig: Rig, bdf: str, runs: int, run: BenchRun) -> None:
     r = run.results
-    trapped = ",".join(hex(p) for p in crspace.TRAPPED_PAGES)
+    trapped = ",".join(hex(p) for p in layout.TRAPPED_PAGES)
     res = _guest_json(rig, f"readloop {bdf} --trapped {trapped} "
-                           f"--register {crspace.SEMAPHORE:#x} --runs {runs}")
+                           f"--register {layout.SEMAPHORE:#x} --runs {runs}")
     ns, reads = res["ns"], res["reads"]
     for i in range(runs):
         item = ns["anon"][i] / reads["anon"]

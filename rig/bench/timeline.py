@@ -89,7 +89,7 @@ def catas_timeline(events: Sequence[dict[str, Any]], console: Sequence[tuple[flo
     """
     lines = printk_lines(console)
     offset = clock_offset(lines)
-    injected = _event(events, "catas injection", kind="fault", fault="inject_catas")
+    injected = _event(events, "catas injection", kind="fault", fault="catas")
     crdump = _event(events, "crdump start", kind="crdump")
     detected = _first(lines, DETECTED, offset, "the internal error")
     crspace = _first(lines, CRSPACE_ADDED, offset, "the cr-space snapshot")

@@ -11,8 +11,9 @@ import sys
 import time
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
-from rig import builtin
+from cx3 import ops
 from rig.commands.options import Subparsers, add_guest_options, command_after_dashes
 from rig.errors import RigError
 from rig.formats.dumptext import format_dump, load_region_file
@@ -50,15 +51,7 @@ def add_parsers(sub: Subparsers) -> None:
     p.add_argument("args", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_devlink, name="default")
 
-    p = sub.add_parser("fault", help="inject a fault into a running rig's device")
-    _named(p)
-    p.add_argument("kind", choices=("catas", "cmd-timeout", "closing-cmd", "clear"))
-    default_words = " ".join(f"{w:#x}" for w in builtin.CATAS_WORDS)
-    p.add_argument("--words", metavar="WORD", nargs="+",
-                   help=f"catas buffer dwords (default: {default_words})")
-    p.add_argument("--opcode", type=lambda s: int(s, 0),
-                   help="only this firmware opcode (command faults)")
-    p.set_defaults(func=cmd_fault)
+    _add_fault(sub)
 
     p = sub.add_parser("load", help="load a CR-space image and/or health buffer into the device")
     _named(p)
@@ -135,30 +128,70 @@ def cmd_devlink(args: argparse.Namespace) -> int:
     return _run_in_guest(name, shlex.join(["devlink", *rest]))
 
 
+def _add_fault(sub: Subparsers) -> None:
+    """`rig fault KNOB [--ARG ...]`, one subcommand per fault knob of the device's op table."""
+    p = sub.add_parser("fault", help="inject a fault into a running rig's device")
+    _named(p)
+    knobs = p.add_subparsers(dest="knob", required=True, metavar="KNOB")
+    for op in ops.KNOBS:
+        k = knobs.add_parser(op.cli_name, help=op.help,
+                             description=f"{op.help}; {op.note}" if op.note else op.help)
+        k.add_argument("--name", default=argparse.SUPPRESS, help="which rig (default: default)")
+        for arg in op.args:
+            _add_knob_arg(k, arg)
+        k.set_defaults(func=cmd_fault, op=op)
+
+
+def _int(text: str) -> int:
+    return int(text, 0)
+
+
+def _show(value: object) -> str:
+    if isinstance(value, bytes):
+        return f"<{len(value)} bytes>"
+    if isinstance(value, tuple | list):
+        return " ".join(f"{w:#010x}" for w in value)
+    return str(value)
+
+
+def _flag(name: str, value: object) -> str:
+    """How a given argument reads on the command line."""
+    flag = name.replace("_", "-")
+    if isinstance(value, bool):
+        return f" --{flag}" if value else f" --no-{flag}"
+    return f" --{flag} {_show(value)}"
+
+
+def _add_knob_arg(p: argparse.ArgumentParser, arg: ops.Arg) -> None:
+    flag, dest = f"--{arg.name.replace('_', '-')}", f"knob_{arg.name}"
+    no_default = arg.required or arg.default is None
+    kw: dict[str, Any] = {"dest": dest, "required": arg.required, "help": arg.help if no_default
+                          else f"{arg.help} (default: {_show(arg.default)})"}
+    if arg.type is bool:
+        p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+    elif arg.type is tuple:
+        p.add_argument(flag, metavar="WORD", type=_int, nargs="+", **kw)
+    elif arg.type is bytes:
+        p.add_argument(flag, metavar="FILE", type=lambda f: Path(f).read_bytes(), **kw)
+    else:
+        p.add_argument(flag, metavar="N", type=_int, **kw)
+
+
 def cmd_fault(args: argparse.Namespace) -> int:
+    op: ops.Op = args.op
+    given = {a.name: getattr(args, f"knob_{a.name}") for a in op.args}
+    given = {n: tuple(v) if isinstance(v, list) else v for n, v in given.items() if v is not None}
     with Instance.find(args.name).control() as ctl:
-        if args.kind == "catas":
-            words = tuple(int(w, 0) for w in args.words) if args.words else builtin.CATAS_WORDS
-            ctl.inject_catas(words)
-            print(f"catas buffer now {' '.join(f'{w:08x}' for w in words)}; the driver's poll "
-                  "finds it within ~5 s")
-        elif args.kind == "cmd-timeout":
-            ctl.fault_cmd_timeout(args.opcode)
-            print("the next firmware command will never complete (try `rig devlink dev reload "
-                  "...`; the driver gives up after 60 s)")
-        elif args.kind == "closing-cmd":
-            ctl.fault_closing_cmd(args.opcode)
-            print("the next closing command will fail (try `rig devlink dev reload ...`)")
-        else:
-            ctl.clear_faults()
-            print("command faults cleared")
+        ctl.fault(op.name, **given)  # what is not given takes the table's default
+    shown = "".join(_flag(n, v) for n, v in given.items())
+    print(f"{op.cli_name}{shown}: {op.help}" + (f"; {op.note}" if op.note else ""))
     return 0
 
 
 def cmd_load(args: argparse.Namespace) -> int:
     if args.crspace is None and args.health is None:
         raise RigError("rig load: give --crspace FILE and/or --health FILE")
-    from cx3 import crspace as cr
+    from cx3 import layout as cr
 
     with Instance.find(args.name).control() as ctl:
         if args.crspace is not None:

@@ -11,7 +11,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from rig.jobs.behaviours import ERROR, FAIL
-from rig.jobs.verdict import REGRESSED, Verdict, KernelResult
+from rig.jobs.verdict import REGRESSED, KernelResult, Verdict
 
 
 def _suite(parent: ET.Element, name: str, cases: list[ET.Element]) -> None:

@@ -3,59 +3,14 @@
 A crdump copies BAR0 as the device presents it at that moment: the model's live registers,
 the words the driver itself writes just before the dump, and the injected catas words all
 replace what the loaded image held there. Everything else must be the image, byte for byte.
+The registers are the device model's own table, cx3.layout.REGISTERS.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cx3 import crspace as cr
-
-
-@dataclass(frozen=True)
-class Register:
-    offset: int
-    size: int
-    name: str
-    why: str  # why its content in a snapshot need not be the loaded image's
-
-    def covers(self, offset: int) -> bool:
-        return self.offset <= offset < self.offset + self.size
-
-
-REGISTERS = (
-    Register(
-        cr.CATAS_OFFSET,
-        cr.CATAS_DWORDS * 4,
-        "catas buffer",
-        "internal-error words the fault injected (live firmware state)",
-    ),
-    Register(
-        cr.HEALTH_OFFSET,
-        cr.HEALTH_SIZE,
-        "health buffer",
-        "the firmware health buffer (loaded separately, --health)",
-    ),
-    Register(
-        cr.BLOCK_VOLATILE,
-        4,
-        "block-volatile word",
-        "crdump writes 1 here just before it reads BAR0",
-    ),
-    Register(cr.HCR_OFFSET, cr.HCR_SIZE, "HCR", "the command register holds the last command"),
-    Register(cr.OWNERSHIP, 4, "ownership", "live register: reads 0"),
-    Register(cr.CLR_INT_OFFSET, 8, "clr_int", "live register: interrupt clear"),
-    Register(cr.RESET, 4, "reset", "live register: reads 0"),
-    Register(cr.SEMAPHORE, 4, "HW semaphore", "live register: reads 0"),
-    Register(cr.CR_FILTER, 4, "CR filter", "crdump clears bit 6 before the dump"),
-)
-
-
-def register_at(offset: int) -> Register | None:
-    for reg in REGISTERS:
-        if reg.covers(offset):
-            return reg
-    return None
+from cx3.layout import register_at
 
 
 @dataclass(frozen=True)

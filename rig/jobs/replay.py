@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cx3 import crspace as cr
+from cx3 import layout as cr
 from rig import __version__, builtin
 from rig.errors import RigError, UsageError
 from rig.formats.compare import diff, hexdump_diff

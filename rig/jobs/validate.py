@@ -19,7 +19,7 @@ from pathlib import Path
 from rig.formats.junit import write_junit
 from rig.jobs.behaviours import replay_outcome, run_session
 from rig.jobs.replay import ReplayOptions, run_replay
-from rig.jobs.verdict import Verdict, KernelResult
+from rig.jobs.verdict import KernelResult, Verdict
 from rig.progress import step
 from rig.provision.guest import ensure_guest
 from rig.provision.kbuild import ensure_build

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cx3 import crspace as cr
-from cx3.control import CrdumpData
+from cx3 import layout as cr
+from cx3.wire import Crdump
 from rig import builtin
 from rig.formats.compare import diff, hexdump_diff
 from rig.kernellog import kernel_trouble
@@ -113,7 +113,7 @@ class Snapshot:
     """One driver snapshot (the same id in both regions) and what it must contain."""
 
     id: int
-    truth: CrdumpData  # BAR0 and health buffer as the device served them to the crdump
+    truth: Crdump  # BAR0 and health buffer as the device served them to the crdump
     health: bytes  # the health buffer the test loaded
     catas: tuple[int, ...]  # the catas words injected (empty for command faults)
     notifications: list[dict[str, Any]] = field(default_factory=list)

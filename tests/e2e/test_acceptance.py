@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from cx3 import crspace as cr
+from cx3 import layout as cr
 from rig import builtin
 from rig.pytest_plugin import RigFactory, rig_channel
 from rig.rig import Rig

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from cx3 import crspace as cr
+from cx3 import layout as cr
 from cx3 import opcodes
 from rig import builtin
 from rig.rig import Rig
@@ -43,8 +43,8 @@ def rig(fresh_driver: Rig) -> Iterator[Rig]:
     values) and the device's knobs back at their defaults afterwards."""
     fresh_driver.mlx4.enable_snapshots("runtime", "driverinit")
     yield fresh_driver
-    fresh_driver.device.clear_faults()
-    fresh_driver.device.advertise_health(True)
+    fresh_driver.device.fault("clear")
+    fresh_driver.device.fault("advertise_health", enabled=True)
 
 
 def command_fault(rig: Rig, kind: str, n: int) -> Snapshot:
@@ -100,7 +100,7 @@ def test_internal_error_reset_false_means_no_reset_and_no_crdump(rig: Rig) -> No
     resets = rig.mlx4.kmsg_count("device is going to be reset")
     last_word = f"buf[{cr.CATAS_DWORDS - 1:02x}]"  # poll_catas's dump ends with this line
     dumped = rig.mlx4.kmsg_count(last_word)
-    rig.device.inject_catas(catas_words(30))
+    rig.device.fault("catas", words=catas_words(30))
     rig.wait_kmsg(last_word, nth=dumped + 1, timeout=CRDUMP_TIMEOUT)
     # poll_catas decides right there: without internal_error_reset it queues no reset work
     # and stops polling. The reload below takes the devlink lock such work would need, so
@@ -116,10 +116,10 @@ def test_internal_error_reset_false_means_no_reset_and_no_crdump(rig: Rig) -> No
 
 
 def test_firmware_without_health_buffer_means_no_crdump(rig: Rig) -> None:
-    rig.device.advertise_health(False)
+    rig.device.fault("advertise_health", enabled=False)
     rig.mlx4.reload()  # the driver reads the health-buffer offset in QUERY_DEV_CAP at load
     line = catas_without_snapshot(rig, NO_HEALTH_BUFFER)
     assert NO_HEALTH_BUFFER in line
-    rig.device.advertise_health(True)
+    rig.device.fault("advertise_health", enabled=True)
     rig.mlx4.reload()
     assert_no_kernel_trouble(rig)

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
-from cx3 import crspace as cr
+from cx3 import layout as cr
 from rig.devlink.channels import ChannelError, RegionChannel
 from rig.pytest_plugin import rig_channel
 from rig.rig import Rig

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from cx3 import crspace as cr
-from cx3.control import ControlClient, CrdumpData
+from cx3 import layout as cr
+from cx3.client import ControlClient
+from cx3.wire import Crdump
 from rig import cli
 from rig.formats.dumptext import format_dump
 from rig.jobs.replay import ReplayOptions, run_replay
@@ -65,7 +66,7 @@ def tampered_truth(monkeypatch: pytest.MonkeyPatch) -> int:
     offset = 0x12345
     crdump = ControlClient.crdump
 
-    def flipped(self: ControlClient, index: int) -> CrdumpData:
+    def flipped(self: ControlClient, index: int) -> Crdump:
         truth = crdump(self, index)
         image = bytearray(truth.image)
         image[offset] ^= 0xFF

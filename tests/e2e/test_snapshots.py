@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from cx3 import crspace as cr
+from cx3 import layout as cr
 from rig import builtin
 from rig.devlink.channels import (
     UNPRIVILEGED,
@@ -140,7 +140,7 @@ def test_crspace_is_what_bar0_held(rig: Rig, taken: Taken, devlink: RegionChanne
     snap = taken.snapshots[0]
     data = crspace_dump(rig, taken, devlink)
     assert_same_bytes(data, snap.truth.image, f"cr-space snapshot {snap.id} ({devlink.name})")
-    # The words the driver changed itself, and the injected ones (firmware contract §9.2):
+    # The words the driver changed itself (crdump.c), and the injected ones (cx3.layout):
     assert be32(data, cr.BLOCK_VOLATILE) == 1
     assert be32(taken.image, cr.CR_FILTER) & 1 << 6, "the image sets the CR filter bit"
     assert be32(data, cr.CR_FILTER) & 1 << 6 == 0, "crdump clears it before reading"
@@ -337,7 +337,7 @@ def test_a_region_holds_at_most_max_snapshots(rig: Rig, taken: Taken) -> None:
     refused = rig.mlx4.kmsg_count("crdump: devlink create cr-space snapshot id")
     restarts = rig.mlx4.kmsg_count(RESTARTED)
     crdumps = rig.device.state()["crdumps"]
-    rig.device.inject_catas(catas_words(0xCA))
+    rig.device.fault("catas", words=catas_words(0xCA))
     line = rig.wait_kmsg("crdump: devlink create cr-space snapshot id", nth=refused + 1,
                          timeout=CRDUMP_TIMEOUT)
     assert line.endswith(f"snapshot id {next_id} err -{errno.ENOSPC}"), line

@@ -12,7 +12,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from cx3 import Cx3Device
+from cx3.device import Cx3Device
 from cx3.opcodes import Opcode
 from vfio_user import CONFIG_REGION, DmaError
 from vfio_user.device import BAR0_REGION, BAR2_REGION
@@ -148,7 +148,7 @@ class DirectBus:
 
 
 class Driver:
-    """Just enough of mlx4_core to probe the model (contract §5, Appendix A)."""
+    """Just enough of mlx4_core to probe the model (the probe of main.c: mlx4_load_one)."""
 
     def __init__(self, bus: Bus, guest: Guest) -> None:
         self.bus = bus

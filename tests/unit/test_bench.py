@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from cx3 import crspace
+from cx3 import crspace, layout
 from guest.programs import bench_guest
 from rig.bench import run as bench
 from rig.bench.stats import (
@@ -154,7 +154,7 @@ def _fault(delays: tuple[float, ...] = (0.004, 0.001, 0.010)) -> dict[str, Any]:
     console = [(g + OFFSET + delays[i % len(delays)], f"[{g:12.6f}] {text}")
                for i, (g, text) in enumerate(printk)]
     events = [
-        {"index": 5, "t": 1007.5, "kind": "fault", "fault": "inject_catas"},
+        {"index": 5, "t": 1007.5, "kind": "fault", "fault": "catas"},
         {"index": 6, "t": 1010.021, "kind": "cr_filter", "value": 0},
         {"index": 7, "t": 1010.022, "kind": "crdump", "crdump": 0},
         {"index": 8, "t": 1010.54, "kind": "reset", "source": "bar0"},
@@ -205,7 +205,7 @@ def test_timeline_without_restart_or_markers() -> None:
 
 
 def test_guest_readloop_maps_what_the_device_maps() -> None:
-    dwords = bench_guest.mapped_ranges(list(crspace.TRAPPED_PAGES))
+    dwords = bench_guest.mapped_ranges(list(layout.TRAPPED_PAGES))
     assert [(a * 4, (b - a) * 4) for a, b in dwords] == crspace.mmap_areas()
 
 

@@ -10,8 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from cx3 import ControlClient, ControlError, ControlServer, Cx3Device, crspace
-from cx3.control import MAX_LINE
+from cx3 import layout
+from cx3.client import ControlClient, ControlError
+from cx3.device import Cx3Device
+from cx3.server import ControlServer
+from cx3.wire import MAX_LINE
 from tests.unit.cx3_guest import region_write
 from tests.unit.vfio_loop import running_loop
 
@@ -48,14 +51,14 @@ def test_ping_and_state(served: tuple[Cx3Device, str]) -> None:
 def test_fault_knobs_reach_bar0(served: tuple[Cx3Device, str]) -> None:
     dev, path = served
     with ControlClient(path) as client:
-        client.inject_catas((0x0FFFFFFF, 1, 2))
+        client.fault("catas", words=(0x0FFFFFFF, 1, 2))
         assert client.read_bar0(0x1F000, 12) == bytes.fromhex("0fffffff0000000100000002")
         client.set_health(bytes(range(64)))
         assert client.read_bar0(0x1F100, 64) == bytes(range(64))
-        client.load_crspace(b"\x42" * crspace.SIZE)
+        client.load_crspace(b"\x42" * layout.SIZE)
         assert client.read_bar0(0x40000, 4) == b"\x42" * 4
         assert client.read_bar0(0x1F000, 4) == bytes.fromhex("0fffffff")  # live register kept
-        client.inject_catas()
+        client.fault("catas")
         assert client.read_bar0(0x1F000, 4) == bytes.fromhex("0fffffff")
     assert dev.read_bar0(0x1F100, 64) == bytes(range(64))
 
@@ -63,38 +66,38 @@ def test_fault_knobs_reach_bar0(served: tuple[Cx3Device, str]) -> None:
 def test_command_fault_switches(served: tuple[Cx3Device, str]) -> None:
     dev, path = served
     with ControlClient(path) as client:
-        client.fault_cmd_timeout(0x031)
-        client.fault_closing_cmd(0x014, status=3)
+        client.fault("cmd_timeout", opcode=0x031)
+        client.fault("closing_cmd", opcode=0x014, status=3)
         assert client.state()["faults"] == {
             "cmd_timeout": {"opcode": 0x031},
             "closing_cmd": {"opcode": 0x014, "status": 3},
         }
-        client.clear_faults()
-        assert dev.faults.cmd_timeout is None and dev.faults.closing_cmd is None
-        client.fault_cmd_timeout()
+        client.fault("clear")
+        assert dev.faults.armed_timeout is None and dev.faults.armed_closing is None
+        client.fault("cmd_timeout")
         assert client.state()["faults"]["cmd_timeout"] == {"opcode": None}
 
 
 def test_health_buffer_knob(served: tuple[Cx3Device, str]) -> None:
     dev, path = served
     with ControlClient(path) as client:
-        client.advertise_health(False)
+        client.fault("advertise_health", enabled=False)
         assert client.state()["health_buffer"] is False
         with pytest.raises(ControlError, match="'enabled' must be true or false"):
             client.call("advertise_health", enabled=0)
-        client.advertise_health(True)
+        client.fault("advertise_health", enabled=True)
     assert dev.firmware.health_buffer is True
 
 
 def test_crdump_records_and_events(served: tuple[Cx3Device, str]) -> None:
     dev, path = served
-    dev.inject_catas()
+    dev.faults.catas()
     region_write(dev, 0, 0x1F140, b"\0\0\0\1")  # the driver's crdump begins
     region_write(dev, 0, 0x1F140, b"\0\0\0\0")
     with ControlClient(path) as client:
         assert [c.index for c in client.crdumps()] == [0]
         dump = client.crdump(0)
-        assert dump.image == dev.crdumps.get(0).image and len(dump.image) == crspace.SIZE
+        assert dump.image == dev.crdumps.get(0).image and len(dump.image) == layout.SIZE
         assert dump.image[0x1F140:0x1F144] == b"\0\0\0\1"
         assert dump.health == bytes(64)
         page = client.events()
@@ -115,11 +118,11 @@ def test_crdump_records_and_events(served: tuple[Cx3Device, str]) -> None:
         ("read_bar0", {"offset": 0xFFFFC, "length": 8}, "outside"),
         ("set_health", {"data": "!!!"}, "not valid base64"),
         ("set_health", {"data": "AAAA"}, "64 bytes"),
-        ("inject_catas", {"words": "x"}, "list of integers"),
-        ("inject_catas", {"words": [1 << 32]}, "32-bit"),
-        ("inject_catas", {"words": []}, "1..16 words"),
-        ("fault_closing_cmd", {"opcode": 0x031}, "not a closing command"),
-        ("fault_cmd_timeout", {"opcode": 0x1000}, "0..0xfff"),
+        ("catas", {"words": "x"}, "list of integers"),
+        ("catas", {"words": [1 << 32]}, "32-bit"),
+        ("catas", {"words": []}, "1..16 words"),
+        ("closing_cmd", {"opcode": 0x031}, "not a closing command"),
+        ("cmd_timeout", {"opcode": 0x1000}, "0..0xfff"),
         ("crdump", {"index": "0"}, "must be an integer"),
     ],
 )
@@ -175,7 +178,7 @@ def test_client_vanishing_mid_reply(served: tuple[Cx3Device, str]) -> None:
 def test_two_clients_interleaved(served: tuple[Cx3Device, str]) -> None:
     _, path = served
     with ControlClient(path) as a, ControlClient(path) as b:
-        a.inject_catas((7,))
+        a.fault("catas", words=(7,))
         assert b.read_bar0(0x1F000, 4) == b"\0\0\0\7"
         b.ping()
         a.ping()
@@ -196,3 +199,13 @@ def test_client_refuses_wrong_image_size_locally(served: tuple[Cx3Device, str]) 
     _, path = served
     with ControlClient(path) as client, pytest.raises(ControlError, match="1048576"):
         client.load_crspace(b"\0" * 10)
+
+
+def test_client_refuses_unknown_knobs_and_arguments_locally(served: tuple[Cx3Device, str]) -> None:
+    _, path = served
+    with ControlClient(path) as client:
+        with pytest.raises(ControlError, match="no fault knob 'ping'"):
+            client.fault("ping")
+        with pytest.raises(TypeError, match="'opcod'"):
+            client.fault("cmd_timeout", opcod=1)
+        client.ping()

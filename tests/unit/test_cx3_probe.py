@@ -7,10 +7,11 @@ import struct
 
 import pytest
 
-from cx3 import crspace
+from cx3 import layout
 from cx3.hcr import Status
 from cx3.opcodes import Opcode
-from tests.unit.cx3_guest import ASYNC_EQN, COMP_EQN, HCR, MTT_BASE, CmdError, Driver, make_device
+
+from .cx3_guest import ASYNC_EQN, COMP_EQN, HCR, MTT_BASE, CmdError, Driver, make_device
 
 
 def test_query_fw_outbox_advertises_registers() -> None:
@@ -44,13 +45,13 @@ def test_query_dev_cap_and_port() -> None:
 
 def test_health_buffer_can_be_withheld_and_the_knob_survives_reset() -> None:
     dev, _, drv = make_device()
-    dev.advertise_health(False)
+    dev.faults.advertise_health(False)
     drv.reset()  # a knob, like the command faults: the next probe must see it
     cap = drv.cmd_box(Opcode.QUERY_DEV_CAP)
     assert struct.unpack_from(">I", cap, 0xE4)[0] == 0  # the driver then skips crdump
-    dev.advertise_health(True)
+    dev.faults.advertise_health(True)
     cap = drv.cmd_box(Opcode.QUERY_DEV_CAP)
-    assert struct.unpack_from(">I", cap, 0xE4)[0] == crspace.HEALTH_OFFSET
+    assert struct.unpack_from(">I", cap, 0xE4)[0] == layout.HEALTH_OFFSET
 
 
 def test_probe_and_nop_interrupt_over_intx() -> None:
@@ -133,10 +134,10 @@ def test_catas_injection_and_reset() -> None:
     drv.probe()
     drv.event_cmd(Opcode.NOP)
     assert ctx.intx
-    dev.inject_catas((0x0FFFFFFF, 0x12345678))
+    dev.faults.catas((0x0FFFFFFF, 0x12345678))
     assert drv.read32(0x1F000) == 0x0FFFFFFF and drv.read32(0x1F004) == 0x12345678
     health = bytes(range(64))
-    dev.set_health(health)
+    dev.faults.set_health(health)
 
     drv.reset()
     assert drv.read32(0x1F000) == 0 and drv.read32(0x1F004) == 0  # catas cleared
@@ -176,16 +177,16 @@ def test_vfio_reset_hook_is_a_full_reset() -> None:
 def test_crdump_captures_bar0_as_the_guest_reads_it() -> None:
     dev, _, drv = make_device()
     drv.probe()
-    dev.inject_catas()
-    dev.set_health(b"\xab" * 64)
-    dev.load_crspace(bytes([0x5A]) * crspace.SIZE)
-    guest_view = mmap.mmap(dev.cr.fd, crspace.SIZE, prot=mmap.PROT_READ)  # the client's mapping
+    dev.faults.catas()
+    dev.faults.set_health(b"\xab" * 64)
+    dev.faults.load_crspace(bytes([0x5A]) * layout.SIZE)
+    guest_view = mmap.mmap(dev.cr.fd, layout.SIZE, prot=mmap.PROT_READ)  # the client's mapping
 
     filter_on = drv.read32(0xF3F04)
     drv.write32(0xF3F04, filter_on & ~(1 << 6))  # crdump_enable_crspace_access
     drv.write32(0x1F140, 1)
     read = bytearray(guest_view[:])  # mapped pages, then every trapped dword as the driver does
-    for page in crspace.TRAPPED_PAGES:
+    for page in layout.TRAPPED_PAGES:
         for off in range(page, page + 4096, 4):
             read[off : off + 4] = drv.read32(off).to_bytes(4, "big")
     health = b"".join(drv.read32(0x1F100 + o).to_bytes(4, "big") for o in range(0, 64, 4))
@@ -262,7 +263,7 @@ def test_teardown_sequence() -> None:
 def test_cmd_timeout_fault_leaves_go_set_until_reset() -> None:
     dev, ctx, drv = make_device()
     drv.probe()
-    dev.arm_cmd_timeout(Opcode.CONF_SPECIAL_QP)
+    dev.faults.cmd_timeout(Opcode.CONF_SPECIAL_QP)
     drv.event_cmd(Opcode.NOP)  # other opcodes are unaffected
     drv.interrupt()
     drv.post(Opcode.CONF_SPECIAL_QP, in_mod=512, event=True)
@@ -278,7 +279,7 @@ def test_cmd_timeout_fault_leaves_go_set_until_reset() -> None:
 
 def test_armed_timeout_survives_reset_and_hits_next_probe() -> None:
     dev, _, drv = make_device()
-    dev.arm_cmd_timeout(Opcode.QUERY_FW)
+    dev.faults.cmd_timeout(Opcode.QUERY_FW)
     drv.reset()
     drv.post(Opcode.QUERY_FW, out_param=drv.guest.alloc())
     assert drv.pending()
@@ -287,7 +288,7 @@ def test_armed_timeout_survives_reset_and_hits_next_probe() -> None:
 def test_closing_cmd_fault_fails_once() -> None:
     dev, _, drv = make_device()
     drv.probe()
-    dev.arm_closing_cmd(Opcode.HW2SW_EQ, status=Status.INTERNAL_ERR)
+    dev.faults.closing_cmd(Opcode.HW2SW_EQ, status=Status.INTERNAL_ERR)
     drv.cmd(Opcode.CLOSE_PORT, in_mod=1)  # not the targeted command
     with pytest.raises(CmdError) as err:
         drv.cmd(Opcode.HW2SW_EQ, in_mod=ASYNC_EQN, op_mod=1)
@@ -298,9 +299,9 @@ def test_closing_cmd_fault_fails_once() -> None:
 def test_closing_cmd_fault_rejects_non_closing_opcode() -> None:
     dev, _, _ = make_device()
     with pytest.raises(ValueError, match="not a closing command"):
-        dev.arm_closing_cmd(Opcode.NOP)
+        dev.faults.closing_cmd(Opcode.NOP)
     with pytest.raises(ValueError, match=r"1\.\.255"):
-        dev.arm_closing_cmd(None, status=0)
+        dev.faults.closing_cmd(None, status=0)
 
 
 def test_bad_dma_address_is_bad_param() -> None:

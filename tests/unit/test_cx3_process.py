@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 import cx3
-from cx3 import ControlClient, crspace
+from cx3 import crspace, layout
+from cx3.client import ControlClient
 from cx3.opcodes import Opcode
 from tests.unit.cx3_guest import Driver, Guest
 from vfio_user import IRQ_INTX
@@ -87,9 +88,9 @@ def test_probe_through_the_transport(model: Model) -> None:
         client.version()
         client.dma_map(GUEST_BASE, GUEST_SIZE, os.dup(ram.fd))
         bar0 = client.region_info(BAR0_REGION)
-        assert bar0.size == crspace.SIZE and bar0.fd is not None
+        assert bar0.size == layout.SIZE and bar0.fd is not None
         assert bar0.mmap_areas == crspace.mmap_areas()
-        cr_view = mmap.mmap(bar0.fd, crspace.SIZE, prot=mmap.PROT_READ)
+        cr_view = mmap.mmap(bar0.fd, layout.SIZE, prot=mmap.PROT_READ)
         intx = os.eventfd(0, os.EFD_NONBLOCK)
         client.set_irq_eventfds(IRQ_INTX, 0, [os.dup(intx)])
 
@@ -102,7 +103,7 @@ def test_probe_through_the_transport(model: Model) -> None:
         state = control.state()
         assert state["fw_running"] and [q["eqn"] for q in state["eqs"]] == [4, 5]
 
-        control.inject_catas()
+        control.fault("catas")
         assert cr_view[0x1F000:0x1F004] == bytes.fromhex("0fffffff")  # what the guest maps
         driver.write32(0x1F140, 1)
         driver.write32(0x1F140, 0)

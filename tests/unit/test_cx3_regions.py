@@ -7,7 +7,8 @@ import struct
 
 import pytest
 
-from cx3 import Cx3Device, crspace
+from cx3 import layout
+from cx3.device import Cx3Device
 from tests.unit.cx3_guest import region_read, region_write
 from vfio_user import CONFIG_REGION, IRQ_INTX, IRQ_MSIX, AccessError
 from vfio_user.device import BAR0_REGION, BAR2_REGION
@@ -86,9 +87,9 @@ def test_bar0_offers_all_but_the_trapped_pages() -> None:
 
 def test_bar0_memfd_is_what_the_guest_maps() -> None:
     dev = Cx3Device()
-    view = mmap.mmap(dev.cr.fd, crspace.SIZE)
-    image = bytes(range(256)) * (crspace.SIZE // 256)
-    dev.load_crspace(image)
+    view = mmap.mmap(dev.cr.fd, layout.SIZE)
+    image = bytes(range(256)) * (layout.SIZE // 256)
+    dev.faults.load_crspace(image)
     assert view[0x40000:0x40100] == image[0x40000:0x40100]
     view[0x50000:0x50004] = b"\xde\xad\xbe\xef"  # a guest store through the mapping
     assert region_read(dev, BAR0_REGION, 0x50000, 4) == b"\xde\xad\xbe\xef"
@@ -97,8 +98,8 @@ def test_bar0_memfd_is_what_the_guest_maps() -> None:
 
 def test_loaded_image_keeps_live_registers() -> None:
     dev = Cx3Device()
-    dev.set_health(b"\x77" * 64)
-    dev.load_crspace(b"\xee" * crspace.SIZE)
+    dev.faults.set_health(b"\x77" * 64)
+    dev.faults.load_crspace(b"\xee" * layout.SIZE)
     read = dev.read_bar0
     assert read(0x1F100, 64) == b"\x77" * 64  # health buffer: its own knob
     for reg in (0x1F000, 0x1F140, 0x80680, 0x80698, 0x8069C, 0x80700, 0xF0010, 0xF03FC):
@@ -106,13 +107,13 @@ def test_loaded_image_keeps_live_registers() -> None:
     assert read(0xF3F04, 4) == b"\xee" * 4  # the CR filter comes from the image
     assert read(0x806A0, 4) == read(0x1F040, 4) == read(0, 4) == b"\xee" * 4
     with pytest.raises(ValueError, match="1048576 bytes"):
-        dev.load_crspace(b"short")
+        dev.faults.load_crspace(b"short")
 
 
 def test_bar0_reads_have_no_side_effects() -> None:
     dev = Cx3Device()
     before = dev.cr.image()
-    for page in crspace.TRAPPED_PAGES:
+    for page in layout.TRAPPED_PAGES:
         for off in range(page, page + 4096, 4):
             region_read(dev, BAR0_REGION, off, 4)
     assert dev.cr.image() == before and dev.events.next_index == 0

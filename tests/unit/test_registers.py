@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from cx3 import crspace as cr
+from cx3 import layout as cr
 from rig.formats.registers import explain
 
 

@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 
 from rig.formats.junit import junit_xml
-from rig.formats.report import Comparison
-from rig.formats.report import Report, SnapshotReport
+from rig.formats.report import Comparison, Report, SnapshotReport
 from rig.jobs.behaviours import ERROR, FAIL, NAMES, PASS, Outcome, replay_outcome
-from rig.jobs.verdict import CHANGED, FIXED, REGRESSED, SAME, Verdict, KernelResult, judge, table
+from rig.jobs.verdict import CHANGED, FIXED, REGRESSED, SAME, KernelResult, Verdict, judge, table
 
 
 def kernel(role: str, **statuses: str) -> KernelResult:
