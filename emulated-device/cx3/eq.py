@@ -1,4 +1,5 @@
-"""Event queues: the EQ context, EQE format, ownership, arming and doorbells (contract §8).
+"""Event queues: the EQ context, EQE format, ownership, arming and doorbells
+(drivers/net/ethernet/mellanox/mlx4/eq.c).
 
 An EQ is a ring of `nent` EQEs in guest pages. The driver treats an entry as valid when its
 owner bit equals the wrap parity of its consumer index (`eq.c: next_eqe_sw`), so the device

@@ -1,4 +1,5 @@
-"""The emulated firmware: opcode dispatch and the commands of contract §5/§6.
+"""The emulated firmware: opcode dispatch and the commands mlx4_core sends (fw.c,
+main.c, eq.c, icm.c).
 
 Commands run synchronously. Every failure becomes a status with a message, never an exception:
 unknown opcodes answer BAD_OP, unreachable guest memory BAD_PARAM, unmapped ICM ICM_ERROR.

@@ -1,4 +1,4 @@
-"""ICM: the firmware's context memory, which the driver supplies as host pages (contract §8.2).
+"""ICM: the firmware's context memory, which the driver supplies as host pages (icm.c).
 
 MAP_ICM hands over (ICM virtual address, host physical address, log size) entries; the model
 keeps a 4 KiB-page map VA -> PA. The one table the model reads is the MTT, where the driver's

@@ -39,7 +39,8 @@ class Opcode(enum.IntEnum):
     MAP_FA = 0xFFF
 
 
-#: A non-zero status on these sends the driver into its reset flow (contract §4, §6.11).
+#: A non-zero status on these sends the driver into its reset flow (cmd.c,
+#: mlx4_closing_cmd_fatal_error).
 CLOSING = frozenset(
     {
         Opcode.CLOSE_HCA,

@@ -107,7 +107,7 @@ def _where(count: int, offsets: list[int]) -> str:
 # --- one session for the rest ---------------------------------------------------------------
 
 
-class Session:
+class BehaviourRun:
     """Runs the session behaviours on one booted rig, recording an Outcome for each."""
 
     def __init__(self, rig: Rig) -> None:
@@ -261,7 +261,7 @@ def run_session(kernel: str | None, qemu: Path | None, out: Path) -> dict[str, O
                 outcomes[name] = Outcome(ERROR, "not run: probe did not pass")
         return outcomes
     try:
-        s = Session(rig)
+        s = BehaviourRun(rig)
         s.outcomes["probe"] = Outcome(PASS, f"bound as {rig.dev_handle}", {"bound": True},
                                       time.monotonic() - t0)
         logger.info(f"  probe: pass: bound as {rig.dev_handle}")
