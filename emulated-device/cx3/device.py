@@ -309,20 +309,25 @@ class Cx3Device(Device):
             self.counts["send_doorbells"] += 1
             self.events.add("send_doorbell", uar=page, qpn=value >> 8)
         elif in_page == cq.DOORBELL and len(data) == 8:
-            self._cq_doorbell(page, value >> 32, value & 0xFFFFFFFF)
+            self._cq_doorbell(page, value >> 32, value & 0xFFFFFFFF, writes=1)
         elif in_page == cq.DOORBELL and len(data) == 4:  # a 64-bit write split in two
             self._cq_doorbell_word0[page] = value
         elif in_page == cq.DOORBELL + 4 and len(data) == 4 and page in self._cq_doorbell_word0:
-            self._cq_doorbell(page, self._cq_doorbell_word0.pop(page), value)
+            self._cq_doorbell(page, self._cq_doorbell_word0.pop(page), value, writes=2)
         else:
             self._eq_doorbell(offset, data)
 
-    def _cq_doorbell(self, page: int, word0: int, consumer: int) -> None:
+    def _cq_doorbell(self, page: int, word0: int, consumer: int, writes: int) -> None:
         self.counts["cq_doorbells"] += 1
         queue = self.firmware.cq_doorbell(word0, consumer)
         cqn = word0 & cq.CQN_MASK
         self.events.add(
-            "cq_doorbell", uar=page, cqn=cqn, cmd=(word0 >> 24) & 3, consumer=consumer
+            "cq_doorbell",
+            uar=page,
+            cqn=cqn,
+            cmd=(word0 >> 24) & 3,
+            consumer=consumer,
+            writes=writes,  # 1: one 64-bit write; 2: QEMU split it in two
         )
         if queue is None:
             self._error(f"CQ arm doorbell for CQ {cqn:#x}, which is not hardware-owned")

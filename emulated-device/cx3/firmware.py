@@ -391,7 +391,7 @@ class Firmware:
         if index in self.state.mpts:
             raise CommandFailed(Status.BAD_RES_STATE, f"MPT {index:#x} is already hardware-owned")
         entry = Mpt.decode(index, self.mem.read(cmd.in_param, mpt.ENTRY_SIZE))
-        if mpt.key_to_index(entry.key) & ((1 << params.log_num_mpts) - 1) != index:
+        if entry.key & ((1 << params.log_num_mpts) - 1) != index:
             raise CommandFailed(
                 Status.BAD_PARAM, f"MPT {index:#x}: key {entry.key:#x} names another entry"
             )

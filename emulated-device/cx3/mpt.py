@@ -14,15 +14,10 @@ FLAG_PHYSICAL = 1 << 9
 STATUS_SW = 0xF  # flags[31:28]: 0 hardware-owned, 0xF software-owned
 
 
-def key_to_index(key: int) -> int:
-    """`mr.c: key_to_hw_index`: the key's low byte is a tag, the rest the table index."""
-    return ((key >> 24) | (key << 8)) & 0xFFFFFFFF
-
-
 @dataclass(frozen=True)
 class Mpt:
     index: int
-    key: int
+    key: int  # in hardware order (`mr.c: key_to_hw_index`): the low bits are the index
     pd: int
     flags: int
     start: int
