@@ -8,7 +8,7 @@ do no DMA at all.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field, replace
 
 from vfio_user import DmaError
@@ -254,6 +254,14 @@ class Firmware:
     def _unmap_icm(self, cmd: Command) -> None:
         self.state.icm.unmap(cmd.in_param, cmd.in_modifier)
 
+    def _new_context(self, table: hca.Table, number: int, owned: Container[int]) -> None:
+        """SW2HW_*: a number in the table, its context in ICM, not hardware-owned already."""
+        hca.check_context(self.state.icm, table, number)
+        if number in owned:
+            raise CommandFailed(
+                Status.BAD_RES_STATE, f"{table.name} {number:#x} is already hardware-owned"
+            )
+
     def _require_hca(self, what: str) -> HcaParams:
         if self.state.hca is None:
             raise CommandFailed(Status.BAD_SYS_STATE, f"{what} before INIT_HCA")
@@ -361,9 +369,9 @@ class Firmware:
         elif which == SetPortEth.RQP_CALC:
             port.set_rqp_calc(self.mem.read(cmd.in_param, 0x20), 1 << params.log_num_qps)
         elif which == SetPortEth.MAC_TABLE:
-            port.set_mac_table(self.mem.read(cmd.in_param, 8 * port_module.MAC_TABLE_ENTRIES))
+            port.set_mac_table(self.mem.read(cmd.in_param, 8 * port_module.TABLE_ENTRIES))
         elif which == SetPortEth.VLAN_TABLE:
-            port.set_vlan_table(self.mem.read(cmd.in_param, 4 * port_module.VLAN_TABLE_ENTRIES))
+            port.set_vlan_table(self.mem.read(cmd.in_param, 4 * port_module.TABLE_ENTRIES))
         else:
             raise CommandFailed(Status.BAD_PARAM, f"SET_PORT Ethernet table {which:#x}")
 
@@ -385,11 +393,7 @@ class Firmware:
     def _sw2hw_mpt(self, cmd: Command) -> None:
         params = self._require_hca("SW2HW_MPT")
         index = cmd.in_modifier
-        hca.check_context(
-            self.state.icm, "MPT", index, params.log_num_mpts, params.dmpt_base, hca.DMPT_ENTRY
-        )
-        if index in self.state.mpts:
-            raise CommandFailed(Status.BAD_RES_STATE, f"MPT {index:#x} is already hardware-owned")
+        self._new_context(params.mpt_table, index, self.state.mpts)
         entry = Mpt.decode(index, self.mem.read(cmd.in_param, mpt.ENTRY_SIZE))
         if entry.key & ((1 << params.log_num_mpts) - 1) != index:
             raise CommandFailed(
@@ -419,11 +423,7 @@ class Firmware:
     def _sw2hw_cq(self, cmd: Command) -> None:
         params = self._require_hca("SW2HW_CQ")
         cqn = cmd.in_modifier
-        hca.check_context(
-            self.state.icm, "CQ", cqn, params.log_num_cqs, params.cqc_base, hca.CQC_ENTRY
-        )
-        if cqn in self.state.cqs:
-            raise CommandFailed(Status.BAD_RES_STATE, f"CQ {cqn:#x} is already hardware-owned")
+        self._new_context(params.cq_table, cqn, self.state.cqs)
         ctx = CqContext.decode(self.mem.read(cmd.in_param, cq.CONTEXT_SIZE))
         if ctx.comp_eqn not in self.state.eqs:
             raise CommandFailed(Status.BAD_PARAM, f"CQ {cqn:#x}: no EQ {ctx.comp_eqn}")
@@ -435,8 +435,7 @@ class Firmware:
     def _modify_cq(self, cmd: Command) -> None:
         params = self._require_hca("MODIFY_CQ")
         cqn = cmd.in_modifier
-        if cqn >= 1 << params.log_num_cqs:
-            raise CommandFailed(Status.BAD_INDEX, f"CQ {cqn:#x} is outside the CQ table")
+        hca.check_index(params.cq_table, cqn)
         queue = self.state.cqs.get(cqn)
         if queue is None:
             raise CommandFailed(Status.BAD_RES_STATE, f"CQ {cqn:#x} is not hardware-owned")
@@ -467,9 +466,7 @@ class Firmware:
             self.state.qps.pop(qpn, None)
             return
         params = self._require_hca("QP transition")
-        hca.check_context(
-            self.state.icm, "QP", qpn, params.log_num_qps, params.qpc_base, hca.QPC_ENTRY
-        )
+        hca.check_context(self.state.icm, params.qp_table, qpn)
         current = self.state.qps.get(qpn)
         state = QpState.RST if current is None else current.state
         if state not in sources:
@@ -494,8 +491,7 @@ class Firmware:
     def _query_qp(self, cmd: Command) -> None:
         params = self._require_hca("QUERY_QP")
         qpn = cmd.in_modifier & qp.QPN_MASK
-        if qpn >= 1 << params.log_num_qps:
-            raise CommandFailed(Status.BAD_INDEX, f"QP {qpn:#x} is outside the QP table")
+        hca.check_index(params.qp_table, qpn)
         current = self.state.qps.get(qpn)
         context = bytearray(qp.CONTEXT_SIZE if current is None else current.ctx.raw)
         state = QpState.RST if current is None else current.state

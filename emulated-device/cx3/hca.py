@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from . import eq
 from .hcr import CommandFailed, Status
@@ -21,6 +22,15 @@ QPC_ENTRY = 256
 CQC_ENTRY = 64
 DMPT_ENTRY = 64
 CQE_SIZE = 32
+
+
+class Table(NamedTuple):
+    """A context table in ICM: what it holds, how many entries, where, how big each is."""
+
+    name: str
+    log_count: int
+    base: int
+    entry_size: int
 
 
 @dataclass(frozen=True)
@@ -73,14 +83,30 @@ class HcaParams:
             mtt_base=struct.unpack_from(">Q", raw, 0x100)[0],
         )
 
+    @property
+    def qp_table(self) -> Table:
+        return Table("QP", self.log_num_qps, self.qpc_base, QPC_ENTRY)
 
-def check_context(
-    icm: IcmMap, what: str, number: int, log_count: int, base: int, entry_size: int
-) -> None:
+    @property
+    def cq_table(self) -> Table:
+        return Table("CQ", self.log_num_cqs, self.cqc_base, CQC_ENTRY)
+
+    @property
+    def mpt_table(self) -> Table:
+        return Table("MPT", self.log_num_mpts, self.dmpt_base, DMPT_ENTRY)
+
+
+def check_index(table: Table, number: int) -> None:
+    if number >= 1 << table.log_count:
+        raise CommandFailed(
+            Status.BAD_INDEX, f"{table.name} {number:#x} is outside 0..{1 << table.log_count}"
+        )
+
+
+def check_context(icm: IcmMap, table: Table, number: int) -> None:
     """A resource number must fit its table, and its context entry must be in mapped ICM."""
-    if number >= 1 << log_count:
-        raise CommandFailed(Status.BAD_INDEX, f"{what} {number:#x} is outside 0..{1 << log_count}")
+    check_index(table, number)
     try:
-        icm.translate(base + number * entry_size)
+        icm.translate(table.base + number * table.entry_size)
     except IcmError as e:
-        raise CommandFailed(Status.ICM_ERROR, f"{what} {number:#x}: {e}") from None
+        raise CommandFailed(Status.ICM_ERROR, f"{table.name} {number:#x}: {e}") from None

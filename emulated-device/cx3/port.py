@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 from . import caps
 from .hcr import CommandFailed, Status
 
-MAC_TABLE_ENTRIES = 128  # MLX4_MAX_MAC_NUM: the SET_PORT MAC_TABLE inbox
-VLAN_TABLE_ENTRIES = 128  # MLX4_MAX_VLAN_NUM
+TABLE_ENTRIES = 128  # MLX4_MAX_MAC_NUM, MLX4_MAX_VLAN_NUM: SET_PORT MAC/VLAN_TABLE inboxes
 MAC_VALID = 1 << 63
 MAC_MASK = (1 << 48) - 1
 VLAN_VALID = 1 << 31
@@ -107,31 +106,28 @@ class Port:
         self.base_qpn, self.n_mac = base_qpn, n_mac & 0xF
         self.promisc, self.mc_promisc = bool(promisc >> 31), mcast >> 30
 
-    def set_mac_table(self, raw: bytes) -> None:
-        entries = struct.unpack_from(f">{MAC_TABLE_ENTRIES}Q", raw, 0)
-        table = {i: e & MAC_MASK for i, e in enumerate(entries) if e & MAC_VALID}
-        over = [i for i in table if i >= 1 << self.log_max_macs]
+    def _table(
+        self, what: str, raw: bytes, entry: str, valid: int, mask: int, log_max: int
+    ) -> dict[int, int]:
+        """A SET_PORT table: index -> value of the valid entries, all within the port's size."""
+        entries = struct.unpack_from(f">{TABLE_ENTRIES}{entry}", raw, 0)
+        table = {i: e & mask for i, e in enumerate(entries) if e & valid}
+        over = [i for i in table if i >= 1 << log_max]
         if over:
             raise CommandFailed(
                 Status.EXCEED_LIM,
-                f"port {self.number}: MAC entries {over} beyond the {1 << self.log_max_macs} "
-                "the port holds",
+                f"port {self.number}: {what} entries {over} beyond the {1 << log_max} it holds",
             )
+        return table
+
+    def set_mac_table(self, raw: bytes) -> None:
+        table = self._table("MAC", raw, "Q", MAC_VALID, MAC_MASK, self.log_max_macs)
         if len(set(table.values())) != len(table):
             raise CommandFailed(Status.BAD_PARAM, f"port {self.number}: a MAC appears twice")
         self.macs = table
 
     def set_vlan_table(self, raw: bytes) -> None:
-        entries = struct.unpack_from(f">{VLAN_TABLE_ENTRIES}I", raw, 0)
-        table = {i: e & VLAN_MASK for i, e in enumerate(entries) if e & VLAN_VALID}
-        over = [i for i in table if i >= 1 << self.log_max_vlans]
-        if over:
-            raise CommandFailed(
-                Status.EXCEED_LIM,
-                f"port {self.number}: VLAN entries {over} beyond the {1 << self.log_max_vlans} "
-                "the port holds",
-            )
-        self.vlans = table
+        self.vlans = self._table("VLAN", raw, "I", VLAN_VALID, VLAN_MASK, self.log_max_vlans)
 
     # --- filters -------------------------------------------------------------------------
 
