@@ -201,6 +201,11 @@ class Rig:
 
     # --- guest helpers ------------------------------------------------------------------------
 
+    def unload_driver(self, timeout: float = 120.0) -> None:
+        """rmmod the mlx4 stack: mlx4_en (auto-loaded by mlx4_core's probe) first, if there."""
+        self.sh("if [ -d /sys/module/mlx4_en ]; then rmmod mlx4_en; fi; rmmod mlx4_core",
+                timeout=timeout)
+
     def sh(self, command: str, timeout: float = 120.0, check: bool = True) -> Result:
         """Run a shell command in the guest; RigError with its stderr if it fails."""
         res = self.machine.ssh.run(command, timeout=timeout)

@@ -85,7 +85,7 @@ def assert_no_kernel_trouble(rig: Rig) -> None:
 def reprobe(rig: Rig) -> None:
     """rmmod + modprobe mlx4_core: a new devlink instance, every parameter at its default,
     no snapshots, snapshot ids from scratch — a clean device without a reboot."""
-    rig.sh("rmmod mlx4_core", timeout=120)
+    rig.unload_driver()
     params = " ".join((f"msi_x={int(rig.config.msi_x)}", *rig.config.mlx4_params))
     rig.sh(f"modprobe mlx4_core {params}", timeout=180)  # probing is synchronous
     assert rig.wait_bound() == rig.dev_handle
