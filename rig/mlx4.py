@@ -115,11 +115,16 @@ class Mlx4:
         ]
         return "; ".join(ln.split("]", 1)[-1].strip() for ln in lines[-4:]) or "dmesg is silent"
 
+    def unload(self, timeout: float = 120.0) -> None:
+        """rmmod the mlx4 stack: mlx4_en (loaded by mlx4_core's probe) first, if there."""
+        self.rig.sh("if [ -d /sys/module/mlx4_en ]; then rmmod mlx4_en; fi; rmmod mlx4_core",
+                    timeout=timeout)
+
     def reprobe(self) -> None:
         """rmmod + modprobe mlx4_core: a new devlink instance, every parameter at its default,
         no snapshots, snapshot ids from scratch — a clean device without a reboot."""
         rig = self.rig
-        rig.sh("rmmod mlx4_core", timeout=120)
+        self.unload()
         params = " ".join((f"msi_x={int(rig.config.msi_x)}", *rig.config.mlx4_params))
         rig.sh(f"modprobe mlx4_core {params}", timeout=180)
         self._bound_again()

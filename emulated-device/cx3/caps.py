@@ -1,4 +1,4 @@
-"""What the firmware advertises: the QUERY_FW, QUERY_DEV_CAP and QUERY_PORT outboxes.
+"""What the firmware advertises: the QUERY_FW and QUERY_DEV_CAP outboxes (QUERY_PORT: port.py).
 
 Field offsets follow the driver's parsers in drivers/net/ethernet/mellanox/mlx4/fw.c
 (mlx4_QUERY_FW, mlx4_QUERY_DEV_CAP, mlx4_QUERY_PORT). The configuration: one Ethernet port,
@@ -17,8 +17,10 @@ FW_VERSION = (2, 42, 5000)  # major, minor, subminor
 CMD_IF_REV = 3  # 2 would select the old port commands
 LOG_MAX_CMDS = 4
 
-MAC = 0x0002C9000001  # Mellanox OUI
+MAC = 0x0002C9000001  # Mellanox OUI: port 1's MAC unless the model is given another
 ETH_MTU = 1500
+LOG_MAX_MACS = 7  # QUERY_PORT 0x0a: 128 MACs and 128 VLANs per port, as ConnectX-3
+LOG_MAX_VLANS = 7
 MAX_ICM_SIZE = 1 << 40  # the profile needs ~0x1_1180_1000; "won't fit" aborts the probe
 
 
@@ -79,13 +81,4 @@ def query_dev_cap(health_buffer: bool = True) -> bytes:
     struct.pack_into(">Q", out, 0xA0, MAX_ICM_SIZE)
     health = layout.HEALTH_OFFSET if health_buffer else 0
     struct.pack_into(">I", out, 0xE4, health)  # 0 makes the driver skip crdump
-    return bytes(out)
-
-
-def query_port(port: int) -> bytes:
-    out = bytearray(OUTBOX_SIZE)
-    out[0x00] = 0x02  # Ethernet only: no sensing, no port_type_array
-    struct.pack_into(">H", out, 0x02, ETH_MTU)
-    out[0x0A] = 0x77  # log max VLANs / MACs
-    struct.pack_into(">Q", out, 0x10, MAC + port - 1)
     return bytes(out)

@@ -1,8 +1,8 @@
 """`Cx3Device`: the ConnectX-3 model as a vfio-user device, tying the pieces together.
 
 Regions: config space, BAR0 (CR-space memfd, all but four 4 KiB pages mapped straight into the
-guest) and BAR2 (UAR pages with the EQ doorbells, then QEMU's MSI-X table and our PBA; fully
-trapped). Nothing here blocks or raises on guest input: bad input is logged and answered.
+guest) and BAR2 (UAR pages with the EQ, send and CQ doorbells, then QEMU's MSI-X table and our
+PBA; fully trapped). Nothing here blocks or raises on guest input: bad input is logged and answered.
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ from vfio_user import (
 )
 from vfio_user.device import BAR0_REGION, BAR2_REGION
 
-from . import crspace, eq, hcr, layout, opcodes, pci
+from . import caps, cq, crspace, eq, hcr, layout, opcodes, pci, qp
 from .crspace import CrSpace
 from .dma import GuestMemory
 from .eq import EqError, EventQueue
 from .events import CrdumpStore, EventLog, Value
 from .faults import Faults
-from .firmware import Firmware, Result
+from .firmware import Event, Firmware, Result
 from .hcr import Hcr
 from .pci import PciConfig
 
@@ -59,7 +59,10 @@ class _Detached:
 
 
 class Cx3Device(Device):
-    def __init__(self, *, event_capacity: int = 10_000, crdump_capacity: int = 16) -> None:
+    def __init__(
+        self, *, mac: int = caps.MAC, event_capacity: int = 10_000, crdump_capacity: int = 16
+    ) -> None:
+        """`mac`: port 1's MAC (see `port.mac_from_guid` to derive one from a port GUID)."""
         self.events = EventLog(event_capacity)
         self.crdumps = CrdumpStore(crdump_capacity)
         self.counts: collections.Counter[str] = collections.Counter()
@@ -68,9 +71,10 @@ class Cx3Device(Device):
         self.hcr = Hcr(self.cr)
         self._ctx: DeviceContext = _Detached()
         self.mem = GuestMemory(self.pci, self._ctx)
-        self.firmware = Firmware(self.mem)
+        self.firmware = Firmware(self.mem, mac)
         self.faults = Faults(self.cr, self.firmware, self.events)
         self.intx_asserted = False
+        self._cq_doorbell_word0: dict[int, int] = {}  # UAR page -> first half of a split write
         self._install_hooks()
         self.regions = {
             CONFIG_REGION: Region(pci.SIZE, read=self.pci.read, write=self._config_write),
@@ -119,6 +123,13 @@ class Cx3Device(Device):
         self.cr.close()
 
     # --- control-side API: ground truth (the knobs are in self.faults) ---------------------
+
+    def set_link(self, up: bool, port: int = 1) -> None:
+        """Plug (True) or pull the port's cable. An open port's link follows it, and the
+        firmware reports the change with a PORT_CHANGE event (with its interrupt)."""
+        events = self.firmware.set_cable(port, up)
+        self.events.add("link", port=port, cable=up, link_up=self.firmware.link_up(port))
+        self._post_async(events)
 
     def read_bar0(self, offset: int, length: int) -> bytes:
         if offset < 0 or length < 0 or offset + length > layout.SIZE:
@@ -175,6 +186,15 @@ class Cx3Device(Device):
         if cmd.event:  # after GO is clear, as the driver expects
             eqe = eq.command_eqe(cmd.token, result.status, result.out_imm or 0)
             self._post_event(eq.EVENT_CMD, eqe)
+        self._post_async(result.events)
+
+    def _post_async(self, events: tuple[Event, ...]) -> None:
+        """Asynchronous events go to the EQ mapped for them; unmapped, the hardware drops them."""
+        for event_type, eqe in events:
+            mapped = event_type in self.firmware.state.event_map
+            self.events.add("async_event", type=event_type, subtype=eqe[3], posted=mapped)
+            if mapped:
+                self._post_event(event_type, eqe)
 
     def _post_event(self, event_type: int, eqe: bytes) -> None:
         try:
@@ -215,6 +235,7 @@ class Cx3Device(Device):
         """Drop all firmware state; config space and the health buffer are untouched."""
         self.counts["resets"] += 1
         self.firmware.reset()
+        self._cq_doorbell_word0.clear()
         self.hcr.reset()
         self.cr.fill(layout.CATAS_OFFSET, 4 * layout.CATAS_DWORDS)
         self.cr.set_word(layout.BLOCK_VOLATILE, 0)
@@ -240,7 +261,7 @@ class Cx3Device(Device):
     def _bad_bar0_write(self, offset: int, size: int, register: int) -> None:
         self._error(f"BAR0 write of {size} bytes at {offset:#x} splits register {register:#x}")
 
-    # --- BAR2: EQ doorbells ----------------------------------------------------------------
+    # --- BAR2: UAR doorbells ---------------------------------------------------------------
 
     def _bar2_read(self, offset: int, size: int) -> bytes:
         pba = pci.MSIX_PBA_OFFSET
@@ -249,7 +270,39 @@ class Cx3Device(Device):
         return bytes(size)  # nothing is ever pending in the PBA: QEMU does the masking
 
     def _bar2_write(self, offset: int, data: bytes) -> None:
-        eqn = eq.doorbell_eqn(offset) if offset < UAR_SIZE and len(data) == 4 else None
+        page, in_page = divmod(offset, eq.UAR_PAGE)
+        value = int.from_bytes(data, "big")
+        if offset >= UAR_SIZE:
+            self._error(f"BAR2 write of {data.hex()} at {offset:#x} (outside the UARs) ignored")
+        elif in_page == qp.SEND_DOORBELL and len(data) == 4:
+            self.counts["send_doorbells"] += 1
+            self.events.add("send_doorbell", uar=page, qpn=value >> 8)
+        elif in_page == cq.DOORBELL and len(data) == 8:
+            self._cq_doorbell(page, value >> 32, value & 0xFFFFFFFF, writes=1)
+        elif in_page == cq.DOORBELL and len(data) == 4:  # a 64-bit write split in two
+            self._cq_doorbell_word0[page] = value
+        elif in_page == cq.DOORBELL + 4 and len(data) == 4 and page in self._cq_doorbell_word0:
+            self._cq_doorbell(page, self._cq_doorbell_word0.pop(page), value, writes=2)
+        else:
+            self._eq_doorbell(offset, data)
+
+    def _cq_doorbell(self, page: int, word0: int, consumer: int, writes: int) -> None:
+        self.counts["cq_doorbells"] += 1
+        queue = self.firmware.cq_doorbell(word0, consumer)
+        cqn = word0 & cq.CQN_MASK
+        self.events.add(
+            "cq_doorbell",
+            uar=page,
+            cqn=cqn,
+            cmd=(word0 >> 24) & 3,
+            consumer=consumer,
+            writes=writes,  # 1: one 64-bit write; 2: QEMU split it in two
+        )
+        if queue is None:
+            self._error(f"CQ arm doorbell for CQ {cqn:#x}, which is not hardware-owned")
+
+    def _eq_doorbell(self, offset: int, data: bytes) -> None:
+        eqn = eq.doorbell_eqn(offset) if len(data) == 4 else None
         queue = None if eqn is None else self.firmware.state.eqs.get(eqn)
         if queue is None:
             self._error(f"BAR2 write of {data.hex()} at {offset:#x} (EQ {eqn}) ignored")

@@ -29,3 +29,12 @@ class GuestMemory:
     def write(self, addr: int, data: bytes) -> None:
         self._check("write", addr, len(data))
         self.ctx.dma_write(addr, data)
+
+    def fill(self, pages: list[int], page_size: int, size: int, value: int) -> None:
+        """Fill the first `size` bytes of a buffer made of `pages` (a ring's init pattern)."""
+        for pa in pages:
+            n = min(page_size, size)
+            if n <= 0:
+                return
+            self.write(pa, bytes([value]) * n)
+            size -= n

@@ -19,6 +19,8 @@ OWNER_BIT = 0x80
 HW_FILL = 0xCC  # the firmware's init pattern: owner bit set -> hardware-owned on pass 0
 
 EVENT_CMD = 0x0A  # command completion
+EVENT_PORT_CHANGE = 0x09
+PORT_DOWN, PORT_ACTIVE = 1, 4  # PORT_CHANGE subtypes (`MLX4_PORT_CHANGE_SUBTYPE_*`)
 
 STATE_ARMED = 0x9
 STATE_ALWAYS_ARMED = 0xB
@@ -75,6 +77,15 @@ def command_eqe(token: int, status: int, out_param: int) -> bytes:
     return bytes(eqe)
 
 
+def port_change_eqe(port: int, up: bool) -> bytes:
+    """Type 0x09 EQE (`eq.c: mlx4_eq_int`): the port in bits 31:28 of event.port_change.port."""
+    eqe = bytearray(OWNER_BYTE)
+    eqe[0x01] = EVENT_PORT_CHANGE
+    eqe[0x03] = PORT_ACTIVE if up else PORT_DOWN
+    struct.pack_into(">I", eqe, 0x0C, port << 28)
+    return bytes(eqe)
+
+
 def doorbell_eqn(bar2_offset: int) -> int | None:
     """The EQ whose doorbell sits at this BAR2 offset (`eq.c: mlx4_get_eq_uar`), if any."""
     in_page = bar2_offset % UAR_PAGE - BAR2_DOORBELL
@@ -109,9 +120,7 @@ class EventQueue:
         return -(-(self.nent * self.eqe_size) // self.page_size)
 
     def fill_hw_owned(self, mem: GuestMemory) -> None:
-        pattern = bytes([HW_FILL]) * self.page_size
-        for pa in self.pages:
-            mem.write(pa, pattern)
+        mem.fill(self.pages, self.page_size, len(self.pages) * self.page_size, HW_FILL)
 
     def _slot_address(self, index: int) -> int:
         byte = (index & (self.nent - 1)) * self.eqe_size

@@ -37,8 +37,20 @@ class Status(enum.IntEnum):
     BAD_OP = 0x02
     BAD_PARAM = 0x03
     BAD_SYS_STATE = 0x04
+    BAD_RESOURCE = 0x05
+    EXCEED_LIM = 0x08
     BAD_RES_STATE = 0x09
+    BAD_INDEX = 0x0A
     ICM_ERROR = 0x0C
+    BAD_QP_STATE = 0x10
+
+
+class CommandFailed(Exception):
+    """A command the firmware refuses: the status it answers with and why."""
+
+    def __init__(self, status: Status, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True)

@@ -247,6 +247,9 @@ def _host(opts: BenchOptions, run: BenchRun) -> None:
 
 
 def _config(opts: BenchOptions, log_dir: Path, **kw: Any) -> RigConfig:
+    # mlx4_core alone, as the figures always measured: mlx4_en would load behind every probe
+    # of the modprobe/rmmod loop (and make its rmmod fail while it holds mlx4_core).
+    kw.setdefault("kernel_args", ("module_blacklist=mlx4_en",))
     return RigConfig(log_dir=log_dir, kernel=opts.kernel, qemu=opts.qemu, name="bench", **kw)
 
 
@@ -304,7 +307,7 @@ def _guest(opts: BenchOptions, run: BenchRun) -> None:
                 if value is not None:
                     r.add(f"catas.{name}", value)
         if opts.intx:
-            rig.sh("rmmod mlx4_core", timeout=120)
+            rig.mlx4.unload()
             _load_driver(rig, "msi_x=0")
             # Every read of BAR0 is trapped now: the crdump takes tens of seconds.
             tl = _catas(rig, timeout=600)

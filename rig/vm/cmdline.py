@@ -15,8 +15,9 @@ from rig.errors import RigError
 
 # x86 COMMAND_LINE_SIZE: the kernel silently truncates a longer command line.
 MAX_LENGTH = 2047
-# mlx4_core asks for these itself (request_module) once it probes: never let them load.
-BLACKLIST = ("mlx4_en", "mlx4_ib")
+# mlx4_core asks for this itself (request_module) once it probes: never let it load (the model
+# has no InfiniBand side). mlx4_en loads: the model speaks its firmware commands.
+BLACKLIST = ("mlx4_ib",)
 BASE_ARGS = (
     "console=ttyS0",
     # A panic ends QEMU at once (-no-reboot) instead of leaving the host to time out.

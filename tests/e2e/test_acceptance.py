@@ -126,7 +126,7 @@ def test_reload_completes_without_kernel_warnings(rig: Rig) -> None:
 
 
 def test_rmmod_completes_without_kernel_warnings(rig: Rig) -> None:
-    rig.sh("rmmod mlx4_core", timeout=120)
+    rig.mlx4.unload()
     assert rig.dev_handle not in rig.sh("devlink dev show").stdout
     assert "mlx4_core" not in rig.sh("cat /proc/modules").stdout
     assert_no_kernel_trouble(rig)

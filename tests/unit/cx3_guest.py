@@ -8,6 +8,8 @@ ICM, EQEs read with `next_eqe_sw()` - so the tests exercise the model through it
 
 from __future__ import annotations
 
+import mmap
+import os
 import struct
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -15,6 +17,7 @@ from typing import Protocol
 from cx3.device import Cx3Device
 from cx3.opcodes import Opcode
 from vfio_user import CONFIG_REGION, DmaError
+from vfio_user.client import Client
 from vfio_user.device import BAR0_REGION, BAR2_REGION
 
 PAGE = 4096
@@ -22,6 +25,12 @@ HCR = 0x80680
 ASYNC_EQN, COMP_EQN = 4, 5
 MTT_BASE = 0x110000000
 ASYNC_EVENT_MASK = 0x1D1F46FE
+# The ICM layout of contract Appendix A: table base, log2 of the number of entries.
+QPC_BASE, LOG_QPS = 0x108000000, 18
+DMPT_BASE, LOG_MPTS = 0x10C000000, 17
+MCG_BASE, LOG_MCGS = 0x110800000, 13
+CQC_BASE, LOG_CQS = 0x111400000, 16
+LOG_MGM_ENTRY, LOG_MC_HASH = 10, 12
 
 
 def region_read(dev: Cx3Device, index: int, offset: int, size: int) -> bytes:
@@ -134,6 +143,35 @@ class Bus(Protocol):
     def bar_write(self, region: int, offset: int, data: bytes) -> None: ...
 
     def bar_read(self, region: int, offset: int, size: int) -> bytes: ...
+
+
+@dataclass
+class TransportBus:
+    """The real wire: BAR accesses as vfio-user REGION_READ/WRITE messages."""
+
+    client: Client
+
+    def bar_write(self, region: int, offset: int, data: bytes) -> None:
+        self.client.write(region, offset, data)
+
+    def bar_read(self, region: int, offset: int, size: int) -> bytes:
+        return self.client.read(region, offset, size)
+
+
+class MemfdRam:
+    """Guest RAM as QEMU shares it: a memfd the server maps after DMA_MAP."""
+
+    def __init__(self, base: int, size: int) -> None:
+        self.base = base
+        self.fd = os.memfd_create("guest-ram")
+        os.ftruncate(self.fd, size)
+        self.mem = mmap.mmap(self.fd, size)
+
+    def dma_read(self, addr: int, size: int) -> bytes:
+        return self.mem[addr - self.base : addr - self.base + size]
+
+    def dma_write(self, addr: int, data: bytes) -> None:
+        self.mem[addr - self.base : addr - self.base + len(data)] = data
 
 
 @dataclass
@@ -279,8 +317,16 @@ class Driver:
         return self.eqs[eqn]
 
     def init_hca(self) -> None:
+        """`fw.c: mlx4_INIT_HCA` with the Appendix A profile (bases share a be64 with logs)."""
         inbox = bytearray(0x200)
         inbox[0] = 2
+        struct.pack_into(">Q", inbox, 0x030, QPC_BASE | LOG_QPS)
+        struct.pack_into(">Q", inbox, 0x050, CQC_BASE | LOG_CQS)
+        struct.pack_into(">Q", inbox, 0x0C0, MCG_BASE)
+        struct.pack_into(">H2xH", inbox, 0x0D2, LOG_MGM_ENTRY, LOG_MC_HASH)
+        inbox[0x0DB] = LOG_MCGS
+        struct.pack_into(">Q", inbox, 0x0F0, DMPT_BASE)
+        inbox[0x0FB] = LOG_MPTS
         struct.pack_into(">Q", inbox, 0x100, MTT_BASE)
         self.cmd(Opcode.INIT_HCA, in_param=self.mailbox(bytes(inbox)))
 

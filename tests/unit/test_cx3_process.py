@@ -17,40 +17,13 @@ import cx3
 from cx3 import crspace, layout
 from cx3.client import ControlClient
 from cx3.opcodes import Opcode
-from tests.unit.cx3_guest import Driver, Guest
+from tests.unit.cx3_guest import Driver, Guest, MemfdRam, TransportBus
 from vfio_user import IRQ_INTX
 from vfio_user.client import Client
 from vfio_user.device import BAR0_REGION
 
 GUEST_BASE = 0x1_0000_0000
 GUEST_SIZE = 8 << 20
-
-
-@dataclass
-class TransportBus:
-    client: Client
-
-    def bar_write(self, region: int, offset: int, data: bytes) -> None:
-        self.client.write(region, offset, data)
-
-    def bar_read(self, region: int, offset: int, size: int) -> bytes:
-        return self.client.read(region, offset, size)
-
-
-class MemfdRam:
-    """Guest RAM as QEMU shares it: a memfd the server maps after DMA_MAP."""
-
-    def __init__(self, base: int, size: int) -> None:
-        self.base = base
-        self.fd = os.memfd_create("guest-ram")
-        os.ftruncate(self.fd, size)
-        self.mem = mmap.mmap(self.fd, size)
-
-    def dma_read(self, addr: int, size: int) -> bytes:
-        return self.mem[addr - self.base : addr - self.base + size]
-
-    def dma_write(self, addr: int, data: bytes) -> None:
-        self.mem[addr - self.base : addr - self.base + len(data)] = data
 
 
 @dataclass
