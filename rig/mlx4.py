@@ -33,6 +33,9 @@ REGION_SIZES = {"cr-space": cr.SIZE, "fw-health": cr.HEALTH_SIZE}
 MAX_SNAPSHOTS = 8  # MAX_NUM_OF_DUMPS_TO_STORE (crdump.c)
 
 RESTARTED = "mlx4_restart_one was ended"  # catas.c, after the reset and re-probe
+# guest/init/rig-init's netup watcher, each time one of the card's netdevs reaches operstate
+# UP (carrier on, after the kernel's linkwatch).
+NETDEV_UP = "rig-guest: netup: {name} state UP"
 INTERNAL_ERROR = "Internal error detected"
 SNAPSHOTS_DISABLED = "crdump: devlink snapshot disabled, skipping"
 NO_HEALTH_BUFFER = "crdump: FW doesn't support health buffer access, skipping"
@@ -44,6 +47,20 @@ FAULTS = ("catas", "cmd-timeout", "closing-cmd")
 SNAPSHOT_TIMEOUT = {"catas": 150.0, "cmd-timeout": 240.0, "closing-cmd": 150.0}
 RECOVERY_TIMEOUT = 120.0
 RELOAD_TIMEOUT = 240.0
+
+
+@dataclass(frozen=True)
+class Netdev:
+    """One of the card's network interfaces, as sysfs shows it."""
+
+    name: str
+    mac: str
+    operstate: str  # "up", "down", ...
+    carrier: bool
+
+    def as_dict(self) -> dict[str, object]:
+        return {"name": self.name, "mac": self.mac, "operstate": self.operstate,
+                "carrier": self.carrier}
 
 
 @dataclass
@@ -58,7 +75,9 @@ class FaultCycle:
     truth: Crdump | None = None  # BAR0 and health buffer as the crdump read them
     recovery: str = ""  # the driver's restart line, or the reload's outcome
     t_recovered: float = 0.0
-    missing: str = ""  # why notifications are missing (with expect_snapshots=False ... )
+    missing: str = ""  # why notifications are missing (strict=False)
+    netdevs_before: list[Netdev] = field(default_factory=list)
+    netdevs_after: list[Netdev] = field(default_factory=list)
 
     @property
     def ids(self) -> dict[str, int]:
@@ -124,19 +143,55 @@ class Mlx4:
         """rmmod + modprobe mlx4_core: a new devlink instance, every parameter at its default,
         no snapshots, snapshot ids from scratch — a clean device without a reboot."""
         rig = self.rig
+        before, since = self.netdevs(), len(rig.console.text)
         self.unload()
         params = " ".join((f"msi_x={int(rig.config.msi_x)}", *rig.config.mlx4_params))
         rig.sh(f"modprobe mlx4_core {params}", timeout=180)
+        if rig.config.mlx4_en:
+            rig.sh("modprobe mlx4_en", timeout=180)  # as at boot: not left to the probe
         self._bound_again()
+        self._netdevs_back(before, since)
 
     def reload(self) -> None:
+        before, since = self.netdevs(), len(self.rig.console.text)
         self.rig.sh(f"devlink dev reload {self.rig.dev_handle}", timeout=RELOAD_TIMEOUT)
         self._bound_again()
+        self._netdevs_back(before, since)
 
     def _bound_again(self) -> None:
         handle = self.wait_bound()
         if handle != self.rig.dev_handle:
             raise KernelFailure(f"the device came back as {handle}, was {self.rig.dev_handle}")
+
+    # --- netdevs (mlx4_en) ----------------------------------------------------------------
+
+    def netdevs(self) -> list[Netdev]:
+        """The card's netdevs, in name order (none without mlx4_en)."""
+        bdf = self.rig.dev_handle.split("/", 1)[1]
+        out = self.rig.sh(f"cd /sys/bus/pci/devices/{bdf}/net 2>/dev/null && for n in *; do "
+                          '[ -e "$n" ] && echo "$n $(cat $n/address) $(cat $n/operstate) '
+                          '$(cat $n/carrier 2>/dev/null || echo 0)"; done; true').stdout
+        return [Netdev(name, mac, state, carrier == "1")
+                for name, mac, state, carrier in (line.split() for line in out.splitlines())]
+
+    def wait_netdevs_up(self, since: int = 0, timeout: float = RECOVERY_TIMEOUT) -> list[Netdev]:
+        """Wait until every netdev of the card is up with carrier, as the guest's netup
+        watcher reports it on the console (after console offset `since`; RigConfig.netdev_up
+        starts the watcher); KernelFailure if one is not."""
+        netdevs = self.netdevs()
+        if not netdevs:
+            raise KernelFailure(f"mlx4_en created no netdev: {self.complaint()}")
+        for n in netdevs:
+            pattern = re.compile(re.escape(NETDEV_UP.format(name=n.name)))
+            try:
+                self.rig.console.wait_for(pattern, timeout, start=since)
+            except RigError as e:
+                raise KernelFailure(f"{n.name} did not come up: {e}") from e
+        netdevs = self.netdevs()
+        down = [n.name for n in netdevs if n.operstate != "up" or not n.carrier]
+        if down:
+            raise KernelFailure(f"netdevs not up with carrier: {down} ({netdevs})")
+        return netdevs
 
     # --- regions -------------------------------------------------------------------------
 
@@ -175,11 +230,13 @@ class Mlx4:
         timeout = timeout or SNAPSHOT_TIMEOUT[kind]
         crdumps = rig.device.state()["crdumps"]  # the index the next crdump gets
         restarts = self.kmsg_count(RESTARTED)
+        netdevs = self.netdevs()
+        console_at = len(rig.console.text)
         watch = rig.netlink.watch(count=len(REGIONS)) if expect_snapshots else None
         reload: Background | None = None
         try:
             cycle = FaultCycle(kind, "catas poll" if kind == "catas" else "devlink dev reload",
-                               time.monotonic())
+                               time.monotonic(), netdevs_before=netdevs)
             reload = self._inject(kind, words, opcode)
             if on_injected is not None:
                 on_injected()
@@ -201,6 +258,7 @@ class Mlx4:
                 reload.close()
         if rig.device.state()["crdumps"] > crdumps:
             cycle.truth = rig.device.crdump(crdumps)
+        cycle.netdevs_after = self._netdevs_back(netdevs, console_at)
         if expect_snapshots and strict:
             cycle.snapshot_id()
             if cycle.truth is None:
@@ -236,6 +294,19 @@ class Mlx4:
             cycle.recovery = "devlink dev reload: exit 0"
         cycle.t_recovered = time.monotonic()
         self._bound_again()
+
+    def _netdevs_back(self, before: list[Netdev], since: int) -> list[Netdev]:
+        """After a reset the driver re-creates its netdevs: the same names and MACs must come
+        back, and those that were up must be up again with carrier."""
+        if self.rig.config.netdev_up and any(n.operstate == "up" for n in before):
+            after = self.wait_netdevs_up(since)
+        else:
+            after = self.netdevs()
+        was = [(n.name, n.mac) for n in before]
+        now = [(n.name, n.mac) for n in after]
+        if was != now:
+            raise KernelFailure(f"the netdevs came back as {now}, were {was}")
+        return after
 
     def why_no_snapshot(self) -> str:
         self.rig.check_health()

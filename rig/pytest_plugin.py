@@ -242,6 +242,48 @@ def devlink(request: pytest.FixtureRequest, rig: Rig) -> RegionChannel:
     return rig_channel(rig, str(request.param))
 
 
+# --- the command guard ----------------------------------------------------------------------
+# A firmware command the model refused (BAD_OP for one it lacks, any other non-zero status)
+# is a driver path the model does not cover, or a model bug: it fails the test that caused
+# it, naming the command, instead of hiding in dmesg. Failures a fault knob injected (and
+# the hung commands of cmd-timeout) are the test's own doing and pass.
+
+_GUARD_FROM = pytest.StashKey[dict[int, int]]()  # id(rig) -> first device event of the test
+
+
+def refused_commands(rig: Rig, since: int) -> list[str]:
+    """The firmware commands the model refused since event `since`, one line each."""
+    events = rig.device.events(since).events
+    return [f"{e['name']} ({e['opcode']:#05x}) -> status {e['status']:#04x}: {e['error']}"
+            for e in events
+            if e["kind"] == "cmd" and e.get("status") and not e.get("injected")]
+
+
+def _guarded(config: pytest.Config) -> list[Rig]:
+    return [r for r in config.stash[_RIGS] if r.config.with_device and _device_alive(r)]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, Any, None]:
+    item.stash[_GUARD_FROM] = {id(r): r.device.events(1 << 62).next
+                               for r in _guarded(item.config)}
+    yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, None]:
+    outcome = yield
+    if outcome.excinfo is not None or item.get_closest_marker("rig_command_failures"):
+        return
+    start = item.stash.get(_GUARD_FROM, {})
+    refused = [f"{r.config.name}: {line}" for r in _guarded(item.config)
+               for line in refused_commands(r, start.get(id(r), 0))]
+    if refused:
+        outcome.force_exception(AssertionError(
+            "the device model refused firmware commands during this test (a driver path the "
+            "model does not cover?):\n  " + "\n  ".join(refused)))
+
+
 # --- evidence on failure --------------------------------------------------------------------
 
 

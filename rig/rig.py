@@ -51,6 +51,8 @@ class RigConfig:
     with_device: bool = True
     memory_mib: int = 1024
     boot_timeout: float = 180.0
+    mlx4_en: bool = True  # False: mlx4_en is blacklisted (mlx4_core alone, as before 0.2)
+    netdev_up: bool = True  # the card's netdevs up at boot and after every re-creation
     extra_modprobe: tuple[Modprobe, ...] = ()  # loaded at boot after mlx4_core
     kernel_args: tuple[str, ...] = ()
     name: str = "rig"
@@ -109,6 +111,10 @@ class Rig:
             if self.config.load_driver:
                 params = (f"msi_x={int(self.config.msi_x)}", *self.config.mlx4_params)
                 modprobe = (Modprobe("mlx4_core", params),)
+                if self.config.mlx4_en:
+                    # mlx4_core's probe only asks for it without waiting (6.1) or leaves it
+                    # to the auxiliary bus (6.12+): load it before the guest says ready.
+                    modprobe += (Modprobe("mlx4_en"),)
             modprobe += self.config.extra_modprobe
             mconfig = MachineConfig.for_guest(
                 qemu,
@@ -118,7 +124,7 @@ class Rig:
                 modprobe=modprobe,
                 memory_mib=self.config.memory_mib,
                 name=self.config.name,
-                kernel_args=self.config.kernel_args,
+                kernel_args=self._kernel_args(),
             )
             self._machine = Machine(mconfig)
             t0 = time.monotonic()
@@ -130,10 +136,20 @@ class Rig:
             self._netlink = NetlinkAgent(self._machine.ssh)
             if self.config.with_device and self.config.load_driver:
                 self.dev_handle = self.mlx4.wait_bound()
+                if self.config.mlx4_en and self.config.netdev_up:
+                    self.mlx4.wait_netdevs_up()
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _kernel_args(self) -> tuple[str, ...]:
+        args = self.config.kernel_args
+        if not self.config.mlx4_en:
+            args = ("module_blacklist=mlx4_en", *args)
+        elif self.config.netdev_up:
+            args = ("rig.netup", *args)
+        return args
 
     def stop(self) -> None:
         """Save the guest's and the device's logs, then tear everything down (always)."""

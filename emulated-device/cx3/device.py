@@ -72,7 +72,7 @@ class Cx3Device(Device):
         self._ctx: DeviceContext = _Detached()
         self.mem = GuestMemory(self.pci, self._ctx)
         self.firmware = Firmware(self.mem, mac)
-        self.faults = Faults(self.cr, self.firmware, self.events)
+        self.faults = Faults(self.cr, self.firmware, self.events, self.set_link)
         self.intx_asserted = False
         self._cq_doorbell_word0: dict[int, int] = {}  # UAR page -> first half of a split write
         self._install_hooks()
@@ -180,7 +180,8 @@ class Cx3Device(Device):
         else:
             result = Result(status, error=f"injected failure of closing command {name}")
         self.hcr.complete(result.status, result.out_imm)
-        self.events.add("cmd", **log, status=result.status, error=result.error)
+        self.events.add("cmd", **log, status=result.status, error=result.error,
+                        injected=status is not None)
         if result.error is not None:
             self._ctx.log(f"{name} ({mode}) -> status {result.status:#04x}: {result.error}")
         if cmd.event:  # after GO is clear, as the driver expects

@@ -9,6 +9,7 @@ it can target the next probe; the hung command it caused does not.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import layout, opcodes
@@ -29,10 +30,12 @@ class CommandFault:
 
 
 class Faults:
-    def __init__(self, cr: CrSpace, firmware: Firmware, events: EventLog) -> None:
+    def __init__(self, cr: CrSpace, firmware: Firmware, events: EventLog,
+                 set_link: Callable[[bool], None]) -> None:
         self._cr = cr
         self._firmware = firmware
         self._events = events
+        self._set_link = set_link  # the cable: the device posts the PORT_CHANGE events
         self.armed_timeout: CommandFault | None = None
         self.armed_closing: CommandFault | None = None
 
@@ -79,6 +82,10 @@ class Faults:
         """Whether QUERY_DEV_CAP offers the health buffer (from the next probe on)."""
         self._firmware.health_buffer = enabled
         self._events.add("fault", fault="advertise_health", enabled=enabled)
+
+    def link(self, up: bool) -> None:
+        """Plug (True) or pull the cable; an open port's carrier follows within an event."""
+        self._set_link(up)
 
     def clear(self) -> None:
         self.armed_timeout = None

@@ -89,6 +89,9 @@ KNOBS = (
     knob("advertise_health", "whether QUERY_DEV_CAP offers the health buffer (read at probe)",
          Arg("enabled", bool, help="offer it (false: the driver skips crdump)"),
          note=f"takes effect at the next probe: {_RELOAD}"),
+    knob("link", "plug or pull the port's cable: carrier follows, with a PORT_CHANGE event",
+         Arg("up", bool, help="plug it in (false: pull it)"),
+         note="the driver sees the PORT_CHANGE event at once: `ip monitor link` in the guest"),
     knob("clear", "disarm the command faults (cmd-timeout, closing-cmd)"),
 )
 

@@ -247,9 +247,9 @@ def _host(opts: BenchOptions, run: BenchRun) -> None:
 
 
 def _config(opts: BenchOptions, log_dir: Path, **kw: Any) -> RigConfig:
-    # mlx4_core alone, as the figures always measured: mlx4_en would load behind every probe
-    # of the modprobe/rmmod loop (and make its rmmod fail while it holds mlx4_core).
-    kw.setdefault("kernel_args", ("module_blacklist=mlx4_en",))
+    # mlx4_core alone unless a figure asks for mlx4_en: it would load behind every probe of
+    # the modprobe/rmmod loop (and make its rmmod fail while it holds mlx4_core).
+    kw.setdefault("mlx4_en", False)
     return RigConfig(log_dir=log_dir, kernel=opts.kernel, qemu=opts.qemu, name="bench", **kw)
 
 

@@ -14,7 +14,12 @@ from types import FrameType
 from typing import Any
 
 from cx3 import ops
-from rig.commands.options import Subparsers, add_guest_options, command_after_dashes
+from rig.commands.options import (
+    Subparsers,
+    add_driver_options,
+    add_guest_options,
+    command_after_dashes,
+)
 from rig.errors import RigError
 from rig.formats.dumptext import format_dump, load_region_file
 from rig.instance import Instance
@@ -33,7 +38,7 @@ def add_parsers(sub: Subparsers) -> None:
     p = sub.add_parser("up", help="start a rig and keep it up until Ctrl-C or `rig down`")
     _named(p)
     add_guest_options(p)
-    p.add_argument("--no-msi-x", dest="msi_x", action="store_false")
+    add_driver_options(p)
     p.add_argument("--logs", metavar="DIR", type=Path, help="default: runs/up-<name>-<time>")
     p.set_defaults(func=cmd_up)
 
@@ -52,6 +57,12 @@ def add_parsers(sub: Subparsers) -> None:
     p.set_defaults(func=cmd_devlink, name="default")
 
     _add_fault(sub)
+
+    p = sub.add_parser("link", help="plug (up) or pull (down) the card's cable",
+                       description="The driver gets a PORT_CHANGE event: carrier follows.")
+    _named(p)
+    p.add_argument("state", choices=("up", "down"))
+    p.set_defaults(func=cmd_link)
 
     p = sub.add_parser("load", help="load a CR-space image and/or health buffer into the device")
     _named(p)
@@ -79,6 +90,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             raise
     signal.signal(signal.SIGTERM, _stop_on_signal)
     with Rig(RigConfig(log_dir=logs, kernel=args.kernel, qemu=args.qemu, msi_x=args.msi_x,
+                       mlx4_en=args.mlx4_en, netdev_up=args.netdev_up,
                        name=args.name)) as rig:
         inst = Instance.publish(args.name, rig)
         try:
@@ -185,6 +197,13 @@ def cmd_fault(args: argparse.Namespace) -> int:
         ctl.fault(op.name, **given)  # what is not given takes the table's default
     shown = "".join(_flag(n, v) for n, v in given.items())
     print(f"{op.cli_name}{shown}: {op.help}" + (f"; {op.note}" if op.note else ""))
+    return 0
+
+
+def cmd_link(args: argparse.Namespace) -> int:
+    with Instance.find(args.name).control() as ctl:
+        ctl.fault("link", up=args.state == "up")
+    print(f"cable {'plugged in' if args.state == 'up' else 'pulled'}")
     return 0
 
 

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from rig.commands.options import Subparsers, add_guest_options
+from rig.commands.options import Subparsers, add_driver_options, add_guest_options
 from rig.jobs.replay import ReplayOptions, run_replay
 from rig.mlx4 import FAULTS
 
@@ -49,12 +49,7 @@ def add_parser(sub: Subparsers) -> None:
         "command fails (both triggered by `devlink dev reload`)",
     )
     add_guest_options(p)
-    p.add_argument(
-        "--no-msi-x",
-        dest="msi_x",
-        action="store_false",
-        help="load mlx4_core with msi_x=0 (INTx; slower crdump)",
-    )
+    add_driver_options(p)
     p.add_argument(
         "--out", metavar="DIR", type=Path, help="run directory (default: runs/replay-<time>)"
     )
@@ -72,6 +67,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
             kernel=args.kernel,
             qemu=args.qemu,
             msi_x=args.msi_x,
+            mlx4_en=args.mlx4_en,
+            netdev_up=args.netdev_up,
         )
     )
     for snap in report.snapshots:
@@ -84,6 +81,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
             f"{snap.region} snapshot {snap.id}: {snap.size} bytes, CLI/netlink/truth {verdict}"
             f"{'; differs from input in: ' + changed if changed else ''}"
         )
+    for when in ("before", "after"):
+        for n in report.netdevs.get(when, []):
+            print(f"netdev {when} the fault: {n['name']} {n['mac']} {n['operstate']}"
+                  f"{' carrier' if n['carrier'] else ' no carrier'}")
     for err in report.errors:
         print(f"rig: error: {err}", file=sys.stderr)
     t = report.timings

@@ -10,7 +10,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from rig.commands.options import Subparsers, add_guest_options, command_after_dashes
+from rig.commands.options import (
+    Subparsers,
+    add_driver_options,
+    add_guest_options,
+    command_after_dashes,
+)
 from rig.progress import stream_to
 from rig.rig import Rig, RigConfig
 from rig.vm.cmdline import Modprobe
@@ -29,8 +34,7 @@ def add_parser(sub: Subparsers) -> None:
                    help="boot without the emulated ConnectX-3")
     p.add_argument("--no-driver", dest="driver", action="store_false",
                    help="do not load mlx4_core at boot (the device is still attached)")
-    p.add_argument("--no-msi-x", dest="msi_x", action="store_false",
-                   help="load mlx4_core with msi_x=0 (INTx)")
+    add_driver_options(p)
     p.add_argument("--mlx4-param", metavar="PARAM=VALUE", action="append", default=[],
                    help="an extra mlx4_core module parameter")
     p.add_argument("--modprobe", metavar="'MODULE [PARAM=VALUE ...]'", action="append",
@@ -50,6 +54,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     log_dir: Path = args.keep_logs or Path(tempfile.mkdtemp(prefix="rig-logs-"))
     config = RigConfig(
         log_dir=log_dir, kernel=args.kernel, qemu=args.qemu, msi_x=args.msi_x,
+        mlx4_en=args.mlx4_en, netdev_up=args.netdev_up,
         mlx4_params=tuple(args.mlx4_param), with_device=args.device,
         load_driver=args.device and args.driver, memory_mib=args.memory,
         boot_timeout=args.boot_timeout, kernel_args=tuple(args.append),

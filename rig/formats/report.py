@@ -41,6 +41,8 @@ class Report:
     versions: dict[str, str] = field(default_factory=dict)
     fault: dict[str, Any] = field(default_factory=dict)
     inputs: dict[str, str] = field(default_factory=dict)
+    # The card's netdevs before the fault and after the driver re-created them.
+    netdevs: dict[str, list[dict[str, object]]] = field(default_factory=dict)
     snapshots: list[SnapshotReport] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)

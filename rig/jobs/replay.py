@@ -37,6 +37,8 @@ class ReplayOptions:
     kernel: str | None = None
     qemu: Path | None = None
     msi_x: bool = True
+    mlx4_en: bool = True
+    netdev_up: bool = True
     catas_words: tuple[int, ...] = builtin.CATAS_WORDS
 
 
@@ -64,7 +66,8 @@ def run_replay(opts: ReplayOptions) -> Report:
     t_start = time.monotonic()
     try:
         image, health = load_inputs(opts, report)
-        config = RigConfig(log_dir=opts.out, kernel=opts.kernel, qemu=opts.qemu, msi_x=opts.msi_x)
+        config = RigConfig(log_dir=opts.out, kernel=opts.kernel, qemu=opts.qemu, msi_x=opts.msi_x,
+                           mlx4_en=opts.mlx4_en, netdev_up=opts.netdev_up)
         with Rig(config) as rig:
             report.versions.update(
                 qemu=rig.qemu_version, kernel=rig.kernel_release, kernel_origin=rig.kernel_origin
@@ -114,6 +117,8 @@ def _replay(rig: Rig, opts: ReplayOptions, image: bytes, health: bytes, report: 
     report.timings["detection"] = cycle.truth.t - cycle.t_fault
     report.timings["crdump_and_snapshot"] = t_snap - cycle.truth.t
     report.timings["reset_and_reprobe"] = cycle.t_recovered - t_snap
+    report.netdevs = {"before": [n.as_dict() for n in cycle.netdevs_before],
+                      "after": [n.as_dict() for n in cycle.netdevs_after]}
 
     with step("reading the snapshots over SSH (devlink) and netlink (pyroute2)"):
         t0 = time.monotonic()

@@ -28,6 +28,7 @@ PACKAGES: tuple[str, ...] = (
     "openssh-server",
     "openssh-sftp-server",  # paramiko's put() uses SFTP
     "iproute2",  # ip, devlink
+    "ethtool",  # mlx4_en's driver info and DUMP_ETH_STATS counters
     "kmod",
     "mount",  # not Essential in bookworm; rig-init mounts /proc, /sys, ...
     "python3",

@@ -78,8 +78,10 @@ def rules(rig: Rig) -> DevlinkRules:
 # --- the guest ------------------------------------------------------------------------------
 
 
-def assert_no_kernel_trouble(rig: Rig) -> None:
-    trouble = kernel_trouble(rig.dmesg())
+def assert_no_kernel_trouble(rig: Rig, failed_commands: bool = False, since: int = 0) -> None:
+    """No kernel warning in the log (from line `since`), and with `failed_commands` no
+    firmware command the driver saw fail."""
+    trouble = kernel_trouble("\n".join(rig.dmesg().splitlines()[since:]), failed_commands)
     assert not trouble, "kernel warnings in dmesg:\n" + "\n".join(trouble[:20])
 
 

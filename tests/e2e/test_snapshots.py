@@ -29,8 +29,6 @@ from rig.rig import Rig
 from tests.e2e.support import (
     CRDUMP_TIMEOUT,
     MAX_SNAPSHOTS,
-    RESTART_TIMEOUT,
-    RESTARTED,
     Snapshot,
     assert_no_kernel_trouble,
     assert_same_bytes,
@@ -335,15 +333,12 @@ def test_a_region_holds_at_most_max_snapshots(rig: Rig, taken: Taken) -> None:
     next_id = rules(rig).next_snapshot_id(set(full["cr-space"]), taken.issued)
     taken.issued.append(next_id)
     refused = rig.mlx4.kmsg_count("crdump: devlink create cr-space snapshot id")
-    restarts = rig.mlx4.kmsg_count(RESTARTED)
-    crdumps = rig.device.state()["crdumps"]
-    rig.device.fault("catas", words=catas_words(0xCA))
+    cycle = rig.mlx4.fault("catas", words=catas_words(0xCA), expect_snapshots=False)
     line = rig.wait_kmsg("crdump: devlink create cr-space snapshot id", nth=refused + 1,
                          timeout=CRDUMP_TIMEOUT)
     assert line.endswith(f"snapshot id {next_id} err -{errno.ENOSPC}"), line
-    assert "ret=0" in rig.wait_kmsg(RESTARTED, nth=restarts + 1, timeout=RESTART_TIMEOUT)
     assert f"devlink create fw-health snapshot id {next_id} err -{errno.ENOSPC}" in rig.dmesg()
-    assert rig.device.state()["crdumps"] == crdumps + 1, "the driver did read BAR0"
+    assert cycle.truth is not None, "the driver did not read BAR0"
     assert rig.mlx4.snapshot_ids() == full
 
 

@@ -70,6 +70,7 @@ def test_op_names_are_unique_and_cli_friendly() -> None:
         "cmd-timeout",
         "closing-cmd",
         "advertise-health",
+        "link",
         "clear",
     ]
     assert all(op.help and "\n" not in op.help for op in ops.OPS)
