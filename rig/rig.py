@@ -138,6 +138,7 @@ class Rig:
                 self.dev_handle = self.mlx4.wait_bound()
                 if self.config.mlx4_en and self.config.netdev_up:
                     self.mlx4.wait_netdevs_up()
+                    self.timings.marks["netdevs_up"] = time.monotonic()
         except BaseException:
             self.stop()
             raise

@@ -4,8 +4,10 @@ Sections, in order (each one's failure is recorded and the others still run):
 
 * host:     trapped-register round trips with no guest (device model alone, C and Python
             socket ping-pongs as floors; rig.benchhost);
-* boot:     boot to SSH-ready with the device and mlx4_core, and without the device,
-            interleaved so both see the same background load;
+* boot:     boot to SSH-ready with the device and mlx4_core, with mlx4_en too (to its
+            netdev up), and without the device, interleaved so all see the same load;
+* en:       the same catas fault cycle (fault -> snapshots -> reset and re-probe) N times
+            with mlx4_core alone and with mlx4_en loaded and its netdev up, one VM each;
 * guest:    one VM booted without the driver: the BAR0 read loop from guest user space
             (rig/bench_guest.py), `modprobe`/`rmmod mlx4_core` N times, then N catas faults
             with MSI-X and one with msi_x=0, each split into phases (rig.benchtimeline);
@@ -47,8 +49,8 @@ from rig.rig import Rig, RigConfig
 
 logger = logging.getLogger(__name__)
 
-SECTIONS = ("host", "boot", "guest", "replay", "suite", "cold")
-DEFAULT_SECTIONS = ("host", "boot", "guest", "replay", "suite")
+SECTIONS = ("host", "boot", "en", "guest", "replay", "suite", "cold")
+DEFAULT_SECTIONS = ("host", "boot", "en", "guest", "replay", "suite")
 REPO = Path(__file__).resolve().parents[2]
 GUEST_SCRIPT = guest_program("bench_guest.py")
 GUEST_REMOTE = "/run/rig/bench_guest.py"
@@ -62,6 +64,8 @@ SPECS = (
     Spec("boot.device.ssh", "  SSH connection", "s"),
     Spec("boot.device_start", "device model process start (before QEMU)", "s"),
     Spec("boot.nodevice", "boot to SSH-ready, no device", "s"),
+    Spec("boot.en", "boot to ready with mlx4_en, its netdev up with carrier", "s"),
+    Spec("boot.en_cost", "  mlx4_en's cost to boot (with - without, run by run)", "s", 1.0),
     Spec("boot.device_cost", "device cost: boot with / without", "x"),
     Spec("probe.modprobe", "modprobe mlx4_core (probe, devlink registered)", "s"),
     Spec("probe.rmmod", "rmmod mlx4_core", "s"),
@@ -72,6 +76,9 @@ SPECS = (
     Spec("catas.snapshot_creation", "  fw-health read + snapshot creation", "s"),
     Spec("catas.notification", "  REGION_NEW notifications to the host", "s"),
     Spec("catas.reset_and_reprobe", "reset + re-probe after the fault", "s"),
+    Spec("en.core.reset_and_reprobe", "reset + re-probe, mlx4_core alone (fault cycle)", "s"),
+    Spec("en.en.reset_and_reprobe", "reset + re-probe, mlx4_en loaded, netdev back up", "s"),
+    Spec("en.reset_cost", "  mlx4_en's cost to reset + re-probe (medians)", "s", 1.0),
     Spec("intx.crdump_loop", "crdump read loop with msi_x=0 (INTx)", "s"),
     Spec("intx.per_read", "  per 32-bit read with msi_x=0", "us"),
     Spec("guest.bar_loop", "BAR0 read loop from guest user space (262,144 reads)", "s", 1.0),
@@ -137,7 +144,7 @@ def run_bench(opts: BenchOptions) -> BenchRun:
     run = BenchRun(Results(SPECS), describe_host(), _options(opts))
     run.machine.update(_describe_guest(opts))
     sections: dict[str, Callable[[BenchOptions, BenchRun], None]] = {
-        "host": _host, "boot": _boot, "guest": _guest, "replay": _replay,
+        "host": _host, "boot": _boot, "en": _en, "guest": _guest, "replay": _replay,
         "suite": _suite, "cold": _cold,
     }
     for name in SECTIONS:
@@ -257,6 +264,7 @@ def _boot(opts: BenchOptions, run: BenchRun) -> None:
     r = run.results
     with_dev: list[float] = []
     without: list[float] = []
+    with_en: list[float] = []
     for i in range(opts.runs):
         with Rig(_config(opts, opts.log_dir / f"boot-device-{i}")) as rig:
             t = rig.boot_times
@@ -269,6 +277,10 @@ def _boot(opts: BenchOptions, run: BenchRun) -> None:
                 r.add("boot.device.kernel", t.kernel_done - t.first_output)
                 r.add("boot.device.init", t.ready - t.kernel_done)
             r.add("boot.device.ssh", t.ssh - t.ready)
+        # The same with mlx4_en, to the netdev up with carrier (what a replay waits for).
+        with Rig(_config(opts, opts.log_dir / f"boot-en-{i}", mlx4_en=True)) as rig:
+            with_en.append(rig.timings.marks["netdevs_up"] - rig.boot_times.launched)
+            r.add("boot.en", with_en[-1])
         # The same boot without the device (mlx4_core is still loaded: it finds nothing).
         with Rig(_config(opts, opts.log_dir / f"boot-nodevice-{i}", with_device=False)) as rig:
             t = rig.boot_times
@@ -277,6 +289,30 @@ def _boot(opts: BenchOptions, run: BenchRun) -> None:
             r.add("boot.nodevice", without[-1])
     for v in ratios(with_dev, without):
         r.add("boot.device_cost", v)
+    for en, core in zip(with_en, with_dev, strict=True):
+        r.add("boot.en_cost", en - core)
+
+
+# --- en: the fault cycle with and without mlx4_en ------------------------------------------
+
+
+def _en(opts: BenchOptions, run: BenchRun) -> None:
+    r = run.results
+    medians: dict[str, float] = {}  # the two VMs' runs are not paired: compare medians
+    for key, en in (("core", False), ("en", True)):
+        with Rig(_config(opts, opts.log_dir / f"en-{key}", mlx4_en=en)) as rig:
+            rig.device.load_crspace(builtin.crspace_image())  # the path `rig replay` takes
+            rig.device.set_health(builtin.health_buffer())
+            rig.mlx4.enable_snapshots()
+            for _ in range(opts.runs):
+                cycle = rig.mlx4.fault("catas")
+                r.add(f"en.{key}.reset_and_reprobe", cycle.t_recovered - cycle.arrivals[-1])
+                for region, snapshot in cycle.ids.items():  # regions keep 8 at most
+                    rig.netlink.delete(rig.region(region), snapshot)
+        summary = r.figures[f"en.{key}.reset_and_reprobe"].summary
+        assert summary is not None
+        medians[key] = summary.median
+    r.add("en.reset_cost", medians["en"] - medians["core"])
 
 
 # --- guest: read loop, probe, catas ---------------------------------------------------------

@@ -69,6 +69,17 @@ def test_fault_commands_reach_the_model(device: Cx3Device, capsys: pytest.Captur
     assert device.read_bar0(0x1F000, 4) == bytes.fromhex("0fffffff")
 
 
+def test_rig_link_pulls_and_plugs_the_cable(device: Cx3Device,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    assert device.firmware.cable[1]
+    assert main(["link", "down"]) == 0
+    assert not device.firmware.cable[1]
+    assert "cable pulled" in capsys.readouterr().out
+    assert main(["fault", "link", "--up"]) == 0  # the same knob, as `rig fault` shows it
+    assert device.firmware.cable[1]
+    assert [e["cable"] for e in device.events.since(0) if e["kind"] == "link"] == [False, True]
+
+
 def test_a_refused_fault_is_one_line_not_a_traceback(
     device: Cx3Device, capsys: pytest.CaptureFixture[str]
 ) -> None:
