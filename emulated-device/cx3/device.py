@@ -22,7 +22,9 @@ from vfio_user import (
 from vfio_user.device import BAR0_REGION, BAR2_REGION
 
 from . import caps, cq, crspace, eq, hcr, layout, opcodes, pci, qp
+from .cq import CompletionQueue
 from .crspace import CrSpace
+from .datapath import Datapath
 from .dma import GuestMemory
 from .eq import EqError, EventQueue
 from .events import CrdumpStore, EventLog, Value
@@ -73,6 +75,9 @@ class Cx3Device(Device):
         self.mem = GuestMemory(self.pci, self._ctx)
         self.firmware = Firmware(self.mem, mac)
         self.faults = Faults(self.cr, self.firmware, self.events, self.set_link)
+        self.datapath = Datapath(
+            self.firmware, self.mem, self._completion_event, self._post_async, self._error
+        )
         self.intx_asserted = False
         self._cq_doorbell_word0: dict[int, int] = {}  # UAR page -> first half of a split write
         self._install_hooks()
@@ -145,6 +150,7 @@ class Cx3Device(Device):
             "msix_enabled": self._ctx.msix_enabled(),
             "faults": self.faults.describe(),
             "counts": dict(self.counts),
+            "datapath": dict(self.datapath.counts),
             "crdumps": self.crdumps.next_index,
             "events": self.events.next_index,
         }
@@ -278,6 +284,7 @@ class Cx3Device(Device):
         elif in_page == qp.SEND_DOORBELL and len(data) == 4:
             self.counts["send_doorbells"] += 1
             self.events.add("send_doorbell", uar=page, qpn=value >> 8)
+            self.datapath.send_doorbell(value >> 8)
         elif in_page == cq.DOORBELL and len(data) == 8:
             self._cq_doorbell(page, value >> 32, value & 0xFFFFFFFF, writes=1)
         elif in_page == cq.DOORBELL and len(data) == 4:  # a 64-bit write split in two
@@ -289,8 +296,10 @@ class Cx3Device(Device):
 
     def _cq_doorbell(self, page: int, word0: int, consumer: int, writes: int) -> None:
         self.counts["cq_doorbells"] += 1
-        queue = self.firmware.cq_doorbell(word0, consumer)
         cqn = word0 & cq.CQN_MASK
+        queue = self.firmware.state.cqs.get(cqn)
+        if queue is not None:
+            self.datapath.cq_doorbell(queue, word0, consumer)
         self.events.add(
             "cq_doorbell",
             uar=page,
@@ -301,6 +310,21 @@ class Cx3Device(Device):
         )
         if queue is None:
             self._error(f"CQ arm doorbell for CQ {cqn:#x}, which is not hardware-owned")
+
+    def _completion_event(self, queue: CompletionQueue) -> None:
+        """A completion on an armed CQ: a type 0x00 EQE on the CQ's EQ, and its interrupt."""
+        self.counts["completion_events"] += 1
+        target = self.firmware.state.eqs.get(queue.ctx.comp_eqn)
+        if target is None:
+            self._error(f"CQ {queue.cqn:#x}: completion EQ {queue.ctx.comp_eqn} is gone")
+            return
+        try:
+            fire = target.post(self.mem, eq.completion_eqe(queue.cqn))
+        except (DmaError, EqError) as e:
+            self._error(f"completion event of CQ {queue.cqn:#x} lost: {e}")
+            return
+        if fire:
+            self._interrupt(target)
 
     def _eq_doorbell(self, offset: int, data: bytes) -> None:
         eqn = eq.doorbell_eqn(offset) if len(data) == 4 else None

@@ -18,6 +18,8 @@ OWNER_BYTE = 31
 OWNER_BIT = 0x80
 HW_FILL = 0xCC  # the firmware's init pattern: owner bit set -> hardware-owned on pass 0
 
+EVENT_COMP = 0x00  # completion on a CQ
+EVENT_CQ_ERROR = 0x04
 EVENT_CMD = 0x0A  # command completion
 EVENT_PORT_CHANGE = 0x09
 PORT_DOWN, PORT_ACTIVE = 1, 4  # PORT_CHANGE subtypes (`MLX4_PORT_CHANGE_SUBTYPE_*`)
@@ -74,6 +76,23 @@ def command_eqe(token: int, status: int, out_param: int) -> bytes:
     struct.pack_into(">H", eqe, 0x06, token)
     eqe[0x0F] = status
     struct.pack_into(">Q", eqe, 0x10, out_param)
+    return bytes(eqe)
+
+
+def completion_eqe(cqn: int) -> bytes:
+    """Type 0x00 EQE: event.comp.cqn (`eq.c: mlx4_cq_completion`)."""
+    eqe = bytearray(OWNER_BYTE)
+    eqe[0x01] = EVENT_COMP
+    struct.pack_into(">I", eqe, 0x04, cqn & INDEX_MASK)
+    return bytes(eqe)
+
+
+def cq_error_eqe(cqn: int, syndrome: int) -> bytes:
+    """Type 0x04 EQE: event.cq_err (cqn, then the syndrome in its 12th byte)."""
+    eqe = bytearray(OWNER_BYTE)
+    eqe[0x01] = EVENT_CQ_ERROR
+    struct.pack_into(">I", eqe, 0x04, cqn & INDEX_MASK)
+    eqe[0x0F] = syndrome
     return bytes(eqe)
 
 

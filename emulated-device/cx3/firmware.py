@@ -187,13 +187,6 @@ class Firmware:
             return ()
         return ((eq.EVENT_PORT_CHANGE, eq.port_change_eqe(number, now)),)
 
-    def cq_doorbell(self, word0: int, consumer: int) -> CompletionQueue | None:
-        """The arm doorbell of the CQ it names, if that CQ is hardware-owned."""
-        queue = self.state.cqs.get(word0 & cq.CQN_MASK)
-        if queue is not None:
-            queue.doorbell(word0, consumer)
-        return queue
-
     def describe(self) -> dict[str, object]:
         state = self.state
         hca_params = state.hca
@@ -408,7 +401,7 @@ class Firmware:
     # --- completion queues -----------------------------------------------------------------
 
     def _cq_pages(self, params: HcaParams, cqn: int, ctx: CqContext) -> CompletionQueue:
-        queue = CompletionQueue(cqn, ctx, params.cqe_size)
+        queue = CompletionQueue(cqn, ctx, params.cqe_size, producer=ctx.producer)
         buffer = queue.nent * queue.cqe_size
         if buffer > eq.MAX_BUFFER or queue.page_size > eq.MAX_BUFFER or ctx.page_offset:
             raise CommandFailed(

@@ -92,3 +92,39 @@ class IcmMap:
                 raise IcmError(f"MTT entry {k} at ICM {mtt_va + 8 * k:#x} is not present")
             pages.append(entry & ~(PAGE - 1))
         return pages
+
+
+class MttBuffer:
+    """A work queue's buffer as the device sees it: `page_size` pages whose addresses are MTT
+    entries at ICM `mtt_va` (the driver's CPU wrote them before the QP left RST). Entries are
+    read on first use and kept: they cannot change while the queue lives."""
+
+    def __init__(self, icm: IcmMap, mem: GuestMemory, mtt_va: int, page_size: int) -> None:
+        self._icm = icm
+        self._mem = mem
+        self._mtt_va = mtt_va
+        self.page_size = page_size
+        self._pages: dict[int, int] = {}
+
+    def _page(self, k: int) -> int:
+        pa = self._pages.get(k)
+        if pa is None:
+            (entry,) = struct.unpack(">Q", self._icm.read(self._mem, self._mtt_va + 8 * k, 8))
+            if not entry & MTT_PRESENT:
+                raise IcmError(f"MTT entry {k} at ICM {self._mtt_va + 8 * k:#x} is not present")
+            pa = self._pages[k] = entry & ~(PAGE - 1)
+        return pa
+
+    def address(self, offset: int) -> int:
+        k, within = divmod(offset, self.page_size)
+        return self._page(k) + within
+
+    def read(self, offset: int, size: int) -> bytes:
+        """Raises IcmError (no MTT entry) or DmaError (the page is not guest memory)."""
+        parts = []
+        while size > 0:
+            n = min(size, self.page_size - offset % self.page_size)
+            parts.append(self._mem.read(self.address(offset), n))
+            offset += n
+            size -= n
+        return b"".join(parts)

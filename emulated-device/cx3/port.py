@@ -13,8 +13,9 @@ import enum
 import struct
 from dataclasses import dataclass, field
 
-from . import caps
+from . import caps, stats
 from .hcr import CommandFailed, Status
+from .stats import PortCounters
 
 TABLE_ENTRIES = 128  # MLX4_MAX_MAC_NUM, MLX4_MAX_VLAN_NUM: SET_PORT MAC/VLAN_TABLE inboxes
 MAC_VALID = 1 << 63
@@ -22,7 +23,7 @@ MAC_MASK = (1 << 48) - 1
 VLAN_VALID = 1 << 31
 VLAN_MASK = 0xFFF
 VLAN_FILTER_SIZE = 128 * 4  # struct mlx4_set_vlan_fltr_mbox
-STATS_SIZE = 369 * 8 + 9 * 4  # struct mlx4_en_stat_out_mbox
+STATS_SIZE = stats.SIZE  # struct mlx4_en_stat_out_mbox
 STATS_RESET = 1 << 8  # DUMP_ETH_STATS in_modifier: clear after reading
 
 LINK_UP = 0x80  # QUERY_PORT byte 0, mlx4_en's view
@@ -72,6 +73,7 @@ class Port:
     mcast_filter: set[int] = field(default_factory=set)
     vlan_filter: frozenset[int] = frozenset()
     stats_reads: int = 0
+    counters: PortCounters = field(default_factory=PortCounters)
 
     def query(self, link_up: bool) -> bytes:
         out = bytearray(caps.OUTBOX_SIZE)
@@ -151,9 +153,9 @@ class Port:
         )
 
     def dump_stats(self, reset: bool) -> bytes:
-        """DUMP_ETH_STATS: no frames move yet, so every counter reads 0."""
+        """DUMP_ETH_STATS: the port's counters (`stats.py`), cleared after reading on request."""
         self.stats_reads += 1
-        return bytes(STATS_SIZE)
+        return self.counters.dump(reset)
 
     def describe(self, link_up: bool) -> dict[str, object]:
         return {

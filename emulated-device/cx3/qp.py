@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import enum
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from .icm import MttBuffer
 from .opcodes import Opcode
 
 CONTEXT_OFFSET = 8  # after the optpar word and a reserved one
@@ -97,12 +98,49 @@ class QpContext:
         """log2 of the number of WQEs of the receive or send queue (`rq/sq_size_stride`)."""
         return (size_stride >> 3) & 0x1F
 
+    @property
+    def port(self) -> int:
+        """`mlx4_en_fill_qp_context`: sched_queue = 0x83 | (port - 1) << 6."""
+        return (self.sched_queue >> 6 & 1) + 1
+
+    def work_queues(self) -> tuple[WorkQueue, WorkQueue]:
+        """(send queue, receive queue) within the QP buffer: the queue with the larger stride
+        comes first, the send queue on a tie (hence mlx4_en's RX rings start one 64-byte TXBB
+        into their buffer: `mlx4_en_activate_rx_rings`)."""
+        sq_log, sq_shift = self.queue_log_size(self.sq_size_stride), (self.sq_size_stride & 7) + 4
+        rq_log, rq_shift = self.queue_log_size(self.rq_size_stride), (self.rq_size_stride & 7) + 4
+        if rq_shift > sq_shift:
+            rq_offset, sq_offset = 0, 1 << (rq_log + rq_shift)
+        else:
+            sq_offset, rq_offset = 0, 1 << (sq_log + sq_shift)
+        return WorkQueue(sq_offset, sq_log, sq_shift), WorkQueue(rq_offset, rq_log, rq_shift)
+
+
+@dataclass(frozen=True)
+class WorkQueue:
+    """One queue of a QP's buffer: where it starts, 2^log_count WQEs of 2^log_stride bytes."""
+
+    offset: int
+    log_count: int
+    log_stride: int
+
+    @property
+    def count(self) -> int:
+        return 1 << self.log_count
+
+    @property
+    def size(self) -> int:
+        return 1 << (self.log_count + self.log_stride)
+
 
 @dataclass
 class QueuePair:
     qpn: int
     state: QpState
     ctx: QpContext
+    buffer: MttBuffer | None = field(default=None, repr=False)  # found on first use
+    sq_next: int = 0  # the next send TXBB (64-byte unit) the device reads, a running count
+    rq_next: int = 0  # the next receive WQE (16-bit running count, like the doorbell record)
 
     def describe(self) -> dict[str, int | str | bool]:
         return {
@@ -111,4 +149,7 @@ class QueuePair:
             "cqn_send": self.ctx.cqn_send,
             "cqn_recv": self.ctx.cqn_recv,
             "rss": self.ctx.rss,
+            "port": self.ctx.port,
+            "sq_next": self.sq_next,
+            "rq_next": self.rq_next,
         }

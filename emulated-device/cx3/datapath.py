@@ -1,0 +1,210 @@
+"""The datapath: what the card does when the driver rings a send doorbell.
+
+`send_doorbell(qpn)` walks the QP's send queue from where the device stopped last, takes every
+WQE the driver handed over (owner bit, see `wqe.py`), gathers its frame (inline bytes and DMA
+reads through the memory key), applies the offloads the control segment asks for, hands the
+frame to the port (`transmit`), and completes the WQE on the QP's send CQ: a send CQE if it
+asked for one (CQ_UPDATE), an error CQE (`mlx4_err_cqe`, logged) if it is malformed - after
+which the QP is in ERR and flushes whatever else is posted (WR_FLUSH_ERR), as the hardware
+does. A CQE on an armed CQ raises the completion event on the CQ's EQ (`notify`); a CQ overrun
+raises CQ_ERROR instead. Nothing here raises on guest input.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+
+from vfio_user import DmaError
+
+from . import cq, eq, frame, wqe
+from .cq import CompletionQueue, CqOverrun
+from .dma import GuestMemory
+from .firmware import Event, Firmware
+from .icm import IcmError, MttBuffer
+from .qp import QpState, QueuePair, WorkQueue
+from .wqe import Ctrl, Gather, Piece, WqeError
+
+MAX_FRAME = 16 << 10  # more than any frame mlx4_en sends without LSO (which is not offered)
+
+
+def key_to_hw_index(key: int) -> int:
+    """`mr.c`: an lkey is the MPT index rotated left by 8."""
+    return (key << 24 | key >> 8) & 0xFFFFFFFF
+
+
+class Datapath:
+    def __init__(
+        self,
+        firmware: Firmware,
+        mem: GuestMemory,
+        notify: Callable[[CompletionQueue], None],
+        post_async: Callable[[tuple[Event, ...]], None],
+        error: Callable[[str], None],
+    ) -> None:
+        self.fw = firmware
+        self.mem = mem
+        self._notify = notify  # post the completion EQE for this CQ (with its interrupt)
+        self._post_async = post_async
+        self._error = error
+        self.counts: collections.Counter[str] = collections.Counter()
+        self.transmit: Callable[[int, bytes], None] = self._drop  # (port, frame): the wire
+
+    def _drop(self, port: int, data: bytes) -> None:
+        self.counts["tx_dropped_no_wire"] += 1
+
+    # --- send ------------------------------------------------------------------------------
+
+    def send_doorbell(self, qpn: int) -> None:
+        qp = self.fw.state.qps.get(qpn)
+        if qp is None or qp.state not in (QpState.RTS, QpState.ERR, QpState.SQER):
+            state = "RST" if qp is None else qp.state.name
+            self._error(f"send doorbell for QP {qpn:#x}, which is in {state}; ignored")
+            return
+        sq, _ = qp.ctx.work_queues()
+        if sq.log_stride != wqe.LOG_TXBB:
+            self._error(f"QP {qpn:#x}: send WQE stride {1 << sq.log_stride} is not 64; ignored")
+            return
+        send_cq = self.fw.state.cqs.get(qp.ctx.cqn_send)
+        buf = self._buffer(qp)
+        for _ in range(sq.count):  # at most one pass over the ring per doorbell
+            index = qp.sq_next
+            try:
+                ctrl = Ctrl.decode(self._sq_read(buf, sq, index, wqe.CTRL_SIZE))
+            except (DmaError, IcmError) as e:
+                self._error(f"QP {qpn:#x}: send queue unreadable at TXBB {index:#x}: {e}")
+                return
+            if ctrl.owner != (index >> sq.log_count) & 1 or ctrl.opcode == wqe.OPCODE_NOP:
+                return  # not handed over (yet)
+            qp.sq_next = index + ctrl.txbbs
+            cqe, solicited = self._send(qp, sq, buf, ctrl, index)
+            if cqe is not None:
+                self._complete(send_cq, qp, cqe, solicited)
+
+    def _buffer(self, qp: QueuePair) -> MttBuffer:
+        if qp.buffer is None:
+            params = self.fw.state.hca
+            mtt_base = 0 if params is None else params.mtt_base
+            page_size = 4096 << qp.ctx.log_page_size
+            qp.buffer = MttBuffer(
+                self.fw.state.icm, self.mem, mtt_base + qp.ctx.mtt_offset, page_size
+            )
+        return qp.buffer
+
+    @staticmethod
+    def _sq_read(buf: MttBuffer, sq: WorkQueue, index: int, size: int) -> bytes:
+        """`size` bytes from TXBB `index` on, wrapping at the end of the ring (a WQE posted
+        through the bounce buffer continues at the start: `mlx4_en_bounce_to_desc`)."""
+        start = (index & (sq.count - 1)) << wqe.LOG_TXBB
+        first = min(size, sq.size - start)
+        data = buf.read(sq.offset + start, first)
+        if first < size:
+            data += buf.read(sq.offset, size - first)
+        return data
+
+    def _send(
+        self, qp: QueuePair, sq: WorkQueue, buf: MttBuffer, ctrl: Ctrl, index: int
+    ) -> tuple[bytes | None, bool]:
+        """Execute one send WQE: (the CQE to post or None, whether it is solicited)."""
+        try:
+            if qp.state != QpState.RTS:
+                raise WqeError(cq.WR_FLUSH_ERR, f"QP {qp.qpn:#x} is in {qp.state.name}")
+            if ctrl.txbbs > sq.count:
+                raise WqeError(cq.LOCAL_LENGTH_ERR, f"{ctrl.size}-byte WQE exceeds the ring")
+            try:
+                raw = self._sq_read(buf, sq, index, ctrl.size)
+            except (DmaError, IcmError) as e:
+                raise WqeError(cq.LOCAL_PROT_ERR, f"WQE unreadable: {e}") from None
+            data = self._gather(wqe.parse(ctrl, raw))
+        except WqeError as e:
+            if e.syndrome == cq.WR_FLUSH_ERR:
+                self.counts["tx_flushed"] += 1
+            else:
+                qp.state = QpState.ERR
+                self.counts["tx_errors"] += 1
+                self._error(
+                    f"QP {qp.qpn:#x} send WQE at TXBB {index & 0xFFFF:#x}: {e} -> error CQE "
+                    f"(syndrome {e.syndrome:#04x}), QP to ERR"
+                )
+            return cq.error_cqe(qp.qpn, index, e.syndrome, send=True), True
+        if ctrl.flags & (wqe.FLAG_IP_CSUM | wqe.FLAG_L4_CSUM):
+            data = frame.offload_checksums(
+                data, bool(ctrl.flags & wqe.FLAG_IP_CSUM), bool(ctrl.flags & wqe.FLAG_L4_CSUM)
+            )
+        if ctrl.ins_vlan & wqe.INS_CVLAN:
+            data = frame.insert_vlan(data, frame.TPID_CVLAN, ctrl.vlan_tag)
+        elif ctrl.ins_vlan & wqe.INS_SVLAN:
+            data = frame.insert_vlan(data, frame.TPID_SVLAN, ctrl.vlan_tag)
+        data = frame.pad(data)
+        self.counts["tx_frames"] += 1
+        port = self.fw.state.ports.get(qp.ctx.port)
+        if port is not None:
+            port.counters.transmitted(data)
+            self.transmit(port.number, data)
+        if not ctrl.signaled:
+            return None, False
+        return cq.send_cqe(qp.qpn, index, wqe.OPCODE_SEND), ctrl.solicited
+
+    def _gather(self, pieces: list[Piece]) -> bytes:
+        total = sum(len(p) if isinstance(p, bytes) else p.length for p in pieces)
+        if total > MAX_FRAME:
+            raise WqeError(cq.LOCAL_LENGTH_ERR, f"a {total}-byte frame (max {MAX_FRAME})")
+        parts = []
+        for p in pieces:
+            if isinstance(p, bytes):
+                parts.append(p)
+                continue
+            self._check_key(p)
+            try:
+                parts.append(self.mem.read(p.addr, p.length))
+            except DmaError as e:
+                raise WqeError(
+                    cq.LOCAL_PROT_ERR, f"gather of {p.length} bytes at {p.addr:#x}: {e}"
+                ) from None
+        return b"".join(parts)
+
+    def _check_key(self, g: Gather) -> None:
+        """The lkey must name a hardware-owned MPT (with that key) covering the range."""
+        params = self.fw.state.hca
+        hw_key = key_to_hw_index(g.lkey)
+        index = hw_key & ((1 << (0 if params is None else params.log_num_mpts)) - 1)
+        mpt = self.fw.state.mpts.get(index)
+        if mpt is None or mpt.key != hw_key:
+            raise WqeError(cq.LOCAL_PROT_ERR, f"lkey {g.lkey:#x} names no memory region")
+        if not mpt.physical:
+            raise WqeError(
+                cq.LOCAL_PROT_ERR, f"lkey {g.lkey:#x}: MTT-translated regions are not modelled"
+            )
+        if g.addr < mpt.start or g.addr + g.length > mpt.start + mpt.length:
+            raise WqeError(
+                cq.LOCAL_PROT_ERR,
+                f"{g.length} bytes at {g.addr:#x}: outside MPT {mpt.index:#x} (lkey {g.lkey:#x})",
+            )
+
+    # --- completions -----------------------------------------------------------------------
+
+    def _complete(
+        self, queue: CompletionQueue | None, qp: QueuePair, cqe: bytes, solicited: bool
+    ) -> None:
+        if queue is None:
+            self._error(f"QP {qp.qpn:#x}: its CQ is not hardware-owned; completion lost")
+            return
+        try:
+            queue.post(self.mem, cqe)
+        except CqOverrun as e:
+            self.counts["cq_overruns"] += 1
+            if not queue.overrun_reported:
+                queue.overrun_reported = True
+                self._error(f"{e}: CQ_ERROR event")
+                self._post_async(((eq.EVENT_CQ_ERROR, eq.cq_error_eqe(queue.cqn, cq.OVERRUN)),))
+            return
+        except DmaError as e:
+            self._error(f"CQ {queue.cqn:#x}: CQE or doorbell record unreachable: {e}")
+            return
+        if queue.take_event(solicited):
+            self._notify(queue)
+
+    def cq_doorbell(self, queue: CompletionQueue, word0: int, consumer: int) -> None:
+        """The arm doorbell; CQEs already past the consumer index fire the event at once."""
+        if queue.doorbell(word0, consumer):
+            self._notify(queue)

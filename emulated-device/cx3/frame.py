@@ -1,0 +1,133 @@
+"""Ethernet frames on the model's wire: VLAN tags, checksum offloads, padding, classification.
+
+What the port hardware does to a frame between the WQE and the wire: insert the VLAN tag the
+control segment asks for, fill in the IPv4 header and TCP/UDP checksums (mlx4_en offers
+NETIF_F_IP_CSUM / IPV6_CSUM unconditionally and sets MLX4_WQE_CTRL_IP_CSUM / TCP_UDP_CSUM for
+CHECKSUM_PARTIAL skbs), pad to the 60-byte minimum. And on receive: strip the outer C-VLAN tag
+(the driver leaves stripping on unless NETIF_F_HW_VLAN_CTAG_RX is off: QP param3 bit 30).
+"""
+
+from __future__ import annotations
+
+import struct
+
+ETH_HLEN = 14
+ETH_ZLEN = 60  # the minimum frame without FCS
+FCS_LEN = 4
+TPID_CVLAN = 0x8100
+TPID_SVLAN = 0x88A8
+ETHERTYPE_IPV4 = 0x0800
+ETHERTYPE_IPV6 = 0x86DD
+PROTO_TCP = 6
+PROTO_UDP = 17
+BROADCAST = 0xFFFFFFFFFFFF
+
+
+def dst_mac(frame: bytes) -> int:
+    return int.from_bytes(frame[0:6], "big")
+
+
+def src_mac(frame: bytes) -> int:
+    return int.from_bytes(frame[6:12], "big")
+
+
+def is_broadcast(frame: bytes) -> bool:
+    return frame[0:6] == b"\xff" * 6
+
+
+def is_multicast(frame: bytes) -> bool:
+    """Group address (broadcast included)."""
+    return bool(frame[0] & 1)
+
+
+def vlan_tci(frame: bytes) -> int | None:
+    """The outer 802.1Q / 802.1ad tag's TCI, if the frame carries one."""
+    if len(frame) >= ETH_HLEN + 4:
+        (tpid, tci) = struct.unpack_from(">HH", frame, 12)
+        if tpid in (TPID_CVLAN, TPID_SVLAN):
+            return int(tci)
+    return None
+
+
+def insert_vlan(frame: bytes, tpid: int, tci: int) -> bytes:
+    return frame[:12] + struct.pack(">HH", tpid, tci) + frame[12:]
+
+
+def strip_cvlan(frame: bytes) -> tuple[bytes, int | None]:
+    """Remove the outer C-VLAN tag: (frame, TCI), or (frame, None) if untagged."""
+    if len(frame) >= ETH_HLEN + 4 and struct.unpack_from(">H", frame, 12)[0] == TPID_CVLAN:
+        return frame[:12] + frame[16:], int(struct.unpack_from(">H", frame, 14)[0])
+    return frame, None
+
+
+def pad(frame: bytes) -> bytes:
+    return frame if len(frame) >= ETH_ZLEN else frame + bytes(ETH_ZLEN - len(frame))
+
+
+def _sum16(data: bytes | bytearray) -> int:
+    if len(data) % 2:
+        data = bytes(data) + b"\0"
+    total: int = sum(struct.unpack(f">{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+def checksum(data: bytes | bytearray, initial: int = 0) -> int:
+    """The Internet checksum (RFC 1071) of `data`, folded with a partial sum `initial`."""
+    total = _sum16(data) + initial
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def l3_offset(frame: bytes) -> tuple[int, int]:
+    """(ethertype, offset of the L3 header), looking through up to two VLAN tags."""
+    off = 12
+    for _ in range(3):
+        if off + 2 > len(frame):
+            return 0, len(frame)
+        (ethertype,) = struct.unpack_from(">H", frame, off)
+        if ethertype not in (TPID_CVLAN, TPID_SVLAN):
+            return int(ethertype), off + 2
+        off += 4
+    return 0, len(frame)
+
+
+def offload_checksums(frame: bytes, ip_csum: bool, l4_csum: bool) -> bytes:
+    """Fill in the checksums a CHECKSUM_PARTIAL skb left to the NIC. Anything it cannot
+    parse (truncated headers, other protocols, IPv4 fragments) goes out unchanged."""
+    ethertype, l3 = l3_offset(frame)
+    buf = bytearray(frame)
+    if ethertype == ETHERTYPE_IPV4 and len(buf) >= l3 + 20:
+        ihl = (buf[l3] & 0xF) * 4
+        (total_len,) = struct.unpack_from(">H", buf, l3 + 2)
+        if ihl < 20 or len(buf) < l3 + ihl:
+            return frame
+        if ip_csum:
+            buf[l3 + 10 : l3 + 12] = b"\0\0"
+            struct.pack_into(">H", buf, l3 + 10, checksum(buf[l3 : l3 + ihl]))
+        (frag,) = struct.unpack_from(">H", buf, l3 + 6)
+        if not l4_csum or frag & 0x3FFF:
+            return bytes(buf)
+        proto = buf[l3 + 9]
+        l4 = l3 + ihl
+        end = min(len(buf), l3 + total_len)
+        pseudo = bytes(buf[l3 + 12 : l3 + 20]) + struct.pack(">BBH", 0, proto, end - l4)
+    elif ethertype == ETHERTYPE_IPV6 and len(buf) >= l3 + 40 and l4_csum:
+        (payload_len,) = struct.unpack_from(">H", buf, l3 + 4)
+        proto = buf[l3 + 6]
+        l4 = l3 + 40
+        end = min(len(buf), l4 + payload_len)
+        pseudo = bytes(buf[l3 + 8 : l3 + 40]) + struct.pack(">IxxxB", end - l4, proto)
+    else:
+        return frame
+    field = {PROTO_TCP: 16, PROTO_UDP: 6}.get(proto)
+    if field is None or end < l4 + field + 2:
+        return bytes(buf)
+    buf[l4 + field : l4 + field + 2] = b"\0\0"
+    value = checksum(buf[l4:end], _sum16(pseudo))
+    if proto == PROTO_UDP and value == 0:
+        value = 0xFFFF  # RFC 768: 0 means "no checksum"
+    struct.pack_into(">H", buf, l4 + field, value)
+    return bytes(buf)
