@@ -69,7 +69,7 @@ class PortCounters:
 
     def _frame(self, side: str, data: bytes, octets_name: str, total_name: str) -> None:
         tci = frame.vlan_tci(data)
-        prios = ["novlan", "prio_0"] if tci is None else [f"prio_{tci >> 13}"]
+        prios = ["novlan"] if tci is None else [f"prio_{tci >> 13}"]
         length = len(data) + frame.FCS_LEN
         v = self.values
         for p in prios:
@@ -103,8 +103,8 @@ class PortCounters:
         return self.values[name]
 
     def total(self, group: str) -> int:
-        """A group summed over priorities 0..7, as mlx4_en's en_stats_adder does."""
-        return sum(self.values[f"{group}_prio_{i}"] for i in range(8))
+        """A group summed over prio 0..7 and novlan, as mlx4_en's en_stats_adder does."""
+        return sum(self.values[f"{group}_{p}"] for p in PRIOS)
 
     def dump(self, reset: bool) -> bytes:
         out = bytearray(SIZE)
