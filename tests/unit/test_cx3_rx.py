@@ -137,6 +137,14 @@ def rqp_calc(drv: EnDriver, base: int, promisc: bool = False) -> None:
     assert drv.set_port(1, data, port=2) == 0
 
 
+def port2_ring(drv: EnDriver, posted: int = 8, frag_sizes: tuple[int, ...] = (2048,)) -> RxRing:
+    """The ring QP of port 2, RQP_CALC's base, with `posted` WQEs handed over."""
+    ring = RxRing.create(drv, RX_QPN, RX_CQN, RX_MTT, frag_sizes=frag_sizes)
+    rqp_calc(drv, RX_QPN)
+    ring.post(posted)
+    return ring
+
+
 def send(tx: TxRing, data: bytes) -> None:
     """Port 1 transmits `data` (gathered from guest memory)."""
     addr = tx.drv.drv.guest.alloc(len(data))
@@ -149,9 +157,7 @@ def test_a_frame_crosses_the_cable_into_the_ring(
     link: tuple[Cx3Device, EnDriver, TxRing],
 ) -> None:
     dev, drv, tx = link
-    ring = RxRing.create(drv, RX_QPN, RX_CQN, RX_MTT, frag_sizes=(64, 2048))
-    rqp_calc(drv, RX_QPN)
-    ring.post(8)
+    ring = port2_ring(drv, frag_sizes=(64, 2048))
     drv.uar_write(0x20, struct.pack(">II", 2 << 24 | RX_CQN, 0))  # armed
     data = frame_bytes(1000, dst=MAC2)
     send(tx, data)
@@ -169,9 +175,7 @@ def test_a_frame_crosses_the_cable_into_the_ring(
 
 def test_steering_decides_what_is_delivered(link: tuple[Cx3Device, EnDriver, TxRing]) -> None:
     dev, drv, tx = link
-    ring = RxRing.create(drv, RX_QPN, RX_CQN, RX_MTT)
-    rqp_calc(drv, RX_QPN)
-    ring.post(8)
+    ring = port2_ring(drv)
     counters = dev.firmware.state.ports[2].counters
     send(tx, frame_bytes(60, dst=0x0002C9AAAAAA))  # unknown unicast
     assert ring.poll() == [] and counters["RDROP"] == 1
@@ -205,8 +209,7 @@ def test_no_posted_wqe_or_too_long_a_frame_is_dropped(
     link: tuple[Cx3Device, EnDriver, TxRing],
 ) -> None:
     dev, drv, tx = link
-    ring = RxRing.create(drv, RX_QPN, RX_CQN, RX_MTT, frag_sizes=(256,))
-    rqp_calc(drv, RX_QPN)
+    ring = port2_ring(drv, posted=0, frag_sizes=(256,))
     counters = dev.firmware.state.ports[2].counters
     send(tx, frame_bytes(100, dst=MAC2))  # nothing posted yet
     assert counters["RdropOvflw"] == 1
@@ -224,8 +227,7 @@ def test_a_bad_receive_buffer_completes_in_error(
     link: tuple[Cx3Device, EnDriver, TxRing],
 ) -> None:
     dev, drv, tx = link
-    ring = RxRing.create(drv, RX_QPN, RX_CQN, RX_MTT)
-    rqp_calc(drv, RX_QPN)
+    ring = port2_ring(drv, posted=0)
     drv.drv.guest.write(ring.buf + 64, gather(0xDEAD0000000, 2048))  # outside guest memory
     ring.post(8)
     send(tx, frame_bytes(100, dst=MAC2))
@@ -285,9 +287,7 @@ def test_pulling_the_cable_takes_both_ports_down(
     link: tuple[Cx3Device, EnDriver, TxRing],
 ) -> None:
     dev, drv, tx = link
-    ring = RxRing.create(drv, RX_QPN, RX_CQN, RX_MTT)
-    rqp_calc(drv, RX_QPN)
-    ring.post(8)
+    ring = port2_ring(drv)
     dev.set_link(False)
     eqes = drv.async_eqes()
     assert sorted((e[1], e[3], e[0x0C] >> 4) for e in eqes) == [(0x09, 1, 1), (0x09, 1, 2)]
