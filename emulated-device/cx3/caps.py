@@ -1,7 +1,7 @@
 """What the firmware advertises: the QUERY_FW and QUERY_DEV_CAP outboxes (QUERY_PORT: port.py).
 
 Field offsets follow the driver's parsers in drivers/net/ethernet/mellanox/mlx4/fw.c
-(mlx4_QUERY_FW, mlx4_QUERY_DEV_CAP, mlx4_QUERY_PORT). The configuration: one Ethernet port,
+(mlx4_QUERY_FW, mlx4_QUERY_DEV_CAP, mlx4_QUERY_PORT). The configuration: two Ethernet ports,
 no SR-IOV, 32-byte EQEs, every optional capability flag clear. Bytes not set here are 0.
 """
 
@@ -50,7 +50,9 @@ _DEV_CAP_BYTES = {
     0x1D: 17,  # log max MPTs
     0x1E: 2,  # 4 reserved EQs -> first EQ is 4
     0x1F: 4,  # 16 EQs: num_eqs - reserved must leave >= 2
-    0x37: 1,  # one port
+    0x22: 4,  # 16 reserved MPTs: mlx4_en's region must not be MPT 1, whose lkey 0x100 is
+    # MLX4_INVALID_LKEY (the padding key that ends a receive WQE)
+    0x37: 2,  # two ports (cabled to each other: cable.py)
     0x38: 31,  # log max message
     0x4B: 12,  # log min page size
     0x65: 17,  # log max PDs

@@ -32,6 +32,7 @@ OWNER_BYTE = 31
 OWNER_BIT = 0x80
 IS_SEND = 0x40  # owner_sr_opcode: a send completion
 OPCODE_ERROR = 0x1E  # MLX4_CQE_OPCODE_ERROR
+CVLAN_PRESENT = 1 << 29  # vlan_my_qpn (MLX4_CQE_CVLAN_PRESENT_MASK): sl_vid holds the tag
 INDEX_MASK = 0xFFFFFF
 
 # mlx4_err_cqe syndromes (cq.h)
@@ -174,6 +175,20 @@ def send_cqe(qpn: int, wqe_index: int, opcode: int) -> bytes:
     struct.pack_into(">I", cqe, 0x00, qpn & INDEX_MASK)
     struct.pack_into(">H", cqe, 0x18, wqe_index & 0xFFFF)
     cqe[OWNER_BYTE] = IS_SEND | opcode
+    return bytes(cqe)
+
+
+def recv_cqe(
+    qpn: int, wqe_index: int, byte_count: int, opcode: int, rss_hash: int, cvlan: int | None
+) -> bytes:
+    """A receive completion (`mlx4_en_process_rx_cq` reads byte_cnt, the RSS hash, the
+    stripped C-VLAN; status and checksum stay 0: no checksum verdict is claimed)."""
+    cqe = bytearray(CQE_SIZE)
+    vlan = 0 if cvlan is None else CVLAN_PRESENT
+    struct.pack_into(">II", cqe, 0x00, vlan | qpn & INDEX_MASK, rss_hash & 0xFFFFFFFF)
+    struct.pack_into(">H", cqe, 0x0C, cvlan or 0)
+    struct.pack_into(">IH", cqe, 0x14, byte_count, wqe_index & 0xFFFF)
+    cqe[OWNER_BYTE] = opcode
     return bytes(cqe)
 
 

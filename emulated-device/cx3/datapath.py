@@ -1,4 +1,5 @@
-"""The datapath: what the card does when the driver rings a send doorbell.
+"""The datapath: what the card does when the driver rings a send doorbell, and with the frames
+that arrive at a port.
 
 `send_doorbell(qpn)` walks the QP's send queue from where the device stopped last, takes every
 WQE the driver handed over (owner bit, see `wqe.py`), gathers its frame (inline bytes and DMA
@@ -7,25 +8,41 @@ frame to the port (`transmit`), and completes the WQE on the QP's send CQ: a sen
 asked for one (CQ_UPDATE), an error CQE (`mlx4_err_cqe`, logged) if it is malformed - after
 which the QP is in ERR and flushes whatever else is posted (WR_FLUSH_ERR), as the hardware
 does. A CQE on an armed CQ raises the completion event on the CQ's EQ (`notify`); a CQ overrun
-raises CQ_ERROR instead. Nothing here raises on guest input.
+raises CQ_ERROR instead.
+
+A transmitted frame goes onto the cable (`cable.py`) to the other port, which receives it:
+steering (`Port.steer`: MAC table, multicast filter, promiscuous mode, VLAN filter) picks the
+QP, an RSS indirection QP picks a ring QP (`rss.py`), the frame is scattered into the next
+receive WQE the driver posted (producer count in the QP's doorbell record, data segments up to
+a zero-length one or the invalid lkey 0x100), its outer C-VLAN tag stripped (unless the QP says
+not to: param3 bit 30) and reported in the CQE, and a receive CQE goes to the ring's CQ. No
+checksum verdict is claimed (CQE status 0: mlx4_en checks in software). Frames steered nowhere
+count as RDROP, frames with no posted WQE as RdropOvflw, frames longer than the WQE's buffers
+as RdropLength. Nothing here raises on guest input.
 """
 
 from __future__ import annotations
 
 import collections
+import struct
 from collections.abc import Callable
 
 from vfio_user import DmaError
 
-from . import cq, eq, frame, wqe
+from . import cq, eq, frame, rss, wqe
 from .cq import CompletionQueue, CqOverrun
 from .dma import GuestMemory
 from .firmware import Event, Firmware
 from .icm import IcmError, MttBuffer
 from .qp import QpState, QueuePair, WorkQueue
+from .stats import PortCounters
 from .wqe import Ctrl, Gather, Piece, WqeError
 
 MAX_FRAME = 16 << 10  # more than any frame mlx4_en sends without LSO (which is not offered)
+RECV_OPCODE_SEND = 0x01  # owner_sr_opcode of a receive completion
+INVALID_LKEY = 0x100  # MLX4_INVALID_LKEY / MLX4_EN_MEMTYPE_PAD: ends a receive WQE
+NO_VLAN_STRIP = 1 << 30  # QP param3: leave VLAN tags in the frame
+RQ_INDEX_MASK = 0xFFFF  # the receive doorbell record is a 16-bit producer count
 
 
 def key_to_hw_index(key: int) -> int:
@@ -48,10 +65,16 @@ class Datapath:
         self._post_async = post_async
         self._error = error
         self.counts: collections.Counter[str] = collections.Counter()
-        self.transmit: Callable[[int, bytes], None] = self._drop  # (port, frame): the wire
+        self.transmit: Callable[[int, bytes], None] = self.cable  # (port, frame): the wire
 
-    def _drop(self, port: int, data: bytes) -> None:
-        self.counts["tx_dropped_no_wire"] += 1
+    def cable(self, port: int, data: bytes) -> None:
+        """A frame leaves `port`: with link, it arrives at the far end of the cable."""
+        peer = self.fw.cable.peer(port)
+        if not self.fw.link_up(port) or peer is None:
+            self.fw.state.ports[port].counters.count("TDROP")
+            return
+        if self.fw.link_up(peer):  # a closed port's MAC receives nothing
+            self.receive(peer, data)
 
     # --- send ------------------------------------------------------------------------------
 
@@ -180,6 +203,82 @@ class Datapath:
                 cq.LOCAL_PROT_ERR,
                 f"{g.length} bytes at {g.addr:#x}: outside MPT {mpt.index:#x} (lkey {g.lkey:#x})",
             )
+
+    # --- receive ---------------------------------------------------------------------------
+
+    def receive(self, number: int, data: bytes) -> None:
+        """A frame arrives at port `number`."""
+        port = self.fw.state.ports[number]
+        port.counters.received(data)
+        self.counts["rx_frames"] += 1
+        qpn = port.steer(data)
+        qp = None if qpn is None else self.fw.state.qps.get(qpn)
+        if qp is not None and qp.ctx.rss and qp.state in (QpState.RTR, QpState.RTS):
+            qpn, hash_value = rss.RssContext.decode(qp.ctx.raw).select(data)
+            qp = self.fw.state.qps.get(qpn)
+        else:
+            hash_value = 0
+        if qp is None or qp.state not in (QpState.RTR, QpState.RTS) or qp.ctx.rss:
+            port.counters.count("RDROP")
+            return
+        self._deliver(qp, data, hash_value, port.counters)
+
+    def _deliver(
+        self, qp: QueuePair, data: bytes, hash_value: int, counters: PortCounters
+    ) -> None:
+        _, rq = qp.ctx.work_queues()
+        buf = self._buffer(qp)
+        try:
+            (producer,) = struct.unpack(">I", self.mem.read(qp.ctx.db_rec_addr, 4))
+            index = qp.rq_next
+            if not (producer - index) & RQ_INDEX_MASK:
+                counters.count("RdropOvflw")
+                return
+            slot = (index & (rq.count - 1)) << rq.log_stride
+            raw = buf.read(rq.offset + slot, 1 << rq.log_stride)
+        except (DmaError, IcmError) as e:
+            self._error(f"QP {qp.qpn:#x}: receive queue unreadable: {e}; frame dropped")
+            return
+        tci = None
+        if not qp.ctx.param3 & NO_VLAN_STRIP:
+            data, tci = frame.strip_cvlan(data)
+        scatter = []
+        room = 0
+        for off in range(0, len(raw), wqe.SEG):
+            count, lkey, addr = struct.unpack_from(">IIQ", raw, off)
+            if count == 0 or lkey == INVALID_LKEY:
+                break
+            scatter.append(Gather(addr, count, lkey))
+            room += count
+        if len(data) > room:
+            counters.count("RdropLength")
+            return
+        qp.rq_next = (index + 1) & RQ_INDEX_MASK
+        recv_cq = self.fw.state.cqs.get(qp.ctx.cqn_recv)
+        try:
+            pos = 0
+            for g in scatter:
+                if pos >= len(data):
+                    break
+                self._check_key(g)
+                chunk = data[pos : pos + g.length]
+                try:
+                    self.mem.write(g.addr, chunk)
+                except DmaError as e:
+                    raise WqeError(
+                        cq.LOCAL_PROT_ERR, f"scatter of {len(chunk)} bytes at {g.addr:#x}: {e}"
+                    ) from None
+                pos += len(chunk)
+        except WqeError as e:
+            qp.state = QpState.ERR
+            self._error(
+                f"QP {qp.qpn:#x} receive WQE {index:#x}: {e} -> error CQE "
+                f"(syndrome {e.syndrome:#04x}), QP to ERR"
+            )
+            self._complete(recv_cq, qp, cq.error_cqe(qp.qpn, index, e.syndrome, send=False), False)
+            return
+        cqe = cq.recv_cqe(qp.qpn, index, len(data), RECV_OPCODE_SEND, hash_value, tci)
+        self._complete(recv_cq, qp, cqe, False)
 
     # --- completions -----------------------------------------------------------------------
 

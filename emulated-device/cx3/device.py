@@ -129,11 +129,13 @@ class Cx3Device(Device):
 
     # --- control-side API: ground truth (the knobs are in self.faults) ---------------------
 
-    def set_link(self, up: bool, port: int = 1) -> None:
-        """Plug (True) or pull the port's cable. An open port's link follows it, and the
-        firmware reports the change with a PORT_CHANGE event (with its interrupt)."""
-        events = self.firmware.set_cable(port, up)
-        self.events.add("link", port=port, cable=up, link_up=self.firmware.link_up(port))
+    def set_link(self, up: bool) -> None:
+        """Plug (True) or pull the cable between the two ports (`cable.py`). An open port's
+        link follows it, and the firmware reports each change with a PORT_CHANGE event (with
+        its interrupt): pulling it takes both ports down."""
+        events = self.firmware.set_cable(up)
+        links = {f"link_up_{n}": self.firmware.link_up(n) for n in self.firmware.state.ports}
+        self.events.add("link", cable=up, **links)
         self._post_async(events)
 
     def read_bar0(self, offset: int, length: int) -> bytes:

@@ -16,6 +16,7 @@ from vfio_user import DmaError
 
 from . import caps, cq, eq, hca, mcg, mpt, qp
 from . import port as port_module
+from .cable import Cable
 from .cq import CompletionQueue, CqContext
 from .dma import GuestMemory
 from .eq import EqContext, EqError, EventQueue
@@ -31,7 +32,7 @@ from .qp import QpContext, QpState, QueuePair
 __all__ = ["CommandFailed", "Firmware", "FwState", "Result"]
 
 MAX_EQS = 1024  # MLX4_MAX_EQ_NUM
-NUM_PORTS = 1
+NUM_PORTS = 2  # cabled to each other (cable.py)
 MAP_EQ_UNMAP = 1 << 31
 SET_PORT_ETH = 1  # SET_PORT op_modifier: the Ethernet layouts (0 is InfiniBand's)
 
@@ -82,7 +83,7 @@ class Firmware:
         # Knobs, not firmware state: they survive resets. The health buffer shows at the next
         # QUERY_DEV_CAP; the cable decides whether an open port has link.
         self.health_buffer = True
-        self.cable = {n: True for n in self.state.ports}
+        self.cable = Cable()
         accept = self._accept
         modify_qp = self._modify_qp
         self._handlers: dict[int, Handler] = {
@@ -171,15 +172,14 @@ class Firmware:
 
     def link_up(self, number: int) -> bool:
         port = self.state.ports[number]
-        return port.open and self.cable[number]
+        return port.open and self.cable.plugged
 
-    def set_cable(self, number: int, up: bool) -> tuple[Event, ...]:
-        """Plug or pull port `number`'s cable; returns the PORT_CHANGE event it causes."""
-        if number not in self.cable:
-            raise ValueError(f"no port {number} (ports: {sorted(self.cable)})")
-        before = self.link_up(number)
-        self.cable[number] = up
-        return self._link_events(number, before)
+    def set_cable(self, up: bool) -> tuple[Event, ...]:
+        """Plug or pull the cable between the ports; returns the PORT_CHANGE events (one per
+        port whose link changed)."""
+        before = {n: self.link_up(n) for n in self.state.ports}
+        self.cable.plugged = up
+        return tuple(e for n in self.state.ports for e in self._link_events(n, before[n]))
 
     def _link_events(self, number: int, before: bool) -> tuple[Event, ...]:
         now = self.link_up(number)
@@ -212,7 +212,8 @@ class Firmware:
             "mpts": sorted(state.mpts),
             "cqs": [state.cqs[n].describe() for n in sorted(state.cqs)],
             "qps": [state.qps[n].describe() for n in sorted(state.qps)],
-            "ports": {str(n): p.describe(self.cable[n]) for n, p in state.ports.items()},
+            "cable": self.cable.plugged,
+            "ports": {str(n): p.describe(self.cable.plugged) for n, p in state.ports.items()},
         }
 
     # --- commands --------------------------------------------------------------------------
@@ -333,7 +334,7 @@ class Firmware:
 
     def _query_port(self, cmd: Command) -> None:
         port = self._port(cmd.in_modifier, "QUERY_PORT")
-        self.mem.write(cmd.out_param, port.query(self.cable[port.number]))
+        self.mem.write(cmd.out_param, port.query(self.cable.plugged))
 
     def _init_port(self, cmd: Command) -> Result:
         """Open the port: with the cable in, the link comes up and says so (PORT_CHANGE)."""

@@ -13,7 +13,7 @@ import enum
 import struct
 from dataclasses import dataclass, field
 
-from . import caps, stats
+from . import caps, frame, stats
 from .hcr import CommandFailed, Status
 from .stats import PortCounters
 
@@ -66,6 +66,8 @@ class Port:
     macs: dict[int, int] = field(default_factory=dict)  # table index -> MAC
     vlans: dict[int, int] = field(default_factory=dict)  # table index -> VID
     base_qpn: int | None = None  # RQP_CALC: where unicast traffic lands
+    promisc_qpn: int = 0  # RQP_CALC: where promiscuous (unmatched unicast) traffic lands
+    mcast_qpn: int = 0  # RQP_CALC: where multicast and broadcast traffic lands
     n_mac: int = 0
     promisc: bool = False
     mc_promisc: int = 0
@@ -107,6 +109,7 @@ class Port:
             raise CommandFailed(Status.BAD_PARAM, f"port {self.number}: base QP {base_qpn:#x}")
         self.base_qpn, self.n_mac = base_qpn, n_mac & 0xF
         self.promisc, self.mc_promisc = bool(promisc >> 31), mcast >> 30
+        self.promisc_qpn, self.mcast_qpn = promisc & 0xFFFFFF, mcast & 0xFFFFFF
 
     def _table(
         self, what: str, raw: bytes, entry: str, valid: int, mask: int, log_max: int
@@ -152,6 +155,27 @@ class Port:
             32 * i + j for i in range(128) for j in range(32) if words[127 - i] >> j & 1
         )
 
+    def steer(self, data: bytes) -> int | None:
+        """The receive QP for a frame (A0 steering, the mode mlx4_core picks without the
+        VEP/flow-steering capabilities), or None to drop it. Unicast to a MAC of the port's
+        table goes to the RQP_CALC base QP (mlx4_en registers one MAC and points the base at
+        its RSS/ring QP; the model does not add the MAC's table index), unknown unicast only
+        in promiscuous mode; multicast passes the SET_MCAST_FLTR filter when it is on;
+        a VLAN-tagged frame needs its VID in the SET_VLAN_FLTR filter (promiscuous aside)."""
+        if self.base_qpn is None:
+            return None
+        tci = frame.vlan_tci(data)
+        if tci is not None and tci & VLAN_MASK not in self.vlan_filter and not self.promisc:
+            return None
+        dst = frame.dst_mac(data)
+        if frame.is_multicast(data):
+            if self.promisc or not self.mcast_filter_on or dst in self.mcast_filter:
+                return self.mcast_qpn or self.base_qpn
+            return None
+        if dst in self.macs.values():
+            return self.base_qpn
+        return (self.promisc_qpn or self.base_qpn) if self.promisc else None
+
     def dump_stats(self, reset: bool) -> bytes:
         """DUMP_ETH_STATS: the port's counters (`stats.py`), cleared after reading on request."""
         self.stats_reads += 1
@@ -171,4 +195,5 @@ class Port:
             if self.mcast_filter_on
             else None,
             "vlan_filter": sorted(self.vlan_filter),
+            "counters": {k: v for k, v in sorted(self.counters.values.items()) if v},
         }

@@ -64,6 +64,7 @@ class QpContext:
     cqn_recv: int
     srqn: int
     db_rec_addr: int
+    param3: int
     log_page_size: int
     mtt_offset: int  # byte offset of the first MTT entry within the MTT table
     rss: bool
@@ -74,6 +75,7 @@ class QpContext:
         flags, pd, _, rq, sq, _, usr_page, local_qpn = struct.unpack_from(">IIBBBBII", raw, 0)
         (cqn_send,) = struct.unpack_from(">I", raw, 0x7C)
         cqn_recv, db_rec_addr, _, srqn = struct.unpack_from(">IQII", raw, 0x9C)
+        (param3,) = struct.unpack_from(">I", raw, 0xC0)
         log_page_size, mtt_h, mtt_l = struct.unpack_from(">B2xBI", raw, 0xC8)
         return cls(
             state=flags >> 28,
@@ -88,6 +90,7 @@ class QpContext:
             cqn_recv=cqn_recv & 0xFFFFFF,
             srqn=srqn & 0xFFFFFF,
             db_rec_addr=db_rec_addr,
+            param3=param3,
             log_page_size=log_page_size & 0x1F,
             mtt_offset=mtt_h << 32 | mtt_l,
             rss=bool(flags & RSS_FLAG),

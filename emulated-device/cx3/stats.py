@@ -24,22 +24,21 @@ _T_SIZES = ["T" + name[1:] for name in _R_SIZES]
 SIZE_LIMITS = [64, 127, 255, 511, 1023, 1518, 1522, 1548]  # then 2MTU, then GIANT
 
 
+def _side(side: str, groups: list[str], prios: list[str], first_reserved: int) -> list[str]:
+    """One direction's be64 counters: per-group, then octets, then totals (`en_port.h`)."""
+    fields = [f"{group}_{p}" for group in groups for p in prios]
+    for p in prios:
+        fields += [f"{side}TTLOCT_{p}", f"{side}TTLOCT_NOFRM_{p}", f"{side}OCT_{p}"]
+    for i, p in enumerate(prios):
+        fields += [f"{side}TOT_{p}", f"{side}1Q_{p}", f"reserved{first_reserved + i}"]
+    return fields
+
+
 def _layout() -> tuple[list[str], list[str]]:
-    u64: list[str] = []
-    for group in [*_R_SIZES, "RGIANT", "RBCAST", "MCAST", "RTOTG"]:
-        u64 += [f"{group}_{p}" for p in PRIOS]
-    for p in PRIOS:
-        u64 += [f"RTTLOCT_{p}", f"RTTLOCT_NOFRM_{p}", f"ROCT_{p}"]
-    for i, p in enumerate(PRIOS):
-        u64 += [f"RTOT_{p}", f"R1Q_{p}", f"reserved{i + 1}"]
+    u64 = _side("R", [*_R_SIZES, "RGIANT", "RBCAST", "MCAST", "RTOTG"], PRIOS, 1)
     u64 += ["RCNTL", "reserved10", "reserved11", "reserved12"]
     u64 += ["RInRangeLengthErr", "ROutRangeLengthErr", "RFrmTooLong", "PCS"]
-    for group in [*_T_SIZES, "TGIANT", "TBCAST", "TMCAST", "TTOTG"]:
-        u64 += [f"{group}_{p}" for p in TX_PRIOS]
-    for p in TX_PRIOS:
-        u64 += [f"TTTLOCT_{p}", f"TTTLOCT_NOFRM_{p}", f"TOCT_{p}"]
-    for i, p in enumerate(TX_PRIOS):
-        u64 += [f"TTOT_{p}", f"T1Q_{p}", f"reserved{13 + i}"]
+    u64 += _side("T", [*_T_SIZES, "TGIANT", "TBCAST", "TMCAST", "TTOTG"], TX_PRIOS, 13)
     u32 = ["RJBBR", "RCRC", "RRUNT", "RSHORT", "RDROP", "RdropOvflw", "RdropLength"]
     u32 += ["RTOTFRMS", "TDROP"]
     return u64, u32
@@ -69,7 +68,7 @@ class PortCounters:
 
     def _frame(self, side: str, data: bytes, octets_name: str, total_name: str) -> None:
         tci = frame.vlan_tci(data)
-        prios = ["novlan", "prio_0"] if tci is None else [f"prio_{tci >> 13}"]
+        prios = ["novlan"] if tci is None else [f"prio_{tci >> 13}"]
         length = len(data) + frame.FCS_LEN
         v = self.values
         for p in prios:
@@ -103,8 +102,8 @@ class PortCounters:
         return self.values[name]
 
     def total(self, group: str) -> int:
-        """A group summed over priorities 0..7, as mlx4_en's en_stats_adder does."""
-        return sum(self.values[f"{group}_prio_{i}"] for i in range(8))
+        """A group summed over prio 0..7 and novlan, as mlx4_en's en_stats_adder does."""
+        return sum(self.values[f"{group}_{p}"] for p in PRIOS)
 
     def dump(self, reset: bool) -> bytes:
         out = bytearray(SIZE)

@@ -280,7 +280,7 @@ def test_port_tables_and_filters(en: tuple[Cx3Device, EnDriver]) -> None:
     vlans[2] = 1 << 31 | 10
     assert drv.set_port(3, struct.pack(">128I", *vlans)) == Status.OK and port.vlans == {2: 10}
     assert drv.set_port(0xB, bytes(32)) == Status.BAD_PARAM  # VXLAN: not offered
-    assert drv.set_port(0, general, port=2) == Status.BAD_PARAM
+    assert drv.set_port(0, general, port=3) == Status.BAD_PARAM
     assert drv.status(Opcode.SET_PORT, drv.box(general), 1, op_mod=0) == Status.BAD_PARAM
 
     words = [0] * 128
@@ -340,7 +340,7 @@ def test_link_follows_init_port_and_the_cable(en: tuple[Cx3Device, EnDriver]) ->
     dev.set_link(False)  # a closed port has no link to lose: no event
     dev.set_link(True)
     assert drv.async_eqes() == []
-    assert drv.status(Opcode.INIT_PORT, in_mod=2) == Status.BAD_PARAM
+    assert drv.status(Opcode.INIT_PORT, in_mod=3) == Status.BAD_PARAM
 
 
 def test_uar_doorbells_are_logged(en: tuple[Cx3Device, EnDriver]) -> None:
@@ -394,6 +394,6 @@ def test_reset_drops_everything_but_the_cable(en: tuple[Cx3Device, EnDriver]) ->
     state = dev.firmware.state
     assert (state.mpts, state.cqs, state.qps, state.hca) == ({}, {}, {}, None)
     assert not state.ports[1].open and state.ports[1].macs == {}
-    assert dev.firmware.cable == {1: False}  # the cable is not firmware state
+    assert not dev.firmware.cable.plugged  # the cable is not firmware state
     assert drv.status(Opcode.SW2HW_CQ, drv.box(bytes(64)), TX_CQN) == Status.BAD_SYS_STATE
     assert drv.status(Opcode.SET_PORT, drv.box(bytes(64)), 1, 1) == Status.BAD_SYS_STATE

@@ -32,14 +32,17 @@ def test_query_dev_cap_and_port() -> None:
     drv.reset()
     cap = drv.cmd_box(Opcode.QUERY_DEV_CAP)
     assert struct.unpack_from(">I", cap, 0xE4)[0] == 0x1F100  # health buffer, non-zero
-    assert cap[0x37] & 0xF == 1  # one port
+    assert cap[0x37] & 0xF == 2  # two ports, cabled to each other
+    assert 1 << (cap[0x22] & 0xF) > 1  # MPT 1 (lkey 0x100, the invalid key) is reserved
     assert struct.unpack_from(">H", cap, 0x90)[0] == 8  # MTT entry size
     assert (1 << (cap[0x1F] & 0xF)) - (1 << (cap[0x1E] & 0xF)) >= 2  # EQs for async + comp
     assert struct.unpack_from(">Q", cap, 0xA0)[0] >= 0x200000000
     port = drv.cmd_box(Opcode.QUERY_PORT, in_mod=1)
     assert port[0] == 0x02 and port[0x0A] == 0x77
+    port2 = drv.cmd_box(Opcode.QUERY_PORT, in_mod=2)
+    assert port2[0] == 0x02 and port2[0x10:0x18] == (0x0002C9000002).to_bytes(8, "big")
     with pytest.raises(CmdError) as err:
-        drv.cmd_box(Opcode.QUERY_PORT, in_mod=2)
+        drv.cmd_box(Opcode.QUERY_PORT, in_mod=3)
     assert err.value.status == Status.BAD_PARAM
 
 

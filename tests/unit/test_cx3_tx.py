@@ -196,10 +196,10 @@ def test_inline_send_completes_and_raises_the_completion_event(
     assert len(ring.poll()) == 1 and ring.eqes() == []
     counters = dev.firmware.state.ports[1].counters
     assert counters.total("TTOT") == 2 and counters.total("TOCT") == 2 * 64
-    assert counters["TBCAST_prio_0"] == 2 and counters["TTOT_novlan"] == 2
+    assert counters["TBCAST_novlan"] == 2 and counters["TTOT_prio_0"] == 0  # untagged
     out = ring.drv.drv.cmd_box(Opcode.DUMP_ETH_STATS, in_mod=1, size=stats.SIZE)
-    assert struct.unpack_from(">Q", out, stats.OFFSETS["TTOT_prio_0"])[0] == 2
-    assert struct.unpack_from(">Q", out, stats.OFFSETS["TOCT_prio_0"])[0] == 128
+    assert struct.unpack_from(">Q", out, stats.OFFSETS["TTOT_novlan"])[0] == 2
+    assert struct.unpack_from(">Q", out, stats.OFFSETS["TOCT_novlan"])[0] == 128
     assert not [e for e in dev.events.since(0) if e["kind"] == "error"]
 
 
