@@ -1,7 +1,8 @@
 """mlx4_en on the emulated ConnectX-3, as a production machine runs it: mlx4_core and mlx4_en
-loaded, the netdev up with carrier — and every fault taken there. After each fault both
-snapshots equal the device truth, the netdev comes back with the same name and MAC, up with
-carrier, and the kernel log holds no warning and no failed firmware command.
+loaded, the netdevs (one per port of the dual-port card) up with carrier — and every fault
+taken there. After each fault both snapshots equal the device truth, the netdevs come back
+with the same names and MACs, up with carrier, and the kernel log holds no warning and no
+failed firmware command.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from tests.e2e.support import assert_no_kernel_trouble, assert_same_bytes, healt
 
 pytestmark = pytest.mark.e2e
 
-MAC = ":".join(f"{b:02x}" for b in caps.MAC.to_bytes(6, "big"))
+MACS = [":".join(f"{b:02x}" for b in (caps.MAC + port).to_bytes(6, "big")) for port in (0, 1)]
 FAULT_CYCLES = 5  # in a row, for leaks
 
 
@@ -35,13 +36,12 @@ def rig(rig_factory: RigFactory) -> Iterator[Rig]:
     rig_factory.stop(booted)
 
 
-def up(rig: Rig) -> Netdev:
-    """The card's one netdev, which must be up with carrier and the device's MAC."""
+def up(rig: Rig) -> list[Netdev]:
+    """The card's netdevs, one per port, which must be up with carrier and the ports' MACs."""
     netdevs = rig.mlx4.netdevs()
-    assert len(netdevs) == 1, netdevs
-    n = netdevs[0]
-    assert (n.mac, n.operstate, n.carrier) == (MAC, "up", True), n
-    return n
+    assert [(n.mac, n.operstate, n.carrier) for n in netdevs] == [
+        (mac, "up", True) for mac in MACS], netdevs
+    return netdevs
 
 
 @pytest.fixture(autouse=True)
@@ -55,21 +55,21 @@ def check_fault(rig: Rig, cycle: FaultCycle, devlink: RegionChannel, since: int)
     snap = cycle.snapshot_id()
     for region in REGIONS:
         assert_same_bytes(devlink.dump(rig.region(region), snap), cycle.expected(region), region)
-    assert cycle.netdevs_before == cycle.netdevs_after == [up(rig)]
+    assert cycle.netdevs_before == cycle.netdevs_after == up(rig)
     assert_no_kernel_trouble(rig, failed_commands=cycle.kind != "closing-cmd", since=since)
 
 
 def test_netdev_is_up_with_the_devices_mac_and_mlx4_en_counters(rig: Rig, log_mark: int) -> None:
-    n = up(rig)
-    assert f"link/ether {MAC}" in rig.sh(f"ip -d link show {n.name}").stdout
-    info = rig.sh(f"ethtool -i {n.name}").stdout
-    assert re.search(r"^driver: mlx4_en$", info, re.M), info
-    assert re.search(r"^bus-info: " + re.escape(rig.dev_handle.split("/", 1)[1]), info, re.M)
-    stats = dict(line.strip().split(": ", 1) for line in
-                 rig.sh(f"ethtool -S {n.name}").stdout.splitlines()[1:] if ": " in line)
-    for counter in ("rx_packets", "tx_packets", "rx_bytes", "tx_bytes", "rx_dropped"):
-        assert stats[counter].isdigit(), (counter, stats.get(counter))
-    assert "fe80::" in rig.sh(f"ip -6 addr show dev {n.name}").stdout, "no link-local address"
+    for n, mac in zip(up(rig), MACS, strict=True):
+        assert f"link/ether {mac}" in rig.sh(f"ip -d link show {n.name}").stdout
+        info = rig.sh(f"ethtool -i {n.name}").stdout
+        assert re.search(r"^driver: mlx4_en$", info, re.M), info
+        assert re.search(r"^bus-info: " + re.escape(rig.dev_handle.split("/", 1)[1]), info, re.M)
+        stats = dict(line.strip().split(": ", 1) for line in
+                     rig.sh(f"ethtool -S {n.name}").stdout.splitlines()[1:] if ": " in line)
+        for counter in ("rx_packets", "tx_packets", "rx_bytes", "tx_bytes", "rx_dropped"):
+            assert stats[counter].isdigit(), (counter, stats.get(counter))
+        assert "fe80::" in rig.sh(f"ip -6 addr show dev {n.name}").stdout, "no link-local"
     assert_no_kernel_trouble(rig, failed_commands=True, since=log_mark)
 
 
@@ -89,20 +89,21 @@ def subscribed_link_monitor(rig: Rig) -> Background:
 
 
 def test_cable_pull_and_plug_flip_carrier_within_a_second(rig: Rig) -> None:
-    n = up(rig)
+    names = [n.name for n in up(rig)]  # the cable joins port 1 to port 2: both ends follow
     monitor = subscribed_link_monitor(rig)
     try:
         for plugged, word in ((False, "NO-CARRIER"), (True, "LOWER_UP")):
             t0 = time.monotonic()
             rig.device.fault("link", up=plugged)
-            while True:  # every line is an RTM_NEWLINK; wait for the one with the new state
+            waiting = set(names)
+            while waiting:  # every line is an RTM_NEWLINK; wait for the new state of both
                 line = monitor.readline(timeout=5.0)
                 assert line is not None, f"no link event after the cable was {word}"
-                if n.name in line and word in line:
-                    break
+                waiting -= {name for name in waiting if f" {name}:" in line and word in line}
             assert time.monotonic() - t0 < 1.0, f"carrier took {time.monotonic() - t0:.2f} s"
-            carrier = rig.sh(f"cat /sys/class/net/{n.name}/carrier").stdout.strip()
-            assert carrier == ("1" if plugged else "0")
+            for name in names:
+                carrier = rig.sh(f"cat /sys/class/net/{name}/carrier").stdout.strip()
+                assert carrier == ("1" if plugged else "0"), name
     finally:
         monitor.close()
         rig.device.fault("link", up=True)
@@ -116,7 +117,7 @@ def test_mlx4_en_alone_unloads_and_loads_again(rig: Rig, log_mark: int) -> None:
     assert rig.dev_handle in rig.sh("devlink dev show").stdout, "mlx4_core went too"
     since = len(rig.console.text)
     rig.sh("modprobe mlx4_en")
-    assert rig.mlx4.wait_netdevs_up(since) == [before]
+    assert rig.mlx4.wait_netdevs_up(since) == before
     assert_no_kernel_trouble(rig, failed_commands=True, since=log_mark)
 
 

@@ -71,12 +71,12 @@ def test_fault_commands_reach_the_model(device: Cx3Device, capsys: pytest.Captur
 
 def test_rig_link_pulls_and_plugs_the_cable(device: Cx3Device,
                                             capsys: pytest.CaptureFixture[str]) -> None:
-    assert device.firmware.cable[1]
+    assert device.firmware.cable.plugged
     assert main(["link", "down"]) == 0
-    assert not device.firmware.cable[1]
+    assert not device.firmware.cable.plugged
     assert "cable pulled" in capsys.readouterr().out
     assert main(["fault", "link", "--up"]) == 0  # the same knob, as `rig fault` shows it
-    assert device.firmware.cable[1]
+    assert device.firmware.cable.plugged
     assert [e["cable"] for e in device.events.since(0) if e["kind"] == "link"] == [False, True]
 
 
