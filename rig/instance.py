@@ -37,8 +37,8 @@ class Instance:
 
     @classmethod
     def publish(cls, name: str, rig: Rig) -> Instance:
-        ident = rig.machine.config.ssh
-        inst = cls(name, os.getpid(), rig.machine.ssh_port, str(ident.client_key),
+        port, ident = rig.ssh_access()
+        inst = cls(name, os.getpid(), port, str(ident.client_key),
                    ident.host_key, str(rig.device_model.control_socket), rig.dev_handle,
                    str(rig.log_dir))
         path = cls.path(name)

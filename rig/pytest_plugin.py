@@ -59,6 +59,7 @@ the failure report (section "rig artifacts") and in the JUnit XML (property rig_
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import re
@@ -252,11 +253,13 @@ _GUARD_FROM = pytest.StashKey[dict[int, int]]()  # id(rig) -> first device event
 
 
 def refused_commands(rig: Rig, since: int) -> list[str]:
-    """The firmware commands the model refused since event `since`, one line each."""
+    """The firmware commands the model refused since event `since`, one line each (with how
+    often, when the same refusal repeats)."""
     events = rig.device.events(since).events
-    return [f"{e['name']} ({e['opcode']:#05x}) -> status {e['status']:#04x}: {e['error']}"
-            for e in events
-            if e["kind"] == "cmd" and e.get("status") and not e.get("injected")]
+    refused = collections.Counter(
+        f"{e['name']} ({e['opcode']:#05x}) -> status {e['status']:#04x}: {e['error']}"
+        for e in events if e["kind"] == "cmd" and e.get("status") and not e.get("injected"))
+    return [line if n == 1 else f"{line} (x{n})" for line, n in refused.items()]
 
 
 def _guarded(config: pytest.Config) -> list[Rig]:
@@ -352,7 +355,7 @@ def collect_artifacts(rig: Rig, dest: Path, deadline: float) -> None:
                     shutil.copy2(f, dest / f.name)
 
     attempt("logs", copy_logs)
-    running = _machine_running(rig)
+    running = rig.is_running()
     if running:
         attempt("dmesg", lambda: (dest / "dmesg.txt").write_text(
             rig.sh("dmesg", timeout=30).stdout))
@@ -362,13 +365,6 @@ def collect_artifacts(rig: Rig, dest: Path, deadline: float) -> None:
         attempt("snapshots", lambda: problems.extend(_save_snapshots(rig, dest, deadline)))
     if problems:
         (dest / "artifact-errors.txt").write_text("\n".join(problems) + "\n")
-
-
-def _machine_running(rig: Rig) -> bool:
-    try:
-        return rig.machine.is_running()
-    except RigError:  # never started, or stopped already
-        return False
 
 
 def _device_alive(rig: Rig) -> bool:

@@ -35,7 +35,7 @@ from rig.mlx4 import Mlx4
 from rig.vm.cmdline import Modprobe
 from rig.vm.console import SerialConsole
 from rig.vm.machine import BootTimes, Machine, MachineConfig, QemuInstall
-from rig.vm.ssh import Background, Result, Sink
+from rig.vm.ssh import Background, Result, Sink, SshIdentity
 
 logger = logging.getLogger(__name__)
 
@@ -255,6 +255,15 @@ class Rig:
 
     def dmesg(self) -> str:
         return self.sh("dmesg", timeout=60).stdout
+
+    def ssh_access(self) -> tuple[int, SshIdentity]:
+        """The host port of the guest's sshd and the keys to reach it, for another process
+        (`rig up` publishes them for `rig sh`)."""
+        return self.machine.ssh_port, self.machine.config.ssh
+
+    def is_running(self) -> bool:
+        """Whether QEMU is up (False before start and after stop)."""
+        return self._machine is not None and self._machine.is_running()
 
     def check_health(self) -> None:
         """Raise a clear error if QEMU or the device model died."""

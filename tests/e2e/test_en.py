@@ -7,8 +7,8 @@ failed firmware command.
 
 from __future__ import annotations
 
+import datetime
 import re
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -27,6 +27,7 @@ pytestmark = pytest.mark.e2e
 
 MACS = [":".join(f"{b:02x}" for b in (caps.MAC + port).to_bytes(6, "big")) for port in (0, 1)]
 FAULT_CYCLES = 5  # in a row, for leaks
+LINKWATCH_PACE = 1.0  # s: linkwatch_nextevent = jiffies + HZ
 
 
 @pytest.fixture(scope="module")
@@ -73,9 +74,16 @@ def test_netdev_is_up_with_the_devices_mac_and_mlx4_en_counters(rig: Rig, log_ma
     assert_no_kernel_trouble(rig, failed_commands=True, since=log_mark)
 
 
+def guest_time(text: str) -> datetime.datetime:
+    """A time as `date +%Y-%m-%dT%H:%M:%S.%N` or `ip -ts` print it in the guest."""
+    found = re.search(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)\.(\d{6})", text)
+    assert found, f"no timestamp in {text!r}"
+    return datetime.datetime.fromisoformat(f"{found[1]}.{found[2]}")
+
+
 def subscribed_link_monitor(rig: Rig) -> Background:
     """`ip -o monitor link` in the guest, once it is listening: it has seen a change of lo."""
-    monitor = rig.spawn("ip -o monitor link")
+    monitor = rig.spawn("ip -ts -o monitor link")  # each line stamped with the guest's clock
     for mtu in (65535, 65536) * 5:
         rig.sh(f"ip link set lo mtu {mtu}")
         try:
@@ -93,14 +101,23 @@ def test_cable_pull_and_plug_flip_carrier_within_a_second(rig: Rig) -> None:
     monitor = subscribed_link_monitor(rig)
     try:
         for plugged, word in ((False, "NO-CARRIER"), (True, "LOWER_UP")):
-            t0 = time.monotonic()
+            # Timed on the guest's clock, from before the knob turns to the monitor's stamp:
+            # SSH's delay in bringing the line to the host is not the guest's.
+            t0 = guest_time(rig.sh("date +%Y-%m-%dT%H:%M:%S.%N").stdout)
             rig.device.fault("link", up=plugged)
-            waiting = set(names)
+            waiting, delays = set(names), []
             while waiting:  # every line is an RTM_NEWLINK; wait for the new state of both
                 line = monitor.readline(timeout=5.0)
                 assert line is not None, f"no link event after the cable was {word}"
-                waiting -= {name for name in waiting if f" {name}:" in line and word in line}
-            assert time.monotonic() - t0 < 1.0, f"carrier took {time.monotonic() - t0:.2f} s"
+                done = {name for name in waiting if f" {name}:" in line and word in line}
+                if done:
+                    waiting -= done
+                    delays.append((guest_time(line) - t0).total_seconds())
+            assert delays[0] < 1.0, f"carrier {word} took {delays[0]:.2f} s in the guest"
+            # The second port's change waits for the kernel's link watch, which runs at most
+            # once a second for a non-urgent event (net/core/link_watch.c): the driver saw
+            # both within milliseconds (its "Link Down/Up" lines), the kernel paces the rest.
+            assert delays[-1] < 1.0 + LINKWATCH_PACE, f"carrier {word}: {delays} s"
             for name in names:
                 carrier = rig.sh(f"cat /sys/class/net/{name}/carrier").stdout.strip()
                 assert carrier == ("1" if plugged else "0"), name
