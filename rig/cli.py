@@ -21,15 +21,24 @@ from cx3.client import ControlError
 from rig.commands import bench, build_kernel, interactive, replay, run, setup, validate
 from rig.errors import RigError
 
-SUBCOMMANDS = (setup.add_parser, run.add_parser, replay.add_parser, interactive.add_parsers,
-               build_kernel.add_parser, validate.add_parser, bench.add_parser)
+SUBCOMMANDS = (
+    setup.add_parser,
+    run.add_parser,
+    replay.add_parser,
+    interactive.add_parsers,
+    build_kernel.add_parser,
+    validate.add_parser,
+    bench.add_parser,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="rig", description="QEMU rig for the mlx4 driver's devlink regions (crdump)",
+        prog="rig",
+        description="QEMU rig for the mlx4 driver's devlink regions (crdump)",
         epilog="exit status: 0 the kernel under test passed, 1 it failed, 2 the rig or its "
-               "input failed")
+        "input failed",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
     sub = parser.add_subparsers(dest="subcommand", required=True, metavar="COMMAND")
     for add in SUBCOMMANDS:
@@ -66,8 +75,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:
         if os.environ.get("RIG_DEBUG"):
             traceback.print_exc()
-        print(f"rig: internal error: {type(e).__name__}: {e} (RIG_DEBUG=1 shows where)",
-              file=sys.stderr)
+        print(
+            f"rig: internal error: {type(e).__name__}: {e} (RIG_DEBUG=1 shows where)",
+            file=sys.stderr,
+        )
         return 2
 
 

@@ -38,9 +38,16 @@ class Instance:
     @classmethod
     def publish(cls, name: str, rig: Rig) -> Instance:
         port, ident = rig.ssh_access()
-        inst = cls(name, os.getpid(), port, str(ident.client_key),
-                   ident.host_key, str(rig.device_model.control_socket), rig.dev_handle,
-                   str(rig.log_dir))
+        inst = cls(
+            name,
+            os.getpid(),
+            port,
+            str(ident.client_key),
+            ident.host_key,
+            str(rig.device_model.control_socket),
+            rig.dev_handle,
+            str(rig.log_dir),
+        )
         path = cls.path(name)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
@@ -66,8 +73,9 @@ class Instance:
         self.path(self.name).unlink(missing_ok=True)
 
     def ssh(self) -> GuestSsh:
-        return GuestSsh.connect("127.0.0.1", self.ssh_port,
-                                SshIdentity(Path(self.client_key), self.host_key))
+        return GuestSsh.connect(
+            "127.0.0.1", self.ssh_port, SshIdentity(Path(self.client_key), self.host_key)
+        )
 
     def control(self) -> ControlClient:
         return ControlClient(self.control_socket)

@@ -17,6 +17,8 @@ FAILED_COMMAND = re.compile(r"command 0x[0-9a-f]+ failed|BAD_OP")
 def kernel_trouble(dmesg: str, failed_commands: bool = False) -> list[str]:
     """The lines of `dmesg` that report a warning, bug, oops, lockup or sanitizer hit, and
     with `failed_commands` the firmware commands the driver saw fail."""
-    return [line for line in dmesg.splitlines()
-            if KERNEL_TROUBLE.search(line)
-            or (failed_commands and FAILED_COMMAND.search(line))]
+    return [
+        line
+        for line in dmesg.splitlines()
+        if KERNEL_TROUBLE.search(line) or (failed_commands and FAILED_COMMAND.search(line))
+    ]

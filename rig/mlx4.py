@@ -59,8 +59,12 @@ class Netdev:
     carrier: bool
 
     def as_dict(self) -> dict[str, object]:
-        return {"name": self.name, "mac": self.mac, "operstate": self.operstate,
-                "carrier": self.carrier}
+        return {
+            "name": self.name,
+            "mac": self.mac,
+            "operstate": self.operstate,
+            "carrier": self.carrier,
+        }
 
 
 @dataclass
@@ -88,8 +92,10 @@ class FaultCycle:
         """The one id both regions got; KernelFailure if the notifications say otherwise."""
         ids = self.ids
         if sorted(ids) != sorted(REGIONS) or len(set(ids.values())) != 1:
-            raise KernelFailure(f"the {self.kind} fault's region notifications are not one new "
-                                f"snapshot per region with one id: {self.events}")
+            raise KernelFailure(
+                f"the {self.kind} fault's region notifications are not one new "
+                f"snapshot per region with one id: {self.events}"
+            )
         return next(iter(ids.values()))
 
     def expected(self, region: str) -> bytes:
@@ -114,9 +120,12 @@ class Mlx4:
         it before reporting ready) the driver has either bound the device or given up.
         """
         rig = self.rig
-        res = rig.sh("for d in /sys/bus/pci/devices/*; do "
-                     '[ "$(cat $d/vendor):$(cat $d/device)" = 0x15b3:0x1003 ] && '
-                     "echo ${d##*/} $(readlink $d/driver); done", check=False)
+        res = rig.sh(
+            "for d in /sys/bus/pci/devices/*; do "
+            '[ "$(cat $d/vendor):$(cat $d/device)" = 0x15b3:0x1003 ] && '
+            "echo ${d##*/} $(readlink $d/driver); done",
+            check=False,
+        )
         line = res.stdout.strip().splitlines()[0] if res.stdout.strip() else ""
         bdf, _, driver = line.partition(" ")
         if not bdf:
@@ -136,8 +145,10 @@ class Mlx4:
 
     def unload(self, timeout: float = 120.0) -> None:
         """rmmod the mlx4 stack: mlx4_en (loaded by mlx4_core's probe) first, if there."""
-        self.rig.sh("if [ -d /sys/module/mlx4_en ]; then rmmod mlx4_en; fi; rmmod mlx4_core",
-                    timeout=timeout)
+        self.rig.sh(
+            "if [ -d /sys/module/mlx4_en ]; then rmmod mlx4_en; fi; rmmod mlx4_core",
+            timeout=timeout,
+        )
 
     def reprobe(self) -> None:
         """rmmod + modprobe mlx4_core: a new devlink instance, every parameter at its default,
@@ -168,11 +179,15 @@ class Mlx4:
     def netdevs(self) -> list[Netdev]:
         """The card's netdevs, in name order (none without mlx4_en)."""
         bdf = self.rig.dev_handle.split("/", 1)[1]
-        out = self.rig.sh(f"cd /sys/bus/pci/devices/{bdf}/net 2>/dev/null && for n in *; do "
-                          '[ -e "$n" ] && echo "$n $(cat $n/address) $(cat $n/operstate) '
-                          '$(cat $n/carrier 2>/dev/null || echo 0)"; done; true').stdout
-        return [Netdev(name, mac, state, carrier == "1")
-                for name, mac, state, carrier in (line.split() for line in out.splitlines())]
+        out = self.rig.sh(
+            f"cd /sys/bus/pci/devices/{bdf}/net 2>/dev/null && for n in *; do "
+            '[ -e "$n" ] && echo "$n $(cat $n/address) $(cat $n/operstate) '
+            '$(cat $n/carrier 2>/dev/null || echo 0)"; done; true'
+        ).stdout
+        return [
+            Netdev(name, mac, state, carrier == "1")
+            for name, mac, state, carrier in (line.split() for line in out.splitlines())
+        ]
 
     def wait_netdevs_up(self, since: int = 0, timeout: float = RECOVERY_TIMEOUT) -> list[Netdev]:
         """Wait until every netdev of the card is up with carrier, as the guest's netup
@@ -204,8 +219,7 @@ class Mlx4:
 
     def enable_snapshots(self, *cmodes: str) -> None:
         for cmode in cmodes or ("runtime",):
-            self.rig.devlink.param_set(self.rig.dev_handle, "region_snapshot_enable", "true",
-                                       cmode)
+            self.rig.devlink.param_set(self.rig.dev_handle, "region_snapshot_enable", "true", cmode)
 
     # --- faults --------------------------------------------------------------------------
 
@@ -213,10 +227,17 @@ class Mlx4:
         """How often the kernel log holds `text` (to wait for the next one)."""
         return self.rig.dmesg().count(text)
 
-    def fault(self, kind: str = "catas", *, words: tuple[int, ...] = builtin.CATAS_WORDS,
-              opcode: int | None = None, timeout: float | None = None,
-              expect_snapshots: bool = True, strict: bool = True,
-              on_injected: Callable[[], None] | None = None) -> FaultCycle:
+    def fault(
+        self,
+        kind: str = "catas",
+        *,
+        words: tuple[int, ...] = builtin.CATAS_WORDS,
+        opcode: int | None = None,
+        timeout: float | None = None,
+        expect_snapshots: bool = True,
+        strict: bool = True,
+        on_injected: Callable[[], None] | None = None,
+    ) -> FaultCycle:
         """Inject a fault, collect the region notifications, take the device's truth and
         wait for the driver to recover.
 
@@ -235,8 +256,12 @@ class Mlx4:
         watch = rig.netlink.watch(count=len(REGIONS)) if expect_snapshots else None
         reload: Background | None = None
         try:
-            cycle = FaultCycle(kind, "catas poll" if kind == "catas" else "devlink dev reload",
-                               time.monotonic(), netdevs_before=netdevs)
+            cycle = FaultCycle(
+                kind,
+                "catas poll" if kind == "catas" else "devlink dev reload",
+                time.monotonic(),
+                netdevs_before=netdevs,
+            )
             reload = self._inject(kind, words, opcode)
             if on_injected is not None:
                 on_injected()
@@ -246,8 +271,9 @@ class Mlx4:
                         cycle.events.append(watch.next(timeout))
                         cycle.arrivals.append(time.monotonic())
                 except RigError as e:
-                    cycle.missing = (f"no snapshot after the {kind} fault: "
-                                     f"{self.why_no_snapshot()} ({e})")
+                    cycle.missing = (
+                        f"no snapshot after the {kind} fault: {self.why_no_snapshot()} ({e})"
+                    )
                     if strict:
                         raise KernelFailure(cycle.missing) from e
             self._await_recovery(cycle, reload, restarts, timeout)
@@ -279,8 +305,9 @@ class Mlx4:
             device.fault("closing_cmd", opcode=opcode)
         return self.rig.spawn(f"devlink dev reload {self.rig.dev_handle}")
 
-    def _await_recovery(self, cycle: FaultCycle, reload: Background | None, restarts: int,
-                        timeout: float) -> None:
+    def _await_recovery(
+        self, cycle: FaultCycle, reload: Background | None, restarts: int, timeout: float
+    ) -> None:
         if reload is None:
             line = self.rig.wait_kmsg(RESTARTED, nth=restarts + 1, timeout=RECOVERY_TIMEOUT)
             if "ret=0" not in line:
@@ -289,8 +316,10 @@ class Mlx4:
         else:
             status = reload.wait(RELOAD_TIMEOUT)
             if status != 0:
-                raise KernelFailure(f"`devlink dev reload` failed after the {cycle.kind} fault "
-                                    f"(exit {status}): {reload.stderr().strip()}")
+                raise KernelFailure(
+                    f"`devlink dev reload` failed after the {cycle.kind} fault "
+                    f"(exit {status}): {reload.stderr().strip()}"
+                )
             cycle.recovery = "devlink dev reload: exit 0"
         cycle.t_recovered = time.monotonic()
         self._bound_again()

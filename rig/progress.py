@@ -52,8 +52,12 @@ def run_logged(
         out.flush()
         try:
             proc = subprocess.Popen(
-                [str(c) for c in cmd], cwd=cwd, env=full_env,
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                [str(c) for c in cmd],
+                cwd=cwd,
+                env=full_env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 # With a deadline, a group of its own: its children hold our pipe open too.
                 start_new_session=timeout is not None,
             )

@@ -91,13 +91,25 @@ _FAILED_STARTS = pytest.StashKey[list[Rig]]()  # rigs whose start failed in this
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("rig", "mlx4 rig (emulated ConnectX-3 under QEMU)")
-    group.addoption("--rig-kernel", metavar="SPEC", default=None,
-                    help="guest kernel: a directory with bzImage + lib/modules/<release>, or "
-                         "deb:<package>[=<version>] (default: Debian's 6.1 cloud kernel)")
-    group.addoption("--rig-qemu", metavar="PATH", default=None,
-                    help="qemu-system-x86_64 to use (default: found or built by the rig)")
-    group.addoption("--rig-artifacts", metavar="DIR", default=ARTIFACTS_DEFAULT,
-                    help=f"where failing tests leave their evidence (default {ARTIFACTS_DEFAULT})")
+    group.addoption(
+        "--rig-kernel",
+        metavar="SPEC",
+        default=None,
+        help="guest kernel: a directory with bzImage + lib/modules/<release>, or "
+        "deb:<package>[=<version>] (default: Debian's 6.1 cloud kernel)",
+    )
+    group.addoption(
+        "--rig-qemu",
+        metavar="PATH",
+        default=None,
+        help="qemu-system-x86_64 to use (default: found or built by the rig)",
+    )
+    group.addoption(
+        "--rig-artifacts",
+        metavar="DIR",
+        default=ARTIFACTS_DEFAULT,
+        help=f"where failing tests leave their evidence (default {ARTIFACTS_DEFAULT})",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -157,8 +169,9 @@ def _stop(config: pytest.Config, rig: Rig) -> None:
 class RigFactory:
     """Starts fresh rigs from a base config; stop_all() ends every one it started."""
 
-    def __init__(self, config: pytest.Config, base: RigConfig,
-                 log_dir: Callable[[str], Path], prefix: str) -> None:
+    def __init__(
+        self, config: pytest.Config, base: RigConfig, log_dir: Callable[[str], Path], prefix: str
+    ) -> None:
         self._config = config
         self._base = base
         self._log_dir = log_dir
@@ -185,8 +198,9 @@ class RigFactory:
 
 
 @pytest.fixture(scope="session")
-def rig_config(request: pytest.FixtureRequest,
-               tmp_path_factory: pytest.TempPathFactory) -> RigConfig:
+def rig_config(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> RigConfig:
     qemu = request.config.getoption("rig_qemu")
     return RigConfig(
         log_dir=tmp_path_factory.mktemp("rig-session"),
@@ -220,11 +234,13 @@ def rig_device(rig: Rig) -> ControlClient:
 
 
 @pytest.fixture(scope="module")
-def rig_factory(request: pytest.FixtureRequest, rig_config: RigConfig,
-                tmp_path_factory: pytest.TempPathFactory) -> Iterator[RigFactory]:
+def rig_factory(
+    request: pytest.FixtureRequest, rig_config: RigConfig, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RigFactory]:
     module = request.module.__name__.rsplit(".", 1)[-1]
-    factory = RigFactory(request.config, rig_config,
-                         lambda name: tmp_path_factory.mktemp(f"rig-{name}"), module)
+    factory = RigFactory(
+        request.config, rig_config, lambda name: tmp_path_factory.mktemp(f"rig-{name}"), module
+    )
     yield factory
     factory.stop_all()
 
@@ -258,7 +274,9 @@ def refused_commands(rig: Rig, since: int) -> list[str]:
     events = rig.device.events(since).events
     refused = collections.Counter(
         f"{e['name']} ({e['opcode']:#05x}) -> status {e['status']:#04x}: {e['error']}"
-        for e in events if e["kind"] == "cmd" and e.get("status") and not e.get("injected"))
+        for e in events
+        if e["kind"] == "cmd" and e.get("status") and not e.get("injected")
+    )
     return [line if n == 1 else f"{line} (x{n})" for line, n in refused.items()]
 
 
@@ -268,8 +286,7 @@ def _guarded(config: pytest.Config) -> list[Rig]:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_setup(item: pytest.Item) -> Generator[None, Any, None]:
-    item.stash[_GUARD_FROM] = {id(r): r.device.events(1 << 62).next
-                               for r in _guarded(item.config)}
+    item.stash[_GUARD_FROM] = {id(r): r.device.events(1 << 62).next for r in _guarded(item.config)}
     yield
 
 
@@ -279,12 +296,18 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, None]:
     if outcome.excinfo is not None or item.get_closest_marker("rig_command_failures"):
         return
     start = item.stash.get(_GUARD_FROM, {})
-    refused = [f"{r.config.name}: {line}" for r in _guarded(item.config)
-               for line in refused_commands(r, start.get(id(r), 0))]
+    refused = [
+        f"{r.config.name}: {line}"
+        for r in _guarded(item.config)
+        for line in refused_commands(r, start.get(id(r), 0))
+    ]
     if refused:
-        outcome.force_exception(AssertionError(
-            "the device model refused firmware commands during this test (a driver path the "
-            "model does not cover?):\n  " + "\n  ".join(refused)))
+        outcome.force_exception(
+            AssertionError(
+                "the device model refused firmware commands during this test (a driver path the "
+                "model does not cover?):\n  " + "\n  ".join(refused)
+            )
+        )
 
 
 # --- evidence on failure --------------------------------------------------------------------
@@ -357,8 +380,9 @@ def collect_artifacts(rig: Rig, dest: Path, deadline: float) -> None:
     attempt("logs", copy_logs)
     running = rig.is_running()
     if running:
-        attempt("dmesg", lambda: (dest / "dmesg.txt").write_text(
-            rig.sh("dmesg", timeout=30).stdout))
+        attempt(
+            "dmesg", lambda: (dest / "dmesg.txt").write_text(rig.sh("dmesg", timeout=30).stdout)
+        )
     if _device_alive(rig):
         attempt("device events", lambda: _save_device(rig, dest))
     if running:

@@ -219,8 +219,14 @@ class Rig:
 
     # --- guest helpers ------------------------------------------------------------------------
 
-    def sh(self, command: str, timeout: float = 120.0, check: bool = True,
-           on_stdout: Sink | None = None, on_stderr: Sink | None = None) -> Result:
+    def sh(
+        self,
+        command: str,
+        timeout: float = 120.0,
+        check: bool = True,
+        on_stdout: Sink | None = None,
+        on_stderr: Sink | None = None,
+    ) -> Result:
         """Run a shell command in the guest; RigError with its stderr if it fails (check)."""
         res = self.machine.ssh.run(command, timeout, on_stdout=on_stdout, on_stderr=on_stderr)
         if check and res.status != 0:

@@ -223,9 +223,7 @@ class Datapath:
             return
         self._deliver(qp, data, hash_value, port.counters)
 
-    def _deliver(
-        self, qp: QueuePair, data: bytes, hash_value: int, counters: PortCounters
-    ) -> None:
+    def _deliver(self, qp: QueuePair, data: bytes, hash_value: int, counters: PortCounters) -> None:
         _, rq = qp.ctx.work_queues()
         buf = self._buffer(qp)
         try:

@@ -188,8 +188,9 @@ class Cx3Device(Device):
         else:
             result = Result(status, error=f"injected failure of closing command {name}")
         self.hcr.complete(result.status, result.out_imm)
-        self.events.add("cmd", **log, status=result.status, error=result.error,
-                        injected=status is not None)
+        self.events.add(
+            "cmd", **log, status=result.status, error=result.error, injected=status is not None
+        )
         if result.error is not None:
             self._ctx.log(f"{name} ({mode}) -> status {result.status:#04x}: {result.error}")
         if cmd.event:  # after GO is clear, as the driver expects

@@ -30,8 +30,9 @@ class CommandFault:
 
 
 class Faults:
-    def __init__(self, cr: CrSpace, firmware: Firmware, events: EventLog,
-                 set_link: Callable[[bool], None]) -> None:
+    def __init__(
+        self, cr: CrSpace, firmware: Firmware, events: EventLog, set_link: Callable[[bool], None]
+    ) -> None:
         self._cr = cr
         self._firmware = firmware
         self._events = events

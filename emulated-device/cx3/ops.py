@@ -76,22 +76,37 @@ def knob(name: str, help: str, *args: Arg, note: str = "") -> Op:
 _RELOAD = "try `rig devlink dev reload ...`"
 
 KNOBS = (
-    knob("catas", "write words into the catas (internal-error) buffer",
-         Arg("words", tuple, DEFAULT_CATAS, "catas buffer dwords"),
-         note="the driver's catas poll finds it within ~5 s"),
-    knob("cmd_timeout", "the next firmware command (or the next with this opcode) never completes",
-         Arg("opcode", int, None, "only a command with this opcode (default: any)"),
-         note=f"{_RELOAD}; the driver gives up on the command after 60 s"),
-    knob("closing_cmd", "the next closing command (or the next with this opcode) fails",
-         Arg("opcode", int, None, "only the closing command with this opcode (default: any)"),
-         Arg("status", int, 1, "the firmware status it fails with, 1..255 (1: INTERNAL_ERR)"),
-         note=_RELOAD),
-    knob("advertise_health", "whether QUERY_DEV_CAP offers the health buffer (read at probe)",
-         Arg("enabled", bool, help="offer it (false: the driver skips crdump)"),
-         note=f"takes effect at the next probe: {_RELOAD}"),
-    knob("link", "plug or pull the port's cable: carrier follows, with a PORT_CHANGE event",
-         Arg("up", bool, help="plug it in (false: pull it)"),
-         note="the driver sees the PORT_CHANGE event at once: `ip monitor link` in the guest"),
+    knob(
+        "catas",
+        "write words into the catas (internal-error) buffer",
+        Arg("words", tuple, DEFAULT_CATAS, "catas buffer dwords"),
+        note="the driver's catas poll finds it within ~5 s",
+    ),
+    knob(
+        "cmd_timeout",
+        "the next firmware command (or the next with this opcode) never completes",
+        Arg("opcode", int, None, "only a command with this opcode (default: any)"),
+        note=f"{_RELOAD}; the driver gives up on the command after 60 s",
+    ),
+    knob(
+        "closing_cmd",
+        "the next closing command (or the next with this opcode) fails",
+        Arg("opcode", int, None, "only the closing command with this opcode (default: any)"),
+        Arg("status", int, 1, "the firmware status it fails with, 1..255 (1: INTERNAL_ERR)"),
+        note=_RELOAD,
+    ),
+    knob(
+        "advertise_health",
+        "whether QUERY_DEV_CAP offers the health buffer (read at probe)",
+        Arg("enabled", bool, help="offer it (false: the driver skips crdump)"),
+        note=f"takes effect at the next probe: {_RELOAD}",
+    ),
+    knob(
+        "link",
+        "plug or pull the port's cable: carrier follows, with a PORT_CHANGE event",
+        Arg("up", bool, help="plug it in (false: pull it)"),
+        note="the driver sees the PORT_CHANGE event at once: `ip monitor link` in the guest",
+    ),
     knob("clear", "disarm the command faults (cmd-timeout, closing-cmd)"),
 )
 

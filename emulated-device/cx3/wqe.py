@@ -59,9 +59,7 @@ class Ctrl:
 
     @classmethod
     def decode(cls, raw: bytes) -> Ctrl:
-        owner_opcode, vlan_tag, ins_vlan, fence_size, flags = struct.unpack_from(
-            ">IHBBI", raw, 0
-        )
+        owner_opcode, vlan_tag, ins_vlan, fence_size, flags = struct.unpack_from(">IHBBI", raw, 0)
         return cls(
             owner=owner_opcode >> 31,
             opcode=owner_opcode & OPCODE_MASK,

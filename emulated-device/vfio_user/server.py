@@ -198,8 +198,9 @@ class Server:
         if fds and command not in _TAKES_FDS:
             p.close_fds(fds)
             name = p.command_name(command)
-            self._reply_error(msg_id, command, flags, errno.EINVAL,
-                              f"{name}: unexpected file descriptors")
+            self._reply_error(
+                msg_id, command, flags, errno.EINVAL, f"{name}: unexpected file descriptors"
+            )
             return
         try:
             payload, out_fds = handler(body, fds)

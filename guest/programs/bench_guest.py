@@ -77,8 +77,9 @@ def readloop(bdf: str, trapped: list[int], register: int, runs: int) -> dict[str
         for v in views:
             sum(v)
 
-    out: dict[str, list[int]] = {k: [] for k in
-                                 ("anon", "whole", "mapped", "trapped", "register", "loop")}
+    out: dict[str, list[int]] = {
+        k: [] for k in ("anon", "whole", "mapped", "trapped", "register", "loop")
+    }
     for _ in range(runs):
         out["anon"].append(_ns(lambda: sum(anon), best_of=3))
         out["whole"].append(_ns(lambda: sum(bar)))
@@ -86,8 +87,14 @@ def readloop(bdf: str, trapped: list[int], register: int, runs: int) -> dict[str
         out["trapped"].append(_ns(lambda: total(pages)))
         out["register"].append(_ns(lambda: loop(bar, reg)))
         out["loop"].append(_ns(lambda: loop(plain, 0), best_of=3))
-    counts = {"whole": len(bar), "anon": len(anon), "mapped": sum(len(v) for v in mapped),
-              "trapped": sum(len(v) for v in pages), "register": repeats, "loop": repeats}
+    counts = {
+        "whole": len(bar),
+        "anon": len(anon),
+        "mapped": sum(len(v) for v in mapped),
+        "trapped": sum(len(v) for v in pages),
+        "register": repeats,
+        "loop": repeats,
+    }
     for view in (*mapped, *pages, bar):  # mmap.close() refuses while views exist
         view.release()
     mm.close()

@@ -339,8 +339,11 @@ def serve(client: RegionClient) -> int:
         except ValueError as e:
             reply: dict[str, Any] = {"error": f"bad request: {e}", "errno": errno.EINVAL}
         else:
-            reply = handle(client, req) if isinstance(req, dict) else {
-                "error": "bad request: not an object", "errno": errno.EINVAL}
+            reply = (
+                handle(client, req)
+                if isinstance(req, dict)
+                else {"error": "bad request: not an object", "errno": errno.EINVAL}
+            )
         print(json.dumps(reply), flush=True)
     return 0
 

@@ -47,8 +47,14 @@ def round_trips(runs: int, log_dir: Path, reads: int = 10000) -> dict[str, list[
             ),
         }
         with DeviceModel(Path(tmp), log_dir, name="bench-cx3") as device:
-            model = [exe, "--vfio-user", str(device.socket), str(BAR0_REGION),
-                     hex(TRAPPED_REGISTER), str(reads)]
+            model = [
+                exe,
+                "--vfio-user",
+                str(device.socket),
+                str(BAR0_REGION),
+                hex(TRAPPED_REGISTER),
+                str(reads),
+            ]
             out["rtt.model"] = _timed_runs(model, runs, "C vfio-user client")
             out["rtt.host"] = _python_client(device.socket, runs, reads)
         return out
@@ -59,8 +65,9 @@ def _compile(tmp: Path) -> Path:
     if cc is None:
         raise RigError("no C compiler (cc) for the ping-pong baseline: apt-get install gcc")
     exe = tmp / "pingpong"
-    res = subprocess.run([cc, "-O2", "-o", str(exe), str(PINGPONG_C)],
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        [cc, "-O2", "-o", str(exe), str(PINGPONG_C)], capture_output=True, text=True
+    )
     if res.returncode != 0:
         raise RigError(f"cc {PINGPONG_C} failed: {res.stderr.strip()[-500:]}")
     return exe

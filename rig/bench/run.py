@@ -144,8 +144,13 @@ def run_bench(opts: BenchOptions) -> BenchRun:
     run = BenchRun(Results(SPECS), describe_host(), _options(opts))
     run.machine.update(_describe_guest(opts))
     sections: dict[str, Callable[[BenchOptions, BenchRun], None]] = {
-        "host": _host, "boot": _boot, "en": _en, "guest": _guest, "replay": _replay,
-        "suite": _suite, "cold": _cold,
+        "host": _host,
+        "boot": _boot,
+        "en": _en,
+        "guest": _guest,
+        "replay": _replay,
+        "suite": _suite,
+        "cold": _cold,
     }
     for name in SECTIONS:
         if name not in opts.sections:
@@ -208,8 +213,12 @@ def _os_name() -> str:
 
 def _git_commit() -> str | None:
     try:
-        res = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, timeout=10)
+        res = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     commit = res.stdout.strip()
@@ -231,8 +240,13 @@ def _describe_guest(opts: BenchOptions) -> dict[str, Any]:
 
 
 def _options(opts: BenchOptions) -> dict[str, Any]:
-    return {"runs": opts.runs, "sections": list(opts.sections), "intx": opts.intx,
-            "kernel": opts.kernel, "qemu": None if opts.qemu is None else str(opts.qemu)}
+    return {
+        "runs": opts.runs,
+        "sections": list(opts.sections),
+        "intx": opts.intx,
+        "kernel": opts.kernel,
+        "qemu": None if opts.qemu is None else str(opts.qemu),
+    }
 
 
 # --- host: round trips without a guest ------------------------------------------------------
@@ -244,8 +258,10 @@ def _host(opts: BenchOptions, run: BenchRun) -> None:
     for key, values in figures.items():
         for v in values:
             r.add(key, v)
-    for key, values in (("rtt.model_vs_c", figures["rtt.model"]),
-                        ("rtt.host_vs_c", figures["rtt.host"])):
+    for key, values in (
+        ("rtt.model_vs_c", figures["rtt.model"]),
+        ("rtt.host_vs_c", figures["rtt.host"]),
+    ):
         for v in ratios(values, figures["rtt.c"]):
             r.add(key, v)
 
@@ -337,8 +353,15 @@ def _guest(opts: BenchOptions, run: BenchRun) -> None:
         rig.device.set_health(builtin.health_buffer())
         for _ in range(opts.runs):
             tl = _catas(rig, timeout=60)
-            for name in ("fault_to_snapshots", "detection", "error_report", "crdump_loop",
-                         "snapshot_creation", "notification", "reset_and_reprobe"):
+            for name in (
+                "fault_to_snapshots",
+                "detection",
+                "error_report",
+                "crdump_loop",
+                "snapshot_creation",
+                "notification",
+                "reset_and_reprobe",
+            ):
                 value = getattr(tl, name)
                 if value is not None:
                     r.add(f"catas.{name}", value)
@@ -353,9 +376,11 @@ def _guest(opts: BenchOptions, run: BenchRun) -> None:
 
 
 def _find_device(rig: Rig) -> str:
-    res = rig.sh("for d in /sys/bus/pci/devices/*; do "
-                 '[ "$(cat $d/vendor):$(cat $d/device)" = 0x15b3:0x1003 ] && echo ${d##*/}; '
-                 "done; true")
+    res = rig.sh(
+        "for d in /sys/bus/pci/devices/*; do "
+        '[ "$(cat $d/vendor):$(cat $d/device)" = 0x15b3:0x1003 ] && echo ${d##*/}; '
+        "done; true"
+    )
     bdfs = res.stdout.split()
     if not bdfs:
         raise RigError("no ConnectX-3 on the guest's PCI bus")
@@ -371,8 +396,9 @@ def _guest_json(rig: Rig, args: str, timeout: float = 300.0) -> dict[str, Any]:
 def _read_loop(rig: Rig, bdf: str, runs: int, run: BenchRun) -> None:
     r = run.results
     trapped = ",".join(hex(p) for p in layout.TRAPPED_PAGES)
-    res = _guest_json(rig, f"readloop {bdf} --trapped {trapped} "
-                           f"--register {layout.SEMAPHORE:#x} --runs {runs}")
+    res = _guest_json(
+        rig, f"readloop {bdf} --trapped {trapped} --register {layout.SEMAPHORE:#x} --runs {runs}"
+    )
     ns, reads = res["ns"], res["reads"]
     for i in range(runs):
         item = ns["anon"][i] / reads["anon"]
@@ -406,8 +432,9 @@ def _catas(rig: Rig, timeout: float) -> CatasTimeline:
     cycle = rig.mlx4.fault("catas", timeout=timeout)
     # The console reader stamps a line when its newline arrives: wait for that stamp.
     console.wait_for(RESTARTED, 120, start=text_start)
-    tl = catas_timeline(rig.device.events(first_event).events, console.lines()[first_line:],
-                        cycle.arrivals)
+    tl = catas_timeline(
+        rig.device.events(first_event).events, console.lines()[first_line:], cycle.arrivals
+    )
     for region, snapshot in cycle.ids.items():  # the regions hold a few snapshots only
         rig.netlink.delete(rig.region(region), snapshot)
     return tl
@@ -428,8 +455,12 @@ def _replay_command(opts: BenchOptions, out: Path) -> list[str]:
 def _start_replay(opts: BenchOptions, out: Path) -> subprocess.Popen[bytes]:
     out.mkdir(parents=True, exist_ok=True)
     with (out.parent / f"{out.name}.log").open("wb") as log:
-        return subprocess.Popen(_replay_command(opts, out), stdin=subprocess.DEVNULL,
-                                stdout=log, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            _replay_command(opts, out),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def _finish_replay(proc: subprocess.Popen[bytes], out: Path) -> dict[str, Any]:
@@ -472,8 +503,14 @@ def _replay(opts: BenchOptions, run: BenchRun) -> None:
 # --- the test suite; opt-in: cold provisioning ---------------------------------------------
 
 
-def _timed(cmd: list[str], log: Path, what: str, env: dict[str, str] | None = None,
-           cwd: Path | None = None, timeout: float = 7200) -> float:
+def _timed(
+    cmd: list[str],
+    log: Path,
+    what: str,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 7200,
+) -> float:
     """Run `cmd` to completion, output in `log` with a heartbeat; its wall time."""
     t0 = time.monotonic()
     run_logged(cmd, log, what, cwd=cwd, env=env, timeout=timeout)
@@ -484,8 +521,10 @@ def _suite(opts: BenchOptions, run: BenchRun) -> None:
     """`tox` as the README runs it (every default env); each env's time from tox's summary."""
     tox = shutil.which("tox")
     if tox is None or not (REPO / "tox.ini").is_file():
-        raise RigError("timing the suite needs tox and a checkout with tox.ini "
-                       "(./rigw bench has both; or pass --no-suite)")
+        raise RigError(
+            "timing the suite needs tox and a checkout with tox.ini "
+            "(./rigw bench has both; or pass --no-suite)"
+        )
     log = opts.log_dir / "suite.log"
     run.results.add("suite.full", _timed([tox], log, "tox", cwd=REPO))
     # tox 4 ends with one line per env: "  e2e: OK (226.34=setup[1.20]+cmd[225.14] seconds)"

@@ -136,8 +136,17 @@ def format_table(figures: Sequence[Figure]) -> str:
         unit = f.spec.unit
         goal = "" if f.spec.goal is None else f"<= {_with_unit(f.spec.goal, unit)}"
         verdict = {None: "", True: "ok", False: "MISSED"}[f.met]
-        rows.append((f.spec.label, _with_unit(s.median, unit), _with_unit(s.min, unit),
-                     _with_unit(s.max, unit), str(s.n), goal, verdict))
+        rows.append(
+            (
+                f.spec.label,
+                _with_unit(s.median, unit),
+                _with_unit(s.min, unit),
+                _with_unit(s.max, unit),
+                str(s.n),
+                goal,
+                verdict,
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = []
     for row in rows:
@@ -149,8 +158,9 @@ def format_table(figures: Sequence[Figure]) -> str:
     return "\n".join(lines)
 
 
-def document(results: Results, machine: dict[str, Any], options: dict[str, Any],
-             duration: float) -> dict[str, Any]:
+def document(
+    results: Results, machine: dict[str, Any], options: dict[str, Any], duration: float
+) -> dict[str, Any]:
     """The JSON document `rig bench --json` writes (schema mlx4-rig/bench/1)."""
     return {
         "schema": SCHEMA,

@@ -64,8 +64,9 @@ def clock_offset(lines: Sequence[tuple[float, float, str]]) -> float:
     return min(host - guest for host, guest, _ in lines)
 
 
-def _first(lines: Sequence[tuple[float, float, str]], pattern: re.Pattern[str],
-           offset: float, what: str) -> float:
+def _first(
+    lines: Sequence[tuple[float, float, str]], pattern: re.Pattern[str], offset: float, what: str
+) -> float:
     for _, guest, text in lines:
         if pattern.search(text):
             return guest + offset
@@ -79,8 +80,11 @@ def _event(events: Sequence[dict[str, Any]], what: str, **match: Any) -> float:
     raise TimelineError(f"no {what} in the device's event log")
 
 
-def catas_timeline(events: Sequence[dict[str, Any]], console: Sequence[tuple[float, str]],
-                   notifications: Sequence[float]) -> CatasTimeline:
+def catas_timeline(
+    events: Sequence[dict[str, Any]],
+    console: Sequence[tuple[float, str]],
+    notifications: Sequence[float],
+) -> CatasTimeline:
     """Phases of one catas fault, from what happened after it was injected.
 
     `events`: the device's events from the injection on; `console`: the console lines from

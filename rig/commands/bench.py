@@ -15,7 +15,6 @@ from rig.commands.options import Subparsers, add_guest_options
 logger = logging.getLogger(__name__)
 
 
-
 def add_parser(sub: Subparsers) -> None:
     p = sub.add_parser(
         "bench",
@@ -26,20 +25,43 @@ def add_parser(sub: Subparsers) -> None:
         "are not comparable.",
     )
     p.add_argument("--runs", metavar="N", type=int, default=3, help="runs per figure (3)")
-    p.add_argument("--json", metavar="FILE", type=Path,
-                   help="write the figures here (default: runs/bench-<time>.json)")
-    p.add_argument("--no-suite", dest="suite", action="store_false",
-                   help="skip timing the test suite (`tox`: about 4 minutes on 2 cores)")
-    p.add_argument("--cold", action="store_true",
-                   help="also time cold provisioning (`rig setup` into an empty temporary "
-                        "RIG_CACHE; builds QEMU: slow)")
-    p.add_argument("--only", metavar="SECTION", action="append", choices=SECTIONS,
-                   help=f"run only these sections ({', '.join(SECTIONS)}); repeatable")
-    p.add_argument("--no-intx", dest="intx", action="store_false",
-                   help="skip the crdump with msi_x=0 (every BAR0 read trapped; ~1 min)")
+    p.add_argument(
+        "--json",
+        metavar="FILE",
+        type=Path,
+        help="write the figures here (default: runs/bench-<time>.json)",
+    )
+    p.add_argument(
+        "--no-suite",
+        dest="suite",
+        action="store_false",
+        help="skip timing the test suite (`tox`: about 4 minutes on 2 cores)",
+    )
+    p.add_argument(
+        "--cold",
+        action="store_true",
+        help="also time cold provisioning (`rig setup` into an empty temporary "
+        "RIG_CACHE; builds QEMU: slow)",
+    )
+    p.add_argument(
+        "--only",
+        metavar="SECTION",
+        action="append",
+        choices=SECTIONS,
+        help=f"run only these sections ({', '.join(SECTIONS)}); repeatable",
+    )
+    p.add_argument(
+        "--no-intx",
+        dest="intx",
+        action="store_false",
+        help="skip the crdump with msi_x=0 (every BAR0 read trapped; ~1 min)",
+    )
     add_guest_options(p)
-    p.add_argument("--keep-logs", action="store_true",
-                   help="keep the VMs' and replays' logs even when everything worked")
+    p.add_argument(
+        "--keep-logs",
+        action="store_true",
+        help="keep the VMs' and replays' logs even when everything worked",
+    )
     p.set_defaults(func=cmd_bench)
 
 
@@ -50,14 +72,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if not args.suite:
         sections = tuple(s for s in sections if s != "suite")
     sections += ("cold",) if args.cold else ()
-    run = run_bench(BenchOptions(json_path=json_path, log_dir=log_dir, runs=args.runs,
-                                 sections=sections, intx=args.intx, kernel=args.kernel,
-                                 qemu=args.qemu))
+    run = run_bench(
+        BenchOptions(
+            json_path=json_path,
+            log_dir=log_dir,
+            runs=args.runs,
+            sections=sections,
+            intx=args.intx,
+            kernel=args.kernel,
+            qemu=args.qemu,
+        )
+    )
     write_json(run, json_path)
     m = run.machine
-    print(f"{m['cores']} cores, {m['cpu_model']}, QEMU {m.get('qemu')} (TCG), guest "
-          f"{m.get('guest')}, host {m['host_os']}, {m['date']}, load average "
-          f"{m['loadavg_start'][0]:.1f} -> {m['loadavg_end'][0]:.1f}")
+    print(
+        f"{m['cores']} cores, {m['cpu_model']}, QEMU {m.get('qemu')} (TCG), guest "
+        f"{m.get('guest')}, host {m['host_os']}, {m['date']}, load average "
+        f"{m['loadavg_start'][0]:.1f} -> {m['loadavg_end'][0]:.1f}"
+    )
     print(format_table(run.results.measured()))
     for f in run.results.missed():
         print(f"goal missed: {f.spec.key} (median above {f.spec.goal} {f.spec.unit})")

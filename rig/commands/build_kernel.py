@@ -10,12 +10,16 @@ from rig.provision.kbuild import ensure_build
 from rig.provision.kbuildspec import DEFAULT_SERIES, BuildSpec, parse_source
 from rig.provision.kernel import ensure_kernel
 
-SOURCE_HELP = (f"{DEFAULT_SERIES} (Debian's linux-source-{DEFAULT_SERIES}, the version apt "
-               f"offers), {DEFAULT_SERIES}=VERSION, or a kernel tree DIR (copied, never "
-               f"modified); default: %(default)s")
-PATCHES_HELP = ("a patch series: a directory of *.patch/*.diff (applied in sorted order, or "
-                "in the order of its quilt `series` file), a series file, an mbox of "
-                "format-patch mails, or one patch")
+SOURCE_HELP = (
+    f"{DEFAULT_SERIES} (Debian's linux-source-{DEFAULT_SERIES}, the version apt "
+    f"offers), {DEFAULT_SERIES}=VERSION, or a kernel tree DIR (copied, never "
+    f"modified); default: %(default)s"
+)
+PATCHES_HELP = (
+    "a patch series: a directory of *.patch/*.diff (applied in sorted order, or "
+    "in the order of its quilt `series` file), a series file, an mbox of "
+    "format-patch mails, or one patch"
+)
 
 
 def add_parser(sub: Subparsers) -> None:
@@ -31,20 +35,33 @@ def add_parser(sub: Subparsers) -> None:
     )
     p.add_argument("--source", default=DEFAULT_SERIES, metavar="SRC", help=SOURCE_HELP)
     p.add_argument("--patches", metavar="PATH", type=Path, help=PATCHES_HELP)
-    p.add_argument("--fragment", metavar="FILE", type=Path, action="append", default=[],
-                   help="another config fragment, merged after guest/rig.config")
+    p.add_argument(
+        "--fragment",
+        metavar="FILE",
+        type=Path,
+        action="append",
+        default=[],
+        help="another config fragment, merged after guest/rig.config",
+    )
     p.set_defaults(func=cmd_build_kernel)
 
 
 def cmd_build_kernel(args: argparse.Namespace) -> int:
-    spec = BuildSpec(parse_source(args.source),
-                     args.patches.resolve() if args.patches else None,
-                     tuple(f.resolve() for f in args.fragment))
+    spec = BuildSpec(
+        parse_source(args.source),
+        args.patches.resolve() if args.patches else None,
+        tuple(f.resolve() for f in args.fragment),
+    )
     built = ensure_build(spec)
     b = built.build
-    how = "cached (no build)" if built.cached else (
-        f"{b['seconds']:.0f} s, {'cold' if b['cold'] else 'incremental'} "
-        f"(make {b['phases']['make']:.0f} s with -j{b['jobs']} under nice -n {b['nice']})")
+    how = (
+        "cached (no build)"
+        if built.cached
+        else (
+            f"{b['seconds']:.0f} s, {'cold' if b['cold'] else 'incremental'} "
+            f"(make {b['phases']['make']:.0f} s with -j{b['jobs']} under nice -n {b['nice']})"
+        )
+    )
     print(f"kernel:    {built.release}")
     print(f"origin:    {built.origin}")
     print(f"directory: {built.path}")

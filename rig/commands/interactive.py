@@ -29,7 +29,6 @@ from rig.rig import Rig, RigConfig
 logger = logging.getLogger(__name__)
 
 
-
 def _named(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", default="default", help="which rig (default: %(default)s)")
 
@@ -51,15 +50,19 @@ def add_parsers(sub: Subparsers) -> None:
     p.add_argument("command", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_sh)
 
-    p = sub.add_parser("devlink", help="run devlink in a running rig's guest (its own output)",
-                       prefix_chars="\0")  # every argument belongs to devlink
+    p = sub.add_parser(
+        "devlink", help="run devlink in a running rig's guest (its own output)", prefix_chars="\0"
+    )  # every argument belongs to devlink
     p.add_argument("args", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_devlink, name="default")
 
     _add_fault(sub)
 
-    p = sub.add_parser("link", help="plug (up) or pull (down) the card's cable",
-                       description="The driver gets a PORT_CHANGE event: carrier follows.")
+    p = sub.add_parser(
+        "link",
+        help="plug (up) or pull (down) the card's cable",
+        description="The driver gets a PORT_CHANGE event: carrier follows.",
+    )
     _named(p)
     p.add_argument("state", choices=("up", "down"))
     p.set_defaults(func=cmd_link)
@@ -89,19 +92,30 @@ def cmd_up(args: argparse.Namespace) -> int:
         if "already up" in str(e):
             raise
     signal.signal(signal.SIGTERM, _stop_on_signal)
-    with Rig(RigConfig(log_dir=logs, kernel=args.kernel, qemu=args.qemu, msi_x=args.msi_x,
-                       mlx4_en=args.mlx4_en, netdev_up=args.netdev_up,
-                       name=args.name)) as rig:
+    with Rig(
+        RigConfig(
+            log_dir=logs,
+            kernel=args.kernel,
+            qemu=args.qemu,
+            msi_x=args.msi_x,
+            mlx4_en=args.mlx4_en,
+            netdev_up=args.netdev_up,
+            name=args.name,
+        )
+    ) as rig:
         inst = Instance.publish(args.name, rig)
         try:
             flag = "" if args.name == "default" else f" --name {args.name}"
-            print(f"rig {args.name!r} is up: {rig.dev_handle} (logs in {logs})\n"
-                  f"  rig devlink region show\n"
-                  f"  rig devlink dev param set {rig.dev_handle} name region_snapshot_enable "
-                  f"value true cmode runtime\n"
-                  f"  rig fault{flag} catas\n"
-                  f"  rig sh{flag} -- dmesg | tail\n"
-                  f"  rig down{flag}      (or Ctrl-C here)", flush=True)
+            print(
+                f"rig {args.name!r} is up: {rig.dev_handle} (logs in {logs})\n"
+                f"  rig devlink region show\n"
+                f"  rig devlink dev param set {rig.dev_handle} name region_snapshot_enable "
+                f"value true cmode runtime\n"
+                f"  rig fault{flag} catas\n"
+                f"  rig sh{flag} -- dmesg | tail\n"
+                f"  rig down{flag}      (or Ctrl-C here)",
+                flush=True,
+            )
             while True:
                 signal.pause()
         except KeyboardInterrupt:
@@ -119,8 +133,12 @@ def cmd_down(args: argparse.Namespace) -> int:
 def _run_in_guest(name: str, command: str) -> int:
     ssh = Instance.find(name).ssh()
     try:
-        res = ssh.run(command, timeout=3600, on_stdout=stream_to(sys.stdout.buffer),
-                      on_stderr=stream_to(sys.stderr.buffer))
+        res = ssh.run(
+            command,
+            timeout=3600,
+            on_stdout=stream_to(sys.stdout.buffer),
+            on_stderr=stream_to(sys.stderr.buffer),
+        )
     finally:
         ssh.close()
     sys.stdout.flush()
@@ -146,8 +164,9 @@ def _add_fault(sub: Subparsers) -> None:
     _named(p)
     knobs = p.add_subparsers(dest="knob", required=True, metavar="KNOB")
     for op in ops.KNOBS:
-        k = knobs.add_parser(op.cli_name, help=op.help,
-                             description=f"{op.help}; {op.note}" if op.note else op.help)
+        k = knobs.add_parser(
+            op.cli_name, help=op.help, description=f"{op.help}; {op.note}" if op.note else op.help
+        )
         k.add_argument("--name", default=argparse.SUPPRESS, help="which rig (default: default)")
         for arg in op.args:
             _add_knob_arg(k, arg)
@@ -177,8 +196,11 @@ def _flag(name: str, value: object) -> str:
 def _add_knob_arg(p: argparse.ArgumentParser, arg: ops.Arg) -> None:
     flag, dest = f"--{arg.name.replace('_', '-')}", f"knob_{arg.name}"
     no_default = arg.required or arg.default is None
-    kw: dict[str, Any] = {"dest": dest, "required": arg.required, "help": arg.help if no_default
-                          else f"{arg.help} (default: {_show(arg.default)})"}
+    kw: dict[str, Any] = {
+        "dest": dest,
+        "required": arg.required,
+        "help": arg.help if no_default else f"{arg.help} (default: {_show(arg.default)})",
+    }
     if arg.type is bool:
         p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
     elif arg.type is tuple:

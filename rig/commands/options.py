@@ -19,13 +19,25 @@ def add_guest_options(p: argparse.ArgumentParser) -> None:
 
 def add_driver_options(p: argparse.ArgumentParser) -> None:
     """--no-msi-x, --no-en, --netdev-down: how the driver under test comes up at boot."""
-    p.add_argument("--no-msi-x", dest="msi_x", action="store_false",
-                   help="load mlx4_core with msi_x=0 (INTx; slower crdump)")
-    p.add_argument("--no-en", dest="mlx4_en", action="store_false",
-                   help="blacklist mlx4_en: mlx4_core alone, no netdev")
-    p.add_argument("--netdev-down", dest="netdev_up", action="store_false",
-                   help="leave the card's netdevs down (default: up at boot and after every "
-                        "re-creation, as a production machine has them)")
+    p.add_argument(
+        "--no-msi-x",
+        dest="msi_x",
+        action="store_false",
+        help="load mlx4_core with msi_x=0 (INTx; slower crdump)",
+    )
+    p.add_argument(
+        "--no-en",
+        dest="mlx4_en",
+        action="store_false",
+        help="blacklist mlx4_en: mlx4_core alone, no netdev",
+    )
+    p.add_argument(
+        "--netdev-down",
+        dest="netdev_up",
+        action="store_false",
+        help="leave the card's netdevs down (default: up at boot and after every "
+        "re-creation, as a production machine has them)",
+    )
 
 
 def command_after_dashes(words: list[str], usage: str) -> list[str]:

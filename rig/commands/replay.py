@@ -15,7 +15,6 @@ from rig.mlx4 import FAULTS
 logger = logging.getLogger(__name__)
 
 
-
 def add_parser(sub: Subparsers) -> None:
     p = sub.add_parser(
         "replay",
@@ -83,8 +82,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
         )
     for when in ("before", "after"):
         for n in report.netdevs.get(when, []):
-            print(f"netdev {when} the fault: {n['name']} {n['mac']} {n['operstate']}"
-                  f"{' carrier' if n['carrier'] else ' no carrier'}")
+            print(
+                f"netdev {when} the fault: {n['name']} {n['mac']} {n['operstate']}"
+                f"{' carrier' if n['carrier'] else ' no carrier'}"
+            )
     for err in report.errors:
         print(f"rig: error: {err}", file=sys.stderr)
     t = report.timings

@@ -24,27 +24,58 @@ logger = logging.getLogger(__name__)
 
 
 def add_parser(sub: Subparsers) -> None:
-    p = sub.add_parser("run", help="boot a guest, run a command in it over SSH, shut down",
-                       description="Exit status: the command's; 2 if the rig failed.")
+    p = sub.add_parser(
+        "run",
+        help="boot a guest, run a command in it over SSH, shut down",
+        description="Exit status: the command's; 2 if the rig failed.",
+    )
     add_guest_options(p)
-    p.add_argument("--keep-logs", metavar="DIR", type=Path,
-                   help="write console.log, qmp.log, qemu-stderr.log here (default: a temporary "
-                        "directory, removed unless something fails)")
-    p.add_argument("--no-device", dest="device", action="store_false",
-                   help="boot without the emulated ConnectX-3")
-    p.add_argument("--no-driver", dest="driver", action="store_false",
-                   help="do not load mlx4_core at boot (the device is still attached)")
+    p.add_argument(
+        "--keep-logs",
+        metavar="DIR",
+        type=Path,
+        help="write console.log, qmp.log, qemu-stderr.log here (default: a temporary "
+        "directory, removed unless something fails)",
+    )
+    p.add_argument(
+        "--no-device",
+        dest="device",
+        action="store_false",
+        help="boot without the emulated ConnectX-3",
+    )
+    p.add_argument(
+        "--no-driver",
+        dest="driver",
+        action="store_false",
+        help="do not load mlx4_core at boot (the device is still attached)",
+    )
     add_driver_options(p)
-    p.add_argument("--mlx4-param", metavar="PARAM=VALUE", action="append", default=[],
-                   help="an extra mlx4_core module parameter")
-    p.add_argument("--modprobe", metavar="'MODULE [PARAM=VALUE ...]'", action="append",
-                   default=[], help="load another module at boot, before the guest is ready")
-    p.add_argument("--append", metavar="ARG", action="append", default=[],
-                   help="an extra kernel command-line argument")
+    p.add_argument(
+        "--mlx4-param",
+        metavar="PARAM=VALUE",
+        action="append",
+        default=[],
+        help="an extra mlx4_core module parameter",
+    )
+    p.add_argument(
+        "--modprobe",
+        metavar="'MODULE [PARAM=VALUE ...]'",
+        action="append",
+        default=[],
+        help="load another module at boot, before the guest is ready",
+    )
+    p.add_argument(
+        "--append",
+        metavar="ARG",
+        action="append",
+        default=[],
+        help="an extra kernel command-line argument",
+    )
     p.add_argument("--memory", metavar="MIB", type=int, default=1024)
     p.add_argument("--boot-timeout", metavar="S", type=float, default=120.0)
-    p.add_argument("--timeout", metavar="S", type=float, default=600.0,
-                   help="limit for the command itself")
+    p.add_argument(
+        "--timeout", metavar="S", type=float, default=600.0, help="limit for the command itself"
+    )
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARG ...]")
     p.set_defaults(func=cmd_run)
 
@@ -53,19 +84,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     command = command_after_dashes(args.command, "rig run [options] -- CMD ...")
     log_dir: Path = args.keep_logs or Path(tempfile.mkdtemp(prefix="rig-logs-"))
     config = RigConfig(
-        log_dir=log_dir, kernel=args.kernel, qemu=args.qemu, msi_x=args.msi_x,
-        mlx4_en=args.mlx4_en, netdev_up=args.netdev_up,
-        mlx4_params=tuple(args.mlx4_param), with_device=args.device,
-        load_driver=args.device and args.driver, memory_mib=args.memory,
-        boot_timeout=args.boot_timeout, kernel_args=tuple(args.append),
-        extra_modprobe=tuple(Modprobe.parse(m) for m in args.modprobe))
+        log_dir=log_dir,
+        kernel=args.kernel,
+        qemu=args.qemu,
+        msi_x=args.msi_x,
+        mlx4_en=args.mlx4_en,
+        netdev_up=args.netdev_up,
+        mlx4_params=tuple(args.mlx4_param),
+        with_device=args.device,
+        load_driver=args.device and args.driver,
+        memory_mib=args.memory,
+        boot_timeout=args.boot_timeout,
+        kernel_args=tuple(args.append),
+        extra_modprobe=tuple(Modprobe.parse(m) for m in args.modprobe),
+    )
     succeeded = False
     try:
         with Rig(config) as rig:
             logger.info("guest ready in %s", rig.boot_times.summary())
-            result = rig.sh(shlex.join(command), args.timeout, check=False,
-                            on_stdout=stream_to(sys.stdout.buffer),
-                            on_stderr=stream_to(sys.stderr.buffer))
+            result = rig.sh(
+                shlex.join(command),
+                args.timeout,
+                check=False,
+                on_stdout=stream_to(sys.stdout.buffer),
+                on_stderr=stream_to(sys.stderr.buffer),
+            )
         succeeded = True
         return result.status
     finally:

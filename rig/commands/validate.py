@@ -28,25 +28,42 @@ def add_parser(sub: Subparsers) -> None:
         "kernel regressed a behaviour, 2 the rig failed (e.g. a patch that does not apply).",
     )
     p.add_argument("--patches", metavar="PATH", type=Path, required=True, help=PATCHES_HELP)
-    p.add_argument("--base", metavar="SPEC",
-                   help="the kernel to compare with: any kernel spec (see `rig setup --help`). "
-                   "Default: the same source built without the patches, so that the patch is "
-                   "the only difference (the packaged kernel, `--base default`, also differs "
-                   "in config and version)")
+    p.add_argument(
+        "--base",
+        metavar="SPEC",
+        help="the kernel to compare with: any kernel spec (see `rig setup --help`). "
+        "Default: the same source built without the patches, so that the patch is "
+        "the only difference (the packaged kernel, `--base default`, also differs "
+        "in config and version)",
+    )
     p.add_argument("--source", default=DEFAULT_SERIES, metavar="SRC", help=SOURCE_HELP)
-    p.add_argument("--fragment", metavar="FILE", type=Path, action="append", default=[],
-                   help="another config fragment for every build, after guest/rig.config")
+    p.add_argument(
+        "--fragment",
+        metavar="FILE",
+        type=Path,
+        action="append",
+        default=[],
+        help="another config fragment for every build, after guest/rig.config",
+    )
     p.add_argument("--qemu", metavar="PATH", type=Path, help="use this qemu-system-x86_64")
-    p.add_argument("--out", metavar="DIR", type=Path,
-                   help="run directory (default: runs/validate-<time>)")
+    p.add_argument(
+        "--out", metavar="DIR", type=Path, help="run directory (default: runs/validate-<time>)"
+    )
     p.set_defaults(func=cmd_validate)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / time.strftime("validate-%Y%m%d-%H%M%S")
-    comparison = run_validate(ValidateOptions(
-        patches=args.patches, out=out, source=args.source, base=args.base,
-        fragments=tuple(f.resolve() for f in args.fragment), qemu=args.qemu))
+    comparison = run_validate(
+        ValidateOptions(
+            patches=args.patches,
+            out=out,
+            source=args.source,
+            base=args.base,
+            fragments=tuple(f.resolve() for f in args.fragment),
+            qemu=args.qemu,
+        )
+    )
     for k in (comparison.base, comparison.patched):
         print(f"{k.role + ':':<9}{k.release}  {k.origin}")
     print()

@@ -86,24 +86,28 @@ class NetlinkAgent:
 
     def regions(self) -> list[RegionInfo]:
         return [
-            RegionInfo(f"{r['bus']}/{r['dev']}/{r['name']}", r["size"], r["snapshots"],
-                       r["max_snapshots"])
+            RegionInfo(
+                f"{r['bus']}/{r['dev']}/{r['name']}", r["size"], r["snapshots"], r["max_snapshots"]
+            )
             for r in self.call("regions")
         ]
 
     def region(self, handle: str) -> RegionInfo:
         """REGION_GET of one region: unknown names fail as the kernel says."""
         r = self.call("show", region=handle)
-        return RegionInfo(f"{r['bus']}/{r['dev']}/{r['name']}", r["size"], r["snapshots"],
-                          r["max_snapshots"])
+        return RegionInfo(
+            f"{r['bus']}/{r['dev']}/{r['name']}", r["size"], r["snapshots"], r["max_snapshots"]
+        )
 
-    def chunks(self, handle: str, snapshot: int | None, addr: int | None = None,
-               length: int | None = None) -> list[tuple[int, bytes]]:
+    def chunks(
+        self, handle: str, snapshot: int | None, addr: int | None = None, length: int | None = None
+    ) -> list[tuple[int, bytes]]:
         reply = self.call("read", region=handle, snapshot=snapshot, addr=addr, length=length)
         return [(c["addr"], bytes.fromhex(c["data"])) for c in reply]
 
-    def read(self, handle: str, snapshot: int | None, addr: int | None = None,
-             length: int | None = None) -> bytes:
+    def read(
+        self, handle: str, snapshot: int | None, addr: int | None = None, length: int | None = None
+    ) -> bytes:
         chunks = self.chunks(handle, snapshot, addr, length)
         out = bytearray()
         start = chunks[0][0] if chunks else 0
@@ -119,8 +123,9 @@ class NetlinkAgent:
     def new(self, handle: str, snapshot: int | None = None) -> None:
         self.call("new", region=handle, snapshot=snapshot)
 
-    def notifications_during(self, trigger: Callable[[], T], count: int,
-                             timeout: float) -> tuple[T, list[dict[str, Any]]]:
+    def notifications_during(
+        self, trigger: Callable[[], T], count: int, timeout: float
+    ) -> tuple[T, list[dict[str, Any]]]:
         """Listen on devlink's config group, run `trigger`, then collect the next `count`
         region notifications (listening first, so none can be missed)."""
         watch = self.watch(count)

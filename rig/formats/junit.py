@@ -18,9 +18,16 @@ def _suite(parent: ET.Element, name: str, cases: list[ET.Element]) -> None:
     failures = sum(1 for c in cases if c.find("failure") is not None)
     errors = sum(1 for c in cases if c.find("error") is not None)
     seconds = sum(float(c.get("time", "0")) for c in cases)
-    suite = ET.SubElement(parent, "testsuite", name=name, tests=str(len(cases)),
-                          failures=str(failures), errors=str(errors), skipped="0",
-                          time=f"{seconds:.3f}")
+    suite = ET.SubElement(
+        parent,
+        "testsuite",
+        name=name,
+        tests=str(len(cases)),
+        failures=str(failures),
+        errors=str(errors),
+        skipped="0",
+        time=f"{seconds:.3f}",
+    )
     suite.extend(cases)
 
 
@@ -28,8 +35,9 @@ def _kernel_cases(k: KernelResult, names: list[str]) -> list[ET.Element]:
     cases = []
     for name in names:
         o = k.outcome(name)
-        case = ET.Element("testcase", classname=f"validate.{k.role}", name=name,
-                          time=f"{o.seconds:.3f}")
+        case = ET.Element(
+            "testcase", classname=f"validate.{k.role}", name=name, time=f"{o.seconds:.3f}"
+        )
         if o.status == FAIL:
             ET.SubElement(case, "failure", message=o.detail[:500]).text = o.detail
         elif o.status == ERROR:
@@ -45,15 +53,19 @@ def junit_xml(c: Verdict) -> str:
         _suite(root, f"{k.role} {k.release or k.spec}", _kernel_cases(k, names))
     cases = []
     for r in c.rows:
-        case = ET.Element("testcase", classname="validate.comparison", name=r.behaviour,
-                          time="0.000")
+        case = ET.Element(
+            "testcase", classname="validate.comparison", name=r.behaviour, time="0.000"
+        )
         if r.verdict == REGRESSED:
-            text = f"passes on the base kernel, {r.patched.status} on the patched one: " \
-                   f"{r.patched.detail}"
+            text = (
+                f"passes on the base kernel, {r.patched.status} on the patched one: "
+                f"{r.patched.detail}"
+            )
             ET.SubElement(case, "failure", message=text[:500]).text = text
         else:
-            ET.SubElement(case, "system-out").text = f"{r.verdict}: base {r.base.status}, " \
-                                                     f"patched {r.patched.status}"
+            ET.SubElement(case, "system-out").text = (
+                f"{r.verdict}: base {r.base.status}, patched {r.patched.status}"
+            )
         cases.append(case)
     _suite(root, "comparison", cases)
     ET.indent(root)

@@ -37,11 +37,17 @@ class Behaviour:
 BEHAVIOURS = (
     Behaviour("probe", "mlx4_core binds the emulated ConnectX-3 and registers with devlink"),
     Behaviour("regions", "exactly cr-space (BAR0 size) and fw-health (64 bytes), no snapshots"),
-    Behaviour("catas-snapshots", "a catas fault gives one snapshot per region, same id, equal "
-                                 "to the device truth over CLI and netlink (rig replay)"),
+    Behaviour(
+        "catas-snapshots",
+        "a catas fault gives one snapshot per region, same id, equal "
+        "to the device truth over CLI and netlink (rig replay)",
+    ),
     Behaviour("recovery", "after a fault the driver resets the device and probes again"),
-    Behaviour("second-fault", "a second fault: a new id in both regions, contents equal to the "
-                              "truth, the first snapshots kept"),
+    Behaviour(
+        "second-fault",
+        "a second fault: a new id in both regions, contents equal to the "
+        "truth, the first snapshots kept",
+    ),
     Behaviour("snapshot-delete", "region del removes exactly that snapshot of that region"),
     Behaviour("reload", "devlink dev reload succeeds and both regions come back"),
     Behaviour("kernel-log", "no WARNING, BUG or Oops in the kernel log"),
@@ -80,22 +86,36 @@ def replay_outcome(report: Report, out: Path) -> Outcome:
             d = differing[0]
             # The usual way a driver bug shows: both readers see the same wrong bytes.
             where = _where(d.differing_bytes, d.first_offsets)
-            problems.append(f"{region} snapshot {snap.id} differs from the device truth "
-                            f"{where} (CLI and netlink agree){see}")
+            problems.append(
+                f"{region} snapshot {snap.id} differs from the device truth "
+                f"{where} (CLI and netlink agree){see}"
+            )
         else:
-            problems += [f"{region} snapshot {snap.id}: {c.a} and {c.b} differ "
-                         f"{_where(c.differing_bytes, c.first_offsets)}{see}" for c in differing]
+            problems += [
+                f"{region} snapshot {snap.id}: {c.a} and {c.b} differ "
+                f"{_where(c.differing_bytes, c.first_offsets)}{see}"
+                for c in differing
+            ]
         unexplained = [c for c in snap.changed_from_input if not c.get("register")]
         if unexplained:
-            problems.append(f"{region}: device truth differs from the input where no register "
-                            "explains it")
+            problems.append(
+                f"{region}: device truth differs from the input where no register explains it"
+            )
     if len({s.id for s in report.snapshots}) > 1:
-        problems.append("the regions' snapshots have different ids: "
-                        + ", ".join(f"{s.region} {s.id}" for s in report.snapshots))
+        problems.append(
+            "the regions' snapshots have different ids: "
+            + ", ".join(f"{s.region} {s.id}" for s in report.snapshots)
+        )
     status = PASS if report.ok and not problems else FAIL
-    detail = "; ".join(problems) if problems else (
-        "both regions snapshotted with id "
-        f"{report.snapshots[0].id}, CLI/netlink/truth agree" if report.snapshots else "")
+    detail = (
+        "; ".join(problems)
+        if problems
+        else (
+            f"both regions snapshotted with id {report.snapshots[0].id}, CLI/netlink/truth agree"
+            if report.snapshots
+            else ""
+        )
+    )
     return Outcome(status, detail, observed, report.timings.get("total", 0.0))
 
 
@@ -137,8 +157,10 @@ class BehaviourRun:
 
     def regions(self) -> Outcome:
         found = self.rig.mlx4.regions()
-        observed = {name: {"size": r.size, "max": r.max_snapshots, "snapshots": r.snapshots}
-                    for name, r in sorted(found.items())}
+        observed = {
+            name: {"size": r.size, "max": r.max_snapshots, "snapshots": r.snapshots}
+            for name, r in sorted(found.items())
+        }
         problems = []
         if sorted(found) != sorted(REGIONS):
             problems.append(f"regions {sorted(found)}, expected {sorted(REGIONS)}")
@@ -149,8 +171,11 @@ class BehaviourRun:
                 problems.append(f"{name} starts with snapshots {found[name].snapshots}")
         if problems:
             return Outcome(FAIL, "; ".join(problems), observed)
-        return Outcome(PASS, ", ".join(f"{n} {found[n].size} B (max {found[n].max_snapshots})"
-                                       for n in REGIONS), observed)
+        return Outcome(
+            PASS,
+            ", ".join(f"{n} {found[n].size} B (max {found[n].max_snapshots})" for n in REGIONS),
+            observed,
+        )
 
     def fault(self) -> Outcome:
         """Inject a catas fault, collect its notifications, wait for the recovery."""
@@ -176,8 +201,9 @@ class BehaviourRun:
         if sorted(first.ids) != sorted(REGIONS):
             problems.append(f"the first fault notified snapshots only for {sorted(first.ids)}")
         if sorted(second.ids) != sorted(REGIONS):
-            raise KernelFailure("the second fault notified snapshots only for "
-                                f"{sorted(second.ids)}")
+            raise KernelFailure(
+                f"the second fault notified snapshots only for {sorted(second.ids)}"
+            )
         if len(set(second.ids.values())) != 1:
             problems.append(f"the second fault's snapshot ids differ: {second.ids}")
         if set(second.ids.values()) & set(first.ids.values()):
@@ -190,20 +216,26 @@ class BehaviourRun:
             listed = self.rig.devlink.region(handle).snapshots
             for fault_no, fault in enumerate((first, second), 1):
                 if region in fault.ids and fault.ids[region] not in listed:
-                    problems.append(f"{region} no longer lists snapshot {fault.ids[region]} "
-                                    f"of fault {fault_no}")
+                    problems.append(
+                        f"{region} no longer lists snapshot {fault.ids[region]} of fault {fault_no}"
+                    )
             data = self.rig.devlink.dump(handle, second.ids[region])
             truth = second.expected(region)
             d = diff(truth, data)
             contents[region] = d.equal
             if not d.equal:
-                problems.append(f"{region} snapshot {second.ids[region]} differs from the "
-                                f"device truth {_where(d.count, d.first_offsets)}")
+                problems.append(
+                    f"{region} snapshot {second.ids[region]} differs from the "
+                    f"device truth {_where(d.count, d.first_offsets)}"
+                )
         observed = {"ids": [first.ids, second.ids], "contents_match": contents}
         if problems:
             return Outcome(FAIL, "; ".join(problems), observed)
-        return Outcome(PASS, f"ids {first.ids['cr-space']} then {second.ids['cr-space']}, "
-                             "contents equal the truth", observed)
+        return Outcome(
+            PASS,
+            f"ids {first.ids['cr-space']} then {second.ids['cr-space']}, contents equal the truth",
+            observed,
+        )
 
     def snapshot_delete(self) -> Outcome:
         first = self.faults[0].ids
@@ -218,16 +250,23 @@ class BehaviourRun:
         problems = []
         expected = [s for s in before[del_region] if s != victim]
         if after[del_region] != expected:
-            problems.append(f"{del_region} lists {after[del_region]} after deleting {victim} "
-                            f"from {before[del_region]}")
+            problems.append(
+                f"{del_region} lists {after[del_region]} after deleting {victim} "
+                f"from {before[del_region]}"
+            )
         if after[keep_region] != before[keep_region]:
-            problems.append(f"deleting from {del_region} changed {keep_region}: "
-                            f"{before[keep_region]} -> {after[keep_region]}")
+            problems.append(
+                f"deleting from {del_region} changed {keep_region}: "
+                f"{before[keep_region]} -> {after[keep_region]}"
+            )
         observed = {"before": before, "after": after}
         if problems:
             return Outcome(FAIL, "; ".join(problems), observed)
-        return Outcome(PASS, f"{del_region} {before[del_region]} -> {after[del_region]}, "
-                             f"{keep_region} unchanged", observed)
+        return Outcome(
+            PASS,
+            f"{del_region} {before[del_region]} -> {after[del_region]}, {keep_region} unchanged",
+            observed,
+        )
 
     def reload(self) -> Outcome:
         rig = self.rig
@@ -240,8 +279,9 @@ class BehaviourRun:
     def kernel_log(self) -> Outcome:
         trouble = kernel_trouble(self.rig.dmesg())
         if trouble:
-            return Outcome(FAIL, f"{len(trouble)} line(s), first: {trouble[0].strip()}",
-                           {"clean": False})
+            return Outcome(
+                FAIL, f"{len(trouble)} line(s), first: {trouble[0].strip()}", {"clean": False}
+            )
         return Outcome(PASS, "clean", {"clean": True})
 
 
@@ -254,16 +294,18 @@ def run_session(kernel: str | None, qemu: Path | None, out: Path) -> dict[str, O
         rig.start()
     except RigError as e:
         # No driver, no devlink, no boot: nothing after the probe can be judged.
-        outcomes = {"probe": Outcome(FAIL, str(e).splitlines()[0], {"bound": False},
-                                     time.monotonic() - t0)}
+        outcomes = {
+            "probe": Outcome(FAIL, str(e).splitlines()[0], {"bound": False}, time.monotonic() - t0)
+        }
         for name in NAMES:
             if name not in ("probe", "catas-snapshots"):
                 outcomes[name] = Outcome(ERROR, "not run: probe did not pass")
         return outcomes
     try:
         s = BehaviourRun(rig)
-        s.outcomes["probe"] = Outcome(PASS, f"bound as {rig.dev_handle}", {"bound": True},
-                                      time.monotonic() - t0)
+        s.outcomes["probe"] = Outcome(
+            PASS, f"bound as {rig.dev_handle}", {"bound": True}, time.monotonic() - t0
+        )
         logger.info(f"  probe: pass: bound as {rig.dev_handle}")
         s.run("regions", s.regions, "probe")
         s.run("recovery", s.fault, "probe")

@@ -46,13 +46,15 @@ def load_inputs(opts: ReplayOptions, report: Report) -> tuple[bytes, bytes]:
     if opts.fault not in FAULTS:
         raise UsageError(f"unknown fault {opts.fault!r}; choose one of {', '.join(FAULTS)}")
     image = _input(opts.crspace, cr.SIZE, "CR-space", builtin.crspace_image, "crspace", report)
-    health = _input(opts.health, cr.HEALTH_SIZE, "health buffer", builtin.health_buffer,
-                    "health", report)
+    health = _input(
+        opts.health, cr.HEALTH_SIZE, "health buffer", builtin.health_buffer, "health", report
+    )
     return image, health
 
 
-def _input(path: Path | None, size: int, what: str, default: Callable[[], bytes], key: str,
-           report: Report) -> bytes:
+def _input(
+    path: Path | None, size: int, what: str, default: Callable[[], bytes], key: str, report: Report
+) -> bytes:
     report.inputs[key] = str(path) if path is not None else "built-in"
     return load_region_file(path, size, what) if path is not None else default()
 
@@ -66,8 +68,14 @@ def run_replay(opts: ReplayOptions) -> Report:
     t_start = time.monotonic()
     try:
         image, health = load_inputs(opts, report)
-        config = RigConfig(log_dir=opts.out, kernel=opts.kernel, qemu=opts.qemu, msi_x=opts.msi_x,
-                           mlx4_en=opts.mlx4_en, netdev_up=opts.netdev_up)
+        config = RigConfig(
+            log_dir=opts.out,
+            kernel=opts.kernel,
+            qemu=opts.qemu,
+            msi_x=opts.msi_x,
+            mlx4_en=opts.mlx4_en,
+            netdev_up=opts.netdev_up,
+        )
         with Rig(config) as rig:
             report.versions.update(
                 qemu=rig.qemu_version, kernel=rig.kernel_release, kernel_origin=rig.kernel_origin
@@ -108,8 +116,7 @@ def _replay(rig: Rig, opts: ReplayOptions, image: bytes, health: bytes, report: 
         report.fault["trigger"] = "devlink dev reload"
     with step(f"injecting fault {opts.fault}, waiting for the driver's snapshots and recovery"):
         # The netlink agent's start-up overlaps the driver's detection and reset.
-        cycle = rig.mlx4.fault(opts.fault, words=opts.catas_words,
-                               on_injected=rig.netlink.prestart)
+        cycle = rig.mlx4.fault(opts.fault, words=opts.catas_words, on_injected=rig.netlink.prestart)
     snap_id = cycle.snapshot_id()
     assert cycle.truth is not None  # fault() checked it
     t_snap = cycle.arrivals[-1]
@@ -117,8 +124,10 @@ def _replay(rig: Rig, opts: ReplayOptions, image: bytes, health: bytes, report: 
     report.timings["detection"] = cycle.truth.t - cycle.t_fault
     report.timings["crdump_and_snapshot"] = t_snap - cycle.truth.t
     report.timings["reset_and_reprobe"] = cycle.t_recovered - t_snap
-    report.netdevs = {"before": [n.as_dict() for n in cycle.netdevs_before],
-                      "after": [n.as_dict() for n in cycle.netdevs_after]}
+    report.netdevs = {
+        "before": [n.as_dict() for n in cycle.netdevs_before],
+        "after": [n.as_dict() for n in cycle.netdevs_after],
+    }
 
     with step("reading the snapshots over SSH (devlink) and netlink (pyroute2)"):
         t0 = time.monotonic()

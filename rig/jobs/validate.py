@@ -60,9 +60,11 @@ def prepare(role: str, spec: BuildSpec | str) -> tuple[str, KernelResult]:
         how = "cached" if built.cached else f"built in {built.build['seconds']:.0f} s"
         logger.info(f"{role} kernel: {built.origin} ({how})")
         argument = str(built.path)
-        result = KernelResult(role, spec.describe(),
-                              build={**built.build, "cached": built.cached,
-                                     "path": str(built.path)})
+        result = KernelResult(
+            role,
+            spec.describe(),
+            build={**built.build, "cached": built.cached, "path": str(built.path)},
+        )
     else:
         argument, result = spec, KernelResult(role, spec)
     guest = ensure_guest(argument)
@@ -94,9 +96,11 @@ def run_validate(opts: ValidateOptions) -> Verdict:
     run_kernel(base_kernel, base, opts)
     run_kernel(patched_kernel, patched, opts)
     verdict = Verdict.of(base, patched)
-    verdict.timings = {"build": round(t_built - t0, 1),
-                      "runs": round(time.monotonic() - t_built, 1),
-                      "total": round(time.monotonic() - t0, 1)}
+    verdict.timings = {
+        "build": round(t_built - t0, 1),
+        "runs": round(time.monotonic() - t_built, 1),
+        "total": round(time.monotonic() - t0, 1),
+    }
     verdict.write_json(opts.out / "validate.json")
     write_junit(verdict, opts.out / "junit.xml")
     return verdict

@@ -59,8 +59,16 @@ class Verdict:
 
     @classmethod
     def of(cls, base: KernelResult, patched: KernelResult) -> Verdict:
-        rows = [Row(b.name, b.summary, base.outcome(b.name), patched.outcome(b.name),
-                    judge(base.outcome(b.name), patched.outcome(b.name))) for b in BEHAVIOURS]
+        rows = [
+            Row(
+                b.name,
+                b.summary,
+                base.outcome(b.name),
+                patched.outcome(b.name),
+                judge(base.outcome(b.name), patched.outcome(b.name)),
+            )
+            for b in BEHAVIOURS
+        ]
         return cls(base, patched, rows)
 
     @property
@@ -77,9 +85,16 @@ class Verdict:
             "ok": self.ok,
             "regressions": self.regressions,
             "kernels": {k.role: _kernel_doc(k) for k in (self.base, self.patched)},
-            "behaviours": [{"name": r.behaviour, "summary": r.summary, "verdict": r.verdict,
-                            "base": asdict(r.base), "patched": asdict(r.patched)}
-                           for r in self.rows],
+            "behaviours": [
+                {
+                    "name": r.behaviour,
+                    "summary": r.summary,
+                    "verdict": r.verdict,
+                    "base": asdict(r.base),
+                    "patched": asdict(r.patched),
+                }
+                for r in self.rows
+            ],
             "timings": self.timings,
         }
         return json.dumps(doc, indent=2) + "\n"
@@ -99,13 +114,26 @@ def _cell(o: Outcome) -> str:
 
 def table(c: Verdict) -> str:
     """The side-by-side table, with the details of every row that is not simply the same."""
-    head = ("behaviour", f"base ({c.base.release or c.base.spec})",
-            f"patched ({c.patched.release or c.patched.spec})", "verdict")
-    body = [(r.behaviour, _cell(r.base), _cell(r.patched),
-             r.verdict.upper() if r.verdict != SAME else r.verdict) for r in c.rows]
+    head = (
+        "behaviour",
+        f"base ({c.base.release or c.base.spec})",
+        f"patched ({c.patched.release or c.patched.spec})",
+        "verdict",
+    )
+    body = [
+        (
+            r.behaviour,
+            _cell(r.base),
+            _cell(r.patched),
+            r.verdict.upper() if r.verdict != SAME else r.verdict,
+        )
+        for r in c.rows
+    ]
     widths = [max(len(row[i]) for row in (head, *body)) for i in range(4)]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-             for row in (head, *body)]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in (head, *body)
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     notes = []
     for r in c.rows:

@@ -26,8 +26,9 @@ class CpioWriter:
         self._ino = 0
         self._names: set[str] = set()
 
-    def _entry(self, name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] = (0, 0)
-               ) -> None:
+    def _entry(
+        self, name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] = (0, 0)
+    ) -> None:
         name = name.strip("/") or "."
         if name in self._names:
             raise ValueError(f"duplicate initramfs entry {name}")

@@ -57,9 +57,7 @@ def _apt_cache(*args: str) -> str:
 
 def _run_apt_cache(*args: str) -> str:
     try:
-        result = subprocess.run(
-            ["apt-cache", *args], capture_output=True, text=True, check=False
-        )
+        result = subprocess.run(["apt-cache", *args], capture_output=True, text=True, check=False)
     except OSError as e:
         raise ProvisionError(f"cannot run apt-cache: {e} (is this a Debian host?)") from e
     return result.stdout

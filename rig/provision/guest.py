@@ -34,8 +34,8 @@ class GuestImage:
 
 def ensure_guest(kernel: str | KernelSpec | None = None) -> GuestImage:
     """Provision (or reuse from the cache) the guest for `kernel` (see ensure_kernel)."""
-    ensure_packages(HOST_PACKAGES, cache_root() / "logs" / "host-packages.log",
-                    "guest provisioning")
+    ensure_packages(
+        HOST_PACKAGES, cache_root() / "logs" / "host-packages.log", "guest provisioning"
+    )
     guest = ensure_kernel(kernel)
-    return GuestImage(guest, ensure_initramfs(guest), ensure_rootfs(),
-                      ensure_client_key())
+    return GuestImage(guest, ensure_initramfs(guest), ensure_rootfs(), ensure_client_key())

@@ -76,8 +76,9 @@ def kernel_fingerprint(kernel: GuestKernel) -> str:
 def ensure_busybox(log: Path) -> tuple[Path, str]:
     """Debian's static busybox binary (stage 1 has no libc to link against)."""
     version = debs.require_candidate(BUSYBOX_PACKAGE, log)
-    e = entry("busybox", f"{BUSYBOX_PACKAGE}_{version}",
-              {"package": BUSYBOX_PACKAGE, "version": version})
+    e = entry(
+        "busybox", f"{BUSYBOX_PACKAGE}_{version}", {"package": BUSYBOX_PACKAGE, "version": version}
+    )
     with building(e) as missing:
         if missing:
             with step(f"fetching {BUSYBOX_PACKAGE}={version}"), e.build() as stage:
@@ -90,22 +91,32 @@ def ensure_busybox(log: Path) -> tuple[Path, str]:
 
 
 def tree_size(directory: Path) -> int:
-    return sum((Path(d) / f).lstat().st_size for d, _, files in os.walk(directory)
-               for f in files)
+    return sum((Path(d) / f).lstat().st_size for d, _, files in os.walk(directory) for f in files)
 
 
 def write_initramfs(out: Path, kernel: GuestKernel, busybox: Path) -> None:
     index = ModuleIndex.load(kernel.modules_dir)
     boot_modules = index.load_order(BOOT_MODULES)
-    applets = subprocess.run([busybox, "--list"], capture_output=True, text=True,
-                             check=False).stdout.split()
+    applets = subprocess.run(
+        [busybox, "--list"], capture_output=True, text=True, check=False
+    ).stdout.split()
     if "switch_root" not in applets or "insmod" not in applets:
         raise ProvisionError(f"{busybox} does not look like a full static busybox")
     modules = f"lib/modules/{kernel.release}"
     with out.open("wb") as f:
         cpio = CpioWriter(f)
-        for d in ("bin", "sbin", "dev", "proc", "sys", "newroot", "etc", "etc/rig", "lib",
-                  "lib/modules"):
+        for d in (
+            "bin",
+            "sbin",
+            "dev",
+            "proc",
+            "sys",
+            "newroot",
+            "etc",
+            "etc/rig",
+            "lib",
+            "lib/modules",
+        ):
             cpio.directory(d)
         # The kernel opens /dev/console for /init before devtmpfs is mounted.
         cpio.char_device("dev/console", 5, 1)
@@ -120,10 +131,16 @@ def write_initramfs(out: Path, kernel: GuestKernel, busybox: Path) -> None:
         if tree_size(kernel.modules_dir) <= FULL_TREE_LIMIT:
             cpio.tree(modules, kernel.modules_dir)
         else:
-            logger.info(f"{kernel.modules_dir} is over {FULL_TREE_LIMIT >> 20} MiB: the initramfs "
-                 f"gets only {', '.join(GUEST_MODULES)} and their dependencies")
-            _module_subset(cpio, modules, kernel.modules_dir,
-                           boot_modules + index.load_order(list(GUEST_MODULES)))
+            logger.info(
+                f"{kernel.modules_dir} is over {FULL_TREE_LIMIT >> 20} MiB: the initramfs "
+                f"gets only {', '.join(GUEST_MODULES)} and their dependencies"
+            )
+            _module_subset(
+                cpio,
+                modules,
+                kernel.modules_dir,
+                boot_modules + index.load_order(list(GUEST_MODULES)),
+            )
         cpio.close()
 
 

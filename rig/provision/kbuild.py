@@ -89,8 +89,9 @@ def compiler_version() -> str:
     return out.stdout.splitlines()[0].strip() if out.stdout else "unknown"
 
 
-def build_inputs(source: ResolvedSource, series: Series, fragments: Fragments,
-                 compiler: str) -> dict[str, object]:
+def build_inputs(
+    source: ResolvedSource, series: Series, fragments: Fragments, compiler: str
+) -> dict[str, object]:
     """What the cache key of a build covers."""
     return {
         "recipe": RECIPE,
@@ -119,8 +120,17 @@ def origin(source: ResolvedSource, series: Series, extra_fragments: Sequence[Pat
 
 
 def make_command(src: Path, out: Path) -> list[str]:
-    return ["nice", "-n", str(NICE), "make", "-C", str(src), f"O={out}", f"ARCH={ARCH}",
-            f"LOCALVERSION={LOCALVERSION}"]
+    return [
+        "nice",
+        "-n",
+        str(NICE),
+        "make",
+        "-C",
+        str(src),
+        f"O={out}",
+        f"ARCH={ARCH}",
+        f"LOCALVERSION={LOCALVERSION}",
+    ]
 
 
 def rig_fragment() -> Path:
@@ -133,8 +143,11 @@ def ensure_build(spec: BuildSpec) -> BuiltKernel:
     source = resolve(spec.source, resolve_log)
     series = load_series(spec.patches) if spec.patches is not None else EMPTY
     fragments = Fragments.load([rig_fragment(), *spec.fragments])
-    e = entry(KIND, entry_name(source, series),
-              build_inputs(source, series, fragments, compiler_version()))
+    e = entry(
+        KIND,
+        entry_name(source, series),
+        build_inputs(source, series, fragments, compiler_version()),
+    )
     cached = True
     with building(e) as missing:
         if missing:
@@ -145,27 +158,28 @@ def ensure_build(spec: BuildSpec) -> BuiltKernel:
 
 def read_built(path: Path, cached: bool = True) -> BuiltKernel:
     data = json.loads((path / INFO_FILE).read_text())
-    return BuiltKernel(path, str(data["release"]), str(data["origin"]), dict(data["build"]),
-                       cached)
+    return BuiltKernel(path, str(data["release"]), str(data["origin"]), dict(data["build"]), cached)
 
 
 def build_log(e: CacheEntry) -> Path:
     return cache_root() / "logs" / f"kbuild-{e.name}-{e.key}.log"
 
 
-def _build(e: CacheEntry, source: ResolvedSource, series: Series,
-           fragments: Fragments) -> None:
+def _build(e: CacheEntry, source: ResolvedSource, series: Series, fragments: Fragments) -> None:
     log = build_log(e)
     log.parent.mkdir(parents=True, exist_ok=True)
     made_from = origin(source, series, fragments.paths[1:])
-    log.write_text(f"# kernel build {e.name} ({made_from})\n"
-                   f"# inputs: {json.dumps(e.inputs, sort_keys=True)}\n")
+    log.write_text(
+        f"# kernel build {e.name} ({made_from})\n# inputs: {json.dumps(e.inputs, sort_keys=True)}\n"
+    )
     ensure_packages(BUILD_PACKAGES, log, "building a guest kernel")
     n = jobs()
     phases: dict[str, float] = {}
     t_start = time.monotonic()
-    with step(f"building guest kernel {e.name} from {source.label}"), \
-            Workspace.open(source, log) as ws:
+    with (
+        step(f"building guest kernel {e.name} from {source.label}"),
+        Workspace.open(source, log) as ws,
+    ):
         phases["unpack"] = time.monotonic() - t_start
         cold = ws.is_cold()
         if series.skipped:
@@ -176,8 +190,7 @@ def _build(e: CacheEntry, source: ResolvedSource, series: Series,
                 ws.apply(series, log)
             phases["patch"] = time.monotonic() - t0
         t0 = time.monotonic()
-        with step("configuring (tinyconfig + " + " + ".join(p.name for p in fragments.paths)
-                  + ")"):
+        with step("configuring (tinyconfig + " + " + ".join(p.name for p in fragments.paths) + ")"):
             config = configure(make_command(ws.src, ws.cfg), ws.src, ws.cfg, fragments, log)
             _sync_config(config, ws.obj / ".config")
         phases["configure"] = time.monotonic() - t0
@@ -191,32 +204,53 @@ def _build(e: CacheEntry, source: ResolvedSource, series: Series,
             release = _install(ws, stage, log)
             phases["install"] = time.monotonic() - t0
             total = time.monotonic() - t_start
-            build = {"seconds": round(total, 1),
-                     "phases": {k: round(v, 1) for k, v in phases.items()},
-                     "jobs": n, "cold": cold, "nice": NICE}
+            build = {
+                "seconds": round(total, 1),
+                "phases": {k: round(v, 1) for k, v in phases.items()},
+                "jobs": n,
+                "cold": cold,
+                "nice": NICE,
+            }
             _record(stage, release, made_from, source, series, fragments, build)
             with log.open("a") as f:
                 f.write(f"\n# build finished: {json.dumps(build)}\n")
             shutil.copyfile(log, stage / "build.log")
-    logger.info(f"kernel {release} built in {total:.0f} s ({'cold' if cold else 'incremental'}: "
-         f"make {phases['make']:.0f} s with -j{n}); log: {log}")
+    logger.info(
+        f"kernel {release} built in {total:.0f} s ({'cold' if cold else 'incremental'}: "
+        f"make {phases['make']:.0f} s with -j{n}); log: {log}"
+    )
 
 
-def _record(stage: Path, release: str, made_from: str, source: ResolvedSource, series: Series,
-            fragments: Fragments, build: dict[str, Any]) -> None:
+def _record(
+    stage: Path,
+    release: str,
+    made_from: str,
+    source: ResolvedSource,
+    series: Series,
+    fragments: Fragments,
+    build: dict[str, Any],
+) -> None:
     """kernel.json: what the entry holds and how it was made (read back by read_built)."""
-    (stage / INFO_FILE).write_text(json.dumps({
-        "release": release,
-        "origin": made_from,
-        "source": source.label,
-        "patches": [{"name": p.name, "subject": p.subject, "sha256": p.digest}
-                    for p in series.patches],
-        "skipped": list(series.skipped),
-        "fragments": [str(p) for p in fragments.paths],
-        # configure() has checked each of these against the final .config.
-        "fragment_settings_verified": len(fragments.settings),
-        "build": build,
-    }, indent=2) + "\n")
+    (stage / INFO_FILE).write_text(
+        json.dumps(
+            {
+                "release": release,
+                "origin": made_from,
+                "source": source.label,
+                "patches": [
+                    {"name": p.name, "subject": p.subject, "sha256": p.digest}
+                    for p in series.patches
+                ],
+                "skipped": list(series.skipped),
+                "fragments": [str(p) for p in fragments.paths],
+                # configure() has checked each of these against the final .config.
+                "fragment_settings_verified": len(fragments.settings),
+                "build": build,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 def _sync_config(config: Path, target: Path) -> None:
@@ -230,14 +264,19 @@ def _sync_config(config: Path, target: Path) -> None:
 def _make(ws: Workspace, targets: list[str], jobs_flag: str, log: Path) -> None:
     start = log.stat().st_size
     try:
-        run_logged([*make_command(ws.src, ws.obj), jobs_flag, *targets], log,
-                   f"make {' '.join(targets)}", env=REPRODUCIBLE_ENV)
+        run_logged(
+            [*make_command(ws.src, ws.obj), jobs_flag, *targets],
+            log,
+            f"make {' '.join(targets)}",
+            env=REPRODUCIBLE_ENV,
+        )
     except ProvisionError as e:
         # Paths inside the workspace say nothing to the reader; the tail keeps them.
         errors = [e.replace(f"{ws.src}/", "") for e in compile_errors(_read_from(log, start))]
         if errors:
-            raise ProvisionError(f"{e.args[0]}; first errors:\n  " + "\n  ".join(errors),
-                                 log, e.tail) from e
+            raise ProvisionError(
+                f"{e.args[0]}; first errors:\n  " + "\n  ".join(errors), log, e.tail
+            ) from e
         raise
 
 
@@ -256,8 +295,12 @@ def compile_errors(text: str, limit: int = 5) -> list[str]:
 
 
 def _install(ws: Workspace, stage: Path, log: Path) -> str:
-    run_logged([*make_command(ws.src, ws.obj), f"INSTALL_MOD_PATH={stage}",
-                "modules_install"], log, "make modules_install", env=REPRODUCIBLE_ENV)
+    run_logged(
+        [*make_command(ws.src, ws.obj), f"INSTALL_MOD_PATH={stage}", "modules_install"],
+        log,
+        "make modules_install",
+        env=REPRODUCIBLE_ENV,
+    )
     release = (ws.obj / "include" / "config" / "kernel.release").read_text().strip()
     modules = stage / "lib" / "modules" / release
     if not (modules / "modules.dep").is_file():

@@ -71,15 +71,17 @@ def is_build_spec(text: str | None) -> bool:
 
 
 def parse_source(text: str, cwd: Path | None = None) -> Source:
-    """"6.1", "6.1=<version>" or a directory."""
+    """ "6.1", "6.1=<version>" or a directory."""
     if m := _SERIES.match(text):
         return DebianSource(m.group(1), m.group(2))
     if not text:
         return DebianSource(DEFAULT_SERIES)
     path = (cwd or Path.cwd()) / Path(text).expanduser()
     if not path.is_dir():
-        raise ProvisionError(f"kernel source {text!r}: neither a Debian series such as "
-                             f"{DEFAULT_SERIES} (or {DEFAULT_SERIES}=<version>) nor a directory")
+        raise ProvisionError(
+            f"kernel source {text!r}: neither a Debian series such as "
+            f"{DEFAULT_SERIES} (or {DEFAULT_SERIES}=<version>) nor a directory"
+        )
     if not (path / "Makefile").is_file() or not (path / "Kconfig").is_file():
         raise ProvisionError(f"kernel source {path}: no Makefile and Kconfig; not a kernel tree")
     return TreeSource(path.resolve())
@@ -89,7 +91,7 @@ def parse_build_spec(text: str, cwd: Path | None = None) -> BuildSpec:
     """`build:SOURCE[+PATCHES]` (see the module docstring)."""
     if not text.startswith(PREFIX):
         raise ProvisionError(f"not a build spec: {text!r} (want {PREFIX}SOURCE[+PATCHES])")
-    source_text, plus, patches_text = text[len(PREFIX):].partition("+")
+    source_text, plus, patches_text = text[len(PREFIX) :].partition("+")
     if plus and not patches_text:
         raise ProvisionError(f"{text!r}: nothing after '+' (want {PREFIX}SOURCE+PATCHES)")
     patches = None

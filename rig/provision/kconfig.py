@@ -55,8 +55,10 @@ class Unstuck:
             why = " (no Kconfig file defines this symbol in this source)"
         elif self.exists is True and self.wanted.value is not None:
             why = " (a dependency is missing, or it has no prompt and nothing selects it)"
-        return (f"{self.wanted.line()} did not stick: .config has "
-                f"CONFIG_{self.wanted.symbol} {got}{why}")
+        return (
+            f"{self.wanted.line()} did not stick: .config has "
+            f"CONFIG_{self.wanted.symbol} {got}{why}"
+        )
 
 
 def parse_fragment(text: str, name: str = "fragment") -> dict[str, Setting]:
@@ -71,8 +73,10 @@ def parse_fragment(text: str, name: str = "fragment") -> dict[str, Setting]:
         if m := _SET.match(line):
             value = m.group(2)
             if re.search(r"\s#", value) and not value.startswith('"'):
-                raise FragmentError(f"{name}:{lineno}: comment after a value ({line!r}); put "
-                                    "comments on their own line")
+                raise FragmentError(
+                    f"{name}:{lineno}: comment after a value ({line!r}); put "
+                    "comments on their own line"
+                )
             settings[m.group(1)] = Setting(m.group(1), None if value == "n" else value)
         elif m := _UNSET.match(line):
             settings[m.group(1)] = Setting(m.group(1), None)
@@ -94,8 +98,9 @@ def parse_config(text: str) -> dict[str, str | None]:
 
 def unstuck(fragment: dict[str, Setting], config: dict[str, str | None]) -> list[Unstuck]:
     """The fragment's settings that the .config does not carry, in fragment order."""
-    return [Unstuck(s, config.get(sym)) for sym, s in fragment.items()
-            if config.get(sym) != s.value]
+    return [
+        Unstuck(s, config.get(sym)) for sym, s in fragment.items() if config.get(sym) != s.value
+    ]
 
 
 def kconfig_symbols(source: Path) -> set[str]:
@@ -132,8 +137,9 @@ class Fragments:
         return cls(tuple(p.resolve() for p in paths), settings, h.hexdigest())
 
 
-def configure(make: Sequence[str], source: Path, out: Path, fragments: Fragments,
-              log: Path) -> Path:
+def configure(
+    make: Sequence[str], source: Path, out: Path, fragments: Fragments, log: Path
+) -> Path:
     """Write `out`/.config: tinyconfig + fragments + olddefconfig; FragmentError listing every
     setting that did not stick. `make` is the make command line with O=`out` and ARCH."""
     out.mkdir(parents=True, exist_ok=True)
@@ -141,9 +147,13 @@ def configure(make: Sequence[str], source: Path, out: Path, fragments: Fragments
     config.unlink(missing_ok=True)
     run_logged([*make, BASE_TARGET], log, f"make {BASE_TARGET}")
     # -m: merge only; olddefconfig below resolves what the fragment's values imply.
-    run_logged([source / "scripts" / "kconfig" / "merge_config.sh", "-m", config,
-                *fragments.paths], log, "merge_config.sh", cwd=out,
-               env={"KCONFIG_CONFIG": str(config)})
+    run_logged(
+        [source / "scripts" / "kconfig" / "merge_config.sh", "-m", config, *fragments.paths],
+        log,
+        "merge_config.sh",
+        cwd=out,
+        env={"KCONFIG_CONFIG": str(config)},
+    )
     run_logged([*make, "olddefconfig"], log, "make olddefconfig")
     missing = unstuck(fragments.settings, parse_config(config.read_text()))
     if missing:

@@ -146,8 +146,9 @@ def _newest_package(flavour: str, log: Path) -> str:
 def _debian_kernel(package: str, version: str | None) -> GuestKernel:
     log = cache_root() / "logs" / "kernel.log"
     version = version or debs.require_candidate(package, log)
-    e = entry("kernel", f"{package}_{version}", {"package": package, "version": version,
-                                                 "recipe": RECIPE})
+    e = entry(
+        "kernel", f"{package}_{version}", {"package": package, "version": version, "recipe": RECIPE}
+    )
     with building(e) as missing:
         if missing:
             with step(f"fetching guest kernel {package}={version}"), e.build() as stage:
@@ -165,8 +166,17 @@ def _unpack_kernel(package: str, version: str, stage: Path, log: Path) -> None:
     if len(images) != 1:
         raise ProvisionError(f"{package}: expected one boot/vmlinuz-*, found {len(images)}", log)
     release = images[0].name.removeprefix("vmlinuz-")
-    modules = next((p for p in (tree / "lib" / "modules" / release,
-                                tree / "usr" / "lib" / "modules" / release) if p.is_dir()), None)
+    modules = next(
+        (
+            p
+            for p in (
+                tree / "lib" / "modules" / release,
+                tree / "usr" / "lib" / "modules" / release,
+            )
+            if p.is_dir()
+        ),
+        None,
+    )
     if modules is None:
         raise ProvisionError(f"{package}: no lib/modules/{release} in the package", log)
     images[0].rename(stage / "vmlinuz")
@@ -180,15 +190,17 @@ def _unpack_kernel(package: str, version: str, stage: Path, log: Path) -> None:
     # Packages leave modules.dep to their postinst; the guest's modprobe needs it. (No -F:
     # Debian ships the real System.map only in the -dbg package.)
     run_logged(["depmod", "-b", stage, release], log, f"depmod {release}")
-    (stage / INFO_FILE).write_text(json.dumps(
-        {"release": release, "origin": f"debian:{package}={version}"}, indent=2))
+    (stage / INFO_FILE).write_text(
+        json.dumps({"release": release, "origin": f"debian:{package}={version}"}, indent=2)
+    )
 
 
 def _read_entry(path: Path) -> GuestKernel:
     data = json.loads((path / INFO_FILE).read_text())
     release = str(data["release"])
-    return GuestKernel(path / "vmlinuz", path / "lib" / "modules" / release, release,
-                       str(data["origin"]))
+    return GuestKernel(
+        path / "vmlinuz", path / "lib" / "modules" / release, release, str(data["origin"])
+    )
 
 
 def _user_kernel(bzimage: Path, modules_dir: Path) -> GuestKernel:
@@ -196,10 +208,12 @@ def _user_kernel(bzimage: Path, modules_dir: Path) -> GuestKernel:
         if not p.exists():
             raise ProvisionError(f"user kernel: {p} does not exist")
     release = modules_dir.name
-    announced = bzimage_release(bzimage.read_bytes()[:1 << 16])
+    announced = bzimage_release(bzimage.read_bytes()[: 1 << 16])
     if announced is not None and announced != release:
-        raise ProvisionError(f"user kernel: {bzimage} is release {announced} but the modules "
-                             f"are for {release} ({modules_dir})")
+        raise ProvisionError(
+            f"user kernel: {bzimage} is release {announced} but the modules "
+            f"are for {release} ({modules_dir})"
+        )
     origin = _recorded_origin(bzimage.parent) or f"user:{bzimage}"
     kernel = GuestKernel(bzimage, modules_dir, release, origin)
     check_kernel(kernel, find_config(kernel))
@@ -218,32 +232,45 @@ def _recorded_origin(directory: Path) -> str | None:
 def find_config(kernel: GuestKernel) -> Path | None:
     """The kernel's .config, where a Debian entry or a kernel build tree usually keeps it."""
     here = kernel.vmlinuz.parent
-    candidates = [here / "config", here / ".config", here / f"config-{kernel.release}",
-                  here / "boot" / f"config-{kernel.release}", kernel.modules_dir / "build" /
-                  ".config", *(p / ".config" for p in list(here.parents)[:4])]
+    candidates = [
+        here / "config",
+        here / ".config",
+        here / f"config-{kernel.release}",
+        here / "boot" / f"config-{kernel.release}",
+        kernel.modules_dir / "build" / ".config",
+        *(p / ".config" for p in list(here.parents)[:4]),
+    ]
     return next((p for p in candidates if p.is_file()), None)
 
 
 def check_kernel(kernel: GuestKernel, config: Path | None) -> None:
     """Fail clearly now rather than with a guest that cannot mount root or probe the device."""
     index = ModuleIndex.load(kernel.modules_dir)
-    missing = [m for m in GUEST_MODULES if not index.has(m) or (
-        m in index.paths and not (kernel.modules_dir / index.paths[m]).is_file())]
+    missing = [
+        m
+        for m in GUEST_MODULES
+        if not index.has(m)
+        or (m in index.paths and not (kernel.modules_dir / index.paths[m]).is_file())
+    ]
     if "mlx4_core" in missing:
         raise _LacksDriver(f"guest kernel {kernel.origin} has no mlx4_core module")
     if missing:
         raise ProvisionError(f"guest kernel {kernel.origin} lacks modules: {', '.join(missing)}")
     if "mlx4_core" not in index.paths:
-        raise ProvisionError(f"guest kernel {kernel.origin}: mlx4_core is built in; the rig "
-                             "loads it as a module to choose its parameters")
+        raise ProvisionError(
+            f"guest kernel {kernel.origin}: mlx4_core is built in; the rig "
+            "loads it as a module to choose its parameters"
+        )
     ko = kernel.modules_dir / index.paths["mlx4_core"]
     if CRDUMP_MARKER not in read_module(ko):
         raise _LacksDriver(f"guest kernel {kernel.origin}: {ko.name} has no crdump support")
     if config is not None:
         devlink = config_value(config.read_text(errors="replace"), "NET_DEVLINK")
         if devlink != "y":
-            raise ProvisionError(f"guest kernel {kernel.origin}: CONFIG_NET_DEVLINK={devlink} "
-                                 f"in {config}; devlink must be built in")
+            raise ProvisionError(
+                f"guest kernel {kernel.origin}: CONFIG_NET_DEVLINK={devlink} "
+                f"in {config}; devlink must be built in"
+            )
     # Without a config, mlx4_core's presence implies devlink: MLX4_CORE selects NET_DEVLINK.
 
 

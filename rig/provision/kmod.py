@@ -31,9 +31,9 @@ class ModuleIndex:
     builtin: frozenset[str]
 
     @classmethod
-    def parse(cls, modules_dep: str, modules_builtin: str = "", modules_softdep: str = "") -> (
-        ModuleIndex
-    ):
+    def parse(
+        cls, modules_dep: str, modules_builtin: str = "", modules_softdep: str = ""
+    ) -> ModuleIndex:
         paths: dict[str, str] = {}
         deps: dict[str, tuple[str, ...]] = {}
         for line in modules_dep.splitlines():
@@ -57,8 +57,9 @@ class ModuleIndex:
                 elif section == "pre:":
                     pre.append(word.replace("-", "_"))
             softdeps[words[1].replace("-", "_")] = tuple(pre)
-        builtin = frozenset(module_name(line.strip()) for line in modules_builtin.splitlines()
-                            if line.strip())
+        builtin = frozenset(
+            module_name(line.strip()) for line in modules_builtin.splitlines() if line.strip()
+        )
         return cls(paths, deps, softdeps, builtin)
 
     @classmethod

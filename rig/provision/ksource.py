@@ -36,8 +36,9 @@ class ResolvedSource:
 
 def kernel_version(makefile: str) -> str:
     """VERSION.PATCHLEVEL.SUBLEVEL from a top-level kernel Makefile."""
-    fields = dict(re.findall(r"^(VERSION|PATCHLEVEL|SUBLEVEL)\s*=\s*(\d*)\s*$", makefile,
-                             re.MULTILINE))
+    fields = dict(
+        re.findall(r"^(VERSION|PATCHLEVEL|SUBLEVEL)\s*=\s*(\d*)\s*$", makefile, re.MULTILINE)
+    )
     if "VERSION" not in fields or "PATCHLEVEL" not in fields:
         raise ProvisionError("not a kernel Makefile: no VERSION/PATCHLEVEL")
     sub = fields.get("SUBLEVEL") or "0"
@@ -52,8 +53,12 @@ def resolve(source: Source, log: Path) -> ResolvedSource:
         upstream = upstream_version(version)
         return ResolvedSource(source, label, f"debian:{label}", upstream)
     tree = source.path
-    return ResolvedSource(source, str(tree), f"tree:{tree}:{tree_fingerprint(tree)}",
-                          kernel_version((tree / "Makefile").read_text(errors="replace")))
+    return ResolvedSource(
+        source,
+        str(tree),
+        f"tree:{tree}:{tree_fingerprint(tree)}",
+        kernel_version((tree / "Makefile").read_text(errors="replace")),
+    )
 
 
 def tree_fingerprint(tree: Path) -> str:
@@ -80,8 +85,7 @@ def tree_fingerprint(tree: Path) -> str:
 def _git_state(tree: Path) -> bytes | None:
     def git(*args: str) -> bytes | None:
         try:
-            proc = subprocess.run(["git", "-C", str(tree), *args], capture_output=True,
-                                  check=False)
+            proc = subprocess.run(["git", "-C", str(tree), *args], capture_output=True, check=False)
         except OSError:
             return None
         return proc.stdout if proc.returncode == 0 else None
@@ -116,12 +120,18 @@ def _unpack_debian(spec: DebianSource, version: str, dest: Path, log: Path) -> N
         debs.unpack(deb, scratch / "tree", log)
         tarballs = sorted((scratch / "tree" / "usr" / "src").glob("linux-source-*.tar.*"))
         if len(tarballs) != 1:
-            raise ProvisionError(f"{spec.package}={version}: expected one "
-                                 f"usr/src/linux-source-*.tar.* in the package, found "
-                                 f"{len(tarballs)}", log)
+            raise ProvisionError(
+                f"{spec.package}={version}: expected one "
+                f"usr/src/linux-source-*.tar.* in the package, found "
+                f"{len(tarballs)}",
+                log,
+            )
         dest.mkdir(parents=True)
-        run_logged(["tar", "-x", "-f", tarballs[0], "-C", dest, "--strip-components=1"], log,
-                   f"unpacking {tarballs[0].name}")
+        run_logged(
+            ["tar", "-x", "-f", tarballs[0], "-C", dest, "--strip-components=1"],
+            log,
+            f"unpacking {tarballs[0].name}",
+        )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -129,8 +139,18 @@ def _unpack_debian(spec: DebianSource, version: str, dest: Path, log: Path) -> N
 def _copy_tree(spec: TreeSource, dest: Path, log: Path) -> None:
     dest.mkdir(parents=True)
     # tar rather than copytree: it keeps symlinks and modes and is several times faster.
-    run_logged(["sh", "-c", 'tar -C "$1" --exclude=./.git -c -f - . | tar -C "$2" -x -f -',
-                "copy-tree", spec.path, dest], log, f"copying {spec.path}")
+    run_logged(
+        [
+            "sh",
+            "-c",
+            'tar -C "$1" --exclude=./.git -c -f - . | tar -C "$2" -x -f -',
+            "copy-tree",
+            spec.path,
+            dest,
+        ],
+        log,
+        f"copying {spec.path}",
+    )
     if (dest / ".config").exists() or (dest / "include" / "config").exists():
         # Built in place: an O= build refuses a tree that is not clean.
         run_logged(["make", "-C", dest, "mrproper"], log, "make mrproper (copied tree)")

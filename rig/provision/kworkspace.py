@@ -57,9 +57,9 @@ class Workspace:
 
     @classmethod
     @contextmanager
-    def open(cls, source: ResolvedSource, log: Path, base: Path | None = None) -> (
-        Iterator[Workspace]
-    ):
+    def open(
+        cls, source: ResolvedSource, log: Path, base: Path | None = None
+    ) -> Iterator[Workspace]:
         """The workspace for `source`, locked for this process, with a pristine tree."""
         base = base or cache_root() / WORK_DIR
         base.mkdir(parents=True, exist_ok=True)
@@ -90,8 +90,9 @@ class Workspace:
         touched = sorted(series.touched())
         bad = [p for p in touched if not safe_relative(p)]
         if bad:
-            raise PatchError(f"{series.origin}: patches touch paths outside the tree: "
-                             f"{', '.join(bad)}")
+            raise PatchError(
+                f"{series.origin}: patches touch paths outside the tree: {', '.join(bad)}"
+            )
         records = []
         for rel in touched:
             target = self.src / rel
@@ -129,8 +130,9 @@ class Workspace:
 
 def prune(base: Path, keep: int) -> list[Path]:
     """Delete all but the `keep` most recently used workspaces that nobody holds."""
-    ready = sorted((p for p in base.glob(f"*/{READY}")), key=lambda p: p.stat().st_mtime,
-                   reverse=True)
+    ready = sorted(
+        (p for p in base.glob(f"*/{READY}")), key=lambda p: p.stat().st_mtime, reverse=True
+    )
     removed = []
     for marker in ready[keep:]:
         root = marker.parent

@@ -37,8 +37,14 @@ def qemu_at(binary: Path) -> LocalQemu:
     if not (binary.is_file() and os.access(binary, os.X_OK)):
         raise ProvisionError(f"QEMU {binary} is not an executable file")
     try:
-        out = subprocess.run([str(binary), "--version"], capture_output=True, text=True,
-                             timeout=30, check=True, stdin=subprocess.DEVNULL).stdout
+        out = subprocess.run(
+            [str(binary), "--version"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+            stdin=subprocess.DEVNULL,
+        ).stdout
     except (OSError, subprocess.SubprocessError) as e:
         raise ProvisionError(f"cannot run {binary} --version: {e}") from e
     match = re.search(r"version\s+(\d+\.\d+(?:\.\d+)?)", out)

@@ -120,16 +120,16 @@ def load_series(path: Path) -> Series:
         series_file = path / SERIES_FILE
         if series_file.is_file():
             return _from_series_file(series_file, str(path))
-        files = sorted(p for p in path.iterdir()
-                       if p.is_file() and p.suffix in PATCH_SUFFIXES)
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in PATCH_SUFFIXES)
         return _series(str(path), [_read_patch(p.name, p.read_bytes()) for p in files])
     if path.name == SERIES_FILE:
         return _from_series_file(path, str(path))
     data = path.read_bytes()
     mails = split_mbox(data)
     if len(mails) > 1:
-        return _series(str(path), [_read_patch(f"{path.name} #{i}", mail)
-                                   for i, mail in enumerate(mails, 1)])
+        return _series(
+            str(path), [_read_patch(f"{path.name} #{i}", mail) for i, mail in enumerate(mails, 1)]
+        )
     return _series(str(path), [_read_patch(path.name, data)])
 
 
@@ -150,8 +150,7 @@ def _from_series_file(series_file: Path, origin: str) -> Series:
         strip = 1
         for opt in opts:
             if not re.fullmatch(r"-p\d", opt):
-                raise PatchError(f"{series_file}:{lineno}: unsupported option {opt!r} "
-                                 "(only -pN)")
+                raise PatchError(f"{series_file}:{lineno}: unsupported option {opt!r} (only -pN)")
             strip = int(opt[2:])
         target = series_file.parent / name
         if not target.is_file():
@@ -176,8 +175,7 @@ def _read_patch(name: str, text: bytes, strip: int = 1) -> Patch:
         headers = BytesHeaderParser().parsebytes(text.split(b"\n\n", 1)[0] + b"\n\n")
         subject = " ".join(str(headers.get("Subject", "")).split())
         subject = re.sub(r"^\[PATCH[^]]*\]\s*", "", subject)
-    return Patch(name, text, strip, subject, parse_changes(text.decode("utf-8", "replace"),
-                                                           strip))
+    return Patch(name, text, strip, subject, parse_changes(text.decode("utf-8", "replace"), strip))
 
 
 def _strip_path(raw: str, strip: int) -> str | None:
@@ -230,9 +228,9 @@ def parse_changes(text: str, strip: int = 1) -> tuple[FileChange, ...]:
         elif in_file and line.startswith("deleted file mode"):
             new = None
         elif in_file and line.startswith("rename from "):
-            old = line[len("rename from "):]
+            old = line[len("rename from ") :]
         elif in_file and line.startswith("rename to "):
-            new = line[len("rename to "):]
+            new = line[len("rename to ") :]
         elif in_file and (m := _HUNK.match(line)):
             hunks.append(Hunk(len(hunks) + 1, int(m.group(1)), line))
             old_left = int(m.group(2) or 1)
@@ -278,8 +276,9 @@ def _git_apply(patch: Patch, tree: Path, log: Path) -> tuple[int, str]:
     env = dict(os.environ, GIT_CEILING_DIRECTORIES=str(tree.parent), LC_ALL="C")
     cmd = ["git", "apply", "--verbose", f"-p{patch.strip}", "-"]
     try:
-        proc = subprocess.run(cmd, cwd=tree, input=patch.text, capture_output=True, env=env,
-                              check=False)
+        proc = subprocess.run(
+            cmd, cwd=tree, input=patch.text, capture_output=True, env=env, check=False
+        )
     except OSError as e:
         raise PatchError(f"cannot run git apply: {e} (install git)") from e
     output = (proc.stdout + proc.stderr).decode("utf-8", "replace")
@@ -296,13 +295,16 @@ def explain_failure(patch: Patch, output: str) -> str:
         found = patch.hunk_at(path, line)
         if found is not None:
             _, hunk = found
-            return (f"hunk #{hunk.number} of {path} ({hunk.header.strip()}) does not match "
-                    "the source")
+            return (
+                f"hunk #{hunk.number} of {path} ({hunk.header.strip()}) does not match the source"
+            )
         return f"the hunk of {path} at line {line} does not match the source"
     for pattern, why in (
         (r"^error: (.+): No such file or directory$", "{} does not exist in the source"),
-        (r"^error: (.+): does not exist in (?:index|working directory)$",
-         "{} does not exist in the source"),
+        (
+            r"^error: (.+): does not exist in (?:index|working directory)$",
+            "{} does not exist in the source",
+        ),
         (r"^error: (.+): already exists in working directory$", "{} already exists"),
         (r"^error: corrupt patch at line (\d+)$", "the patch is corrupt at its line {}"),
         (r"^error: (.+): patch does not apply$", "{} does not match"),

@@ -145,8 +145,10 @@ def customize(tree: Path, client_key: ClientKey, wheel_dir: Path, log: Path) -> 
     (root_ssh / "authorized_keys").write_text(client_key.public + "\n")
     (root_ssh / "authorized_keys").chmod(0o600)
 
-    for name, dest in (("rig-init", "usr/sbin/rig-init"),
-                       ("rig-poweroff", "usr/local/sbin/rig-poweroff")):
+    for name, dest in (
+        ("rig-init", "usr/sbin/rig-init"),
+        ("rig-poweroff", "usr/local/sbin/rig-poweroff"),
+    ):
         shutil.copyfile(guest_file(name), tree / dest)
         (tree / dest).chmod(0o755)
     os.symlink("rig-poweroff", tree / "usr/local/sbin/poweroff")
@@ -164,9 +166,20 @@ def customize(tree: Path, client_key: ClientKey, wheel_dir: Path, log: Path) -> 
 def install_pyroute2(tree: Path, wheel_dir: Path, log: Path) -> None:
     """The host's pyroute2 version, unpacked as a wheel (pure Python) and byte-compiled."""
     run_logged(
-        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-         "-d", wheel_dir, f"pyroute2=={PYROUTE2_VERSION}"],
-        log, f"pip download pyroute2=={PYROUTE2_VERSION}",
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--only-binary=:all:",
+            "-d",
+            wheel_dir,
+            f"pyroute2=={PYROUTE2_VERSION}",
+        ],
+        log,
+        f"pip download pyroute2=={PYROUTE2_VERSION}",
     )
     wheels = sorted(wheel_dir.glob("pyroute2-*.whl"))
     if len(wheels) != 1:
@@ -177,8 +190,11 @@ def install_pyroute2(tree: Path, wheel_dir: Path, log: Path) -> None:
         wheel.extractall(site)
     # Byte-compile with the guest's own python: otherwise each boot compiles on first import,
     # slowly under TCG, into a copy-on-write layer that is then thrown away.
-    run_logged(["chroot", tree, "python3", "-m", "compileall", "-q", f"/{GUEST_PYTHON_SITE}"],
-               log, "compile pyroute2 in the guest tree")
+    run_logged(
+        ["chroot", tree, "python3", "-m", "compileall", "-q", f"/{GUEST_PYTHON_SITE}"],
+        log,
+        "compile pyroute2 in the guest tree",
+    )
 
 
 def make_ext4(tree: Path, image: Path, log: Path) -> None:
@@ -189,9 +205,26 @@ def make_ext4(tree: Path, image: Path, log: Path) -> None:
     size_mib = int(used * 1.2) // (1 << 20) + FREE_MIB
     # No journal: the image is never written in place, the COW layer is discarded per VM.
     run_logged(
-        ["mke2fs", "-q", "-F", "-t", "ext4", "-O", "^has_journal", "-m", "0", "-L", "rig-root",
-         "-E", "root_owner=0:0", "-d", tree, image, f"{size_mib}M"],
-        log, "mke2fs",
+        [
+            "mke2fs",
+            "-q",
+            "-F",
+            "-t",
+            "ext4",
+            "-O",
+            "^has_journal",
+            "-m",
+            "0",
+            "-L",
+            "rig-root",
+            "-E",
+            "root_owner=0:0",
+            "-d",
+            tree,
+            image,
+            f"{size_mib}M",
+        ],
+        log,
+        "mke2fs",
     )
     image.chmod(0o444)  # a VM that tried to open it writable would fail loudly, not corrupt it
-

@@ -26,7 +26,10 @@ def generate(path: Path, comment: str) -> str:
     try:
         subprocess.run(
             ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
-            check=True, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+            check=True,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
         )
     except subprocess.CalledProcessError as e:
         raise ProvisionError(f"ssh-keygen for {path} failed: {e.stderr.strip()}") from e

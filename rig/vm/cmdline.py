@@ -50,8 +50,10 @@ class Modprobe:
             raise CmdlineError(f"bad module name {self.module!r}")
         for p in self.params:
             if not _PARAM.match(p):
-                raise CmdlineError(f"bad parameter {p!r} for {self.module} (want name=value "
-                                   "with no blanks or quotes)")
+                raise CmdlineError(
+                    f"bad parameter {p!r} for {self.module} (want name=value "
+                    "with no blanks or quotes)"
+                )
 
     @classmethod
     def parse(cls, text: str) -> Modprobe:
@@ -79,10 +81,15 @@ def kernel_cmdline(modprobe: Sequence[Modprobe] = (), extra: Sequence[str] = ())
             blacklist += [m for m in arg.split("=", 1)[1].split(",") if m and m not in blacklist]
         else:
             rest.append(arg)
-    args = [*BASE_ARGS, f"module_blacklist={','.join(blacklist)}",
-            *(m.kernel_arg() for m in modprobe), *rest]
+    args = [
+        *BASE_ARGS,
+        f"module_blacklist={','.join(blacklist)}",
+        *(m.kernel_arg() for m in modprobe),
+        *rest,
+    ]
     line = " ".join(args)
     if len(line) > MAX_LENGTH:
-        raise CmdlineError(f"kernel command line is {len(line)} characters; the kernel keeps "
-                           f"only {MAX_LENGTH}")
+        raise CmdlineError(
+            f"kernel command line is {len(line)} characters; the kernel keeps only {MAX_LENGTH}"
+        )
     return line

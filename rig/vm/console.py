@@ -108,14 +108,21 @@ class SerialConsole:
                     if self._eof or PANIC_END.search(self._text, panic.end()) or now >= deadline:
                         raise MachineError("guest kernel panicked", self.log_path, self.tail())
                 if fatal := GUEST_FATAL.search(self._text, start):
-                    raise MachineError(f"guest failed: {fatal.group(0).strip()}",
-                                       self.log_path, self.tail())
+                    raise MachineError(
+                        f"guest failed: {fatal.group(0).strip()}", self.log_path, self.tail()
+                    )
                 if self._eof:
-                    raise MachineError(f"QEMU closed the console before {pattern.pattern!r}",
-                                       self.log_path, self.tail())
+                    raise MachineError(
+                        f"QEMU closed the console before {pattern.pattern!r}",
+                        self.log_path,
+                        self.tail(),
+                    )
                 if now >= deadline:
-                    raise MachineError(f"no {pattern.pattern!r} on the console within "
-                                       f"{timeout:.0f} s", self.log_path, self.tail())
+                    raise MachineError(
+                        f"no {pattern.pattern!r} on the console within {timeout:.0f} s",
+                        self.log_path,
+                        self.tail(),
+                    )
                 self._cond.wait(deadline - now)
 
     def close(self) -> None:

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Protocol
+from typing import IO, Any, Protocol
 
 from rig.errors import MachineError, tail
 from rig.provision.guest import GuestImage
@@ -72,13 +72,19 @@ class MachineConfig:
     name: str = "rig"
 
     @classmethod
-    def for_guest(cls, qemu: QemuInstall, guest: GuestImage, log_dir: Path,
-                  **options: object) -> MachineConfig:
+    def for_guest(
+        cls, qemu: QemuInstall, guest: GuestImage, log_dir: Path, **options: Any
+    ) -> MachineConfig:
         """A config booting a provisioned guest; `options` set the other fields."""
-        return cls(qemu=qemu, kernel=guest.kernel.vmlinuz, initrd=guest.initrd,
-                   rootfs=guest.rootfs.image,
-                   ssh=SshIdentity(guest.client_key.private, guest.rootfs.host_key),
-                   log_dir=log_dir, **options)  # type: ignore[arg-type]
+        return cls(
+            qemu=qemu,
+            kernel=guest.kernel.vmlinuz,
+            initrd=guest.initrd,
+            rootfs=guest.rootfs.image,
+            ssh=SshIdentity(guest.client_key.private, guest.rootfs.host_key),
+            log_dir=log_dir,
+            **options,
+        )
 
 
 @dataclass(frozen=True)
@@ -99,9 +105,14 @@ def _opt(value: object) -> str:
 
 
 def vfio_user_device(index: int, socket_path: Path) -> str:
-    return json.dumps({"driver": "vfio-user-pci", "id": f"cx{index}",
-                       "socket": {"path": str(socket_path), "type": "unix"}},
-                      separators=(",", ":"))
+    return json.dumps(
+        {
+            "driver": "vfio-user-pci",
+            "id": f"cx{index}",
+            "socket": {"path": str(socket_path), "type": "unix"},
+        },
+        separators=(",", ":"),
+    )
 
 
 def qemu_command(config: MachineConfig, paths: RuntimePaths) -> list[str]:
@@ -109,35 +120,56 @@ def qemu_command(config: MachineConfig, paths: RuntimePaths) -> list[str]:
     mem = f"{config.memory_mib}M"
     argv = [
         str(config.qemu.binary),
-        "-name", _opt(config.name),
+        "-name",
+        _opt(config.name),
         # vfio-user DMA reaches guest RAM through a shared memfd the device server maps.
-        "-machine", "q35,accel=tcg,memory-backend=mem",
-        "-object", f"memory-backend-memfd,id=mem,size={mem},share=on",
-        "-m", mem,
-        "-smp", str(config.smp),
+        "-machine",
+        "q35,accel=tcg,memory-backend=mem",
+        "-object",
+        f"memory-backend-memfd,id=mem,size={mem},share=on",
+        "-m",
+        mem,
+        "-smp",
+        str(config.smp),
         # RDRAND seeds the guest kernel's RNG at boot; without it sshd blocks for entropy that
         # TCG gathers slowly. (Later -cpu options in qemu_args override this one.)
-        "-cpu", "qemu64,+rdrand",
-        "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+        "-cpu",
+        "qemu64,+rdrand",
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
     ]
     for d in config.qemu.firmware_dirs:
         argv += ["-L", str(d)]
     argv += [
-        "-kernel", str(config.kernel),
-        "-initrd", str(config.initrd),
-        "-append", kernel_cmdline(config.modprobe, config.kernel_args),
+        "-kernel",
+        str(config.kernel),
+        "-initrd",
+        str(config.initrd),
+        "-append",
+        kernel_cmdline(config.modprobe, config.kernel_args),
         # Both chardevs connect to sockets the rig already listens on: nothing is lost.
-        "-chardev", f"socket,id=console,path={_opt(paths.console_socket)}",
-        "-serial", "chardev:console",
-        "-chardev", f"socket,id=qmp,path={_opt(paths.qmp_socket)}",
-        "-mon", "chardev=qmp,mode=control",
+        "-chardev",
+        f"socket,id=console,path={_opt(paths.console_socket)}",
+        "-serial",
+        "chardev:console",
+        "-chardev",
+        f"socket,id=qmp,path={_opt(paths.qmp_socket)}",
+        "-mon",
+        "chardev=qmp,mode=control",
         # Port 0: the host kernel picks a free port (read back via "info usernet"), no races.
-        "-netdev", "user,id=net0,ipv6=off,hostfwd=tcp:127.0.0.1:0-:22",
-        "-device", "virtio-net-pci,netdev=net0,romfile=",
+        "-netdev",
+        "user,id=net0,ipv6=off,hostfwd=tcp:127.0.0.1:0-:22",
+        "-device",
+        "virtio-net-pci,netdev=net0,romfile=",
         # snapshot=on: writes go to a temporary overlay, the shared base is opened read-only.
-        "-drive", f"if=none,id=root,driver=raw,file.driver=file,"
-                  f"file.filename={_opt(config.rootfs)},snapshot=on",
-        "-device", "virtio-blk-pci,drive=root",
+        "-drive",
+        f"if=none,id=root,driver=raw,file.driver=file,"
+        f"file.filename={_opt(config.rootfs)},snapshot=on",
+        "-device",
+        "virtio-blk-pci,drive=root",
     ]
     for i, sock in enumerate(config.vfio_user_sockets):
         argv += ["-device", vfio_user_device(i, sock)]
@@ -165,8 +197,12 @@ class BootTimes:
     ssh: float | None = None  # SSH session established
 
     def summary(self) -> str:
-        marks = [("firmware+load", self.first_output), ("kernel", self.kernel_done),
-                 ("init", self.ready), ("ssh", self.ssh)]
+        marks = [
+            ("firmware+load", self.first_output),
+            ("kernel", self.kernel_done),
+            ("init", self.ready),
+            ("ssh", self.ssh),
+        ]
         parts, prev = [], self.launched
         for label, t in marks:
             if t is not None:
@@ -256,8 +292,11 @@ class Machine:
             self._stderr = self.stderr_log.open("wb")
             self.times.launched = time.monotonic()
             self._proc = subprocess.Popen(
-                [*_die_with_parent(), *self.command], stdin=subprocess.DEVNULL,
-                stdout=self._stderr, stderr=subprocess.STDOUT, start_new_session=True,
+                [*_die_with_parent(), *self.command],
+                stdin=subprocess.DEVNULL,
+                stdout=self._stderr,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
             qmp_conn = self._await_connections(qmp_listener)
         finally:
@@ -289,14 +328,17 @@ class Machine:
                 if not console_open:
                     waiting.append(self._console.listener)
                 remaining = deadline - time.monotonic()
-                readable = select.select(waiting, [], [], max(remaining, 0))[0] if \
-                    remaining > 0 else []
+                readable = (
+                    select.select(waiting, [], [], max(remaining, 0))[0] if remaining > 0 else []
+                )
                 if not readable:
-                    raise self._launch_error(f"QEMU did not connect within "
-                                             f"{self.launch_timeout:.0f} s")
+                    raise self._launch_error(
+                        f"QEMU did not connect within {self.launch_timeout:.0f} s"
+                    )
                 if pidfd in readable:
-                    raise self._launch_error(f"QEMU exited during launch "
-                                             f"(status {self._proc.wait()})")
+                    raise self._launch_error(
+                        f"QEMU exited during launch (status {self._proc.wait()})"
+                    )
                 if qmp_listener in readable:
                     qmp_conn, _ = qmp_listener.accept()
                 if self._console.listener in readable:
@@ -308,8 +350,9 @@ class Machine:
 
     def _launch_error(self, what: str) -> MachineError:
         self._flush_stderr()
-        return MachineError(f"{what}: {shlex.join(self.command)}", self.stderr_log,
-                            tail(self.stderr_log))
+        return MachineError(
+            f"{what}: {shlex.join(self.command)}", self.stderr_log, tail(self.stderr_log)
+        )
 
     def _flush_stderr(self) -> None:
         if self._stderr is not None:
@@ -330,8 +373,12 @@ class Machine:
         last: MachineError | None = None
         while time.monotonic() < deadline:
             try:
-                self._ssh = GuestSsh.connect("127.0.0.1", self.ssh_port, self.config.ssh,
-                                             timeout=max(deadline - time.monotonic(), 1.0))
+                self._ssh = GuestSsh.connect(
+                    "127.0.0.1",
+                    self.ssh_port,
+                    self.config.ssh,
+                    timeout=max(deadline - time.monotonic(), 1.0),
+                )
                 self.times.ssh = time.monotonic()
                 return self._ssh
             except SshRefused:
@@ -342,10 +389,16 @@ class Machine:
             assert self._proc is not None
             with contextlib.suppress(subprocess.TimeoutExpired):
                 status = self._proc.wait(timeout=0.2)
-                raise MachineError(f"QEMU exited (status {status}) before SSH came up",
-                                   console.log_path, console.tail())
-        raise MachineError(f"guest ready but SSH failed within {timeout:.0f} s: {last}",
-                           console.log_path, console.tail())
+                raise MachineError(
+                    f"QEMU exited (status {status}) before SSH came up",
+                    console.log_path,
+                    console.tail(),
+                )
+        raise MachineError(
+            f"guest ready but SSH failed within {timeout:.0f} s: {last}",
+            console.log_path,
+            console.tail(),
+        )
 
     def _note_console_times(self) -> None:
         lines = self.console.lines()
@@ -419,8 +472,12 @@ class Machine:
     def __enter__(self) -> Machine:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         # After an error (or Ctrl-C) do not wait for a graceful power-off.
         if exc is None:
             self.shutdown()

@@ -26,8 +26,9 @@ class Monitor:
         self._open = False
 
     def _write(self, direction: str, message: object) -> None:
-        self._log.write(f"{time.strftime('%H:%M:%S')} {direction} "
-                        f"{json.dumps(message, default=str)}\n")
+        self._log.write(
+            f"{time.strftime('%H:%M:%S')} {direction} {json.dumps(message, default=str)}\n"
+        )
         self._log.flush()
 
     def negotiate(self, timeout: float) -> dict[str, Any]:
@@ -55,13 +56,13 @@ class Monitor:
             reply = self._qmp.cmd_obj(request)
         except (TimeoutError, QMPError, OSError, EOFError) as e:
             self._write("!!!", f"{type(e).__name__}: {e}")
-            raise MachineError(f"QMP {name} failed: {type(e).__name__}: {e}",
-                               self.log_path) from e
+            raise MachineError(f"QMP {name} failed: {type(e).__name__}: {e}", self.log_path) from e
         self._write("<<<", reply)
         self._log_events()
         if "error" in reply:
-            raise MachineError(f"QMP {name}: {reply['error'].get('desc', reply['error'])}",
-                               self.log_path)
+            raise MachineError(
+                f"QMP {name}: {reply['error'].get('desc', reply['error'])}", self.log_path
+            )
         return reply.get("return")
 
     def human(self, command_line: str) -> str:

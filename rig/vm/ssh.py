@@ -221,8 +221,9 @@ class Background:
         while not self._chan.exit_status_ready():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise MachineError(f"ssh {self.where}: {self.command!r} still running after "
-                                   f"{timeout:.0f} s")
+                raise MachineError(
+                    f"ssh {self.where}: {self.command!r} still running after {timeout:.0f} s"
+                )
             select.select([self._chan], [], [], remaining)
             while self._chan.recv_ready():
                 self._chan.recv(65536)

@@ -166,7 +166,8 @@ def assert_same_bytes(got: bytes, expected: bytes, what: str) -> None:
     d = diff(expected, got)
     assert d.equal, (
         f"{what}: {d.count} byte(s) differ (sizes {len(expected)}/{len(got)}), first at "
-        + ", ".join(f"{o:#x}" for o in d.first_offsets[:8]) + "\n"
+        + ", ".join(f"{o:#x}" for o in d.first_offsets[:8])
+        + "\n"
         + hexdump_diff(expected, got, ("expected", "got"), max_lines=8)
     )
 

@@ -101,7 +101,8 @@ def test_device_is_reset_and_probed_again(rig: Rig, taken: list[Snapshot]) -> No
     state = rig.device.state()
     assert state["hca_initialized"] and not state["hcr_busy"]
     assert rig.sh(f"cat /sys/bus/pci/devices/{rig.dev_handle[4:]}/vendor").stdout.strip() == (
-        "0x15b3")
+        "0x15b3"
+    )
 
 
 def test_second_fault_takes_the_next_snapshot(rig: Rig, taken: list[Snapshot]) -> None:

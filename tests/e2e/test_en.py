@@ -41,7 +41,8 @@ def up(rig: Rig) -> list[Netdev]:
     """The card's netdevs, one per port, which must be up with carrier and the ports' MACs."""
     netdevs = rig.mlx4.netdevs()
     assert [(n.mac, n.operstate, n.carrier) for n in netdevs] == [
-        (mac, "up", True) for mac in MACS], netdevs
+        (mac, "up", True) for mac in MACS
+    ], netdevs
     return netdevs
 
 
@@ -66,8 +67,11 @@ def test_netdev_is_up_with_the_devices_mac_and_mlx4_en_counters(rig: Rig, log_ma
         info = rig.sh(f"ethtool -i {n.name}").stdout
         assert re.search(r"^driver: mlx4_en$", info, re.M), info
         assert re.search(r"^bus-info: " + re.escape(rig.dev_handle.split("/", 1)[1]), info, re.M)
-        stats = dict(line.strip().split(": ", 1) for line in
-                     rig.sh(f"ethtool -S {n.name}").stdout.splitlines()[1:] if ": " in line)
+        stats = dict(
+            line.strip().split(": ", 1)
+            for line in rig.sh(f"ethtool -S {n.name}").stdout.splitlines()[1:]
+            if ": " in line
+        )
         for counter in ("rx_packets", "tx_packets", "rx_bytes", "tx_bytes", "rx_dropped"):
             assert stats[counter].isdigit(), (counter, stats.get(counter))
         assert "fe80::" in rig.sh(f"ip -6 addr show dev {n.name}").stdout, "no link-local"
@@ -153,7 +157,8 @@ def test_catas_with_the_interface_up(rig: Rig, devlink: RegionChannel, log_mark:
 
 
 def test_closing_command_fault_with_the_interface_up(
-        rig: Rig, devlink: RegionChannel, log_mark: int) -> None:
+    rig: Rig, devlink: RegionChannel, log_mark: int
+) -> None:
     rig.device.set_health(health_buffer(0xE2))
     rig.mlx4.enable_snapshots()
     check_fault(rig, rig.mlx4.fault("closing-cmd"), devlink, log_mark)
@@ -164,16 +169,17 @@ def test_command_timeout_with_the_interface_up(rig: Rig, log_mark: int) -> None:
     rig.device.set_health(health_buffer(0xE3))
     rig.mlx4.enable_snapshots()
     # One channel: the 60 s the driver waits is the same for both, and the reading is not.
-    check_fault(rig, rig.mlx4.fault("cmd-timeout"), rig_channel(rig, "netlink"),
-                log_mark)
+    check_fault(rig, rig.mlx4.fault("cmd-timeout"), rig_channel(rig, "netlink"), log_mark)
 
 
 def leak_counters(rig: Rig) -> dict[str, int]:
     """What a fault cycle must give back: netdevs, mlx4's vmalloc/ioremap areas, its IRQs,
     and slab objects (kmemleak is not in Debian's cloud kernel)."""
-    out = rig.sh("ls /sys/class/net | wc -l; grep -c mlx4 /proc/vmallocinfo; "
-                 "grep -c mlx4 /proc/interrupts; "
-                 "awk 'NR>2 {n += $2} END {print n}' /proc/slabinfo").stdout.split()
+    out = rig.sh(
+        "ls /sys/class/net | wc -l; grep -c mlx4 /proc/vmallocinfo; "
+        "grep -c mlx4 /proc/interrupts; "
+        "awk 'NR>2 {n += $2} END {print n}' /proc/slabinfo"
+    ).stdout.split()
     return dict(zip(("netdevs", "vmalloc", "irqs", "slab_objects"), map(int, out), strict=True))
 
 
@@ -188,7 +194,8 @@ def test_five_fault_cycles_with_the_interface_up_leak_nothing(rig: Rig, log_mark
             rig.netlink.delete(rig.region(region), snapshot)
     last = leak_counters(rig)
     assert {k: last[k] for k in ("netdevs", "vmalloc", "irqs")} == {
-        k: first[k] for k in ("netdevs", "vmalloc", "irqs")}
+        k: first[k] for k in ("netdevs", "vmalloc", "irqs")
+    }
     # Slab churns (RCU, caches): four cycles may not keep more than a cycle's worth, 2%.
     assert last["slab_objects"] <= first["slab_objects"] * 1.02, (first, last)
     up(rig)

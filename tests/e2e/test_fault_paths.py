@@ -59,8 +59,7 @@ def command_fault(rig: Rig, kind: str, n: int) -> Snapshot:
 
 def check_command_fault_snapshot(rig: Rig, snap: Snapshot) -> None:
     assert_same_bytes(snap.truth.health, snap.health, "device truth vs health loaded")
-    assert_same_bytes(rig.devlink.dump(rig.region("fw-health"), snap.id), snap.health,
-                      "fw-health")
+    assert_same_bytes(rig.devlink.dump(rig.region("fw-health"), snap.id), snap.health, "fw-health")
     image = rig.devlink.dump(rig.region("cr-space"), snap.id)
     assert_same_bytes(image, snap.truth.image, "cr-space")
     assert be32(image, cr.BLOCK_VOLATILE) == 1
@@ -74,8 +73,11 @@ def check_command_fault_snapshot(rig: Rig, snap: Snapshot) -> None:
 def test_failing_closing_command_takes_a_crdump(rig: Rig) -> None:
     snap = command_fault(rig, "closing-cmd", 20)
     assert rig.device.state()["faults"]["closing_cmd"] is None, "the fault was not hit"
-    failed = [e for e in rig.device.events(0).events
-              if e["kind"] == "cmd" and e["t"] < snap.truth.t and e.get("status")]
+    failed = [
+        e
+        for e in rig.device.events(0).events
+        if e["kind"] == "cmd" and e["t"] < snap.truth.t and e.get("status")
+    ]
     assert failed, "no command failed before the crdump"
     opcode, status = failed[-1]["opcode"], failed[-1]["status"]
     assert opcode in opcodes.CLOSING

@@ -35,8 +35,7 @@ def test_snapshots_are_off_by_default_and_a_fault_then_takes_none(fresh: Rig) ->
 
 def set_snapshot_enable(rig: Rig, runtime: bool, driverinit: bool) -> None:
     for cmode, value in (("runtime", runtime), ("driverinit", driverinit)):
-        rig.devlink.param_set(rig.dev_handle, "region_snapshot_enable", str(value).lower(),
-                              cmode)
+        rig.devlink.param_set(rig.dev_handle, "region_snapshot_enable", str(value).lower(), cmode)
     assert param(rig, "region_snapshot_enable") == {"runtime": runtime, "driverinit": driverinit}
 
 

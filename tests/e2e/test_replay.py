@@ -29,7 +29,8 @@ def test_default_replay_passes_over_both_channels(tmp_path: Path) -> None:
     for snap in report["snapshots"]:
         assert snap["agree"] and all(c["equal"] for c in snap["comparisons"])
         assert (out / snap["path"]).read_bytes() == (out / snap["path"]).with_suffix(
-            ".truth.bin").read_bytes()
+            ".truth.bin"
+        ).read_bytes()
     for log in ("console.log", "dmesg.txt", "qmp.log", "device-events.jsonl"):
         assert (out / log).stat().st_size > 0, log
 
@@ -39,19 +40,24 @@ def test_user_image_and_old_format_health_text(tmp_path: Path) -> None:
     health = os.urandom(cr.HEALTH_SIZE)
     (tmp_path / "crspace.bin").write_bytes(image)
     # Older iproute2's layout: two-byte groups.
-    old = "".join(f"{off:016x} " + " ".join(health[i : i + 2].hex()
-                                            for i in range(off, off + 16, 2)) + "\n"
-                  for off in range(0, len(health), 16))
+    old = "".join(
+        f"{off:016x} " + " ".join(health[i : i + 2].hex() for i in range(off, off + 16, 2)) + "\n"
+        for off in range(0, len(health), 16)
+    )
     (tmp_path / "health.txt").write_text(old)
     assert format_dump(health) != old  # really the other layout
-    report = run_replay(ReplayOptions(out=tmp_path / "run", crspace=tmp_path / "crspace.bin",
-                                      health=tmp_path / "health.txt"))
+    report = run_replay(
+        ReplayOptions(
+            out=tmp_path / "run", crspace=tmp_path / "crspace.bin", health=tmp_path / "health.txt"
+        )
+    )
     assert report.ok, report.errors
     snaps = {s.region: s for s in report.snapshots}
     assert (tmp_path / "run" / snaps["fw-health"].path).read_bytes() == health
     saved = (tmp_path / "run" / snaps["cr-space"].path).read_bytes()
-    explained = [(int(str(c["offset"])), int(str(c["length"])))
-                 for c in snaps["cr-space"].changed_from_input]
+    explained = [
+        (int(str(c["offset"])), int(str(c["length"]))) for c in snaps["cr-space"].changed_from_input
+    ]
     assert all(c["register"] for c in snaps["cr-space"].changed_from_input)
     rest = bytearray(saved)
     for off, length in explained:  # outside what the report explains, the input is intact
@@ -77,7 +83,8 @@ def tampered_truth(monkeypatch: pytest.MonkeyPatch) -> int:
 
 
 def test_wrong_expectation_fails_exit_1_and_points_at_the_offset(
-        tmp_path: Path, tampered_truth: int) -> None:
+    tmp_path: Path, tampered_truth: int
+) -> None:
     offset = tampered_truth
     out = tmp_path / "run"
     assert cli.main(["replay", "--out", str(out)]) == 1  # the kernel "failed": not the rig
@@ -96,5 +103,6 @@ def test_missing_input_is_a_clear_error_and_keeps_the_run_directory(tmp_path: Pa
     assert cli.main(["replay", "--out", str(out), "--crspace", str(tmp_path / "nope")]) == 2
     report = json.loads((out / "report.json").read_text())
     assert not report["ok"] and report["exit_status"] == 2
-    assert report["errors"] == [f"cannot read CR-space file {tmp_path / 'nope'}: "
-                                "No such file or directory"]
+    assert report["errors"] == [
+        f"cannot read CR-space file {tmp_path / 'nope'}: No such file or directory"
+    ]

@@ -87,11 +87,13 @@ def crspace_dump(rig: Rig, taken: Taken, channel: RegionChannel) -> bytes:
     if channel.name not in taken.crspace:
         if channel.name == "netlink":  # keep the chunks too, for the chunking test
             taken.crspace_chunks = NetlinkChannel(rig.netlink).chunks(
-                rig.region("cr-space"), taken.snapshots[0].id)
+                rig.region("cr-space"), taken.snapshots[0].id
+            )
             taken.crspace["netlink"] = b"".join(d for _, d in taken.crspace_chunks)
         else:
             taken.crspace[channel.name] = channel.dump(
-                rig.region("cr-space"), taken.snapshots[0].id)
+                rig.region("cr-space"), taken.snapshots[0].id
+            )
     return taken.crspace[channel.name]
 
 
@@ -143,7 +145,7 @@ def test_crspace_is_what_bar0_held(rig: Rig, taken: Taken, devlink: RegionChanne
     assert be32(taken.image, cr.CR_FILTER) & 1 << 6, "the image sets the CR filter bit"
     assert be32(data, cr.CR_FILTER) & 1 << 6 == 0, "crdump clears it before reading"
     assert catas_region(data, len(snap.catas)) == snap.catas
-    assert data[cr.HEALTH_OFFSET:cr.HEALTH_OFFSET + cr.HEALTH_SIZE] == snap.health
+    assert data[cr.HEALTH_OFFSET : cr.HEALTH_OFFSET + cr.HEALTH_SIZE] == snap.health
     unexplained = [c for c in explain(taken.image, data) if c.register is None]
     assert not unexplained, f"bytes changed outside any register: {unexplained[:5]}"
 
@@ -155,10 +157,13 @@ def test_later_snapshots_hold_their_own_fault(
     health = cr.HEALTH_OFFSET - page
     for snap in taken.snapshots[1:]:
         data = devlink.read(rig.region("cr-space"), snap.id, page, cr.PAGE)
-        assert_same_bytes(data, snap.truth.image[page:page + cr.PAGE],
-                          f"cr-space snapshot {snap.id} page {page:#x} ({devlink.name})")
+        assert_same_bytes(
+            data,
+            snap.truth.image[page : page + cr.PAGE],
+            f"cr-space snapshot {snap.id} page {page:#x} ({devlink.name})",
+        )
         assert tuple(be32(data, 4 * i) for i in range(len(snap.catas))) == snap.catas
-        assert data[health:health + cr.HEALTH_SIZE] == snap.health
+        assert data[health : health + cr.HEALTH_SIZE] == snap.health
 
 
 def test_cli_and_netlink_agree_on_every_field_and_byte(rig: Rig, taken: Taken) -> None:
@@ -168,20 +173,27 @@ def test_cli_and_netlink_agree_on_every_field_and_byte(rig: Rig, taken: Taken) -
         assert cli.region(handle) == netlink.region(handle)
     for snap in taken.snapshots:
         assert cli.dump(rig.region("fw-health"), snap.id) == netlink.dump(
-            rig.region("fw-health"), snap.id)
+            rig.region("fw-health"), snap.id
+        )
         assert cli.read(rig.region("cr-space"), snap.id, 0x80000, 0x1000) == netlink.read(
-            rig.region("cr-space"), snap.id, 0x80000, 0x1000)
-    assert_same_bytes(crspace_dump(rig, taken, netlink), crspace_dump(rig, taken, cli),
-                      "cr-space: netlink vs CLI")
+            rig.region("cr-space"), snap.id, 0x80000, 0x1000
+        )
+    assert_same_bytes(
+        crspace_dump(rig, taken, netlink), crspace_dump(rig, taken, cli), "cr-space: netlink vs CLI"
+    )
 
 
 def test_dump_text_is_16_bytes_a_line_with_16_digit_addresses(rig: Rig, taken: Taken) -> None:
     snap = taken.snapshots[0]
-    for name, size, truth in (("fw-health", cr.HEALTH_SIZE, snap.truth.health),
-                              ("cr-space", cr.SIZE, snap.truth.image)):
+    for name, size, truth in (
+        ("fw-health", cr.HEALTH_SIZE, snap.truth.health),
+        ("cr-space", cr.SIZE, snap.truth.image),
+    ):
         # Through a file: iproute2 writes dump text in small pieces, each an SSH packet.
-        text = rig.sh(f"devlink region dump {rig.region(name)} snapshot {snap.id} > /tmp/d; "
-                      "cat /tmp/d; rm -f /tmp/d").stdout
+        text = rig.sh(
+            f"devlink region dump {rig.region(name)} snapshot {snap.id} > /tmp/d; "
+            "cat /tmp/d; rm -f /tmp/d"
+        ).stdout
         lines = text.splitlines()
         assert len(lines) == size // 16
         data = bytearray()
@@ -202,7 +214,7 @@ def test_read_edge_cases(rig: Rig, taken: Taken, devlink: RegionChannel) -> None
     image = snap.truth.image
     assert devlink.read(crs, snap.id, 5, 1) == image[5:6]
     middle = cr.CATAS_OFFSET + 0xF0  # the end of the catas buffer into the health buffer
-    assert devlink.read(crs, snap.id, middle, 0x120) == image[middle:middle + 0x120]
+    assert devlink.read(crs, snap.id, middle, 0x120) == image[middle : middle + 0x120]
     assert devlink.read(crs, snap.id, cr.SIZE - 8, 1000) == image[-8:]  # clamped
     assert devlink.read(fwh, snap.id, 60, 100) == snap.health[60:]
     assert devlink.read(fwh, snap.id, 0, 1 << 20) == snap.health
@@ -334,8 +346,9 @@ def test_a_region_holds_at_most_max_snapshots(rig: Rig, taken: Taken) -> None:
     taken.issued.append(next_id)
     refused = rig.mlx4.kmsg_count("crdump: devlink create cr-space snapshot id")
     cycle = rig.mlx4.fault("catas", words=catas_words(0xCA), expect_snapshots=False)
-    line = rig.wait_kmsg("crdump: devlink create cr-space snapshot id", nth=refused + 1,
-                         timeout=CRDUMP_TIMEOUT)
+    line = rig.wait_kmsg(
+        "crdump: devlink create cr-space snapshot id", nth=refused + 1, timeout=CRDUMP_TIMEOUT
+    )
     assert line.endswith(f"snapshot id {next_id} err -{errno.ENOSPC}"), line
     assert f"devlink create fw-health snapshot id {next_id} err -{errno.ENOSPC}" in rig.dmesg()
     assert cycle.truth is not None, "the driver did not read BAR0"
@@ -347,4 +360,3 @@ def test_fault_cycles_leave_no_warning_or_leak(rig: Rig, taken: Taken) -> None:
     assert_no_kernel_trouble(rig)
     assert ioremaps(rig) == taken.ioremaps, "an ioremap() of mlx4_core was not undone"
     assert irq_vectors(rig) == taken.irq_vectors
-

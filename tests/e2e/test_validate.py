@@ -47,8 +47,9 @@ def test_broken_crdump_is_a_regression(tmp_path: Path) -> None:
     behaviours = {b["name"]: b for b in doc["behaviours"]}
     assert "fw-health snapshot" in behaviours["catas-snapshots"]["patched"]["detail"]
     assert "cr-space" not in behaviours["second-fault"]["patched"]["detail"]
-    suites = {s.get("name", ""): s for s in ET.parse(tmp_path / "run" / "junit.xml").iter(
-        "testsuite")}
+    suites = {
+        s.get("name", ""): s for s in ET.parse(tmp_path / "run" / "junit.xml").iter("testsuite")
+    }
     assert suites["comparison"].get("failures") == "2"
 
 

@@ -67,29 +67,45 @@ def test_results_keep_spec_order_and_reject_duplicates() -> None:
 def test_the_bench_specs_are_unique_and_cover_every_goal_of_the_issue() -> None:
     results = Results(bench.SPECS)
     goals = {k: f.spec.goal for k, f in results.figures.items() if f.spec.goal is not None}
-    assert goals == {"boot.device": 8.0, "catas.fault_to_snapshots": 7.0,
-                     "catas.crdump_loop": 1.0, "guest.bar_loop": 1.0, "rtt.model_vs_c": 2.0,
-                     "suite.full": 600.0, "boot.en_cost": 1.0, "en.reset_cost": 1.0}
+    assert goals == {
+        "boot.device": 8.0,
+        "catas.fault_to_snapshots": 7.0,
+        "catas.crdump_loop": 1.0,
+        "guest.bar_loop": 1.0,
+        "rtt.model_vs_c": 2.0,
+        "suite.full": 600.0,
+        "boot.en_cost": 1.0,
+        "en.reset_cost": 1.0,
+    }
     assert {s.unit for s in bench.SPECS} <= {"s", "ms", "us", "ns", "x", "%"}
 
 
 # --- table ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("value", "text"), [
-    (1234.5, "1234"), (12.345, "12.3"), (7.5, "7.50"), (0.01234, "0.012"), (-6.7, "-6.70"),
-])
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (1234.5, "1234"),
+        (12.345, "12.3"),
+        (7.5, "7.50"),
+        (0.01234, "0.012"),
+        (-6.7, "-6.70"),
+    ],
+)
 def test_fmt(value: float, text: str) -> None:
     assert fmt(value) == text
 
 
 def _results() -> Results:
-    r = Results([
-        Spec("boot", "boot to SSH-ready", "s", goal=8.0),
-        Spec("boot.kernel", "  kernel", "s"),
-        Spec("ratio", "host / C", "x", goal=2.0),
-        Spec("never", "not measured", "s"),
-    ])
+    r = Results(
+        [
+            Spec("boot", "boot to SSH-ready", "s", goal=8.0),
+            Spec("boot.kernel", "  kernel", "s"),
+            Spec("ratio", "host / C", "x", goal=2.0),
+            Spec("never", "not measured", "s"),
+        ]
+    )
     for v in (7.5, 7.4, 7.8):
         r.add("boot", v)
     r.add("boot.kernel", 4.9)
@@ -126,9 +142,17 @@ def test_json_document_shape() -> None:
     assert [f["key"] for f in doc["figures"]] == ["boot", "boot.kernel", "ratio"]
     boot = doc["figures"][0]
     assert boot == {
-        "key": "boot", "label": "boot to SSH-ready", "unit": "s", "n": 3,
-        "median": 7.5, "min": 7.4, "max": 7.8, "samples": [7.5, 7.4, 7.8],
-        "goal": {"max": 8.0}, "met": True, "note": "",
+        "key": "boot",
+        "label": "boot to SSH-ready",
+        "unit": "s",
+        "n": 3,
+        "median": 7.5,
+        "min": 7.4,
+        "max": 7.8,
+        "samples": [7.5, 7.4, 7.8],
+        "goal": {"max": 8.0},
+        "met": True,
+        "note": "",
     }
     assert doc["figures"][1]["goal"] is None and doc["figures"][1]["met"] is None
     assert doc["missed_goals"] == ["ratio"]
@@ -151,16 +175,21 @@ def _fault(delays: tuple[float, ...] = (0.004, 0.001, 0.010)) -> dict[str, Any]:
         (10.53, f"{dev}: crdump: added snapshot 0 to devlink region fw-health"),
         (13.70, f"{dev}: mlx4_restart_one was ended, ret=0"),
     ]
-    console = [(g + OFFSET + delays[i % len(delays)], f"[{g:12.6f}] {text}")
-               for i, (g, text) in enumerate(printk)]
+    console = [
+        (g + OFFSET + delays[i % len(delays)], f"[{g:12.6f}] {text}")
+        for i, (g, text) in enumerate(printk)
+    ]
     events = [
         {"index": 5, "t": 1007.5, "kind": "fault", "fault": "catas"},
         {"index": 6, "t": 1010.021, "kind": "cr_filter", "value": 0},
         {"index": 7, "t": 1010.022, "kind": "crdump", "crdump": 0},
         {"index": 8, "t": 1010.54, "kind": "reset", "source": "bar0"},
     ]
-    return {"events": events, "console": [(0.5, "rig-guest: noise"), *console],
-            "notifications": [1010.545, 1010.55]}
+    return {
+        "events": events,
+        "console": [(0.5, "rig-guest: noise"), *console],
+        "notifications": [1010.545, 1010.55],
+    }
 
 
 def test_timeline_phases_on_one_clock() -> None:
@@ -187,8 +216,7 @@ def test_a_late_console_burst_does_not_skew_the_phases() -> None:
 def test_timeline_without_restart_or_markers() -> None:
     f = _fault()
     before_restart = [c for c in f["console"] if "restart" not in c[1]]
-    assert catas_timeline(f["events"], before_restart, f["notifications"]).reset_and_reprobe \
-        is None
+    assert catas_timeline(f["events"], before_restart, f["notifications"]).reset_and_reprobe is None
     no_crdump = [e for e in f["events"] if e["kind"] != "crdump"]
     with pytest.raises(TimelineError, match="crdump start"):
         catas_timeline(no_crdump, f["console"], f["notifications"])
@@ -211,8 +239,13 @@ def test_guest_readloop_maps_what_the_device_maps() -> None:
 
 def test_cli_registers_bench() -> None:
     args = build_parser().parse_args(["bench", "--runs", "5", "--only", "host", "--no-suite"])
-    assert (args.runs, args.only, args.suite, args.cold, args.intx) == (5, ["host"], False,
-                                                                        False, True)
+    assert (args.runs, args.only, args.suite, args.cold, args.intx) == (
+        5,
+        ["host"],
+        False,
+        False,
+        True,
+    )
     assert build_parser().parse_args(["bench"]).suite  # the suite is timed by default
     with pytest.raises(SystemExit):
         build_parser().parse_args(["bench", "--only", "nonsense"])

@@ -256,10 +256,20 @@ def test_rss_spreads_flows_over_the_rings(link: tuple[Cx3Device, EnDriver, TxRin
     rqp_calc(drv, RSS_QPN)
 
     def tcp(sport: int) -> bytes:
-        ip = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 40, 0, 0, 64, 6, 0, bytes([10, 99, 0, 1]),
-                         bytes([10, 99, 0, 2]))
-        return frame_bytes(14, dst=MAC2, ethertype=0x0800) + ip + struct.pack(
-            ">HH16x", sport, 80)
+        ip = struct.pack(
+            ">BBHHHBBH4s4s",
+            0x45,
+            0,
+            40,
+            0,
+            0,
+            64,
+            6,
+            0,
+            bytes([10, 99, 0, 1]),
+            bytes([10, 99, 0, 2]),
+        )
+        return frame_bytes(14, dst=MAC2, ethertype=0x0800) + ip + struct.pack(">HH16x", sport, 80)
 
     expected = [0, 0]
     for sport in range(1000, 1016):

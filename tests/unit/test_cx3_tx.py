@@ -40,9 +40,12 @@ def tx(en: tuple[Cx3Device, EnDriver]) -> Iterator[tuple[Cx3Device, TxRing]]:
 
 def frame_bytes(n: int, dst: int = 0x0002C9000002, ethertype: int = 0x88B5) -> bytes:
     body = bytes(range(256)) * (n // 256 + 1)
-    return dst.to_bytes(6, "big") + (0x0002C9000001).to_bytes(6, "big") + struct.pack(
-        ">H", ethertype
-    ) + body[: n - 14]
+    return (
+        dst.to_bytes(6, "big")
+        + (0x0002C9000001).to_bytes(6, "big")
+        + struct.pack(">H", ethertype)
+        + body[: n - 14]
+    )
 
 
 @dataclass
@@ -219,8 +222,19 @@ def test_multi_segment_send_with_offloads(tx: tuple[Cx3Device, TxRing]) -> None:
     # An IPv4/UDP frame split over three gather entries, checksums left to the NIC
     payload = bytes(range(200))
     udp = struct.pack(">HHHH", 5000, 6000, 8 + len(payload), 0x1234) + payload
-    ip = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0, bytes(
-        [10, 99, 0, 1]), bytes([10, 99, 0, 2]))
+    ip = struct.pack(
+        ">BBHHHBBH4s4s",
+        0x45,
+        0,
+        20 + len(udp),
+        1,
+        0,
+        64,
+        17,
+        0,
+        bytes([10, 99, 0, 1]),
+        bytes([10, 99, 0, 2]),
+    )
     packet = frame_bytes(14, ethertype=0x0800) + ip + udp
     parts = [packet[:34], packet[34:100], packet[100:]]
     addrs = []

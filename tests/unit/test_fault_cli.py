@@ -42,25 +42,36 @@ def device(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cx3Devic
 def test_knobs_are_subcommands_with_their_arguments() -> None:
     args = build_parser().parse_args(["fault", "closing-cmd", "--opcode", "0x13", "--status", "3"])
     assert (args.op.name, args.knob_opcode, args.knob_status, args.name) == (
-        "closing_cmd", 0x13, 3, "default")
+        "closing_cmd",
+        0x13,
+        3,
+        "default",
+    )
     args = build_parser().parse_args(["fault", "--name", "a", "catas", "--words", "1", "0x2"])
     assert (args.op.name, args.knob_words, args.name) == ("catas", [1, 2], "a")
     assert build_parser().parse_args(["fault", "clear", "--name", "b"]).name == "b"
-    for bad in (["fault"], ["fault", "nope"], ["fault", "catas", "--opcode", "1"],
-                ["fault", "advertise-health"]):
+    for bad in (
+        ["fault"],
+        ["fault", "nope"],
+        ["fault", "catas", "--opcode", "1"],
+        ["fault", "advertise-health"],
+    ):
         with pytest.raises(SystemExit):
             build_parser().parse_args(bad)
 
 
-def test_fault_commands_reach_the_model(device: Cx3Device, capsys: pytest.CaptureFixture[str]
-                                        ) -> None:
+def test_fault_commands_reach_the_model(
+    device: Cx3Device, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["fault", "catas", "--words", "0x0fffffff", "7"]) == 0
     assert device.read_bar0(0x1F000, 8) == bytes.fromhex("0fffffff00000007")
     assert "catas --words 0x0fffffff 0x00000007:" in capsys.readouterr().out
     assert main(["fault", "cmd-timeout", "--opcode", "0x31"]) == 0
     assert main(["fault", "closing-cmd", "--status", "3"]) == 0
     assert device.faults.describe() == {
-        "cmd_timeout": {"opcode": 0x31}, "closing_cmd": {"opcode": None, "status": 3}}
+        "cmd_timeout": {"opcode": 0x31},
+        "closing_cmd": {"opcode": None, "status": 3},
+    }
     assert main(["fault", "advertise-health", "--no-enabled"]) == 0
     assert device.firmware.health_buffer is False
     assert main(["fault", "clear"]) == 0
@@ -69,8 +80,9 @@ def test_fault_commands_reach_the_model(device: Cx3Device, capsys: pytest.Captur
     assert device.read_bar0(0x1F000, 4) == bytes.fromhex("0fffffff")
 
 
-def test_rig_link_pulls_and_plugs_the_cable(device: Cx3Device,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_rig_link_pulls_and_plugs_the_cable(
+    device: Cx3Device, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert device.firmware.cable.plugged
     assert main(["link", "down"]) == 0
     assert not device.firmware.cable.plugged

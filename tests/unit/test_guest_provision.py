@@ -45,8 +45,11 @@ def test_load_order_puts_dependencies_first_once() -> None:
 
 
 def test_builtins_are_skipped_and_softdeps_loaded_first() -> None:
-    index = ModuleIndex.parse(MODULES_DEP, "kernel/drivers/virtio/virtio.ko\n",
-                              "softdep ext4 pre: crc32c_generic missing_one post: foo\n")
+    index = ModuleIndex.parse(
+        MODULES_DEP,
+        "kernel/drivers/virtio/virtio.ko\n",
+        "softdep ext4 pre: crc32c_generic missing_one post: foo\n",
+    )
     assert index.load_order(["virtio_blk", "ext4"]) == [
         "kernel/drivers/block/virtio_blk.ko",
         "kernel/crypto/crc32c_generic.ko.xz",
@@ -73,7 +76,7 @@ def fake_bzimage(version: str) -> bytes:
     image[0x202:0x206] = b"HdrS"
     image[0x20E:0x210] = (0x800 - 0x200).to_bytes(2, "little")
     text = f"{version} (builder@host) #1 SMP".encode() + b"\0"
-    image[0x800:0x800 + len(text)] = text
+    image[0x800 : 0x800 + len(text)] = text
     return bytes(image)
 
 
@@ -83,11 +86,17 @@ def test_bzimage_release() -> None:
 
 
 def test_newest_abi_for_the_flavour() -> None:
-    names = ["linux-image-6.1.0-9-cloud-amd64-unsigned", "linux-image-6.1.0-56-cloud-amd64",
-             "linux-image-6.1.0-47-cloud-amd64-unsigned", "linux-image-6.1.0-50-amd64-unsigned",
-             "linux-image-6.1.0-10-cloud-amd64-dbg"]
-    assert newest_abi(names, "cloud-amd64") == ["linux-image-6.1.0-47-cloud-amd64-unsigned",
-                                                "linux-image-6.1.0-9-cloud-amd64-unsigned"]
+    names = [
+        "linux-image-6.1.0-9-cloud-amd64-unsigned",
+        "linux-image-6.1.0-56-cloud-amd64",
+        "linux-image-6.1.0-47-cloud-amd64-unsigned",
+        "linux-image-6.1.0-50-amd64-unsigned",
+        "linux-image-6.1.0-10-cloud-amd64-dbg",
+    ]
+    assert newest_abi(names, "cloud-amd64") == [
+        "linux-image-6.1.0-47-cloud-amd64-unsigned",
+        "linux-image-6.1.0-9-cloud-amd64-unsigned",
+    ]
     assert newest_abi(names, "amd64") == ["linux-image-6.1.0-50-amd64-unsigned"]
 
 
@@ -100,7 +109,8 @@ def test_kernel_spec_parse(tmp_path: Path) -> None:
     modules.mkdir(parents=True)
     (modules / "modules.dep").write_text("")
     assert KernelSpec.parse(str(tmp_path)) == KernelSpec(
-        bzimage=(tmp_path / "bzImage").resolve(), modules_dir=modules.resolve())
+        bzimage=(tmp_path / "bzImage").resolve(), modules_dir=modules.resolve()
+    )
 
 
 def test_kernel_spec_directory_without_modules(tmp_path: Path) -> None:
@@ -138,13 +148,13 @@ def read_cpio(data: bytes) -> dict[str, tuple[int, bytes, int, int]]:
     entries: dict[str, tuple[int, bytes, int, int]] = {}
     pos = 0
     while True:
-        assert data[pos:pos + 6] == b"070701" and pos % 4 == 0
-        fields = [int(data[pos + 6 + 8 * i:pos + 14 + 8 * i], 16) for i in range(13)]
+        assert data[pos : pos + 6] == b"070701" and pos % 4 == 0
+        fields = [int(data[pos + 6 + 8 * i : pos + 14 + 8 * i], 16) for i in range(13)]
         namesize, filesize = fields[11], fields[6]
-        name = data[pos + 110:pos + 110 + namesize - 1].decode()
+        name = data[pos + 110 : pos + 110 + namesize - 1].decode()
         pos += 110 + namesize
         pos += -pos % 4
-        body = data[pos:pos + filesize]
+        body = data[pos : pos + filesize]
         pos += filesize
         pos += -pos % 4
         if name == "TRAILER!!!":

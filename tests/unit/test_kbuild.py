@@ -38,10 +38,15 @@ from tests.unit.kbuild_helpers import make_patch, new_file_patch
 
 
 def test_fragment_later_lines_override_and_n_means_unset() -> None:
-    frag = parse_fragment("# comment\nCONFIG_A=y\nCONFIG_B=m\n# CONFIG_C is not set\n"
-                          'CONFIG_S="x # y"\nCONFIG_A=n\n')
-    assert frag == {"A": Setting("A", None), "B": Setting("B", "m"), "C": Setting("C", None),
-                    "S": Setting("S", '"x # y"')}
+    frag = parse_fragment(
+        '# comment\nCONFIG_A=y\nCONFIG_B=m\n# CONFIG_C is not set\nCONFIG_S="x # y"\nCONFIG_A=n\n'
+    )
+    assert frag == {
+        "A": Setting("A", None),
+        "B": Setting("B", "m"),
+        "C": Setting("C", None),
+        "S": Setting("S", '"x # y"'),
+    }
 
 
 @pytest.mark.parametrize("line", ["CONFIG_A=y # why", "A=y", "CONFIG_A"])
@@ -51,8 +56,9 @@ def test_fragment_rejects_what_kconfig_would_misread(line: str) -> None:
 
 
 def test_unstuck_lists_each_setting_the_config_lost() -> None:
-    frag = parse_fragment("CONFIG_A=y\nCONFIG_B=m\n# CONFIG_C is not set\n# CONFIG_D is not set\n"
-                          "CONFIG_E=y\n")
+    frag = parse_fragment(
+        "CONFIG_A=y\nCONFIG_B=m\n# CONFIG_C is not set\n# CONFIG_D is not set\nCONFIG_E=y\n"
+    )
     config = parse_config("CONFIG_A=y\n# CONFIG_B is not set\nCONFIG_C=y\nCONFIG_E=m\n")
     assert unstuck(frag, config) == [
         Unstuck(Setting("B", "m"), None),
@@ -63,8 +69,10 @@ def test_unstuck_lists_each_setting_the_config_lost() -> None:
 
 def test_unstuck_messages_say_why() -> None:
     missing = Unstuck(Setting("NOPE", "y"), None, exists=False).describe()
-    assert missing == ("CONFIG_NOPE=y did not stick: .config has CONFIG_NOPE is not set "
-                       "(no Kconfig file defines this symbol in this source)")
+    assert missing == (
+        "CONFIG_NOPE=y did not stick: .config has CONFIG_NOPE is not set "
+        "(no Kconfig file defines this symbol in this source)"
+    )
     assert "nothing selects it" in Unstuck(Setting("MLX4_CORE", "m"), None, True).describe()
 
 
@@ -77,10 +85,25 @@ def test_kconfig_symbols_reads_config_and_menuconfig(tmp_path: Path) -> None:
 
 def test_rig_fragment_has_what_the_guest_needs() -> None:
     settings = Fragments.load([rig_fragment()]).settings
-    for symbol in ("64BIT", "PCI_MSI", "VIRTIO_PCI", "VIRTIO_BLK", "VIRTIO_NET", "EXT4_FS",
-                   "DEVTMPFS", "SERIAL_8250_CONSOLE", "UNIX", "INET", "NET_DEVLINK",
-                   "MODULE_UNLOAD", "MLX4_DEBUG", "BLK_DEV_INITRD", "UNIX98_PTYS", "TMPFS",
-                   "ACPI"):
+    for symbol in (
+        "64BIT",
+        "PCI_MSI",
+        "VIRTIO_PCI",
+        "VIRTIO_BLK",
+        "VIRTIO_NET",
+        "EXT4_FS",
+        "DEVTMPFS",
+        "SERIAL_8250_CONSOLE",
+        "UNIX",
+        "INET",
+        "NET_DEVLINK",
+        "MODULE_UNLOAD",
+        "MLX4_DEBUG",
+        "BLK_DEV_INITRD",
+        "UNIX98_PTYS",
+        "TMPFS",
+        "ACPI",
+    ):
         assert settings[symbol].value == "y", symbol
     # The rig loads mlx4_core itself (to choose its parameters): it must be a module.
     assert settings["MLX4_CORE"].value == "m"
@@ -124,11 +147,14 @@ def test_build_spec_tree_source(tmp_path: Path) -> None:
     assert parse_build_spec("build:linux", cwd=tmp_path).source == TreeSource(tree)
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("build:6.1+", "nothing after"),
-    ("build:6.1+/no/such/dir", "does not exist"),
-    ("build:/no/such/tree", "neither a Debian series"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("build:6.1+", "nothing after"),
+        ("build:6.1+/no/such/dir", "does not exist"),
+        ("build:/no/such/tree", "neither a Debian series"),
+    ],
+)
 def test_bad_build_specs(text: str, message: str) -> None:
     with pytest.raises(ProvisionError, match=message):
         parse_build_spec(text)
@@ -146,8 +172,12 @@ def test_kernel_version_from_makefile() -> None:
 
 # --- cache keys -----------------------------------------------------------------------------
 
-DEB = ResolvedSource(DebianSource("6.1"), "linux-source-6.1=6.1.192-2",
-                     "debian:linux-source-6.1=6.1.192-2", "6.1.192")
+DEB = ResolvedSource(
+    DebianSource("6.1"),
+    "linux-source-6.1=6.1.192-2",
+    "debian:linux-source-6.1=6.1.192-2",
+    "6.1.192",
+)
 
 
 def _patches(tmp_path: Path, name: str, text: str) -> Path:
@@ -168,8 +198,12 @@ def test_cache_key_changes_with_each_input(tmp_path: Path) -> None:
         build_inputs(DEB, load_series(_patches(tmp_path, "p2", "c\n")), frag, "gcc 12"),
         build_inputs(DEB, EMPTY, Fragments.load([rig_fragment(), other_frag]), "gcc 12"),
         build_inputs(DEB, EMPTY, frag, "gcc 13"),
-        build_inputs(ResolvedSource(DEB.spec, "x", "debian:linux-source-6.1=6.1.190-1",
-                                    "6.1.190"), EMPTY, frag, "gcc 12"),
+        build_inputs(
+            ResolvedSource(DEB.spec, "x", "debian:linux-source-6.1=6.1.190-1", "6.1.190"),
+            EMPTY,
+            frag,
+            "gcc 12",
+        ),
     ]
     keys = [str(v) for v in (base, *variants)]
     assert len(set(keys)) == len(keys)
@@ -187,7 +221,8 @@ def test_entry_names_and_origin(tmp_path: Path) -> None:
     assert origin(DEB, EMPTY) == "build:linux-source-6.1=6.1.192-2"
     assert origin(DEB, series) == f"build:linux-source-6.1=6.1.192-2+{tmp_path}/my fix! (1 patch)"
     assert origin(DEB, EMPTY, [Path("/x/no-mlx4.config")]) == (
-        "build:linux-source-6.1=6.1.192-2 with no-mlx4.config")
+        "build:linux-source-6.1=6.1.192-2 with no-mlx4.config"
+    )
 
 
 def test_tree_fingerprint_outside_git_follows_sizes_and_mtimes(tmp_path: Path) -> None:
@@ -198,11 +233,22 @@ def test_tree_fingerprint_outside_git_follows_sizes_and_mtimes(tmp_path: Path) -
     assert tree_fingerprint(tmp_path) != first
 
 
-def test_tree_fingerprint_in_git_follows_head_changes_and_untracked_files(
-        tmp_path: Path) -> None:
+def test_tree_fingerprint_in_git_follows_head_changes_and_untracked_files(tmp_path: Path) -> None:
     def git(*args: str) -> None:
-        subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c",
-                        "user.email=t@example.org", *args], check=True, capture_output=True)
+        subprocess.run(
+            [
+                "git",
+                "-C",
+                str(tmp_path),
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@example.org",
+                *args,
+            ],
+            check=True,
+            capture_output=True,
+        )
 
     git("init", "-q")
     (tmp_path / "a.c").write_text("a\n")
@@ -237,7 +283,8 @@ def test_workspace_puts_patched_files_back_newer(tmp_path: Path) -> None:
     patches.mkdir()
     (patches / "1.patch").write_text(
         make_patch("drivers/x.c", "int x;\n", "int x = 1;\n")
-        + new_file_patch("drivers/new.c", "int n;\n"))
+        + new_file_patch("drivers/new.c", "int n;\n")
+    )
     base = tmp_path / "work"
     log = tmp_path / "log"
     with Workspace.open(source, log, base) as ws:
@@ -253,7 +300,8 @@ def test_workspace_puts_patched_files_back_newer(tmp_path: Path) -> None:
     assert not (ws.src / "drivers" / "new.c").exists()
     assert (ws.src / "drivers" / "keep.c").stat().st_mtime_ns == pristine_mtime
     assert (tmp_path / "tree" / "drivers" / "x.c").read_text() == "int x;\n", (
-        "the user's tree is never written")
+        "the user's tree is never written"
+    )
 
 
 def test_workspace_undoes_an_interrupted_build(tmp_path: Path) -> None:
@@ -283,7 +331,9 @@ def test_prune_keeps_the_most_recent(tmp_path: Path) -> None:
         os.utime(tmp_path / name / ".ready", (1000 + i, 1000 + i))
     assert prune(tmp_path, keep=2) == [tmp_path / "old"]
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == [
-        "mid", "new"]
+        "mid",
+        "new",
+    ]
 
 
 def test_compile_errors_are_picked_from_interleaved_output() -> None:
@@ -295,8 +345,9 @@ make[5]: *** [scripts/Makefile.build:250: drivers/net/ethernet/mellanox/mlx4/crd
   CC      fs/ext4/super.o
 """
     assert compile_errors(out) == [
-        "drivers/net/ethernet/mellanox/mlx4/crdump.c:147:5: error: 'x' undeclared "
-        "(first use here)"]
+        "drivers/net/ethernet/mellanox/mlx4/crdump.c:147:5: error: 'x' undeclared (first use here)"
+    ]
     # Without a compiler error (a failing script, say), make's first complaint.
     assert compile_errors("x\nmake[2]: *** [a] Error 1\nmake: *** [b] Error 2\n") == [
-        "make[2]: *** [a] Error 1"]
+        "make[2]: *** [a] Error 1"
+    ]

@@ -21,10 +21,12 @@ def test_base_arguments() -> None:
 
 
 def test_modprobe_arguments_in_order() -> None:
-    line = kernel_cmdline([Modprobe("mlx4_core", ("msi_x=1", "num_vfs=1,1,1")),
-                           Modprobe("virtio_net")])
+    line = kernel_cmdline(
+        [Modprobe("mlx4_core", ("msi_x=1", "num_vfs=1,1,1")), Modprobe("virtio_net")]
+    )
     assert line.index('rig.modprobe="mlx4_core msi_x=1 num_vfs=1,1,1"') < line.index(
-        'rig.modprobe="virtio_net"')
+        'rig.modprobe="virtio_net"'
+    )
 
 
 def test_user_blacklist_is_merged_not_overriding() -> None:
@@ -63,10 +65,13 @@ def test_too_long() -> None:
 
 @pytest.mark.skipif(shutil.which("xargs") is None, reason="needs xargs")
 def test_rig_init_reads_modprobe_back_with_xargs() -> None:
-    line = kernel_cmdline([Modprobe("mlx4_core", ("msi_x=1", "log_num_mgm_entry_size=-10")),
-                           Modprobe("dummy")], extra=["quiet"])
+    line = kernel_cmdline(
+        [Modprobe("mlx4_core", ("msi_x=1", "log_num_mgm_entry_size=-10")), Modprobe("dummy")],
+        extra=["quiet"],
+    )
     # The very pipeline guest/init/rig-init runs on /proc/cmdline.
-    out = subprocess.run(["xargs", "printf", "%s\\n"], input=line, capture_output=True,
-                         text=True, check=True).stdout.splitlines()
+    out = subprocess.run(
+        ["xargs", "printf", "%s\\n"], input=line, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
     requests = [a.removeprefix("rig.modprobe=") for a in out if a.startswith("rig.modprobe=")]
     assert requests == ["mlx4_core msi_x=1 log_num_mgm_entry_size=-10", "dummy"]

@@ -18,8 +18,9 @@ RECORDS = [
 ]
 
 
-def run_waiter(pattern: str, nth: int, monkeypatch: pytest.MonkeyPatch,
-               capsys: pytest.CaptureFixture[str]) -> str:
+def run_waiter(
+    pattern: str, nth: int, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> str:
     script = shlex.split(kmsg_wait_command(pattern, nth))[2]  # python3 -c SCRIPT
     records: Iterator[bytes] = iter(RECORDS)
     with monkeypatch.context() as m:
@@ -29,12 +30,14 @@ def run_waiter(pattern: str, nth: int, monkeypatch: pytest.MonkeyPatch,
     return capsys.readouterr().out
 
 
-def test_dictionary_lines_do_not_count(monkeypatch: pytest.MonkeyPatch,
-                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_dictionary_lines_do_not_count(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert run_waiter("pci", 1, monkeypatch, capsys) == "a pci message\n"
 
 
 def test_the_nth_match_is_printed_without_its_dictionary(
-        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = run_waiter("mlx4_core", 2, monkeypatch, capsys)
     assert out == "mlx4_core 0000:00:03.0: crdump: err -28\n"

@@ -30,8 +30,11 @@ class FakeQemu:
 
 def config(**options: object) -> MachineConfig:
     base: dict[str, object] = dict(
-        qemu=FakeQemu(), kernel=Path("/c/vmlinuz"), initrd=Path("/c/initrd.cpio"),
-        rootfs=Path("/c/rootfs.img"), ssh=SshIdentity(Path("/c/id"), "ssh-ed25519 AAAA x"),
+        qemu=FakeQemu(),
+        kernel=Path("/c/vmlinuz"),
+        initrd=Path("/c/initrd.cpio"),
+        rootfs=Path("/c/rootfs.img"),
+        ssh=SshIdentity(Path("/c/id"), "ssh-ed25519 AAAA x"),
         log_dir=Path("/logs"),
     )
     base.update(options)
@@ -92,8 +95,9 @@ def test_console_and_qmp_connect_to_the_rigs_sockets() -> None:
 
 
 def test_kernel_initrd_and_cmdline() -> None:
-    argv = qemu_command(config(modprobe=(Modprobe("mlx4_core", ("msi_x=1",)),),
-                               kernel_args=("quiet",)), PATHS)
+    argv = qemu_command(
+        config(modprobe=(Modprobe("mlx4_core", ("msi_x=1",)),), kernel_args=("quiet",)), PATHS
+    )
     assert option(argv, "-kernel") == ["/c/vmlinuz"]
     assert option(argv, "-initrd") == ["/c/initrd.cpio"]
     (append,) = option(argv, "-append")
@@ -143,12 +147,16 @@ def test_config_for_guest() -> None:
 
     guest = GuestImage(
         GuestKernel(Path("/k/vmlinuz"), Path("/k/lib/modules/6.1"), "6.1", "debian:x=1"),
-        Path("/i/initrd.cpio"), RootFs(Path("/r/rootfs.img"), "ssh-ed25519 HOST g"),
+        Path("/i/initrd.cpio"),
+        RootFs(Path("/r/rootfs.img"), "ssh-ed25519 HOST g"),
         ClientKey(Path("/s/id_ed25519"), "ssh-ed25519 CLIENT rig"),
     )
     c = MachineConfig.for_guest(FakeQemu(), guest, Path("/logs"), memory_mib=512)
-    assert (c.kernel, c.initrd, c.rootfs) == (Path("/k/vmlinuz"), Path("/i/initrd.cpio"),
-                                              Path("/r/rootfs.img"))
+    assert (c.kernel, c.initrd, c.rootfs) == (
+        Path("/k/vmlinuz"),
+        Path("/i/initrd.cpio"),
+        Path("/r/rootfs.img"),
+    )
     assert c.ssh == SshIdentity(Path("/s/id_ed25519"), "ssh-ed25519 HOST g")
     assert c.memory_mib == 512 and c.smp == 1
 

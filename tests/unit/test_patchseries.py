@@ -22,8 +22,10 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "guest" / "patches"
 
 
 def mail(n: int, subject: str, body: str) -> str:
-    return (f"From {n:040x} Mon Sep 17 00:00:00 2001\nFrom: A <a@example.org>\n"
-            f"Subject: [PATCH {n}/3] {subject}\n\nwhy\n---\n{body}")
+    return (
+        f"From {n:040x} Mon Sep 17 00:00:00 2001\nFrom: A <a@example.org>\n"
+        f"Subject: [PATCH {n}/3] {subject}\n\nwhy\n---\n{body}"
+    )
 
 
 def test_directory_patches_apply_in_sorted_name_order(tmp_path: Path) -> None:
@@ -56,7 +58,8 @@ def test_empty_directory_is_an_empty_series(tmp_path: Path) -> None:
 def test_cover_letter_without_a_diff_is_skipped(tmp_path: Path) -> None:
     (tmp_path / "0000-cover-letter.patch").write_text(mail(0, "cover", "*** BLURB ***\n"))
     (tmp_path / "0001-a.patch").write_text(
-        mail(1, "a", make_patch("f.c", ORIGINAL, ORIGINAL + "z\n")))
+        mail(1, "a", make_patch("f.c", ORIGINAL, ORIGINAL + "z\n"))
+    )
     series = load_series(tmp_path)
     assert [p.name for p in series.patches] == ["0001-a.patch"]
     assert series.skipped == ("0000-cover-letter.patch",)
@@ -67,10 +70,13 @@ def test_mbox_splits_into_one_patch_per_mail(tmp_path: Path) -> None:
     mbox = tmp_path / "series.mbox"
     mbox.write_text(
         mail(1, "first", make_patch("a.c", ORIGINAL, ORIGINAL + "1\n"))
-        + mail(2, "second", make_patch("b.c", ORIGINAL, ORIGINAL + "2\n")))
+        + mail(2, "second", make_patch("b.c", ORIGINAL, ORIGINAL + "2\n"))
+    )
     series = load_series(mbox)
     assert [(p.name, p.subject) for p in series.patches] == [
-        ("series.mbox #1", "first"), ("series.mbox #2", "second")]
+        ("series.mbox #1", "first"),
+        ("series.mbox #2", "second"),
+    ]
     assert series.touched() == {"a.c", "b.c"}
 
 
@@ -124,15 +130,17 @@ new file mode 100644
 """
     changes = parse_changes(text)
     assert [(c.old, c.new) for c in changes] == [
-        ("old.c", "new.c"), ("gone.c", None), (None, "fresh.c")]
+        ("old.c", "new.c"),
+        ("gone.c", None),
+        (None, "fresh.c"),
+    ]
     assert [(h.number, h.old_start) for h in changes[0].hunks] == [(1, 3), (2, 20)]
 
 
 def test_parse_changes_plain_diff_with_strip_level() -> None:
     text = "--- x/src/a.c\t2024-01-01\n+++ y/src/a.c\t2024-01-02\n@@ -1 +1 @@\n-a\n+b\n"
     assert [(c.old, c.new) for c in parse_changes(text, strip=1)] == [("src/a.c", "src/a.c")]
-    assert [(c.old, c.new) for c in parse_changes(text, strip=0)] == [
-        ("x/src/a.c", "y/src/a.c")]
+    assert [(c.old, c.new) for c in parse_changes(text, strip=0)] == [("x/src/a.c", "y/src/a.c")]
 
 
 def test_failure_names_patch_and_hunk(tmp_path: Path) -> None:
@@ -142,8 +150,11 @@ def test_failure_names_patch_and_hunk(tmp_path: Path) -> None:
     good = make_patch("f.c", ORIGINAL, ORIGINAL.replace("line 3\n", "line three\n"))
     # Its second hunk expects text the tree does not have.
     drifted = ORIGINAL.replace("line 30\n", "line thirty\n")
-    bad = make_patch("f.c", drifted, drifted.replace("line 10\n", "line 10!\n")
-                     .replace("line 31\n", "line 31!\n"))
+    bad = make_patch(
+        "f.c",
+        drifted,
+        drifted.replace("line 10\n", "line 10!\n").replace("line 31\n", "line 31!\n"),
+    )
     (tmp_path / "p").mkdir()
     (tmp_path / "p" / "0001-good.patch").write_text(good)
     (tmp_path / "p" / "0002-bad.patch").write_text(bad)
@@ -186,6 +197,5 @@ def test_example_patch_applies_to_its_own_preimage(tmp_path: Path) -> None:
     tree = tmp_path / "t" / "drivers" / "net" / "ethernet" / "mellanox" / "mlx4"
     tree.mkdir(parents=True)
     (tree / "crdump.c").write_text(pre)
-    apply_series(load_series(EXAMPLES / "example-break-crdump"), tmp_path / "t",
-                 tmp_path / "log")
+    apply_series(load_series(EXAMPLES / "example-break-crdump"), tmp_path / "t", tmp_path / "log")
     assert "health_buffer_addrs + 4;" in (tree / "crdump.c").read_text()

@@ -26,6 +26,7 @@ def test_an_overrun_is_killed_with_its_children(tmp_path: Path) -> None:
     # The background sleep keeps the output pipe open: only killing the whole group ends it.
     t0 = time.monotonic()
     with pytest.raises(ProvisionError, match=r"slow step did not finish in 1 s; killed"):
-        run_logged(["sh", "-c", "sleep 60 & sleep 60"], tmp_path / "step.log", "slow step",
-                   timeout=1)
+        run_logged(
+            ["sh", "-c", "sleep 60 & sleep 60"], tmp_path / "step.log", "slow step", timeout=1
+        )
     assert time.monotonic() - t0 < 30

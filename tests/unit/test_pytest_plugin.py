@@ -14,12 +14,18 @@ def test_a_rig_that_cannot_start_fails_with_one_line(pytester: pytest.Pytester) 
             pass
         """
     )
-    result = pytester.runpytest("--rig-qemu", "/nonexistent/qemu-system-x86_64",
-                                "--rig-artifacts", str(pytester.path / "artifacts"))
+    result = pytester.runpytest(
+        "--rig-qemu",
+        "/nonexistent/qemu-system-x86_64",
+        "--rig-artifacts",
+        str(pytester.path / "artifacts"),
+    )
     result.assert_outcomes(errors=1)
     out = result.stdout.str()
-    assert "rig 'session' cannot start: QEMU /nonexistent/qemu-system-x86_64 is not an " \
-           "executable file" in out
+    assert (
+        "rig 'session' cannot start: QEMU /nonexistent/qemu-system-x86_64 is not an "
+        "executable file" in out
+    )
     assert "Traceback" not in out and "During handling" not in out
     assert "skipped" not in out
 
@@ -43,8 +49,9 @@ def test_a_failing_test_leaves_the_rigs_logs_and_names_them(pytester: pytest.Pyt
         """
     )
     artifacts = pytester.path / "evidence"
-    result = pytester.runpytest("--rig-artifacts", str(artifacts),
-                                "--junitxml", str(pytester.path / "junit.xml"))
+    result = pytester.runpytest(
+        "--rig-artifacts", str(artifacts), "--junitxml", str(pytester.path / "junit.xml")
+    )
     result.assert_outcomes(passed=1, failed=1)
     saved = list(artifacts.glob("*test_fails*/fake/console.log"))
     assert len(saved) == 1 and saved[0].read_text() == "guest said hello\n"
