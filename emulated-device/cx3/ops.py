@@ -103,7 +103,7 @@ KNOBS = (
     ),
     knob(
         "link",
-        "plug or pull the port's cable: carrier follows, with a PORT_CHANGE event",
+        "plug or pull the cable between the card's two ports: both ends' carrier follows",
         Arg("up", bool, help="plug it in (false: pull it)"),
         note="the driver sees the PORT_CHANGE event at once: `ip monitor link` in the guest",
     ),

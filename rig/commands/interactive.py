@@ -60,8 +60,8 @@ def add_parsers(sub: Subparsers) -> None:
 
     p = sub.add_parser(
         "link",
-        help="plug (up) or pull (down) the card's cable",
-        description="The driver gets a PORT_CHANGE event: carrier follows.",
+        help="plug (up) or pull (down) the cable between the card's two ports",
+        description="The driver gets a PORT_CHANGE event on both ports: carrier follows.",
     )
     _named(p)
     p.add_argument("state", choices=("up", "down"))
@@ -113,6 +113,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                 f"value true cmode runtime\n"
                 f"  rig fault{flag} catas\n"
                 f"  rig sh{flag} -- dmesg | tail\n"
+                f"  rig link{flag} down      (and up: the card's cable)\n"
                 f"  rig down{flag}      (or Ctrl-C here)",
                 flush=True,
             )
