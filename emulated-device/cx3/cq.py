@@ -95,6 +95,7 @@ class CompletionQueue:
     arm: int = 0  # ARM_NEXT / ARM_NEXT_SOLICITED until the next completion event
     arm_sn: int = 0
     producer: int = 0  # CQEs written (24-bit counter)
+    signalled: int = 0  # the producer index the last completion event covered
     overrun: bool = False  # in error since an overrun: completes nothing more
     overrun_reported: bool = False  # the CQ_ERROR event went out
 
@@ -111,13 +112,20 @@ class CompletionQueue:
 
     def doorbell(self, word0: int, consumer: int) -> bool:
         """`mlx4_cq_arm`: remember the request until a completion consumes it. True when
-        CQEs past `consumer` are already there: the event is due at once (the driver armed
-        after a completion it has not polled yet)."""
+        CQEs past `consumer` were written since the last event: the event is due at once
+        (they arrived between the driver's last poll and this arm).
+
+        A CQE is announced once. A driver may leave announced CQEs unpolled and arm again:
+        mlx4_en's RX poll returns at once while its port is not up (en_rx.c), and
+        mlx4_en_start_port schedules its NAPI polls itself once the port is — re-firing on
+        every arm would make that an interrupt storm that never lets the port come up."""
         self.arm = (word0 >> 24) & 3
         self.arm_sn = (word0 >> 28) & 3
         self.consumer = consumer & INDEX_MASK
-        if self.arm and 0 < (self.producer - self.consumer) & INDEX_MASK <= self.nent:
+        unpolled = (self.producer - self.consumer) & INDEX_MASK
+        if self.arm and 0 < unpolled <= self.nent and self.producer != self.signalled:
             self.arm = 0
+            self.signalled = self.producer
             return True
         return False
 
@@ -149,6 +157,7 @@ class CompletionQueue:
         """After a CQE: True if the arm request it satisfies asks for a completion event."""
         if self.arm == ARM_NEXT or (self.arm == ARM_NEXT_SOLICITED and solicited):
             self.arm = 0
+            self.signalled = self.producer
             return True
         return False
 
