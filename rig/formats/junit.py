@@ -63,9 +63,9 @@ def junit_xml(c: Verdict) -> str:
             )
             ET.SubElement(case, "failure", message=text[:500]).text = text
         else:
-            ET.SubElement(case, "system-out").text = (
-                f"{r.verdict}: base {r.base.status}, patched {r.patched.status}"
-            )
+            ET.SubElement(
+                case, "system-out"
+            ).text = f"{r.verdict}: base {r.base.status}, patched {r.patched.status}"
         cases.append(case)
     _suite(root, "comparison", cases)
     ET.indent(root)
