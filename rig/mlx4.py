@@ -246,6 +246,7 @@ class Mlx4:
         timeout: float | None = None,
         expect_snapshots: bool = True,
         strict: bool = True,
+        before_inject: Callable[[], None] | None = None,
         on_injected: Callable[[], None] | None = None,
     ) -> FaultCycle:
         """Inject a fault, collect the region notifications, take the device's truth and
@@ -254,6 +255,8 @@ class Mlx4:
         expect_snapshots=False: the driver must take none (nothing is listened for).
         strict=False: missing notifications are recorded in `missing` instead of raising,
         and the recovery is still awaited (rig validate judges the two separately).
+        before_inject: called once the notifications are listened for, right before the
+        injection (rig.traffic starts its stream there, so that it runs when the fault hits).
         """
         if kind not in FAULTS:
             raise RigError(f"unknown fault {kind!r}; choose one of {', '.join(FAULTS)}")
@@ -266,6 +269,8 @@ class Mlx4:
         watch = rig.netlink.watch(count=len(REGIONS)) if expect_snapshots else None
         reload: Background | None = None
         try:
+            if before_inject is not None:
+                before_inject()
             cycle = FaultCycle(
                 kind,
                 "catas poll" if kind == "catas" else "devlink dev reload",

@@ -34,14 +34,19 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from rig.errors import KernelFailure, MachineError, RigError
 from rig.provision.guestfiles import guest_program
 from rig.vm.ssh import Background, Result
+
+if TYPE_CHECKING:
+    from rig.mlx4 import FaultCycle
+    from rig.rig import Rig
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +54,10 @@ SCRIPT = guest_program("traffic_guest.py")
 REMOTE = "/run/rig/traffic_guest.py"
 NETNS = ("rig-a", "rig-b")  # port 1's, port 2's
 ADDRS = ("10.99.0.1", "10.99.0.2")
+# The yardstick: the same stream over a veth pair in the same guest (no card, no model), the
+# most the guest itself carries under TCG (rig bench's traffic section).
+VETH_NETNS = ("rig-va", "rig-vb")
+VETH_ADDRS = ("10.98.0.1", "10.98.0.2")
 PREFIX = 24
 TCP_PORT = 5201
 # Bytes per second the card carries at least under TCG on a busy 2-core host (about 2 MB/s
@@ -204,9 +213,12 @@ class TcpResult:
 class Traffic:
     """The traffic path across the card, and a bounded stream on it; a context manager."""
 
-    def __init__(self, guest: Guest, *, port: int = TCP_PORT) -> None:
+    def __init__(self, guest: Guest, *, port: int = TCP_PORT, veth: bool = False) -> None:
+        """veth: a veth pair between the two namespaces instead of the card's ports."""
         self.guest = guest
         self.port = port
+        self.veth = veth
+        self.netns, self.addrs = (VETH_NETNS, VETH_ADDRS) if veth else (NETNS, ADDRS)
         self.path: dict[str, str] = {}  # netns -> netdev
         self._recv: Background | None = None
         self._send: Background | None = None
@@ -219,7 +231,11 @@ class Traffic:
     # --- the path -----------------------------------------------------------------------
 
     def __enter__(self) -> Traffic:
-        self.setup()
+        try:
+            self.setup()
+        except BaseException:
+            self.close()  # a half-made path (one netdev moved) must not outlive the error
+            raise
         return self
 
     def __exit__(
@@ -241,10 +257,11 @@ class Traffic:
     def setup(self) -> dict[str, str]:
         """Put port 1's netdev in rig-a and port 2's in rig-b, addressed and up with carrier;
         idempotent, and after a reset it moves the re-created netdevs back (`restore`)."""
-        bdf = self.guest.dev_handle.split("/", 1)[1]
-        addrs = ",".join(f"{a}/{PREFIX}" for a in ADDRS)
+        where = "--veth" if self.veth else f"--bdf {self.guest.dev_handle.split('/', 1)[1]}"
+        addrs = ",".join(f"{a}/{PREFIX}" for a in self.addrs)
         reply = self._program(
-            f"path --bdf {bdf} --netns {','.join(NETNS)} --addrs {addrs} --deadline {PATH_TIMEOUT}",
+            f"path {where} --netns {','.join(self.netns)} --addrs {addrs} "
+            f"--deadline {PATH_TIMEOUT}",
             timeout=PATH_TIMEOUT + 30,
         )
         self.path = dict(reply["path"])
@@ -252,7 +269,7 @@ class Traffic:
             "traffic path: "
             + ", ".join(
                 f"{dev} in {ns} ({a})"
-                for (ns, dev), a in zip(self.path.items(), ADDRS, strict=True)
+                for (ns, dev), a in zip(self.path.items(), self.addrs, strict=True)
             )
         )
         return self.path
@@ -264,7 +281,8 @@ class Traffic:
         try:
             self._stop()
         finally:
-            self._program(f"unpath --netns {','.join(NETNS)}", timeout=PATH_TIMEOUT + 30)
+            veth = " --veth" if self.veth else ""
+            self._program(f"unpath --netns {','.join(self.netns)}{veth}", timeout=PATH_TIMEOUT + 30)
             self.path = {}
 
     def _stop(self) -> None:
@@ -279,7 +297,7 @@ class Traffic:
     def _netdev(self, i: int) -> tuple[str, str]:
         if not self.path:
             raise RigError("the traffic path is not set up (use Traffic as a context manager)")
-        ns = NETNS[i]
+        ns = self.netns[i]
         return ns, self.path[ns]
 
     # --- what crosses it ----------------------------------------------------------------
@@ -288,8 +306,9 @@ class Traffic:
         """busybox ping from port 1's namespace to port 2's address (bounded by -w)."""
         ns, _ = self._netdev(0)
         bound = int(count * interval + 10)
+        to = self.addrs[1]
         res = self.guest.sh(
-            f"ip netns exec {ns} busybox ping -q -c {count} -i {interval} -w {bound} {ADDRS[1]}",
+            f"ip netns exec {ns} busybox ping -q -c {count} -i {interval} -w {bound} {to}",
             timeout=bound + 30,
             check=False,
         )
@@ -308,12 +327,15 @@ class Traffic:
             out[dev] = {c: int(stats[c]) for c in COUNTERS if c in stats}
         return out
 
-    def guest_clock(self) -> float:
-        """The guest's CLOCK_REALTIME now, the clock the gaps are stamped with."""
-        return float(self.guest.sh("date +%s.%N", timeout=30).stdout)
+    def clock_offset(self) -> float:
+        """Guest CLOCK_REALTIME (the gaps' clock) minus host time.monotonic(), within half
+        an SSH round trip: to place a host event such as a fault's injection on it."""
+        t0 = time.monotonic()
+        guest = float(self.guest.sh("date +%s.%N", timeout=30).stdout)
+        return guest - (t0 + time.monotonic()) / 2
 
     def start_tcp(self, nbytes: int, *, seed: int = 0, deadline: float | None = None) -> None:
-        """Start sending `nbytes` from rig-a to rig-b; returns once the receiver listens.
+        """Start sending `nbytes` from rig-a to rig-b; returns once the connection is up.
         deadline: seconds for the whole transfer (default: from its size, with room for a
         fault's reset)."""
         if self._send is not None:
@@ -323,12 +345,15 @@ class Traffic:
         self._requested, self._timeout = nbytes, deadline + 60
         self._counters_before = self.counters()
         common = f"--port {self.port} --bytes {nbytes} --deadline {deadline} --idle {IDLE_LIMIT}"
-        self._recv = self._start(NETNS[1], f"recv {common}")
+        self._recv = self._start(self.netns[1], f"recv {common}")
         line = self._recv.readline(timeout=60)
         if line is None or json.loads(line) != {"listening": True}:
             raise RigError(f"the receiver did not start: {line!r} {self._recv.stderr()[-300:]}")
-        self._send = self._start(NETNS[0], f"send --to {ADDRS[1]} --seed {seed} {common}")
-        logger.info(f"TCP: {nbytes} bytes {self.path[NETNS[0]]} -> {self.path[NETNS[1]]}")
+        self._send = self._start(self.netns[0], f"send --to {self.addrs[1]} --seed {seed} {common}")
+        line = self._recv.readline(timeout=60)
+        if line is None or json.loads(line) != {"connected": True}:
+            raise RigError(f"the sender did not connect: {line!r} {self._send.stderr()[-300:]}")
+        logger.info(f"TCP: {nbytes} bytes {self._netdev(0)[1]} -> {self._netdev(1)[1]}")
 
     def _start(self, ns: str, args: str) -> Background:
         # The shell prints its pid, then becomes `ip netns exec`, which becomes python3: the
@@ -359,7 +384,7 @@ class Traffic:
             received,
             self._counters_before,
             after,
-            (self.path[NETNS[0]], self.path[NETNS[1]]),
+            (self._netdev(0)[1], self._netdev(1)[1]),
         )
 
     def _result(self, proc: Background, who: str) -> End:
@@ -375,3 +400,73 @@ class Traffic:
         """A whole transfer, start to result."""
         self.start_tcp(nbytes, **kw)
         return self.wait()
+
+
+@dataclass(frozen=True)
+class FaultGap:
+    """The receiver's longest stall placed against a fault, in seconds from the injection
+    (the guest's clock): its last byte before, its first byte after, and the driver's
+    recovery. A stream stops when the driver resets the port, not at the injection (a catas
+    waits for the driver's 5 s poll), and resumes once the path is restored after recovery."""
+
+    s: float
+    last_byte_s: float  # the last byte before the stall, from the injection
+    first_byte_s: float  # the first byte after it
+    recovered_s: float  # the driver's recovery (FaultCycle.t_recovered)
+    at_byte: int
+    spans_recovery: bool  # the stream was stalled when the driver recovered: the fault hit it
+
+    @classmethod
+    def of(cls, gap: Gap, injected: float, recovered: float) -> FaultGap:
+        return cls(
+            gap.s,
+            gap.t_from - injected,
+            gap.t_to - injected,
+            recovered - injected,
+            gap.at_byte,
+            gap.around(recovered),
+        )
+
+
+@dataclass
+class FaultUnderTraffic:
+    cycle: FaultCycle
+    result: TcpResult
+    gap: FaultGap
+
+    def as_dict(self) -> dict[str, Any]:
+        """What report.json's `traffic` holds (docs/report.md)."""
+        r = self.result
+        return {
+            "requested_bytes": r.requested,
+            "path": dict(zip(NETNS, r.netdevs, strict=True)),
+            "sent": asdict(r.sent),
+            "received": asdict(r.received),
+            "sha256_match": r.sent.sha256 == r.received.sha256,
+            "gap_around_fault": asdict(self.gap),
+            "counters_after": r.counters_after,
+            "ok": r.ok,
+            "problem": r.problem(),
+        }
+
+
+def fault_under_traffic(
+    rig: Rig, traffic: Traffic, nbytes: int, kind: str = "catas", **fault: Any
+) -> FaultUnderTraffic:
+    """Take a fault through the driver's error flow (rig.mlx4.fault) with a TCP transfer
+    running, restore the path once the driver has recovered, and wait for the transfer to
+    end. Checks nothing about the transfer: the result says how it went.
+
+    The transfer starts right before the injection, once the fault's listeners are up: their
+    start-up takes seconds under TCG, more with the stream eating the vCPU, and a stream
+    started earlier could be over by the time the fault hits."""
+    offset = traffic.clock_offset()
+
+    def start() -> None:
+        traffic.start_tcp(nbytes)
+
+    cycle = rig.mlx4.fault(kind, before_inject=start, **fault)
+    traffic.restore()
+    result = traffic.wait()
+    gap = FaultGap.of(result.received.gap, cycle.t_fault + offset, cycle.t_recovered + offset)
+    return FaultUnderTraffic(cycle, result, gap)

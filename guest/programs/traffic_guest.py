@@ -1,7 +1,7 @@
 """The guest half of `rig traffic`: the path across the card, and one bounded TCP stream on it.
 
-    python3 traffic_guest.py path --bdf BDF --netns A,B --addrs 10.99.0.1/24,10.99.0.2/24
-    python3 traffic_guest.py unpath --netns A,B
+    python3 traffic_guest.py path --bdf BDF|--veth --netns A,B --addrs 10.99.0.1/24,10.99.0.2/24
+    python3 traffic_guest.py unpath --netns A,B [--veth]
     python3 traffic_guest.py recv --port P --bytes N --deadline S [--idle S]
     python3 traffic_guest.py send --to ADDR --port P --bytes N --seed K --deadline S [--idle S]
 
@@ -10,13 +10,16 @@ dev_port) into namespaces A and B, gives each its address and brings it up, then
 both are operstate UP (carrier across the cable); netdevs already in their namespace are left
 there, so it is also how the path is restored after a reset re-created them in the initial
 namespace. `unpath` moves them back, up, and deletes the namespaces. Both print one JSON line.
+With --veth the two ends are a veth pair made in the namespaces instead (the yardstick: the
+guest's own ceiling), and `unpath` just deletes the namespaces, and the pair with them.
 
 Run under `ip netns exec`: the receiver in port 2's namespace, the sender in port 1's, so
 the only path between them is the card's cable. Each side hashes exactly the bytes it handled
 (SHA-256) and prints one JSON line at the end — bytes, hash, elapsed time and the longest time
 without progress (its length, the byte offset it happened at, and its start and end on the
 guest's CLOCK_REALTIME, so the host can place it against a fault). The receiver prints
-{"listening": true} first, once it accepts connections.
+{"listening": true} once it accepts connections and {"connected": true} once the sender is
+there.
 
 Nothing runs unbounded: every wait ends at --deadline (whole run) or --idle (no byte moved for
 that long). A run that ends early still prints its JSON, with "error" saying where it broke;
@@ -116,6 +119,7 @@ def receive(port: int, nbytes: int, deadline: float, idle: float) -> int:
             _say(progress.result(digest.hexdigest(), "no sender connected before the deadline"))
             return 1
         progress = Progress()  # the transfer starts now
+        _say({"connected": True})
         with conn:
             while progress.bytes < nbytes:
                 wait = _timeout(deadline, idle, progress)
@@ -266,7 +270,15 @@ def _wait_up(where: list[tuple[str, str]], deadline: float) -> None:
 
 
 def path(bdf: str, netns: list[str], addrs: list[str], deadline: float) -> int:
-    card = _card_netdevs(bdf)
+    """bdf "": a veth pair (made in the first namespace, its peer in the second)."""
+    card = _card_netdevs(bdf) if bdf else []
+    if not bdf:
+        for ns in netns:
+            if not os.path.exists(f"/run/netns/{ns}"):
+                _ip("netns", "add", ns)
+        if not _links(netns[0]):
+            _ip("-n", netns[0], "link", "add", "veth-a", "type", "veth", "peer", "name", "veth-b")
+            _ip("-n", netns[0], "link", "set", "veth-b", "netns", netns[1])
     where: dict[str, str] = {}
     for i, (ns, addr) in enumerate(zip(netns, addrs, strict=True)):
         if not os.path.exists(f"/run/netns/{ns}"):
@@ -287,12 +299,12 @@ def path(bdf: str, netns: list[str], addrs: list[str], deadline: float) -> int:
     return 0
 
 
-def unpath(netns: list[str], deadline: float) -> int:
+def unpath(netns: list[str], deadline: float, veth: bool) -> int:
     back: list[str] = []
     for ns in netns:
         if not os.path.exists(f"/run/netns/{ns}"):
             continue
-        for dev in _links(ns):
+        for dev in [] if veth else _links(ns):
             _ip("-n", ns, "link", "set", dev, "netns", "1")
             _ip("link", "set", dev, "up")
             back.append(dev)
@@ -315,19 +327,22 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--to", required=True)
             p.add_argument("--seed", type=int, default=0)
     p = sub.add_parser("path")
-    p.add_argument("--bdf", required=True)
+    ends = p.add_mutually_exclusive_group(required=True)
+    ends.add_argument("--bdf", help="the card's PCI address: its ports are the ends")
+    ends.add_argument("--veth", action="store_true", help="a veth pair is")
     p.add_argument("--netns", required=True, help="comma-separated, port 1's first")
     p.add_argument("--addrs", required=True, help="comma-separated, with prefix length")
     p.add_argument("--deadline", type=float, default=60.0)
     p = sub.add_parser("unpath")
     p.add_argument("--netns", required=True)
+    p.add_argument("--veth", action="store_true")
     p.add_argument("--deadline", type=float, default=60.0)
     args = parser.parse_args(argv)
     deadline = time.monotonic() + args.deadline
     if args.cmd == "path":
-        return path(args.bdf, args.netns.split(","), args.addrs.split(","), deadline)
+        return path(args.bdf or "", args.netns.split(","), args.addrs.split(","), deadline)
     if args.cmd == "unpath":
-        return unpath(args.netns.split(","), deadline)
+        return unpath(args.netns.split(","), deadline, args.veth)
     if args.cmd == "recv":
         return receive(args.port, args.bytes, deadline, args.idle)
     return send(args.to, args.port, args.bytes, args.seed, deadline, args.idle)

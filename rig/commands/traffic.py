@@ -11,22 +11,12 @@ from __future__ import annotations
 import argparse
 import logging
 
-from rig.commands.options import Subparsers
+from rig.commands.options import Subparsers, byte_count
 from rig.errors import KernelFailure, UsageError
 from rig.instance import Instance
 from rig.traffic import COUNTERS, NETNS, TcpResult, Traffic
 
 logger = logging.getLogger(__name__)
-
-
-def _size(text: str) -> int:
-    """A byte count: 1048576, 64K, 8M, 1G."""
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    scale = units.get(text[-1:].upper(), 1)
-    number = text[:-1] if scale > 1 else text
-    if not number.isdigit() or int(number) <= 0:
-        raise argparse.ArgumentTypeError(f"not a byte count: {text!r} (e.g. 8M)")
-    return int(number) * scale
 
 
 def add_parser(sub: Subparsers) -> None:
@@ -45,7 +35,7 @@ def add_parser(sub: Subparsers) -> None:
     p.add_argument("--interval", type=float, default=0.05, help="s between pings (%(default)s)")
     p.add_argument(
         "--bytes",
-        type=_size,
+        type=byte_count,
         default=8 << 20,
         metavar="N",
         help="TCP bytes to send, e.g. 64M (default: 8M; about 2 MB/s under TCG)",

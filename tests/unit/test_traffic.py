@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from rig.commands.traffic import _size
+from rig.commands.options import byte_count as _size
 from rig.errors import KernelFailure, RigError
 from rig.traffic import SCRIPT, End, Gap, TcpResult, parse_ping
 
@@ -86,6 +86,7 @@ def test_the_guest_program_hashes_what_crossed_at_both_ends() -> None:
             text=True,
             timeout=60,
         )
+        assert json.loads(recv.stdout.readline()) == {"connected": True}
         received = End.parse(recv.stdout.readline(), "receiver")
         assert recv.wait(timeout=60) == 0
     finally:
