@@ -18,7 +18,16 @@ import traceback
 from collections.abc import Sequence
 
 from cx3.client import ControlError
-from rig.commands import bench, build_kernel, interactive, replay, run, setup, validate
+from rig.commands import (
+    bench,
+    build_kernel,
+    interactive,
+    replay,
+    run,
+    setup,
+    traffic,
+    validate,
+)
 from rig.errors import RigError
 
 SUBCOMMANDS = (
@@ -29,6 +38,7 @@ SUBCOMMANDS = (
     build_kernel.add_parser,
     validate.add_parser,
     bench.add_parser,
+    traffic.add_parser,
 )
 
 

@@ -17,7 +17,7 @@ from cx3.client import ControlClient
 from rig.cache import cache_root
 from rig.errors import RigError
 from rig.rig import Rig
-from rig.vm.ssh import GuestSsh, SshIdentity
+from rig.vm.ssh import Background, GuestSsh, Result, SshIdentity
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,10 @@ class Instance:
             "127.0.0.1", self.ssh_port, SshIdentity(Path(self.client_key), self.host_key)
         )
 
+    def guest(self) -> RemoteGuest:
+        """The guest over a new SSH connection, as `rig.traffic.Guest`; close() it."""
+        return RemoteGuest(self.ssh(), self.dev_handle)
+
     def control(self) -> ControlClient:
         return ControlClient(self.control_socket)
 
@@ -88,6 +92,32 @@ class Instance:
             if time.monotonic() > deadline:
                 raise RigError(f"rig {self.name!r} (pid {self.pid}) did not stop in {timeout} s")
             time.sleep(0.1)  # another process's exit gives us no event to wait on
+
+
+class RemoteGuest:
+    """A `rig up` guest reached from another process: sh, spawn and put, as a Rig has them."""
+
+    def __init__(self, ssh: GuestSsh, dev_handle: str) -> None:
+        self.ssh = ssh
+        self.dev_handle = dev_handle
+
+    def sh(self, command: str, timeout: float = 120.0, check: bool = True) -> Result:
+        res = self.ssh.run(command, timeout)
+        if check and res.status != 0:
+            raise RigError(
+                f"guest command `{command}` failed (exit {res.status}): "
+                f"{(res.stderr or res.stdout).strip()[-500:]}"
+            )
+        return res
+
+    def spawn(self, command: str) -> Background:
+        return self.ssh.start(command)
+
+    def put(self, local: Path, remote: str) -> None:
+        self.ssh.put(local, remote)
+
+    def close(self) -> None:
+        self.ssh.close()
 
 
 def _alive(pid: int) -> bool:

@@ -12,6 +12,7 @@ The messages are the driver's own (drivers/net/ethernet/mellanox/mlx4/catas.c, c
 from __future__ import annotations
 
 import re
+import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -57,6 +58,7 @@ class Netdev:
     mac: str
     operstate: str  # "up", "down", ...
     carrier: bool
+    netns: str = ""  # the named network namespace it is in (rig.traffic's); "" the initial
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -64,6 +66,7 @@ class Netdev:
             "mac": self.mac,
             "operstate": self.operstate,
             "carrier": self.carrier,
+            "netns": self.netns,
         }
 
 
@@ -177,17 +180,24 @@ class Mlx4:
     # --- netdevs (mlx4_en) ----------------------------------------------------------------
 
     def netdevs(self) -> list[Netdev]:
-        """The card's netdevs, in name order (none without mlx4_en)."""
+        """The card's netdevs, in name order (none without mlx4_en), in whichever network
+        namespace they are: rig.traffic moves them into named ones (`ip netns`), where
+        sysfs shows them only to a process that mounts it there (`ip netns exec` does)."""
         bdf = self.rig.dev_handle.split("/", 1)[1]
-        out = self.rig.sh(
+        listing = shlex.quote(
             f"cd /sys/bus/pci/devices/{bdf}/net 2>/dev/null && for n in *; do "
             '[ -e "$n" ] && echo "$n $(cat $n/address) $(cat $n/operstate) '
-            '$(cat $n/carrier 2>/dev/null || echo 0)"; done; true'
+            '$(cat $n/carrier 2>/dev/null || echo 0) $0"; done; true'
+        )
+        out = self.rig.sh(
+            f'sh -c {listing} -; for p in /run/netns/*; do [ -e "$p" ] && '
+            f'ip netns exec "${{p##*/}}" sh -c {listing} "${{p##*/}}"; done; true'
         ).stdout
-        return [
-            Netdev(name, mac, state, carrier == "1")
-            for name, mac, state, carrier in (line.split() for line in out.splitlines())
+        found = [
+            Netdev(name, mac, state, carrier == "1", "" if ns == "-" else ns)
+            for name, mac, state, carrier, ns in (line.split() for line in out.splitlines())
         ]
+        return sorted(found, key=lambda n: n.name)
 
     def wait_netdevs_up(self, since: int = 0, timeout: float = RECOVERY_TIMEOUT) -> list[Netdev]:
         """Wait until every netdev of the card is up with carrier, as the guest's netup
@@ -236,6 +246,7 @@ class Mlx4:
         timeout: float | None = None,
         expect_snapshots: bool = True,
         strict: bool = True,
+        before_inject: Callable[[], None] | None = None,
         on_injected: Callable[[], None] | None = None,
     ) -> FaultCycle:
         """Inject a fault, collect the region notifications, take the device's truth and
@@ -244,6 +255,8 @@ class Mlx4:
         expect_snapshots=False: the driver must take none (nothing is listened for).
         strict=False: missing notifications are recorded in `missing` instead of raising,
         and the recovery is still awaited (rig validate judges the two separately).
+        before_inject: called once the notifications are listened for, right before the
+        injection (rig.traffic starts its stream there, so that it runs when the fault hits).
         """
         if kind not in FAULTS:
             raise RigError(f"unknown fault {kind!r}; choose one of {', '.join(FAULTS)}")
@@ -256,6 +269,8 @@ class Mlx4:
         watch = rig.netlink.watch(count=len(REGIONS)) if expect_snapshots else None
         reload: Background | None = None
         try:
+            if before_inject is not None:
+                before_inject()
             cycle = FaultCycle(
                 kind,
                 "catas poll" if kind == "catas" else "devlink dev reload",

@@ -41,6 +41,16 @@ devlink       (function) a `RegionChannel` on `rig`, parametrized over "cli" (ip
                          Failures raise `ChannelError` with `.errno` (the kernel's answer, or
                          None when the tool refused the request itself) and `.message`.
 
+traffic       (function) a `rig.traffic.Traffic` on `rig`: port 1's netdev in namespace
+                         rig-a (10.99.0.1), port 2's in rig-b (10.99.0.2), up with carrier,
+                         so the only path between them is the card's cable. `ping(count)`,
+                         `start_tcp(nbytes)` + `wait()` (or `tcp(nbytes)`) -> a `TcpResult`
+                         with both ends' bytes, SHA-256, longest gap and `ethtool -S`
+                         counters (`check()` raises KernelFailure saying where it broke),
+                         `restore()` after a fault's reset (the driver re-creates the
+                         netdevs in the initial namespace). At the end the netdevs go back
+                         to the initial namespace, up.
+
 Helpers: `rig_channel(rig, "cli" | "netlink")` gives the same channel objects for any rig
 (e.g. both at once, to compare them); `rig.channel(name, UNPRIVILEGED)` opens one that runs
 as nobody without capabilities (close() it); `start_rig` starts a rig outside the fixtures
@@ -76,6 +86,7 @@ from cx3.client import ControlClient
 from rig.devlink.channels import CHANNELS, CliChannel, NetlinkChannel, RegionChannel
 from rig.errors import RigError
 from rig.rig import Rig, RigConfig
+from rig.traffic import Traffic
 from rig.vm.machine import Machine
 
 ARTIFACTS_DEFAULT = "test-results/artifacts"
@@ -257,6 +268,12 @@ def rig_channel(rig: Rig, name: str) -> CliChannel | NetlinkChannel:
 @pytest.fixture(params=CHANNELS)
 def devlink(request: pytest.FixtureRequest, rig: Rig) -> RegionChannel:
     return rig_channel(rig, str(request.param))
+
+
+@pytest.fixture
+def traffic(rig: Rig) -> Iterator[Traffic]:
+    with Traffic(rig) as t:
+        yield t
 
 
 # --- the command guard ----------------------------------------------------------------------

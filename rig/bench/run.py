@@ -11,6 +11,10 @@ Sections, in order (each one's failure is recorded and the others still run):
 * guest:    one VM booted without the driver: the BAR0 read loop from guest user space
             (rig/bench_guest.py), `modprobe`/`rmmod mlx4_core` N times, then N catas faults
             with MSI-X and one with msi_x=0, each split into phases (rig.benchtimeline);
+* traffic:  one VM with mlx4_en: TCP throughput and ping RTT from port 1 to port 2 across
+            the card, and the same across a veth pair in the same guest (its own ceiling
+            under TCG), interleaved; then catas faults under a transfer: the stream's gap
+            (last byte before -> first after) beside the reset and re-probe (rig.traffic);
 * replay:   `rig replay` end to end N times, then two at once N times (throughput);
 * suite, cold (opt-in): `tox -e e2e`; `rig setup` into an empty temporary RIG_CACHE.
 
@@ -46,11 +50,14 @@ from rig.errors import RigError
 from rig.progress import run_logged
 from rig.provision.guestfiles import guest_program
 from rig.rig import Rig, RigConfig
+from rig.traffic import Traffic, fault_under_traffic
 
 logger = logging.getLogger(__name__)
 
-SECTIONS = ("host", "boot", "en", "guest", "replay", "suite", "cold")
-DEFAULT_SECTIONS = ("host", "boot", "en", "guest", "replay", "suite")
+SECTIONS = ("host", "boot", "en", "guest", "traffic", "replay", "suite", "cold")
+DEFAULT_SECTIONS = ("host", "boot", "en", "guest", "traffic", "replay", "suite")
+TRAFFIC_BYTES = 32 << 20  # per throughput run: ~10 s across the card under TCG
+TRAFFIC_PINGS = 50
 REPO = Path(__file__).resolve().parents[2]
 GUEST_SCRIPT = guest_program("bench_guest.py")
 GUEST_REMOTE = "/run/rig/bench_guest.py"
@@ -94,6 +101,14 @@ SPECS = (
     Spec("rtt.model_vs_c", "model round trip (C client) / C ping-pong", "x", 2.0),
     Spec("rtt.host_vs_c", "both ends Python / C ping-pong", "x"),
     Spec("rtt.guest_vs_c", "guest round trip / C ping-pong", "x"),
+    Spec("traffic.card.tcp", "TCP port 1 -> port 2 across the card (32 MiB)", "MB/s"),
+    Spec("traffic.veth.tcp", "TCP across a veth pair, same guest (its ceiling)", "MB/s"),
+    Spec("traffic.card_vs_veth", "  card / veth throughput (run by run)", "x", goal_min=0.5),
+    Spec("traffic.card.rtt", "ping RTT across the card (busybox, average)", "ms"),
+    Spec("traffic.veth.rtt", "ping RTT across the veth pair", "ms"),
+    Spec("traffic.catas_gap", "TCP gap around a catas fault (last byte -> first)", "s"),
+    Spec("traffic.catas_reset", "  reset + re-probe of that fault", "s"),
+    Spec("traffic.catas_after", "  recovered -> first byte (restore + TCP's backoff)", "s"),
     Spec("replay.total", "rig replay end to end, warm cache", "s"),
     Spec("replay.boot", "  boot", "s"),
     Spec("replay.fault_to_snapshots", "  fault -> snapshots", "s"),
@@ -148,6 +163,7 @@ def run_bench(opts: BenchOptions) -> BenchRun:
         "boot": _boot,
         "en": _en,
         "guest": _guest,
+        "traffic": _traffic,
         "replay": _replay,
         "suite": _suite,
         "cold": _cold,
@@ -438,6 +454,39 @@ def _catas(rig: Rig, timeout: float) -> CatasTimeline:
     for region, snapshot in cycle.ids.items():  # the regions hold a few snapshots only
         rig.netlink.delete(rig.region(region), snapshot)
     return tl
+
+
+# --- traffic: across the card and across a veth pair ----------------------------------------
+
+
+def _traffic(opts: BenchOptions, run: BenchRun) -> None:
+    r = run.results
+    with Rig(_config(opts, opts.log_dir / "traffic", mlx4_en=True)) as rig:
+        rates: dict[bool, list[float]] = {False: [], True: []}
+        for _ in range(opts.runs):  # interleaved, so both see the same load
+            for veth in (False, True):
+                kind = "veth" if veth else "card"
+                with Traffic(rig, veth=veth) as t:
+                    ping = t.ping(TRAFFIC_PINGS)
+                    if "avg" in ping.rtt_ms:
+                        r.add(f"traffic.{kind}.rtt", ping.rtt_ms["avg"])
+                    result = t.tcp(TRAFFIC_BYTES)
+                    result.check()
+                    rates[veth].append(result.received.bytes / result.received.elapsed / 1e6)
+                    r.add(f"traffic.{kind}.tcp", rates[veth][-1])
+        for v in ratios(rates[False], rates[True]):
+            r.add("traffic.card_vs_veth", v)
+        rig.mlx4.enable_snapshots()
+        with Traffic(rig) as t:
+            for _ in range(opts.runs):
+                done = fault_under_traffic(rig, t, 64 << 20, "catas")
+                done.result.check()
+                cycle = done.cycle
+                r.add("traffic.catas_gap", done.gap.s)
+                r.add("traffic.catas_reset", cycle.t_recovered - cycle.arrivals[-1])
+                r.add("traffic.catas_after", done.gap.first_byte_s - done.gap.recovered_s)
+                for region, snapshot in cycle.ids.items():  # regions keep 8 at most
+                    rig.netlink.delete(rig.region(region), snapshot)
 
 
 # --- replay: end to end, one and two at once -----------------------------------------------

@@ -20,8 +20,9 @@ class Spec:
 
     key: str
     label: str
-    unit: str  # "s", "ms", "us", "ns", "x" (a ratio) or "%"
+    unit: str  # "s", "ms", "us", "ns", "x" (a ratio), "%" or "MB/s"
     goal: float | None = None  # the figure's median must be <= goal
+    goal_min: float | None = None  # ... or >= goal_min (a rate, a ratio to a ceiling)
 
 
 @dataclass(frozen=True)
@@ -52,9 +53,19 @@ class Figure:
     def met(self) -> bool | None:
         """Whether the median meets the goal; None without a goal or samples."""
         s = self.summary
-        if self.spec.goal is None or s is None:
+        if s is None or (self.spec.goal is None and self.spec.goal_min is None):
             return None
-        return s.median <= self.spec.goal
+        below = self.spec.goal is None or s.median <= self.spec.goal
+        above = self.spec.goal_min is None or s.median >= self.spec.goal_min
+        return below and above
+
+    @property
+    def goal(self) -> dict[str, float] | None:
+        """The goal as the JSON gives it: {"max": v}, {"min": v} or both; None without."""
+        goal = {
+            k: v for k, v in (("max", self.spec.goal), ("min", self.spec.goal_min)) if v is not None
+        }
+        return goal or None
 
     def as_dict(self) -> dict[str, Any]:
         s = self.summary
@@ -67,7 +78,7 @@ class Figure:
             "min": s.min if s else None,
             "max": s.max if s else None,
             "samples": list(self.samples),
-            "goal": None if self.spec.goal is None else {"max": self.spec.goal},
+            "goal": self.goal,
             "met": self.met,
             "note": self.note,
         }
@@ -134,7 +145,10 @@ def format_table(figures: Sequence[Figure]) -> str:
         if s is None:
             continue
         unit = f.spec.unit
-        goal = "" if f.spec.goal is None else f"<= {_with_unit(f.spec.goal, unit)}"
+        goal = " ".join(
+            f"{'<=' if k == 'max' else '>='} {_with_unit(v, unit)}"
+            for k, v in (f.goal or {}).items()
+        )
         verdict = {None: "", True: "ok", False: "MISSED"}[f.met]
         rows.append(
             (

@@ -92,7 +92,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     )
     print(format_table(run.results.measured()))
     for f in run.results.missed():
-        print(f"goal missed: {f.spec.key} (median above {f.spec.goal} {f.spec.unit})")
+        goal = " and ".join(
+            f"{'<=' if k == 'max' else '>='} {v} {f.spec.unit}" for k, v in (f.goal or {}).items()
+        )
+        print(f"goal missed: {f.spec.key} (median not {goal})")
     for err in run.results.errors:
         print(f"rig: error in {err['section']}: {err['error']}")
     print(f"{run.duration:.0f} s in all")

@@ -46,3 +46,13 @@ def command_after_dashes(words: list[str], usage: str) -> list[str]:
     if not command:
         raise UsageError(f"no command given ({usage})")
     return command
+
+
+def byte_count(text: str) -> int:
+    """An argparse type for a byte count: 1048576, 64K, 8M, 1G."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    scale = units.get(text[-1:].upper(), 1)
+    number = text[:-1] if scale > 1 else text
+    if not number.isdigit() or int(number) <= 0:
+        raise argparse.ArgumentTypeError(f"not a byte count: {text!r} (e.g. 8M)")
+    return int(number) * scale

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from rig.commands.options import Subparsers, add_driver_options, add_guest_options
+from rig.commands.options import Subparsers, add_driver_options, add_guest_options, byte_count
 from rig.jobs.replay import ReplayOptions, run_replay
 from rig.mlx4 import FAULTS
 
@@ -47,6 +47,19 @@ def add_parser(sub: Subparsers) -> None:
         "firmware command never completes (60 s); closing-cmd: a closing "
         "command fails (both triggered by `devlink dev reload`)",
     )
+    p.add_argument(
+        "--traffic",
+        action="store_true",
+        help="run a TCP transfer from port 1 to port 2 across the card through the fault; "
+        "after the recovery it must complete with the same SHA-256 at both ends",
+    )
+    p.add_argument(
+        "--traffic-bytes",
+        type=byte_count,
+        default=64 << 20,
+        metavar="N",
+        help="bytes of that transfer, e.g. 64M (default; it must still run at the reset)",
+    )
     add_guest_options(p)
     add_driver_options(p)
     p.add_argument(
@@ -68,6 +81,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
             msi_x=args.msi_x,
             mlx4_en=args.mlx4_en,
             netdev_up=args.netdev_up,
+            traffic=args.traffic,
+            traffic_bytes=args.traffic_bytes,
         )
     )
     for snap in report.snapshots:
@@ -86,6 +101,16 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 f"netdev {when} the fault: {n['name']} {n['mac']} {n['operstate']}"
                 f"{' carrier' if n['carrier'] else ' no carrier'}"
             )
+    if report.traffic:
+        tr, g = report.traffic, report.traffic["gap_around_fault"]
+        for end in ("sent", "received"):
+            print(f"traffic {end}: {tr[end]['bytes']} bytes, sha256 {tr[end]['sha256']}")
+        print(
+            f"traffic gap around the fault: {g['s']:.1f} s at byte {g['at_byte']} (from the "
+            f"injection: last byte {g['last_byte_s']:+.1f} s, driver recovered "
+            f"{g['recovered_s']:+.1f} s, first byte {g['first_byte_s']:+.1f} s); "
+            f"{'hashes match' if tr['sha256_match'] else 'HASHES DIFFER'}"
+        )
     for err in report.errors:
         print(f"rig: error: {err}", file=sys.stderr)
     t = report.timings

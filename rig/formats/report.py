@@ -44,6 +44,8 @@ class Report:
     # The card's netdevs before the fault and after the driver re-created them.
     netdevs: dict[str, list[dict[str, object]]] = field(default_factory=dict)
     snapshots: list[SnapshotReport] = field(default_factory=list)
+    # With --traffic: the TCP transfer across the card through the fault (docs/report.md).
+    traffic: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)

@@ -4,6 +4,12 @@ Boot the rig, load the firmware state into the device, make the driver hit the f
 for the REGION_NEW notifications, then read every new snapshot over SSH (iproute2) and over
 netlink (pyroute2) and compare both, byte for byte, with what BAR0 and the health buffer
 held when the driver read them.
+
+With `traffic`, a TCP transfer runs from port 1 to port 2 across the card while the fault is
+taken (rig.traffic.fault_under_traffic): once the driver has recovered, the path is restored
+(the re-created netdevs moved back into their namespaces) and the transfer must complete with
+the SHA-256 it started with — TCP retransmits across the reset — or the run fails saying
+where it broke. report.json's `traffic` holds both ends' bytes and hashes and the gap.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from pathlib import Path
 
 from cx3 import layout as cr
 from rig import __version__, builtin
-from rig.errors import RigError, UsageError
+from rig.errors import KernelFailure, RigError, UsageError
 from rig.formats.compare import diff, hexdump_diff
 from rig.formats.dumptext import load_region_file
 from rig.formats.registers import explain
@@ -24,6 +30,7 @@ from rig.formats.report import Comparison, Report, SnapshotReport, sha256
 from rig.mlx4 import FAULTS, REGIONS, FaultCycle
 from rig.progress import step
 from rig.rig import Rig, RigConfig
+from rig.traffic import Traffic, fault_under_traffic
 
 logger = logging.getLogger(__name__)
 
@@ -40,11 +47,15 @@ class ReplayOptions:
     mlx4_en: bool = True
     netdev_up: bool = True
     catas_words: tuple[int, ...] = builtin.CATAS_WORDS
+    traffic: bool = False  # a TCP transfer across the card through the fault
+    traffic_bytes: int = 64 << 20  # long enough at ~2-5 MB/s to be running at the reset
 
 
 def load_inputs(opts: ReplayOptions, report: Report) -> tuple[bytes, bytes]:
     if opts.fault not in FAULTS:
         raise UsageError(f"unknown fault {opts.fault!r}; choose one of {', '.join(FAULTS)}")
+    if opts.traffic and not (opts.mlx4_en and opts.netdev_up):
+        raise UsageError("--traffic needs mlx4_en and the netdevs up (drop --no-en/--netdev-down)")
     image = _input(opts.crspace, cr.SIZE, "CR-space", builtin.crspace_image, "crspace", report)
     health = _input(
         opts.health, cr.HEALTH_SIZE, "health buffer", builtin.health_buffer, "health", report
@@ -114,9 +125,40 @@ def _replay(rig: Rig, opts: ReplayOptions, image: bytes, health: bytes, report: 
         report.fault["catas_words"] = [f"{w:#010x}" for w in opts.catas_words]
     else:
         report.fault["trigger"] = "devlink dev reload"
-    with step(f"injecting fault {opts.fault}, waiting for the driver's snapshots and recovery"):
-        # The netlink agent's start-up overlaps the driver's detection and reset.
-        cycle = rig.mlx4.fault(opts.fault, words=opts.catas_words, on_injected=rig.netlink.prestart)
+    traffic_problem = ""
+    if opts.traffic:
+        with (
+            Traffic(rig) as traffic,
+            step(
+                f"injecting fault {opts.fault} under a {opts.traffic_bytes}-byte TCP transfer, "
+                "waiting for the snapshots, the recovery and the transfer"
+            ),
+        ):
+            run = fault_under_traffic(
+                rig,
+                traffic,
+                opts.traffic_bytes,
+                opts.fault,
+                words=opts.catas_words,
+                on_injected=rig.netlink.prestart,
+            )
+        cycle = run.cycle
+        report.traffic = run.as_dict()
+        traffic_problem = run.result.problem()
+        g = run.gap
+        logger.info(
+            f"traffic: {run.result.received.bytes} bytes received, "
+            f"{'hashes match' if report.traffic['sha256_match'] else 'HASHES DIFFER'}; longest "
+            f"stall {g.s:.1f} s at byte {g.at_byte} (from the injection: last byte "
+            f"{g.last_byte_s:+.1f} s, recovered {g.recovered_s:+.1f} s, first byte "
+            f"{g.first_byte_s:+.1f} s)"
+        )
+    else:
+        with step(f"injecting fault {opts.fault}, waiting for the driver's snapshots and recovery"):
+            # The netlink agent's start-up overlaps the driver's detection and reset.
+            cycle = rig.mlx4.fault(
+                opts.fault, words=opts.catas_words, on_injected=rig.netlink.prestart
+            )
     snap_id = cycle.snapshot_id()
     assert cycle.truth is not None  # fault() checked it
     t_snap = cycle.arrivals[-1]
@@ -135,6 +177,8 @@ def _replay(rig: Rig, opts: ReplayOptions, image: bytes, health: bytes, report: 
             given = image if region == "cr-space" else health
             report.snapshots.append(_check(rig, region, snap_id, cycle, given, opts.out))
         report.timings["read_and_compare"] = time.monotonic() - t0
+    if traffic_problem:  # after the snapshots: the report has both
+        raise KernelFailure(f"TCP across the {opts.fault} fault: {traffic_problem}")
 
 
 def _check(

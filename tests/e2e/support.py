@@ -85,6 +85,18 @@ def assert_no_kernel_trouble(rig: Rig, failed_commands: bool = False, since: int
     assert not trouble, "kernel warnings in dmesg:\n" + "\n".join(trouble[:20])
 
 
+def leak_counters(rig: Rig) -> dict[str, int]:
+    """What a fault cycle must give back: netdevs (of the initial namespace: compare counts
+    taken with the card's netdevs in the same place), mlx4's vmalloc/ioremap areas, its IRQs,
+    and slab objects (kmemleak is not in Debian's cloud kernel)."""
+    out = rig.sh(
+        "ls /sys/class/net | wc -l; grep -c mlx4 /proc/vmallocinfo; "
+        "grep -c mlx4 /proc/interrupts; "
+        "awk 'NR>2 {n += $2} END {print n}' /proc/slabinfo"
+    ).stdout.split()
+    return dict(zip(("netdevs", "vmalloc", "irqs", "slab_objects"), map(int, out), strict=True))
+
+
 def ioremaps(rig: Rig) -> int:
     """mlx4_core's live ioremap()s: crdump maps all of BAR0 each time and must unmap it."""
     return int(rig.sh("grep -c 'mlx4' /proc/vmallocinfo || true").stdout.strip() or 0)

@@ -21,7 +21,12 @@ from rig.mlx4 import REGIONS, FaultCycle, Netdev
 from rig.pytest_plugin import RigFactory, rig_channel
 from rig.rig import Rig
 from rig.vm.ssh import Background
-from tests.e2e.support import assert_no_kernel_trouble, assert_same_bytes, health_buffer
+from tests.e2e.support import (
+    assert_no_kernel_trouble,
+    assert_same_bytes,
+    health_buffer,
+    leak_counters,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -170,17 +175,6 @@ def test_command_timeout_with_the_interface_up(rig: Rig, log_mark: int) -> None:
     rig.mlx4.enable_snapshots()
     # One channel: the 60 s the driver waits is the same for both, and the reading is not.
     check_fault(rig, rig.mlx4.fault("cmd-timeout"), rig_channel(rig, "netlink"), log_mark)
-
-
-def leak_counters(rig: Rig) -> dict[str, int]:
-    """What a fault cycle must give back: netdevs, mlx4's vmalloc/ioremap areas, its IRQs,
-    and slab objects (kmemleak is not in Debian's cloud kernel)."""
-    out = rig.sh(
-        "ls /sys/class/net | wc -l; grep -c mlx4 /proc/vmallocinfo; "
-        "grep -c mlx4 /proc/interrupts; "
-        "awk 'NR>2 {n += $2} END {print n}' /proc/slabinfo"
-    ).stdout.split()
-    return dict(zip(("netdevs", "vmalloc", "irqs", "slab_objects"), map(int, out), strict=True))
 
 
 def test_five_fault_cycles_with_the_interface_up_leak_nothing(rig: Rig, log_mark: int) -> None:

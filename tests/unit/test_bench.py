@@ -47,6 +47,14 @@ def test_goal_is_met_by_the_median() -> None:
     assert Figure(Spec("k", "label", "s", goal=1.0), [1.0]).met is True  # "<=" goal
 
 
+def test_a_floor_goal_is_met_at_or_above_it_and_reads_as_such() -> None:
+    floor = Spec("k", "card / veth", "x", goal_min=0.5)
+    assert Figure(floor, [0.4, 0.6, 0.5]).met is True
+    assert Figure(floor, [0.4, 0.45, 0.6]).met is False
+    assert Figure(floor, [0.5]).as_dict()["goal"] == {"min": 0.5}
+    assert ">= 0.500x" in format_table([Figure(floor, [0.4])])
+
+
 def test_ratios_pair_runs_and_skip_zero() -> None:
     assert ratios([4.0, 9.0, 5.0], [2.0, 3.0]) == [2.0, 3.0]
     assert ratios([1.0, 2.0], [0.0, 4.0]) == [0.5]
@@ -77,7 +85,9 @@ def test_the_bench_specs_are_unique_and_cover_every_goal_of_the_issue() -> None:
         "boot.en_cost": 1.0,
         "en.reset_cost": 1.0,
     }
-    assert {s.unit for s in bench.SPECS} <= {"s", "ms", "us", "ns", "x", "%"}
+    floors = {k: f.spec.goal_min for k, f in results.figures.items() if f.spec.goal_min}
+    assert floors == {"traffic.card_vs_veth": 0.5}
+    assert {s.unit for s in bench.SPECS} <= {"s", "ms", "us", "ns", "x", "%", "MB/s"}
 
 
 # --- table ----------------------------------------------------------------------------------

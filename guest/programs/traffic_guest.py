@@ -1,0 +1,352 @@
+"""The guest half of `rig traffic`: the path across the card, and one bounded TCP stream on it.
+
+    python3 traffic_guest.py path --bdf BDF|--veth --netns A,B --addrs 10.99.0.1/24,10.99.0.2/24
+    python3 traffic_guest.py unpath --netns A,B [--veth]
+    python3 traffic_guest.py recv --port P --bytes N --deadline S [--idle S]
+    python3 traffic_guest.py send --to ADDR --port P --bytes N --seed K --deadline S [--idle S]
+
+`path` puts the card's netdevs found in the initial namespace (port 1's, port 2's, by
+dev_port) into namespaces A and B, gives each its address and brings it up, then waits until
+both are operstate UP (carrier across the cable); netdevs already in their namespace are left
+there, so it is also how the path is restored after a reset re-created them in the initial
+namespace. `unpath` moves them back, up, and deletes the namespaces. Both print one JSON line.
+With --veth the two ends are a veth pair made in the namespaces instead (the yardstick: the
+guest's own ceiling), and `unpath` just deletes the namespaces, and the pair with them.
+
+Run under `ip netns exec`: the receiver in port 2's namespace, the sender in port 1's, so
+the only path between them is the card's cable. Each side hashes exactly the bytes it handled
+(SHA-256) and prints one JSON line at the end — bytes, hash, elapsed time and the longest time
+without progress (its length, the byte offset it happened at, and its start and end on the
+guest's CLOCK_REALTIME, so the host can place it against a fault). The receiver prints
+{"listening": true} once it accepts connections and {"connected": true} once the sender is
+there.
+
+Nothing runs unbounded: every wait ends at --deadline (whole run) or --idle (no byte moved for
+that long). A run that ends early still prints its JSON, with "error" saying where it broke;
+the exit status is then 1. The content is a seeded pseudo-random stream, so it is the same on
+every run and no two 1 MiB chunks are alike (a misplaced or repeated frame changes the hash).
+
+Standard library only: the rig uploads this file and runs it with the guest's python3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import select
+import socket
+import subprocess
+import sys
+import time
+
+CHUNK = 1 << 20  # generated and hashed per MiB; sent and received in smaller pieces
+PIECE = 64 * 1024
+CONNECT_RETRY = 0.2  # s between refused connects (the listener starts in another process)
+
+
+class Progress:
+    """Bytes moved, and the longest stretch without any (where and when it was)."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.t0 = time.monotonic()
+        self.last = self.t0
+        self.gap = 0.0
+        self.gap_at = 0
+        self.gap_from = 0.0  # CLOCK_REALTIME, comparable with the host's `date` in the guest
+        self.gap_to = 0.0
+
+    def moved(self, n: int) -> None:
+        now = time.monotonic()
+        if now - self.last > self.gap:
+            self.gap = now - self.last
+            self.gap_at = self.bytes
+            wall = time.time()
+            self.gap_from, self.gap_to = wall - self.gap, wall
+        self.last = now
+        self.bytes += n
+
+    def idle(self) -> float:
+        return time.monotonic() - self.last
+
+    def result(self, digest: str, error: str = "") -> dict[str, object]:
+        out: dict[str, object] = {
+            "bytes": self.bytes,
+            "sha256": digest,
+            "elapsed": time.monotonic() - self.t0,
+            "gap": {
+                "s": self.gap,
+                "at_byte": self.gap_at,
+                "from": self.gap_from,
+                "to": self.gap_to,
+            },
+        }
+        if error:
+            out["error"] = error
+        return out
+
+
+def _say(obj: dict[str, object]) -> None:
+    print(json.dumps(obj), flush=True)
+
+
+def _timeout(deadline: float, idle: float, progress: Progress) -> float:
+    """How long the next socket call may block: to whichever limit comes first."""
+    return max(0.0, min(deadline - time.monotonic(), idle - progress.idle()))
+
+
+def _why(deadline: float, progress: Progress, what: str) -> str:
+    if time.monotonic() >= deadline:
+        return f"deadline reached after {progress.bytes} bytes {what}"
+    return f"no progress for {progress.idle():.1f} s at byte {progress.bytes} ({what})"
+
+
+def receive(port: int, nbytes: int, deadline: float, idle: float) -> int:
+    digest = hashlib.sha256()
+    progress = Progress()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as srv:
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind(("0.0.0.0", port))
+        srv.listen(1)
+        _say({"listening": True})
+        srv.settimeout(max(0.0, deadline - time.monotonic()))
+        try:
+            conn, _ = srv.accept()
+        except TimeoutError:
+            _say(progress.result(digest.hexdigest(), "no sender connected before the deadline"))
+            return 1
+        progress = Progress()  # the transfer starts now
+        _say({"connected": True})
+        with conn:
+            while progress.bytes < nbytes:
+                wait = _timeout(deadline, idle, progress)
+                if wait <= 0:
+                    _say(progress.result(digest.hexdigest(), _why(deadline, progress, "received")))
+                    return 1
+                conn.settimeout(wait)
+                try:
+                    data = conn.recv(min(PIECE, nbytes - progress.bytes))
+                except TimeoutError:
+                    continue  # the limits are checked above
+                except OSError as e:
+                    _say(progress.result(digest.hexdigest(), f"recv at byte {progress.bytes}: {e}"))
+                    return 1
+                if not data:
+                    error = f"the sender closed the connection at byte {progress.bytes}"
+                    _say(progress.result(digest.hexdigest(), error))
+                    return 1
+                digest.update(data)
+                progress.moved(len(data))
+    _say(progress.result(digest.hexdigest()))
+    return 0
+
+
+def _connect(addr: str, port: int, deadline: float) -> socket.socket:
+    """Connect, retrying while the listener (another process) is not there yet."""
+    while True:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.settimeout(max(0.1, deadline - time.monotonic()))
+        try:
+            sock.connect((addr, port))
+            return sock
+        except (ConnectionRefusedError, TimeoutError, OSError):
+            sock.close()
+            if time.monotonic() + CONNECT_RETRY >= deadline:
+                raise
+            # A refused connect has no event to wait for: the listener is in another process.
+            time.sleep(CONNECT_RETRY)
+
+
+def send(addr: str, port: int, nbytes: int, seed: int, deadline: float, idle: float) -> int:
+    digest = hashlib.sha256()
+    progress = Progress()
+    source = random.Random(seed)
+    try:
+        sock = _connect(addr, port, deadline)
+    except OSError as e:
+        _say(progress.result(digest.hexdigest(), f"cannot connect to {addr}:{port}: {e}"))
+        return 1
+    progress = Progress()
+    with sock:
+        while progress.bytes < nbytes:
+            chunk = source.randbytes(min(CHUNK, nbytes - progress.bytes))
+            view = memoryview(chunk)
+            while view:
+                wait = _timeout(deadline, idle, progress)
+                if wait <= 0:
+                    _say(progress.result(digest.hexdigest(), _why(deadline, progress, "sent")))
+                    return 1
+                sock.settimeout(wait)
+                try:
+                    n = sock.send(view[:PIECE])
+                except TimeoutError:
+                    continue
+                except OSError as e:
+                    _say(progress.result(digest.hexdigest(), f"send at byte {progress.bytes}: {e}"))
+                    return 1
+                digest.update(view[:n])
+                view = view[n:]
+                progress.moved(n)
+        sock.shutdown(socket.SHUT_WR)
+    _say(progress.result(digest.hexdigest()))
+    return 0
+
+
+# --- the path: namespaces, addresses, carrier -----------------------------------------------
+
+
+def _ip(*args: str) -> str:
+    res = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=60)
+    if res.returncode != 0:
+        raise SystemExit(f"ip {' '.join(args)}: exit {res.returncode}: {res.stderr.strip()}")
+    return res.stdout
+
+
+def _links(netns: str) -> dict[str, str]:
+    """Name -> `ip -o link` line of every link but lo in `netns` ("" for the initial one)."""
+    where = ["-n", netns] if netns else []
+    out: dict[str, str] = {}
+    for line in _ip(*where, "-o", "link", "show").splitlines():
+        name = line.split(":", 2)[1].strip().split("@", 1)[0]
+        if name != "lo":
+            out[name] = line
+    return out
+
+
+def _card_netdevs(bdf: str) -> list[str]:
+    """The card's netdevs in this (the initial) namespace, port 1's first."""
+    base = f"/sys/bus/pci/devices/{bdf}/net"
+    try:
+        names = os.listdir(base)
+    except FileNotFoundError:
+        return []
+
+    def port(name: str) -> int:
+        with open(f"{base}/{name}/dev_port") as f:
+            return int(f.read().strip(), 0)
+
+    return sorted(names, key=port)
+
+
+def _fileno(proc: subprocess.Popen[bytes]) -> int:
+    assert proc.stdout is not None
+    return proc.stdout.fileno()
+
+
+def _wait_up(where: list[tuple[str, str]], deadline: float) -> None:
+    """Wait until each (netns, netdev) in `where` is operstate UP, on `ip monitor link`
+    events (re-checking the state when none comes for a second: a monitor may have
+    subscribed just after the change)."""
+    monitors = {
+        ns: subprocess.Popen(
+            ["ip", *(["-n", ns] if ns else []), "-o", "monitor", "link"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        for ns in {ns for ns, _ in where}
+    }
+    try:
+        waiting = list(where)
+        while True:
+            waiting = [
+                (ns, dev) for ns, dev in waiting if " state UP " not in _links(ns).get(dev, "")
+            ]
+            if not waiting:
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise SystemExit(f"not operstate UP in time: {waiting}")
+            fds = [_fileno(monitors[ns]) for ns in {ns for ns, _ in waiting}]
+            ready, _, _ = select.select(fds, [], [], min(1.0, left))
+            for fd in ready:
+                os.read(fd, 65536)  # the state is read from `ip link` above
+    finally:
+        for mon in monitors.values():
+            mon.kill()
+            mon.wait()
+
+
+def path(bdf: str, netns: list[str], addrs: list[str], deadline: float) -> int:
+    """bdf "": a veth pair (made in the first namespace, its peer in the second)."""
+    card = _card_netdevs(bdf) if bdf else []
+    if not bdf:
+        for ns in netns:
+            if not os.path.exists(f"/run/netns/{ns}"):
+                _ip("netns", "add", ns)
+        if not _links(netns[0]):
+            _ip("-n", netns[0], "link", "add", "veth-a", "type", "veth", "peer", "name", "veth-b")
+            _ip("-n", netns[0], "link", "set", "veth-b", "netns", netns[1])
+    where: dict[str, str] = {}
+    for i, (ns, addr) in enumerate(zip(netns, addrs, strict=True)):
+        if not os.path.exists(f"/run/netns/{ns}"):
+            _ip("netns", "add", ns)
+        inside = list(_links(ns))
+        if not inside:
+            if i >= len(card):
+                raise SystemExit(f"no netdev of {bdf} for namespace {ns} (found {card})")
+            _ip("link", "set", card[i], "netns", ns)
+            inside = [card[i]]
+        if len(inside) != 1:
+            raise SystemExit(f"namespace {ns} holds {inside}, not one netdev of the card")
+        dev = where[ns] = inside[0]
+        _ip("-n", ns, "addr", "replace", addr, "dev", dev)
+        _ip("-n", ns, "link", "set", dev, "up")
+    _wait_up(list(where.items()), deadline)
+    _say({"path": where})
+    return 0
+
+
+def unpath(netns: list[str], deadline: float, veth: bool) -> int:
+    back: list[str] = []
+    for ns in netns:
+        if not os.path.exists(f"/run/netns/{ns}"):
+            continue
+        for dev in [] if veth else _links(ns):
+            _ip("-n", ns, "link", "set", dev, "netns", "1")
+            _ip("link", "set", dev, "up")
+            back.append(dev)
+        _ip("netns", "del", ns)
+    _wait_up([("", dev) for dev in back], deadline)
+    _say({"unpath": sorted(back)})
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="traffic_guest.py")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    for name in ("recv", "send"):
+        p = sub.add_parser(name)
+        p.add_argument("--port", type=int, required=True)
+        p.add_argument("--bytes", type=int, required=True)
+        p.add_argument("--deadline", type=float, required=True, help="seconds for the whole run")
+        p.add_argument("--idle", type=float, default=300.0, help="seconds without progress")
+        if name == "send":
+            p.add_argument("--to", required=True)
+            p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("path")
+    ends = p.add_mutually_exclusive_group(required=True)
+    ends.add_argument("--bdf", help="the card's PCI address: its ports are the ends")
+    ends.add_argument("--veth", action="store_true", help="a veth pair is")
+    p.add_argument("--netns", required=True, help="comma-separated, port 1's first")
+    p.add_argument("--addrs", required=True, help="comma-separated, with prefix length")
+    p.add_argument("--deadline", type=float, default=60.0)
+    p = sub.add_parser("unpath")
+    p.add_argument("--netns", required=True)
+    p.add_argument("--veth", action="store_true")
+    p.add_argument("--deadline", type=float, default=60.0)
+    args = parser.parse_args(argv)
+    deadline = time.monotonic() + args.deadline
+    if args.cmd == "path":
+        return path(args.bdf or "", args.netns.split(","), args.addrs.split(","), deadline)
+    if args.cmd == "unpath":
+        return unpath(args.netns.split(","), deadline, args.veth)
+    if args.cmd == "recv":
+        return receive(args.port, args.bytes, deadline, args.idle)
+    return send(args.to, args.port, args.bytes, args.seed, deadline, args.idle)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

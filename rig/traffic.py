@@ -1,0 +1,472 @@
+"""Traffic across the card: port 1 to port 2 through the cable the device model wires.
+
+Each port's netdev goes into a network namespace of its own in the guest (`rig-a` holds
+port 1's with 10.99.0.1/24, `rig-b` port 2's with 10.99.0.2/24), so the only route between
+the two addresses is out of one port and into the other: frames cross the driver's send
+path, the model's cable and the driver's receive path. No address is ever set outside these
+namespaces and no host network is touched. The guest half is guest/programs/traffic_guest.py.
+
+    with Traffic(rig) as t:
+        print(t.ping(100))                 # synchronous: busybox ping in rig-a
+        t.start_tcp(64 << 20)              # bounded: a deadline and an idle limit
+        ...                                # e.g. rig.mlx4.fault("catas"); t.restore()
+        result = t.wait()                  # both ends' bytes, SHA-256 and longest gap
+        result.check()                     # KernelFailure saying where it broke
+
+Across a reset. mlx4_en unregisters its netdevs and the driver registers new ones in the
+initial namespace (where guest/init/rig-init's netup watcher brings them up); the namespaces,
+the sockets in them and their addresses' owners stay. `restore()` — the same guest step as
+the set-up, idempotent — moves the new netdevs back into their namespaces with the same
+addresses, so the sender's retransmits of the open connection get through and the transfer
+completes with the same hash. It runs after `rig.mlx4.fault()` returns rather than from a
+monitor in the guest racing it: `fault()` checks the driver's own recovery (the netdevs back
+with the same names and MACs, up with carrier, in the initial namespace, on the netup
+watcher's word), and moving them away mid-check would blur what failed. The cost is a few
+seconds more of gap (the SSH round trip, and TCP's backed-off retransmit timer), which the
+gap figures show. Re-creating the namespaces instead would drop the connection.
+
+`Traffic` works on anything with sh/spawn/put and a dev_handle: a `Rig`, or a rig kept up by
+`rig up` in another process (`rig.instance.Instance.guest()`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Protocol
+
+from rig.errors import KernelFailure, MachineError, RigError
+from rig.provision.guestfiles import guest_program
+from rig.vm.ssh import Background, Result
+
+if TYPE_CHECKING:
+    from rig.mlx4 import FaultCycle
+    from rig.rig import Rig
+
+logger = logging.getLogger(__name__)
+
+SCRIPT = guest_program("traffic_guest.py")
+REMOTE = "/run/rig/traffic_guest.py"
+NETNS = ("rig-a", "rig-b")  # port 1's, port 2's
+ADDRS = ("10.99.0.1", "10.99.0.2")
+# The yardstick: the same stream over a veth pair in the same guest (no card, no model), the
+# most the guest itself carries under TCG (rig bench's traffic section).
+VETH_NETNS = ("rig-va", "rig-vb")
+VETH_ADDRS = ("10.98.0.1", "10.98.0.2")
+PREFIX = 24
+TCP_PORT = 5201
+# Bytes per second the card carries at least under TCG on a busy 2-core host (about 2 MB/s
+# measured idle): a transfer's deadline is its size at this rate plus the reset allowance.
+SLOWEST_RATE = 250_000
+RESET_ALLOWANCE = 300.0  # s: a fault's reset and re-probe (cmd-timeout: 60 s + reload)
+IDLE_LIMIT = 240.0  # s without a byte moving before an end gives up and says where
+PATH_TIMEOUT = 90.0
+# What `ethtool -S` shows that the results keep: mlx4_en's software counters (the rings')
+# and the port's (DUMP_ETH_STATS from the model, refreshed by the driver once a second).
+COUNTERS = (
+    "rx_packets",
+    "tx_packets",
+    "rx_bytes",
+    "tx_bytes",
+    "rx_errors",
+    "tx_errors",
+    "rx_dropped",
+    "tx_dropped",
+    "rx_packets_phy",
+    "tx_packets_phy",
+    "rx_bytes_phy",
+    "tx_bytes_phy",
+)
+
+
+class Guest(Protocol):
+    """What traffic needs of a guest: a `Rig` is one, `Instance.guest()` another."""
+
+    dev_handle: str
+
+    def sh(self, command: str, timeout: float = ..., check: bool = ...) -> Result: ...
+
+    def spawn(self, command: str) -> Background: ...
+
+    def put(self, local: Path, remote: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class PingResult:
+    transmitted: int
+    received: int
+    loss_pct: float
+    rtt_ms: dict[str, float]  # min, avg, max (empty when nothing came back)
+
+    def __str__(self) -> str:
+        rtt = "/".join(f"{self.rtt_ms[k]:.3f}" for k in ("min", "avg", "max") if k in self.rtt_ms)
+        return (
+            f"{self.transmitted} transmitted, {self.received} received, "
+            f"{self.loss_pct:g}% loss" + (f", rtt min/avg/max {rtt} ms" if rtt else "")
+        )
+
+
+def parse_ping(text: str) -> PingResult:
+    """busybox ping's summary (the guest has no iputils)."""
+    m = re.search(r"(\d+) packets transmitted, (\d+) packets received, (\d+)% packet loss", text)
+    if m is None:
+        raise RigError(f"no ping summary in: {text.strip()[-300:]!r}")
+    rtt = re.search(r"min/avg/max = ([\d.]+)/([\d.]+)/([\d.]+) ms", text)
+    times = dict(zip(("min", "avg", "max"), map(float, rtt.groups()), strict=True)) if rtt else {}
+    return PingResult(int(m[1]), int(m[2]), float(m[3]), times)
+
+
+@dataclass(frozen=True)
+class Gap:
+    """The longest time one end saw no byte move: how long, at which byte, and when (the
+    guest's CLOCK_REALTIME, seconds)."""
+
+    s: float
+    at_byte: int
+    t_from: float
+    t_to: float
+
+    def around(self, t: float) -> bool:
+        return self.t_from <= t <= self.t_to
+
+
+@dataclass(frozen=True)
+class End:
+    """What one end of the TCP stream handled."""
+
+    bytes: int
+    sha256: str
+    elapsed: float
+    gap: Gap
+    error: str = ""
+
+    @classmethod
+    def parse(cls, line: str, who: str) -> End:
+        try:
+            d = json.loads(line)
+            g = d["gap"]
+            return cls(
+                int(d["bytes"]),
+                str(d["sha256"]),
+                float(d["elapsed"]),
+                Gap(float(g["s"]), int(g["at_byte"]), float(g["from"]), float(g["to"])),
+                str(d.get("error", "")),
+            )
+        except (ValueError, KeyError, TypeError) as e:
+            raise RigError(f"the {who} in the guest said {line!r}, not its result") from e
+
+
+Counters = dict[str, dict[str, int]]  # netdev -> counter -> value
+
+
+@dataclass
+class TcpResult:
+    """One TCP transfer from port 1's namespace to port 2's."""
+
+    requested: int
+    sent: End
+    received: End
+    counters_before: Counters = field(default_factory=dict)
+    counters_after: Counters = field(default_factory=dict)
+    netdevs: tuple[str, str] = ("", "")  # sender's, receiver's (as the path named them)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problem()
+
+    def problem(self) -> str:
+        """Why the transfer failed, where it broke; "" when it did not."""
+        for who, end in (("receiver", self.received), ("sender", self.sent)):
+            if end.error:
+                return f"the {who} stopped: {end.error}"
+        if self.sent.bytes != self.requested or self.received.bytes != self.requested:
+            return (
+                f"{self.requested} bytes asked, {self.sent.bytes} sent, "
+                f"{self.received.bytes} received"
+            )
+        if self.sent.sha256 != self.received.sha256:
+            return (
+                f"SHA-256 differs: sent {self.sent.sha256}, received {self.received.sha256} "
+                f"({self.requested} bytes each)"
+            )
+        return ""
+
+    def check(self) -> None:
+        problem = self.problem()
+        if problem:
+            raise KernelFailure(f"TCP across the card: {problem}")
+
+    def delta(self, netdev: str, counter: str) -> int:
+        """How much `counter` of `netdev` grew during the transfer (meaningless across a
+        reset: the re-created netdev counts from zero)."""
+        return self.counters_after[netdev][counter] - self.counters_before[netdev][counter]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Traffic:
+    """The traffic path across the card, and a bounded stream on it; a context manager."""
+
+    def __init__(self, guest: Guest, *, port: int = TCP_PORT, veth: bool = False) -> None:
+        """veth: a veth pair between the two namespaces instead of the card's ports."""
+        self.guest = guest
+        self.port = port
+        self.veth = veth
+        self.netns, self.addrs = (VETH_NETNS, VETH_ADDRS) if veth else (NETNS, ADDRS)
+        self.path: dict[str, str] = {}  # netns -> netdev
+        self._recv: Background | None = None
+        self._send: Background | None = None
+        self._pids: list[str] = []
+        self._requested = 0
+        self._timeout = 0.0
+        self._counters_before: Counters = {}
+        self._uploaded = False
+
+    # --- the path -----------------------------------------------------------------------
+
+    def __enter__(self) -> Traffic:
+        try:
+            self.setup()
+        except BaseException:
+            self.close()  # a half-made path (one netdev moved) must not outlive the error
+            raise
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _program(self, args: str, timeout: float) -> dict[str, Any]:
+        if not self._uploaded:
+            self.guest.sh(f"mkdir -p {Path(REMOTE).parent}", timeout=30)
+            self.guest.put(SCRIPT, REMOTE)
+            self._uploaded = True
+        res = self.guest.sh(f"python3 {REMOTE} {args}", timeout=timeout, check=False)
+        if res.status != 0:
+            raise RigError(f"traffic_guest.py {args.split()[0]}: {res.stderr.strip()[-400:]}")
+        reply: dict[str, Any] = json.loads(res.stdout.strip().splitlines()[-1])
+        return reply
+
+    def setup(self) -> dict[str, str]:
+        """Put port 1's netdev in rig-a and port 2's in rig-b, addressed and up with carrier;
+        idempotent, and after a reset it moves the re-created netdevs back (`restore`)."""
+        where = "--veth" if self.veth else f"--bdf {self.guest.dev_handle.split('/', 1)[1]}"
+        addrs = ",".join(f"{a}/{PREFIX}" for a in self.addrs)
+        reply = self._program(
+            f"path {where} --netns {','.join(self.netns)} --addrs {addrs} "
+            f"--deadline {PATH_TIMEOUT}",
+            timeout=PATH_TIMEOUT + 30,
+        )
+        self.path = dict(reply["path"])
+        logger.info(
+            "traffic path: "
+            + ", ".join(
+                f"{dev} in {ns} ({a})"
+                for (ns, dev), a in zip(self.path.items(), self.addrs, strict=True)
+            )
+        )
+        return self.path
+
+    restore = setup
+
+    def close(self) -> None:
+        """Stop what still runs, move the netdevs back to the initial namespace, up."""
+        try:
+            self._stop()
+        finally:
+            veth = " --veth" if self.veth else ""
+            self._program(f"unpath --netns {','.join(self.netns)}{veth}", timeout=PATH_TIMEOUT + 30)
+            self.path = {}
+
+    def _stop(self) -> None:
+        if self._pids:
+            self.guest.sh(f"kill {' '.join(self._pids)} 2>/dev/null; true", timeout=30)
+            self._pids = []
+        for proc in (self._send, self._recv):
+            if proc is not None:
+                proc.close()
+        self._send = self._recv = None
+
+    def _netdev(self, i: int) -> tuple[str, str]:
+        if not self.path:
+            raise RigError("the traffic path is not set up (use Traffic as a context manager)")
+        ns = self.netns[i]
+        return ns, self.path[ns]
+
+    # --- what crosses it ----------------------------------------------------------------
+
+    def ping(self, count: int = 100, interval: float = 0.05) -> PingResult:
+        """busybox ping from port 1's namespace to port 2's address (bounded by -w)."""
+        ns, _ = self._netdev(0)
+        bound = int(count * interval + 10)
+        to = self.addrs[1]
+        res = self.guest.sh(
+            f"ip netns exec {ns} busybox ping -q -c {count} -i {interval} -w {bound} {to}",
+            timeout=bound + 30,
+            check=False,
+        )
+        return parse_ping(res.stdout + res.stderr)
+
+    def counters(self) -> Counters:
+        """`ethtool -S` of both netdevs, in their namespaces (the COUNTERS kept)."""
+        out: Counters = {}
+        for i in (0, 1):
+            ns, dev = self._netdev(i)
+            text = self.guest.sh(f"ip netns exec {ns} ethtool -S {dev}", timeout=60).stdout
+            stats = dict(
+                (k.strip(), v.strip())
+                for k, _, v in (line.partition(":") for line in text.splitlines()[1:])
+            )
+            out[dev] = {c: int(stats[c]) for c in COUNTERS if c in stats}
+        return out
+
+    def clock_offset(self) -> float:
+        """Guest CLOCK_REALTIME (the gaps' clock) minus host time.monotonic(), within half
+        an SSH round trip: to place a host event such as a fault's injection on it."""
+        t0 = time.monotonic()
+        guest = float(self.guest.sh("date +%s.%N", timeout=30).stdout)
+        return guest - (t0 + time.monotonic()) / 2
+
+    def start_tcp(self, nbytes: int, *, seed: int = 0, deadline: float | None = None) -> None:
+        """Start sending `nbytes` from rig-a to rig-b; returns once the connection is up.
+        deadline: seconds for the whole transfer (default: from its size, with room for a
+        fault's reset)."""
+        if self._send is not None:
+            raise RigError("a TCP transfer is already running; wait() for it first")
+        self._netdev(1)
+        deadline = deadline or nbytes / SLOWEST_RATE + RESET_ALLOWANCE
+        self._requested, self._timeout = nbytes, deadline + 60
+        self._counters_before = self.counters()
+        common = f"--port {self.port} --bytes {nbytes} --deadline {deadline} --idle {IDLE_LIMIT}"
+        self._recv = self._start(self.netns[1], f"recv {common}")
+        line = self._recv.readline(timeout=60)
+        if line is None or json.loads(line) != {"listening": True}:
+            raise RigError(f"the receiver did not start: {line!r} {self._recv.stderr()[-300:]}")
+        self._send = self._start(self.netns[0], f"send --to {self.addrs[1]} --seed {seed} {common}")
+        line = self._recv.readline(timeout=60)
+        if line is None or json.loads(line) != {"connected": True}:
+            raise RigError(f"the sender did not connect: {line!r} {self._send.stderr()[-300:]}")
+        logger.info(f"TCP: {nbytes} bytes {self._netdev(0)[1]} -> {self._netdev(1)[1]}")
+
+    def _start(self, ns: str, args: str) -> Background:
+        # The shell prints its pid, then becomes `ip netns exec`, which becomes python3: the
+        # pid to kill if the host gives up first.
+        proc = self.guest.spawn(
+            f"echo $$; exec ip netns exec {ns} python3 {REMOTE} {args}",
+        )
+        pid = proc.readline(timeout=30)
+        if pid is None or not pid.strip().isdigit():
+            raise RigError(f"could not start traffic_guest.py in {ns}: {proc.stderr()[-300:]}")
+        self._pids.append(pid.strip())
+        return proc
+
+    def wait(self) -> TcpResult:
+        """Wait for both ends (each is bounded by its deadline) and collect what they saw."""
+        if self._send is None or self._recv is None:
+            raise RigError("no TCP transfer is running; start_tcp() first")
+        try:
+            received = self._result(self._recv, "receiver")
+            sent = self._result(self._send, "sender")
+        finally:
+            self._pids = []
+            self._stop()
+        after = self.counters()
+        return TcpResult(
+            self._requested,
+            sent,
+            received,
+            self._counters_before,
+            after,
+            (self._netdev(0)[1], self._netdev(1)[1]),
+        )
+
+    def _result(self, proc: Background, who: str) -> End:
+        try:
+            line = proc.readline(timeout=self._timeout)
+        except MachineError as e:
+            raise RigError(f"the {who} in the guest ran past its own deadline: {e}") from e
+        if line is None:
+            raise RigError(f"the {who} in the guest ended without a result: {proc.stderr()}")
+        return End.parse(line, who)
+
+    def tcp(self, nbytes: int, **kw: Any) -> TcpResult:
+        """A whole transfer, start to result."""
+        self.start_tcp(nbytes, **kw)
+        return self.wait()
+
+
+@dataclass(frozen=True)
+class FaultGap:
+    """The receiver's longest stall placed against a fault, in seconds from the injection
+    (the guest's clock): its last byte before, its first byte after, and the driver's
+    recovery. A stream stops when the driver resets the port, not at the injection (a catas
+    waits for the driver's 5 s poll), and resumes once the path is restored after recovery."""
+
+    s: float
+    last_byte_s: float  # the last byte before the stall, from the injection
+    first_byte_s: float  # the first byte after it
+    recovered_s: float  # the driver's recovery (FaultCycle.t_recovered)
+    at_byte: int
+    spans_recovery: bool  # the stream was stalled when the driver recovered: the fault hit it
+
+    @classmethod
+    def of(cls, gap: Gap, injected: float, recovered: float) -> FaultGap:
+        return cls(
+            gap.s,
+            gap.t_from - injected,
+            gap.t_to - injected,
+            recovered - injected,
+            gap.at_byte,
+            gap.around(recovered),
+        )
+
+
+@dataclass
+class FaultUnderTraffic:
+    cycle: FaultCycle
+    result: TcpResult
+    gap: FaultGap
+
+    def as_dict(self) -> dict[str, Any]:
+        """What report.json's `traffic` holds (docs/report.md)."""
+        r = self.result
+        return {
+            "requested_bytes": r.requested,
+            "path": dict(zip(NETNS, r.netdevs, strict=True)),
+            "sent": asdict(r.sent),
+            "received": asdict(r.received),
+            "sha256_match": r.sent.sha256 == r.received.sha256,
+            "gap_around_fault": asdict(self.gap),
+            "counters_after": r.counters_after,
+            "ok": r.ok,
+            "problem": r.problem(),
+        }
+
+
+def fault_under_traffic(
+    rig: Rig, traffic: Traffic, nbytes: int, kind: str = "catas", **fault: Any
+) -> FaultUnderTraffic:
+    """Take a fault through the driver's error flow (rig.mlx4.fault) with a TCP transfer
+    running, restore the path once the driver has recovered, and wait for the transfer to
+    end. Checks nothing about the transfer: the result says how it went.
+
+    The transfer starts right before the injection, once the fault's listeners are up: their
+    start-up takes seconds under TCG, more with the stream eating the vCPU, and a stream
+    started earlier could be over by the time the fault hits."""
+    offset = traffic.clock_offset()
+
+    def start() -> None:
+        traffic.start_tcp(nbytes)
+
+    cycle = rig.mlx4.fault(kind, before_inject=start, **fault)
+    traffic.restore()
+    result = traffic.wait()
+    gap = FaultGap.of(result.received.gap, cycle.t_fault + offset, cycle.t_recovered + offset)
+    return FaultUnderTraffic(cycle, result, gap)

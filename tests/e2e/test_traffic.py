@@ -1,0 +1,137 @@
+"""Traffic across the card: port 1's netdev in namespace rig-a, port 2's in rig-b, the model's
+cable between them (rig/traffic.py). Frames cross intact and are counted on both ends; a fault
+taken while a TCP transfer runs still gives snapshots equal to the device's truth, and once
+the path is restored the transfer completes with the SHA-256 it started with (TCP retransmits
+across the reset); five such faults in a row leave no warning and leak nothing.
+
+Run time: one boot, a ping, a 64 MiB transfer (about 15-30 s under TCG), two catas faults of
+the single kind and five in a row, each under a transfer (~40 s a cycle), and the 60 s command
+timeout (slow) — about 6 minutes in one worker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from rig.mlx4 import REGIONS
+from rig.pytest_plugin import RigFactory
+from rig.rig import Rig
+from rig.traffic import FaultUnderTraffic, Traffic, fault_under_traffic
+from tests.e2e.support import (
+    assert_no_kernel_trouble,
+    assert_same_bytes,
+    health_buffer,
+    leak_counters,
+)
+
+pytestmark = pytest.mark.e2e
+
+BIG = 64 << 20
+# Per fault of the five: long enough to be running when the driver's 5 s catas poll fires
+# (the card carries 2-5 MB/s under TCG), short enough to keep five cycles near 3 minutes.
+PER_CYCLE = 40 << 20
+# Each full-size frame carries the payload plus Ethernet (14), IPv4 (20) and TCP with
+# timestamps (32) headers: what mlx4_en counts in tx_bytes and rx_bytes (no FCS).
+HEADERS = 14 + 20 + 32
+MSS = 1500 - 20 - 32
+# Frames outside the stream that may cross during the counting window (IPv6 router and
+# neighbour solicitations, MLD reports of the namespaces' link-local addresses).
+STRAY_BYTES = 2048
+
+
+@pytest.fixture(scope="module")
+def rig(rig_factory: RigFactory) -> Iterator[Rig]:
+    booted = rig_factory(name="traffic")
+    yield booted
+    rig_factory.stop(booted)
+
+
+@pytest.fixture(autouse=True)
+def log_mark(rig: Rig) -> int:
+    return len(rig.dmesg().splitlines())
+
+
+def test_ping_100_without_loss(traffic: Traffic) -> None:
+    ping = traffic.ping(100)
+    assert (ping.transmitted, ping.received) == (100, 100), ping
+
+
+def test_64_mib_arrive_intact_and_both_ends_count_them(
+    rig: Rig, traffic: Traffic, log_mark: int
+) -> None:
+    result = traffic.tcp(BIG)
+    result.check()
+    sender, receiver = result.netdevs
+    tx_bytes, tx_frames = result.delta(sender, "tx_bytes"), result.delta(sender, "tx_packets")
+    # The data direction: every payload byte once (no retransmits on a lossless cable) in
+    # frames of at most MSS bytes, each with its headers; what one end sent the other got.
+    assert tx_frames >= BIG // MSS, (tx_frames, BIG // MSS)
+    assert BIG <= tx_bytes <= BIG + tx_frames * HEADERS + STRAY_BYTES, (tx_bytes, tx_frames)
+    assert abs(result.delta(receiver, "rx_bytes") - tx_bytes) <= STRAY_BYTES
+    assert abs(result.delta(receiver, "rx_packets") - tx_frames) <= STRAY_BYTES // 64
+    # The ACK direction: header-only frames, fewer than the data frames (delayed ACKs, and
+    # GRO on the receiver acknowledges several frames at once); again both ends agree.
+    acks = result.delta(receiver, "tx_packets")
+    assert 0 < acks < tx_frames, (acks, tx_frames)
+    assert abs(result.delta(sender, "rx_bytes") - result.delta(receiver, "tx_bytes")) <= (
+        STRAY_BYTES
+    )
+    for dev in result.netdevs:
+        for counter in ("rx_errors", "tx_errors", "tx_dropped"):
+            assert result.delta(dev, counter) == 0, (dev, counter, result.counters_after[dev])
+        # mlx4_en drops (and counts in rx_dropped) the multicast it did not ask for — the
+        # peer's IPv6 solicitations and MLD reports — never a frame of the stream: its
+        # frames are all counted above.
+        assert result.delta(dev, "rx_dropped") <= STRAY_BYTES // 64, result.counters_after[dev]
+    assert_no_kernel_trouble(rig, failed_commands=True, since=log_mark)
+
+
+def check_fault_under_traffic(rig: Rig, run: FaultUnderTraffic) -> None:
+    """Snapshots equal to the device's truth, and the transfer whole across the reset."""
+    snap = run.cycle.snapshot_id()
+    for region in REGIONS:
+        got = rig.devlink.dump(rig.region(region), snap)
+        assert_same_bytes(got, run.cycle.expected(region), region)
+    run.result.check()
+    assert run.gap.spans_recovery, f"the fault did not interrupt the stream: {run.gap}"
+
+
+def test_catas_during_a_tcp_transfer(rig: Rig, traffic: Traffic, log_mark: int) -> None:
+    rig.device.set_health(health_buffer(0xA1))
+    rig.mlx4.enable_snapshots()
+    run = fault_under_traffic(rig, traffic, BIG, "catas")
+    check_fault_under_traffic(rig, run)
+    assert_no_kernel_trouble(rig, failed_commands=True, since=log_mark)
+
+
+@pytest.mark.slow
+def test_command_timeout_during_a_tcp_transfer(rig: Rig, traffic: Traffic, log_mark: int) -> None:
+    rig.device.set_health(health_buffer(0xA2))
+    rig.mlx4.enable_snapshots()
+    run = fault_under_traffic(rig, traffic, BIG, "cmd-timeout")
+    check_fault_under_traffic(rig, run)
+    assert_no_kernel_trouble(rig, failed_commands=False, since=log_mark)
+
+
+def test_five_catas_under_traffic_leave_no_warning_and_leak_nothing(
+    rig: Rig, traffic: Traffic, log_mark: int
+) -> None:
+    rig.mlx4.enable_snapshots()
+    first: dict[str, int] = {}
+    for n in range(5):
+        rig.device.set_health(health_buffer(0xB0 + n))
+        run = fault_under_traffic(rig, traffic, PER_CYCLE, "catas")
+        run.result.check()
+        assert run.gap.spans_recovery, f"cycle {n}: the fault did not interrupt the stream"
+        for region, snapshot in run.cycle.ids.items():  # the regions keep 8 snapshots at most
+            rig.netlink.delete(rig.region(region), snapshot)
+        if n == 0:  # the first cycle allocates what later ones reuse
+            first = leak_counters(rig)
+    last = leak_counters(rig)  # both taken with the netdevs in their namespaces
+    keys = ("netdevs", "vmalloc", "irqs")
+    assert {k: last[k] for k in keys} == {k: first[k] for k in keys}
+    # Slab churns (RCU, caches, socket buffers): four cycles may not keep more than 2%.
+    assert last["slab_objects"] <= first["slab_objects"] * 1.02, (first, last)
+    assert_no_kernel_trouble(rig, failed_commands=True, since=log_mark)

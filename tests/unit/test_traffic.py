@@ -1,0 +1,109 @@
+"""rig.traffic without a VM: busybox ping's summary, the guest program's results, and the
+guest program itself running both ends over the host's loopback."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from rig.commands.options import byte_count as _size
+from rig.errors import KernelFailure, RigError
+from rig.traffic import SCRIPT, End, Gap, TcpResult, parse_ping
+
+BUSYBOX = """PING 10.99.0.2 (10.99.0.2): 56 data bytes
+
+--- 10.99.0.2 ping statistics ---
+100 packets transmitted, 97 packets received, 3% packet loss
+round-trip min/avg/max = 1.805/3.337/12.939 ms
+"""
+
+
+def test_busybox_ping_summary() -> None:
+    ping = parse_ping(BUSYBOX)
+    assert (ping.transmitted, ping.received, ping.loss_pct) == (100, 97, 3.0)
+    assert ping.rtt_ms == {"min": 1.805, "avg": 3.337, "max": 12.939}
+    assert "97 received" in str(ping)
+
+
+def test_ping_with_no_reply_has_no_rtt_and_garbage_is_one_clear_error() -> None:
+    ping = parse_ping("3 packets transmitted, 0 packets received, 100% packet loss\n")
+    assert ping.rtt_ms == {} and ping.received == 0
+    with pytest.raises(RigError, match="no ping summary"):
+        parse_ping("ping: sendto: Network unreachable")
+
+
+def end(n: int, digest: str = "ab", error: str = "") -> End:
+    return End(n, digest, 1.0, Gap(0.5, 10, 100.0, 100.5), error)
+
+
+def test_a_transfer_fails_saying_where() -> None:
+    assert TcpResult(20, end(20), end(20)).ok
+    assert "SHA-256 differs" in TcpResult(20, end(20), end(20, "cd")).problem()
+    assert "10 received" in TcpResult(20, end(20), end(10)).problem()
+    stalled = TcpResult(20, end(20), end(10, error="no progress for 240.0 s at byte 10"))
+    with pytest.raises(KernelFailure, match=r"receiver stopped: no progress .* at byte 10"):
+        stalled.check()
+
+
+def test_gap_around_a_moment() -> None:
+    gap = Gap(0.5, 10, 100.0, 100.5)
+    assert gap.around(100.2) and not gap.around(101.0)
+
+
+def test_an_unreadable_result_is_a_rig_error() -> None:
+    with pytest.raises(RigError, match="not its result"):
+        End.parse("Traceback (most recent call last):", "sender")
+
+
+def test_sizes() -> None:
+    assert (_size("64M"), _size("8k"), _size("100")) == (64 << 20, 8 << 10, 100)
+    with pytest.raises(Exception, match="not a byte count"):
+        _size("lots")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_the_guest_program_hashes_what_crossed_at_both_ends() -> None:
+    port, nbytes = _free_port(), 3 * (1 << 20) + 12345
+    common = ["--port", str(port), "--bytes", str(nbytes), "--deadline", "60", "--idle", "30"]
+    recv = subprocess.Popen(
+        [sys.executable, str(SCRIPT), "recv", *common], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert recv.stdout is not None
+        assert json.loads(recv.stdout.readline()) == {"listening": True}
+        sent = subprocess.run(
+            [sys.executable, str(SCRIPT), "send", "--to", "127.0.0.1", "--seed", "7", *common],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert json.loads(recv.stdout.readline()) == {"connected": True}
+        received = End.parse(recv.stdout.readline(), "receiver")
+        assert recv.wait(timeout=60) == 0
+    finally:
+        recv.kill()
+    assert sent.returncode == 0, sent.stderr
+    result = TcpResult(nbytes, End.parse(sent.stdout, "sender"), received)
+    assert result.ok, result.problem()
+
+
+def test_the_guest_program_gives_up_on_its_deadline_and_says_so() -> None:
+    args = ["recv", "--port", str(_free_port()), "--bytes", "10", "--deadline", "0.5"]
+    res = subprocess.run(
+        [sys.executable, str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert res.returncode == 1
+    last = End.parse(res.stdout.splitlines()[-1], "receiver")
+    assert "no sender connected" in last.error
