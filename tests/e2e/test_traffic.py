@@ -88,21 +88,28 @@ def test_64_mib_arrive_intact_and_both_ends_count_them(
     assert_no_kernel_trouble(rig, failed_commands=True, since=log_mark)
 
 
-def check_fault_under_traffic(rig: Rig, run: FaultUnderTraffic) -> None:
-    """Snapshots equal to the device's truth, and the transfer whole across the reset."""
+def check_fault_under_traffic(rig: Rig, run: FaultUnderTraffic, stops_data: bool) -> None:
+    """Snapshots equal to the device's truth, and the transfer whole across the reset.
+
+    stops_data: the fault stops the stream until the recovery (a catas: the driver resets
+    the port). A hung command need not: the data path needs no command, so the stream (which
+    fault_under_traffic starts right before the injection) may well end within the driver's
+    60 s wait — a periodic DUMP_ETH_STATS is often the command that hangs.
+    """
     snap = run.cycle.snapshot_id()
     for region in REGIONS:
         got = rig.devlink.dump(rig.region(region), snap)
         assert_same_bytes(got, run.cycle.expected(region), region)
     run.result.check()
-    assert run.gap.spans_recovery, f"the fault did not interrupt the stream: {run.gap}"
+    if stops_data:
+        assert run.gap.spans_recovery, f"the fault did not interrupt the stream: {run.gap}"
 
 
 def test_catas_during_a_tcp_transfer(rig: Rig, traffic: Traffic, log_mark: int) -> None:
     rig.device.set_health(health_buffer(0xA1))
     rig.mlx4.enable_snapshots()
     run = fault_under_traffic(rig, traffic, BIG, "catas")
-    check_fault_under_traffic(rig, run)
+    check_fault_under_traffic(rig, run, stops_data=True)
     assert_no_kernel_trouble(rig, failed_commands=True, since=log_mark)
 
 
@@ -111,7 +118,7 @@ def test_command_timeout_during_a_tcp_transfer(rig: Rig, traffic: Traffic, log_m
     rig.device.set_health(health_buffer(0xA2))
     rig.mlx4.enable_snapshots()
     run = fault_under_traffic(rig, traffic, BIG, "cmd-timeout")
-    check_fault_under_traffic(rig, run)
+    check_fault_under_traffic(rig, run, stops_data=False)
     assert_no_kernel_trouble(rig, failed_commands=False, since=log_mark)
 
 
