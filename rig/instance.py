@@ -103,12 +103,7 @@ class RemoteGuest:
 
     def sh(self, command: str, timeout: float = 120.0, check: bool = True) -> Result:
         res = self.ssh.run(command, timeout)
-        if check and res.status != 0:
-            raise RigError(
-                f"guest command `{command}` failed (exit {res.status}): "
-                f"{(res.stderr or res.stdout).strip()[-500:]}"
-            )
-        return res
+        return res.checked(command) if check else res
 
     def spawn(self, command: str) -> Background:
         return self.ssh.start(command)

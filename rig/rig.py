@@ -229,12 +229,7 @@ class Rig:
     ) -> Result:
         """Run a shell command in the guest; RigError with its stderr if it fails (check)."""
         res = self.machine.ssh.run(command, timeout, on_stdout=on_stdout, on_stderr=on_stderr)
-        if check and res.status != 0:
-            raise RigError(
-                f"guest command `{command}` failed (exit {res.status}): "
-                f"{(res.stderr or res.stdout).strip()[-500:]}"
-            )
-        return res
+        return res.checked(command) if check else res
 
     def spawn(self, command: str) -> Background:
         """Start a guest command and return at once; wait(), readline(), close() it."""

@@ -19,6 +19,7 @@ from rig.commands.options import (
     add_driver_options,
     add_guest_options,
     command_after_dashes,
+    driver_options,
 )
 from rig.errors import RigError
 from rig.formats.dumptext import format_dump, load_region_file
@@ -97,9 +98,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             log_dir=logs,
             kernel=args.kernel,
             qemu=args.qemu,
-            msi_x=args.msi_x,
-            mlx4_en=args.mlx4_en,
-            netdev_up=args.netdev_up,
+            **driver_options(args),
             name=args.name,
         )
     ) as rig:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TypeAlias
+from typing import TypeAlias, TypedDict
 
 from rig.errors import UsageError
 
@@ -38,6 +38,17 @@ def add_driver_options(p: argparse.ArgumentParser) -> None:
         help="leave the card's netdevs down (default: up at boot and after every "
         "re-creation, as a production machine has them)",
     )
+
+
+class DriverOptions(TypedDict):
+    msi_x: bool
+    mlx4_en: bool
+    netdev_up: bool
+
+
+def driver_options(args: argparse.Namespace) -> DriverOptions:
+    """What add_driver_options parsed, as RigConfig's (and ReplayOptions') fields."""
+    return {"msi_x": args.msi_x, "mlx4_en": args.mlx4_en, "netdev_up": args.netdev_up}
 
 
 def command_after_dashes(words: list[str], usage: str) -> list[str]:

@@ -8,7 +8,13 @@ import sys
 import time
 from pathlib import Path
 
-from rig.commands.options import Subparsers, add_driver_options, add_guest_options, byte_count
+from rig.commands.options import (
+    Subparsers,
+    add_driver_options,
+    add_guest_options,
+    byte_count,
+    driver_options,
+)
 from rig.jobs.replay import ReplayOptions, run_replay
 from rig.mlx4 import FAULTS
 
@@ -78,9 +84,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             fault=args.fault,
             kernel=args.kernel,
             qemu=args.qemu,
-            msi_x=args.msi_x,
-            mlx4_en=args.mlx4_en,
-            netdev_up=args.netdev_up,
+            **driver_options(args),
             traffic=args.traffic,
             traffic_bytes=args.traffic_bytes,
         )

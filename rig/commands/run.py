@@ -15,6 +15,7 @@ from rig.commands.options import (
     add_driver_options,
     add_guest_options,
     command_after_dashes,
+    driver_options,
 )
 from rig.progress import stream_to
 from rig.rig import Rig, RigConfig
@@ -87,9 +88,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         log_dir=log_dir,
         kernel=args.kernel,
         qemu=args.qemu,
-        msi_x=args.msi_x,
-        mlx4_en=args.mlx4_en,
-        netdev_up=args.netdev_up,
+        **driver_options(args),
         mlx4_params=tuple(args.mlx4_param),
         with_device=args.device,
         load_driver=args.device and args.driver,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import paramiko
 
-from rig.errors import MachineError
+from rig.errors import MachineError, RigError
 
 Sink = Callable[[bytes], None]
 
@@ -35,6 +35,15 @@ class Result:
     status: int
     stdout: str
     stderr: str
+
+    def checked(self, command: str) -> Result:
+        """This result, or RigError naming `command` and its complaint if it failed."""
+        if self.status != 0:
+            raise RigError(
+                f"guest command `{command}` failed (exit {self.status}): "
+                f"{(self.stderr or self.stdout).strip()[-500:]}"
+            )
+        return self
 
 
 def _host_key(line: str) -> paramiko.PKey:
