@@ -2,7 +2,9 @@
 
 Field offsets follow the driver's parsers in drivers/net/ethernet/mellanox/mlx4/fw.c
 (mlx4_QUERY_FW, mlx4_QUERY_DEV_CAP, mlx4_QUERY_PORT). The configuration: two Ethernet ports,
-no SR-IOV, 32-byte EQEs, every optional capability flag clear. Bytes not set here are 0.
+no SR-IOV, 32-byte EQEs, every optional capability flag clear but LSO (flags bit 15, which
+`en_main.c: mlx4_en_add` reads as LSO_support and mlx4_en turns into NETIF_F_TSO / TSO6; the
+datapath segments LSO WQEs: `frame.segment`). Bytes not set here are 0.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ MAC = 0x0002C9000001  # Mellanox OUI: port 1's MAC unless the model is given ano
 ETH_MTU = 1500
 LOG_MAX_MACS = 7  # QUERY_PORT 0x0a: 128 MACs and 128 VLANs per port, as ConnectX-3
 LOG_MAX_VLANS = 7
+LOG_MAX_GSO = 16  # 64 KiB: the largest LSO WQE payload advertised
+FLAG_LSO = 1 << 15  # QUERY_DEV_CAP_FLAGS_OFFSET (0x44, the low half of dev_cap->flags)
 MAX_ICM_SIZE = 1 << 40  # the profile needs ~0x1_1180_1000; "won't fit" aborts the probe
 
 
@@ -52,6 +56,7 @@ _DEV_CAP_BYTES = {
     0x1F: 4,  # 16 EQs: num_eqs - reserved must leave >= 2
     0x22: 4,  # 16 reserved MPTs: mlx4_en's region must not be MPT 1, whose lkey 0x100 is
     # MLX4_INVALID_LKEY (the padding key that ends a receive WQE)
+    0x2D: LOG_MAX_GSO,  # QUERY_DEV_CAP_MAX_GSO_OFFSET: max_gso_sz = 1 << 16
     0x37: 2,  # two ports (cabled to each other: cable.py)
     0x38: 31,  # log max message
     0x4B: 12,  # log min page size
@@ -80,6 +85,7 @@ def query_dev_cap(health_buffer: bool = True) -> bytes:
         out[off] = value
     for off, value in _DEV_CAP_ENTRY_SIZES.items():
         struct.pack_into(">H", out, off, value)
+    struct.pack_into(">I", out, 0x44, FLAG_LSO)
     struct.pack_into(">Q", out, 0xA0, MAX_ICM_SIZE)
     health = layout.HEALTH_OFFSET if health_buffer else 0
     struct.pack_into(">I", out, 0xE4, health)  # 0 makes the driver skip crdump

@@ -3,7 +3,8 @@ that arrive at a port.
 
 `send_doorbell(qpn)` walks the QP's send queue from where the device stopped last, takes every
 WQE the driver handed over (owner bit, see `wqe.py`), gathers its frame (inline bytes and DMA
-reads through the memory key), applies the offloads the control segment asks for, hands the
+reads through the memory key; an LSO WQE is cut into MSS-sized TCP segments, one frame each:
+`frame.segment`), applies the offloads the control segment asks for, hands the
 frame to the port (`transmit`), and completes the WQE on the QP's send CQ: a send CQE if it
 asked for one (CQ_UPDATE), an error CQE (`mlx4_err_cqe`, logged) if it is malformed - after
 which the QP is in ERR and flushes whatever else is posted (WR_FLUSH_ERR), as the hardware
@@ -38,7 +39,8 @@ from .qp import QpState, QueuePair, WorkQueue
 from .stats import PortCounters
 from .wqe import Ctrl, Gather, Piece, WqeError
 
-MAX_FRAME = 16 << 10  # more than any frame mlx4_en sends without LSO (which is not offered)
+MAX_FRAME = 16 << 10  # more than any frame mlx4_en sends without LSO
+MAX_LSO = 256 << 10  # an LSO WQE's payload: 64 KiB (caps.LOG_MAX_GSO), or BIG TCP's more
 RECV_OPCODE_SEND = 0x01  # owner_sr_opcode of a receive completion
 INVALID_LKEY = 0x100  # MLX4_INVALID_LKEY / MLX4_EN_MEMTYPE_PAD: ends a receive WQE
 NO_VLAN_STRIP = 1 << 30  # QP param3: leave VLAN tags in the frame
@@ -138,7 +140,10 @@ class Datapath:
                 raw = self._sq_read(buf, sq, index, ctrl.size)
             except (DmaError, IcmError) as e:
                 raise WqeError(cq.LOCAL_PROT_ERR, f"WQE unreadable: {e}") from None
-            data = self._gather(wqe.parse(ctrl, raw))
+            if ctrl.opcode == wqe.OPCODE_LSO:
+                frames = self._segment(wqe.parse_lso(ctrl, raw))
+            else:
+                frames = [self._send_frame(ctrl, self._gather(wqe.parse(ctrl, raw)))]
         except WqeError as e:
             if e.syndrome == cq.WR_FLUSH_ERR:
                 self.counts["tx_flushed"] += 1
@@ -150,28 +155,42 @@ class Datapath:
                     f"(syndrome {e.syndrome:#04x}), QP to ERR"
                 )
             return cq.error_cqe(qp.qpn, index, e.syndrome, send=True), True
+        port = self.fw.state.ports.get(qp.ctx.port)
+        for data in frames:
+            if ctrl.ins_vlan & wqe.INS_CVLAN:
+                data = frame.insert_vlan(data, frame.TPID_CVLAN, ctrl.vlan_tag)
+            elif ctrl.ins_vlan & wqe.INS_SVLAN:
+                data = frame.insert_vlan(data, frame.TPID_SVLAN, ctrl.vlan_tag)
+            data = frame.pad(data)
+            self.counts["tx_frames"] += 1
+            if port is not None:
+                port.counters.transmitted(data)
+                self.transmit(port.number, data)
+        if not ctrl.signaled:
+            return None, False
+        return cq.send_cqe(qp.qpn, index, ctrl.opcode), ctrl.solicited
+
+    @staticmethod
+    def _send_frame(ctrl: Ctrl, data: bytes) -> bytes:
         if ctrl.flags & (wqe.FLAG_IP_CSUM | wqe.FLAG_L4_CSUM):
             data = frame.offload_checksums(
                 data, bool(ctrl.flags & wqe.FLAG_IP_CSUM), bool(ctrl.flags & wqe.FLAG_L4_CSUM)
             )
-        if ctrl.ins_vlan & wqe.INS_CVLAN:
-            data = frame.insert_vlan(data, frame.TPID_CVLAN, ctrl.vlan_tag)
-        elif ctrl.ins_vlan & wqe.INS_SVLAN:
-            data = frame.insert_vlan(data, frame.TPID_SVLAN, ctrl.vlan_tag)
-        data = frame.pad(data)
-        self.counts["tx_frames"] += 1
-        port = self.fw.state.ports.get(qp.ctx.port)
-        if port is not None:
-            port.counters.transmitted(data)
-            self.transmit(port.number, data)
-        if not ctrl.signaled:
-            return None, False
-        return cq.send_cqe(qp.qpn, index, wqe.OPCODE_SEND), ctrl.solicited
+        return data
 
-    def _gather(self, pieces: list[Piece]) -> bytes:
+    def _segment(self, lso: wqe.Lso) -> list[bytes]:
+        """LSO: the payload cut into MSS-sized TCP segments, each a frame (checksums always
+        filled in: the card computes them for every segment)."""
+        payload = self._gather(lso.pieces, MAX_LSO)
+        try:
+            return frame.segment(lso.header, payload, lso.mss)
+        except ValueError as e:
+            raise WqeError(cq.LOCAL_LENGTH_ERR, str(e)) from None
+
+    def _gather(self, pieces: list[Piece], limit: int = MAX_FRAME) -> bytes:
         total = sum(len(p) if isinstance(p, bytes) else p.length for p in pieces)
-        if total > MAX_FRAME:
-            raise WqeError(cq.LOCAL_LENGTH_ERR, f"a {total}-byte frame (max {MAX_FRAME})")
+        if total > limit:
+            raise WqeError(cq.LOCAL_LENGTH_ERR, f"a {total}-byte frame (max {limit})")
         parts = []
         for p in pieces:
             if isinstance(p, bytes):

@@ -131,3 +131,48 @@ def offload_checksums(frame: bytes, ip_csum: bool, l4_csum: bool) -> bytes:
         value = 0xFFFF  # RFC 768: 0 means "no checksum"
     struct.pack_into(">H", buf, l4 + field, value)
     return bytes(buf)
+
+
+TCP_FIN = 0x01
+TCP_PSH = 0x08
+TCP_CWR = 0x80
+
+
+def segment(header: bytes, payload: bytes, mss: int) -> list[bytes]:
+    """LSO: cut `payload` into `mss`-byte pieces, each behind a copy of `header` (Ethernet,
+    IPv4 or IPv6, TCP) fixed up as `tcp_gso_segment` would: IP length (IPv4 id + i, header
+    checksum), TCP sequence number + offset, PSH and FIN only on the last segment, CWR only on
+    the first, TCP checksum over the pseudo-header. Raises ValueError on headers that are not
+    Ethernet/IP/TCP ending exactly where `header` ends."""
+    ethertype, l3 = l3_offset(header)
+    if ethertype == ETHERTYPE_IPV4 and len(header) >= l3 + 20:
+        ihl = (header[l3] & 0xF) * 4
+        proto = header[l3 + 9] if ihl >= 20 else -1
+        l4 = l3 + ihl
+    elif ethertype == ETHERTYPE_IPV6 and len(header) >= l3 + 40:
+        proto = header[l3 + 6]
+        l4 = l3 + 40
+    else:
+        raise ValueError(f"LSO header of {len(header)} bytes: not IPv4/IPv6")
+    if proto != PROTO_TCP or len(header) < l4 + 20:
+        raise ValueError(f"LSO header: protocol {proto} or too short for TCP")
+    if l4 + (header[l4 + 12] >> 4) * 4 != len(header):
+        raise ValueError(f"LSO header of {len(header)} bytes does not end with the TCP header")
+    (seq,) = struct.unpack_from(">I", header, l4 + 4)
+    (ip_id,) = struct.unpack_from(">H", header, l3 + 4) if ethertype == ETHERTYPE_IPV4 else (0,)
+    count = max(1, -(-len(payload) // mss))
+    out = []
+    for i in range(count):
+        chunk = payload[i * mss : (i + 1) * mss]
+        buf = bytearray(header) + chunk
+        if ethertype == ETHERTYPE_IPV4:
+            struct.pack_into(">HH", buf, l3 + 2, len(buf) - l3, (ip_id + i) & 0xFFFF)
+        else:
+            struct.pack_into(">H", buf, l3 + 4, len(buf) - l4)
+        struct.pack_into(">I", buf, l4 + 4, (seq + i * mss) & 0xFFFFFFFF)
+        if i < count - 1:
+            buf[l4 + 13] &= ~(TCP_FIN | TCP_PSH) & 0xFF
+        if i > 0:
+            buf[l4 + 13] &= ~TCP_CWR & 0xFF
+        out.append(offload_checksums(bytes(buf), True, True))
+    return out

@@ -4,7 +4,9 @@ A send queue is a ring of 64-byte TXBBs; a WQE takes one or more. It starts with
 segment (`struct mlx4_wqe_ctrl_seg`): owner bit and opcode, the VLAN to insert and the WQE
 size in 16-byte units, the flags (completion, checksum offloads), the immediate. Then come
 segments up to that size: data segments (`mlx4_wqe_data_seg`: length, lkey, address) and inline
-segments (`mlx4_wqe_inline_seg`: bit 31 | length, then the bytes, padded to 16).
+segments (`mlx4_wqe_inline_seg`: bit 31 | length, then the bytes, padded to 16). An LSO WQE
+has the LSO segment (`mlx4_wqe_lso_seg`) between the two: mss << 16 | header size, then the
+headers, padded to 16 bytes; the data segments that follow carry the TCP payload.
 
 The owner bit says whose a WQE is: the driver sets it to the wrap parity of its producer
 (`(ring->prod & ring->size) ? MLX4_EN_BIT_DESC_OWN : 0`) and writes the control word last. A
@@ -27,7 +29,7 @@ OWNER = 1 << 31
 OPCODE_MASK = 0x1F
 OPCODE_NOP = 0x00
 OPCODE_SEND = 0x0A  # MLX4_OPCODE_SEND
-OPCODE_LSO = 0x0E  # not offered: QUERY_DEV_CAP flags bit 15 is clear
+OPCODE_LSO = 0x0E  # MLX4_OPCODE_LSO: offered (QUERY_DEV_CAP flags bit 15)
 SIZE_MASK = 0x3F  # fence_size bits 5:0
 
 FLAG_SOLICITED = 1 << 1  # srcrb_flags (MLX4_WQE_CTRL_*)
@@ -100,8 +102,40 @@ def parse(ctrl: Ctrl, raw: bytes) -> list[Piece]:
         raise WqeError(cq.LOCAL_QP_OP_ERR, f"opcode {ctrl.opcode:#04x} is not SEND")
     if ctrl.size <= CTRL_SIZE:
         raise WqeError(cq.LOCAL_LENGTH_ERR, f"WQE of {ctrl.size} bytes carries no data")
+    return _segments(ctrl, raw, CTRL_SIZE)
+
+
+@dataclass(frozen=True)
+class Lso:
+    """An LSO WQE: the MSS, the headers of every segment, the payload's pieces."""
+
+    mss: int
+    header: bytes
+    pieces: list[Piece]
+
+
+def parse_lso(ctrl: Ctrl, raw: bytes) -> Lso:
+    """An LSO WQE of `ctrl.size` bytes (`raw`): `en_tx.c: mlx4_en_xmit`, the lso_header_size
+    branch (headers copied into the LSO segment, the payload in data segments after it)."""
+    if ctrl.opcode != OPCODE_LSO:
+        raise WqeError(cq.LOCAL_QP_OP_ERR, f"opcode {ctrl.opcode:#04x} is not LSO")
+    if ctrl.size < CTRL_SIZE + 4:
+        raise WqeError(cq.LOCAL_LENGTH_ERR, f"LSO WQE of {ctrl.size} bytes has no LSO segment")
+    (mss_hdr,) = struct.unpack_from(">I", raw, CTRL_SIZE)
+    mss, hlen = mss_hdr >> 16, mss_hdr & 0xFFFF
+    end = CTRL_SIZE + -(-(4 + hlen) // SEG) * SEG
+    if end > ctrl.size:
+        raise WqeError(
+            cq.LOCAL_LENGTH_ERR, f"LSO header of {hlen} bytes overruns the {ctrl.size}-byte WQE"
+        )
+    if mss == 0:
+        raise WqeError(cq.LOCAL_LENGTH_ERR, "LSO WQE with an MSS of 0")
+    header = raw[CTRL_SIZE + 4 : CTRL_SIZE + 4 + hlen]
+    return Lso(mss, header, _segments(ctrl, raw, end))
+
+
+def _segments(ctrl: Ctrl, raw: bytes, pos: int) -> list[Piece]:
     pieces: list[Piece] = []
-    pos = CTRL_SIZE
     while pos < ctrl.size:
         (count,) = struct.unpack_from(">I", raw, pos)
         if count & INLINE:

@@ -27,7 +27,7 @@ LKEY = (MPT_INDEX >> 24 | MPT_INDEX << 8) & 0xFFFFFFFF  # `mr.c: hw_index_to_key
 CQ_DB = RAM_BASE + 0x100  # EnDriver.cq_context's doorbell record
 SQ_MTT = 4096
 CTRL_FLAGS = 3 << 2 | 1 << 1  # priv->ctrl_flags: CQ_UPDATE | SOLICITED
-SEND, NOP = 0x0A, 0x00
+SEND, NOP, LSO = 0x0A, 0x00, 0x0E
 STAMP = 0x7FFFFFFF
 
 
@@ -364,9 +364,80 @@ def test_a_malformed_wqe_completes_in_error_and_flushes_the_rest(
 def test_a_wrong_opcode_and_a_doorbell_for_a_qp_not_ready(tx: tuple[Cx3Device, TxRing]) -> None:
     dev, ring = tx
     capture(dev)
-    ring.post(inline(frame_bytes(40)), opcode=0x0E)  # LSO: not offered
+    ring.post(inline(frame_bytes(40)), opcode=0x08)  # RDMA write: not an Ethernet opcode
     (err,) = ring.poll()
     assert err[0x1B] == cqmod.LOCAL_QP_OP_ERR
     ring.drv.cmd(Opcode.TO_RST_QP, 0, QPN, op_mod=2)
     ring.ring()  # a QP in RST: the doorbell is ignored, and said so
     assert "which is in RST" in str(dev.events.since(0)[-1]["message"])
+
+
+def tcp_header(seq: int, flags: int) -> bytes:
+    return struct.pack(">HHIIBBHHH", 40000, 5201, seq, 7, 5 << 4, flags, 512, 0, 0)
+
+
+@pytest.mark.parametrize("version", [4, 6])
+def test_an_lso_wqe_is_cut_into_mss_sized_tcp_segments(
+    tx: tuple[Cx3Device, TxRing], version: int
+) -> None:
+    dev, ring = tx
+    wire = capture(dev)
+    guest = ring.drv.drv.guest
+    mss, seq = 1448, 0xFFFFF000  # the sequence number wraps within the burst
+    payload = bytes(i * 7 % 251 for i in range(5 * mss + 300))  # 5 full segments + 300 bytes
+    tcp = tcp_header(seq, 0x18 | 0x80)  # PSH|ACK|CWR, as the stack leaves a TSO skb
+    src, dst = bytes([10, 99, 0, 1]), bytes([10, 99, 0, 2])
+    if version == 4:
+        ip = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 0, 0x1000, 0x4000, 64, 6, 0, src, dst)
+        header = frame_bytes(14, ethertype=0x0800) + ip + tcp
+    else:
+        src, dst = bytes(15) + b"\x01", bytes(15) + b"\x02"
+        ip = struct.pack(">IHBB16s16s", 6 << 28, 0, 6, 64, src, dst)  # payload_len 0: BIG TCP
+        header = frame_bytes(14, ethertype=0x86DD) + ip + tcp
+    addr = guest.alloc(len(payload) + 4096)
+    guest.write(addr, payload)
+    lso = struct.pack(">I", mss << 16 | len(header)) + header
+    lso += bytes(-len(lso) % 16)
+    flags = CTRL_FLAGS | 1 << 4 | 1 << 5
+    ring.post(
+        lso + gather(addr, 2 * mss) + gather(addr + 2 * mss, len(payload) - 2 * mss),
+        flags=flags,
+        opcode=LSO,
+    )
+    (cqe,) = ring.poll()  # one CQE for the WQE
+    assert cqe_fields(cqe) == (QPN, 0, 0x40 | LSO)
+    assert [port for port, _ in wire] == [1] * 6
+    l4 = len(header) - 20
+    got = b""
+    for i, (_, sent) in enumerate(wire):
+        chunk = payload[i * mss : (i + 1) * mss]
+        assert len(sent) == len(header) + len(chunk)
+        assert sent[l4 + 20 :] == chunk
+        got += chunk
+        ipb = sent[14:l4]
+        if version == 4:
+            assert struct.unpack_from(">HH", ipb, 2) == (len(sent) - 14, 0x1000 + i)
+            assert frame.checksum(ipb) == 0
+            pseudo = src + dst + struct.pack(">BBH", 0, 6, len(sent) - l4)
+        else:
+            assert struct.unpack_from(">H", ipb, 4)[0] == len(sent) - l4
+            pseudo = src + dst + struct.pack(">IxxxB", len(sent) - l4, 6)
+        assert frame.checksum(sent[l4:], frame._sum16(pseudo)) == 0
+        assert struct.unpack_from(">I", sent, l4 + 4)[0] == (seq + i * mss) & 0xFFFFFFFF
+        last, first = i == len(wire) - 1, i == 0
+        assert sent[l4 + 13] == 0x10 | (0x08 if last else 0) | (0x80 if first else 0)
+    assert got == payload
+    counters = dev.firmware.state.ports[1].counters
+    assert counters.total("TTOT") == 6
+    assert counters.total("TOCT") == len(payload) + 6 * (len(header) + frame.FCS_LEN)
+    assert not [e for e in dev.events.since(0) if e["kind"] == "error"]
+
+
+def test_an_lso_wqe_without_tcp_headers_completes_in_error(tx: tuple[Cx3Device, TxRing]) -> None:
+    dev, ring = tx
+    wire = capture(dev)
+    header = frame_bytes(40)  # not IP
+    lso = struct.pack(">I", 1000 << 16 | len(header)) + header
+    ring.post(lso + bytes(-len(lso) % 16), opcode=LSO)
+    (err,) = ring.poll()
+    assert err[0x1B] == cqmod.LOCAL_LENGTH_ERR and wire == []
