@@ -116,24 +116,28 @@ class Mlx4:
 
     # --- probe ---------------------------------------------------------------------------
 
+    def pci_device(self) -> tuple[str, str]:
+        """The emulated card's PCI address on the guest's bus and the driver bound to it
+        ("" when none is); RigError if the guest has no such device."""
+        res = self.rig.sh(
+            "for d in /sys/bus/pci/devices/*; do "
+            '[ "$(cat $d/vendor):$(cat $d/device)" = 0x15b3:0x1003 ] && '
+            "echo ${d##*/} $(readlink $d/driver); done; true"
+        )
+        line = res.stdout.strip().splitlines()[0] if res.stdout.strip() else ""
+        bdf, _, driver = line.partition(" ")
+        if not bdf:
+            raise RigError(f"no {CX3_PCI_ID} device on the guest's PCI bus")
+        return bdf, driver.rsplit("/", 1)[-1]
+
     def wait_bound(self) -> str:
         """The devlink handle of the emulated device, which mlx4_core must have registered.
 
         modprobe probes synchronously: by the time it returns (at boot, the guest's init runs
         it before reporting ready) the driver has either bound the device or given up.
         """
-        rig = self.rig
-        res = rig.sh(
-            "for d in /sys/bus/pci/devices/*; do "
-            '[ "$(cat $d/vendor):$(cat $d/device)" = 0x15b3:0x1003 ] && '
-            "echo ${d##*/} $(readlink $d/driver); done",
-            check=False,
-        )
-        line = res.stdout.strip().splitlines()[0] if res.stdout.strip() else ""
-        bdf, _, driver = line.partition(" ")
-        if not bdf:
-            raise RigError(f"no {CX3_PCI_ID} device on the guest's PCI bus")
-        if driver.endswith("/mlx4_core") and f"pci/{bdf}" in rig.devlink.devices():
+        bdf, driver = self.pci_device()
+        if driver == "mlx4_core" and f"pci/{bdf}" in self.rig.devlink.devices():
             return f"pci/{bdf}"
         raise KernelFailure(f"mlx4_core did not bind {bdf}: {self.complaint()}")
 

@@ -356,7 +356,7 @@ def _guest(opts: BenchOptions, run: BenchRun) -> None:
     with Rig(_config(opts, opts.log_dir / "guest", load_driver=False)) as rig:
         rig.sh(f"mkdir -p {Path(GUEST_REMOTE).parent}")
         rig.put(GUEST_SCRIPT, GUEST_REMOTE)
-        bdf = _find_device(rig)
+        bdf, _ = rig.mlx4.pci_device()
         _read_loop(rig, bdf, opts.runs, run)
         res = _guest_json(rig, f"probe {bdf} --param msi_x=1 --runs {opts.runs}")
         for ns in res["ns"]["modprobe"]:
@@ -389,18 +389,6 @@ def _guest(opts: BenchOptions, run: BenchRun) -> None:
             r.add("intx.crdump_loop", tl.crdump_loop)
             r.add("intx.per_read", tl.crdump_loop / BAR_READS * 1e6)
             r.note("intx.crdump_loop", "one run (it is slow)")
-
-
-def _find_device(rig: Rig) -> str:
-    res = rig.sh(
-        "for d in /sys/bus/pci/devices/*; do "
-        '[ "$(cat $d/vendor):$(cat $d/device)" = 0x15b3:0x1003 ] && echo ${d##*/}; '
-        "done; true"
-    )
-    bdfs = res.stdout.split()
-    if not bdfs:
-        raise RigError("no ConnectX-3 on the guest's PCI bus")
-    return bdfs[0]
 
 
 def _guest_json(rig: Rig, args: str, timeout: float = 300.0) -> dict[str, Any]:
