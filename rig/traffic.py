@@ -81,6 +81,8 @@ COUNTERS = (
     "tx_packets_phy",
     "rx_bytes_phy",
     "tx_bytes_phy",
+    "rx_csum_good",  # the card's checksum verdict taken (CHECKSUM_UNNECESSARY)
+    "rx_csum_none",  # checked in software
 )
 
 

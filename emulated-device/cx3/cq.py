@@ -188,15 +188,23 @@ def send_cqe(qpn: int, wqe_index: int, opcode: int) -> bytes:
 
 
 def recv_cqe(
-    qpn: int, wqe_index: int, byte_count: int, opcode: int, rss_hash: int, cvlan: int | None
+    qpn: int,
+    wqe_index: int,
+    byte_count: int,
+    opcode: int,
+    rss_hash: int,
+    cvlan: int | None,
+    status: int = 0,
+    checksum: int = 0,
 ) -> bytes:
     """A receive completion (`mlx4_en_process_rx_cq` reads byte_cnt, the RSS hash, the
-    stripped C-VLAN; status and checksum stay 0: no checksum verdict is claimed)."""
+    stripped C-VLAN, and the parser's status and checksum: `frame.rx_checksum`)."""
     cqe = bytearray(CQE_SIZE)
     vlan = 0 if cvlan is None else CVLAN_PRESENT
     struct.pack_into(">II", cqe, 0x00, vlan | qpn & INDEX_MASK, rss_hash & 0xFFFFFFFF)
-    struct.pack_into(">H", cqe, 0x0C, cvlan or 0)
-    struct.pack_into(">IH", cqe, 0x14, byte_count, wqe_index & 0xFFFF)
+    struct.pack_into(">HH", cqe, 0x0C, cvlan or 0, 0)
+    struct.pack_into(">H", cqe, 0x10, status)
+    struct.pack_into(">IHH", cqe, 0x14, byte_count, wqe_index & 0xFFFF, checksum)
     cqe[OWNER_BYTE] = opcode
     return bytes(cqe)
 

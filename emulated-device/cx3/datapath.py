@@ -16,8 +16,9 @@ steering (`Port.steer`: MAC table, multicast filter, promiscuous mode, VLAN filt
 QP, an RSS indirection QP picks a ring QP (`rss.py`), the frame is scattered into the next
 receive WQE the driver posted (producer count in the QP's doorbell record, data segments up to
 a zero-length one or the invalid lkey 0x100), its outer C-VLAN tag stripped (unless the QP says
-not to: param3 bit 30) and reported in the CQE, and a receive CQE goes to the ring's CQ. No
-checksum verdict is claimed (CQE status 0: mlx4_en checks in software). Frames steered nowhere
+not to: param3 bit 30) and reported in the CQE, and a receive CQE goes to the ring's CQ with
+the parser's checksum verdict (`frame.rx_checksum`: a good TCP/UDP checksum spares mlx4_en
+checking it in software, as the card does). Frames steered nowhere
 count as RDROP, frames with no posted WQE as RdropOvflw, frames longer than the WQE's buffers
 as RdropLength. Nothing here raises on guest input.
 """
@@ -294,7 +295,8 @@ class Datapath:
             )
             self._complete(recv_cq, qp, cq.error_cqe(qp.qpn, index, e.syndrome, send=False), False)
             return
-        cqe = cq.recv_cqe(qp.qpn, index, len(data), RECV_OPCODE_SEND, hash_value, tci)
+        status, csum = frame.rx_checksum(data)
+        cqe = cq.recv_cqe(qp.qpn, index, len(data), RECV_OPCODE_SEND, hash_value, tci, status, csum)
         self._complete(recv_cq, qp, cqe, False)
 
     # --- completions -----------------------------------------------------------------------

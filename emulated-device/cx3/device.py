@@ -8,7 +8,9 @@ PBA; fully trapped). Nothing here blocks or raises on guest input: bad input is 
 from __future__ import annotations
 
 import collections
+import functools
 import sys
+from collections.abc import Callable
 
 from vfio_user import (
     CONFIG_REGION,
@@ -55,6 +57,9 @@ class _Detached:
 
     def msix_enabled(self) -> bool:
         return False
+
+    def defer(self, work: Callable[[], None]) -> None:
+        work()
 
     def log(self, msg: str) -> None:
         print(f"cx3: {msg}", file=sys.stderr)
@@ -215,19 +220,24 @@ class Cx3Device(Device):
         if queue is not None:
             self._interrupt(queue)
 
-    def _interrupt(self, queue: EventQueue) -> None:
+    def _interrupt(self, queue: EventQueue, hot: bool = False) -> None:
+        """Raise `queue`'s interrupt; `hot`: a completion's, logged as a per-frame event."""
         self.counts["interrupts"] += 1
         if self._ctx.msix_enabled():
             delivered = self._ctx.signal_msix(queue.intr)
-            self.events.add(
-                "irq", eqn=queue.eqn, mode="msix", vector=queue.intr, delivered=delivered
-            )
+            irq: dict[str, Value] = {"mode": "msix", "vector": queue.intr}
         elif self.pci.intx_disabled:
-            self.events.add("irq", eqn=queue.eqn, mode="intx", delivered=False)
+            delivered = False
+            irq = {"mode": "intx"}
         else:
             self.intx_asserted = True
             self._ctx.set_intx(True)
-            self.events.add("irq", eqn=queue.eqn, mode="intx", delivered=True)
+            delivered = True
+            irq = {"mode": "intx"}
+        if hot:
+            self.events.hot("irq", queue.eqn, eqn=queue.eqn, delivered=delivered, **irq)
+        else:
+            self.events.add("irq", eqn=queue.eqn, delivered=delivered, **irq)
 
     def _clr_int(self, offset: int, value: int) -> None:
         self.events.add("clr_int", offset=offset, value=value)
@@ -245,6 +255,7 @@ class Cx3Device(Device):
         """Drop all firmware state; config space and the health buffer are untouched."""
         self.counts["resets"] += 1
         self.firmware.reset()
+        self.events.restart_tallies()
         self._cq_doorbell_word0.clear()
         self.hcr.reset()
         self.cr.fill(layout.CATAS_OFFSET, 4 * layout.CATAS_DWORDS)
@@ -286,8 +297,9 @@ class Cx3Device(Device):
             self._error(f"BAR2 write of {data.hex()} at {offset:#x} (outside the UARs) ignored")
         elif in_page == qp.SEND_DOORBELL and len(data) == 4:
             self.counts["send_doorbells"] += 1
-            self.events.add("send_doorbell", uar=page, qpn=value >> 8)
-            self.datapath.send_doorbell(value >> 8)
+            self.events.hot("send_doorbell", value >> 8, uar=page, qpn=value >> 8)
+            # Posted, as on the card: the vCPU goes on while the model walks the ring.
+            self._ctx.defer(functools.partial(self.datapath.send_doorbell, value >> 8))
         elif in_page == cq.DOORBELL and len(data) == 8:
             self._cq_doorbell(page, value >> 32, value & 0xFFFFFFFF, writes=1)
         elif in_page == cq.DOORBELL and len(data) == 4:  # a 64-bit write split in two
@@ -303,8 +315,9 @@ class Cx3Device(Device):
         queue = self.firmware.state.cqs.get(cqn)
         if queue is not None:
             self.datapath.cq_doorbell(queue, word0, consumer)
-        self.events.add(
+        self.events.hot(
             "cq_doorbell",
+            cqn,
             uar=page,
             cqn=cqn,
             cmd=(word0 >> 24) & 3,
@@ -327,7 +340,7 @@ class Cx3Device(Device):
             self._error(f"completion event of CQ {queue.cqn:#x} lost: {e}")
             return
         if fire:
-            self._interrupt(target)
+            self._interrupt(target, hot=True)
 
     def _eq_doorbell(self, offset: int, data: bytes) -> None:
         eqn = eq.doorbell_eqn(offset) if len(data) == 4 else None
@@ -337,7 +350,8 @@ class Cx3Device(Device):
             return
         value = int.from_bytes(data, "big")
         fire = queue.doorbell(value)
-        self.events.add("doorbell", eqn=eqn, consumer=queue.consumer, arm=bool(value >> 31))
+        arm = bool(value >> 31)
+        self.events.hot("doorbell", queue.eqn, eqn=queue.eqn, consumer=queue.consumer, arm=arm)
         if fire:
             self._interrupt(queue)
 

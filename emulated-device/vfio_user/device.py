@@ -88,6 +88,11 @@ class DeviceContext(Protocol):
         """Whether the client has MSI-X vectors set up (the guest enabled MSI-X)."""
         ...
 
+    def defer(self, work: Callable[[], None]) -> None:
+        """Run `work` once the current message is answered, before the next is handled: the
+        effect of a posted write (a doorbell), so the vCPU is not stalled while it runs."""
+        ...
+
     def log(self, msg: str) -> None:
         """Record a diagnostic line (bad input, unusual requests)."""
         ...

@@ -56,6 +56,7 @@ class Server:
         self.conn: socket.socket | None = None
         self._reader: MessageReader | None = None
         self._sel: selectors.BaseSelector | None = None
+        self._deferred: list[Callable[[], None]] = []
         if self.path.is_socket():
             self.path.unlink()  # a stale socket from a dead server
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -92,6 +93,9 @@ class Server:
 
     def msix_enabled(self) -> bool:
         return self.irqs.msix_enabled()
+
+    def defer(self, work: Callable[[], None]) -> None:
+        self._deferred.append(work)
 
     def log(self, msg: str) -> None:
         self._log(msg)
@@ -132,6 +136,7 @@ class Server:
             self._reader.close()
             self._reader = None
         # The client's memory and eventfds die with it; the device must not touch them.
+        self._deferred.clear()
         self.irqs.close()
         self.dma.unmap_all()
         self.device.reset()
@@ -152,6 +157,7 @@ class Server:
         for i, (header, body, fds) in enumerate(messages):
             try:
                 self._handle(header, body, fds)
+                self._run_deferred()
             except Disconnected as e:
                 self.log(str(e))
                 for _, _, unused in messages[i + 1 :]:
@@ -175,6 +181,14 @@ class Server:
                 self.conn.sendall(data[sent:])  # large replies may go out in parts
         except OSError as e:  # BlockingIOError included: SO_SNDTIMEO expired
             raise Disconnected(f"cannot send reply: {e}") from e
+
+    def _run_deferred(self) -> None:
+        while self._deferred:
+            work = self._deferred.pop(0)
+            try:
+                work()
+            except Exception as e:  # as in _handle: a device bug must not kill the server
+                self.log(f"device error in deferred work {type(e).__name__}: {e}")
 
     def _handle(self, header: p.HeaderFields, body: bytes | None, fds: list[int]) -> None:
         """Dispatch one message and reply. Raises Disconnected when the reply cannot go out."""

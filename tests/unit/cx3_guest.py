@@ -11,6 +11,7 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -81,6 +82,9 @@ class FakeContext:
 
     def msix_enabled(self) -> bool:
         return self.msix_on
+
+    def defer(self, work: Callable[[], None]) -> None:
+        work()  # the tests look at the effect right after the write
 
     def log(self, msg: str) -> None:
         self.logs.append(msg)
@@ -153,6 +157,8 @@ class TransportBus:
 
     def bar_write(self, region: int, offset: int, data: bytes) -> None:
         self.client.write(region, offset, data)
+        if region == BAR2_REGION:  # a doorbell is posted: a read flushes it, as on PCI
+            self.client.read(CONFIG_REGION, 0, 2)
 
     def bar_read(self, region: int, offset: int, size: int) -> bytes:
         return self.client.read(region, offset, size)

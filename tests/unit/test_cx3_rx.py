@@ -309,3 +309,36 @@ def test_pulling_the_cable_takes_both_ports_down(
     assert sorted(e[3] for e in drv.async_eqes()) == [4, 4]
     send(tx, frame_bytes(60, dst=MAC2))
     assert len(ring.poll()) == 1
+
+
+A, B = bytes([10, 99, 0, 1]), bytes([10, 99, 0, 2])
+
+
+def tcp_frame(payload: bytes, dst: int = MAC2) -> bytes:
+    """An Ethernet/IPv4/TCP frame with both checksums right."""
+    tcp = struct.pack(">HHIIBBHHH", 40000, 5201, 1, 0, 5 << 4, 0x18, 512, 0, 0) + payload
+    ip = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 7, 0x4000, 64, 6, 0, A, B)
+    head = frame_bytes(14, dst=dst, ethertype=0x0800)
+    return frame.offload_checksums(head + ip + tcp, ip_csum=True, l4_csum=True)
+
+
+def test_the_receive_cqe_carries_the_checksum_verdict(
+    link: tuple[Cx3Device, EnDriver, TxRing],
+) -> None:
+    """A good TCP checksum: TCP | IPOK | IPV4 and checksum 0xFFFF (CHECKSUM_UNNECESSARY in
+    mlx4_en); one flipped payload bit: the same flags, another checksum (the driver checks
+    in software and drops it)."""
+    _, drv, tx = link
+    ring = port2_ring(drv)
+    good = tcp_frame(bytes(range(256)) * 4)
+    bad = bytearray(good)
+    bad[-1] ^= 1
+    send(tx, good)
+    send(tx, bytes(bad))
+    (cqe_good, got), (cqe_bad, _) = ring.poll()
+    assert got == good
+    flags = frame.CQE_IPV4 | frame.CQE_TCP | frame.CQE_IPOK
+    assert struct.unpack_from(">H", cqe_good, 0x10)[0] == flags
+    assert struct.unpack_from(">H", cqe_good, 0x1A)[0] == frame.CSUM_GOOD
+    assert struct.unpack_from(">H", cqe_bad, 0x10)[0] == flags
+    assert struct.unpack_from(">H", cqe_bad, 0x1A)[0] != frame.CSUM_GOOD
