@@ -29,6 +29,10 @@ class DeviceModel:
         self.proc: subprocess.Popen[bytes] | None = None
         self._client: ControlClient | None = None
 
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
     def start(self, timeout: float = 30.0) -> None:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         cmd = [

@@ -104,6 +104,9 @@ SPECS = (
     Spec("traffic.card.tcp", "TCP port 1 -> port 2 across the card (32 MiB)", "MB/s"),
     Spec("traffic.veth.tcp", "TCP across a veth pair, same guest (its ceiling)", "MB/s"),
     Spec("traffic.card_vs_veth", "  card / veth throughput (run by run)", "x", goal_min=0.5),
+    Spec("traffic.card.qemu_cpu", "  QEMU's CPU over the card's run (cores; 1 vCPU)", "x"),
+    Spec("traffic.card.model_cpu", "  the device model's CPU over that run (cores)", "x"),
+    Spec("traffic.veth.qemu_cpu", "  QEMU's CPU over the veth run (cores)", "x"),
     Spec("traffic.card.rtt", "ping RTT across the card (busybox, average)", "ms"),
     Spec("traffic.veth.rtt", "ping RTT across the veth pair", "ms"),
     Spec("traffic.catas_gap", "TCP gap around a catas fault (last byte -> first)", "s"),
@@ -447,6 +450,17 @@ def _catas(rig: Rig, timeout: float) -> CatasTimeline:
 # --- traffic: across the card and across a veth pair ----------------------------------------
 
 
+def _cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of process `pid`, all its threads (/proc/PID/stat)."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _traffic(opts: BenchOptions, run: BenchRun) -> None:
     r = run.results
     with Rig(_config(opts, opts.log_dir / "traffic", mlx4_en=True)) as rig:
@@ -458,10 +472,18 @@ def _traffic(opts: BenchOptions, run: BenchRun) -> None:
                     ping = t.ping(TRAFFIC_PINGS)
                     if "avg" in ping.rtt_ms:
                         r.add(f"traffic.{kind}.rtt", ping.rtt_ms["avg"])
+                    t0 = time.monotonic()
+                    cpu0 = _cpu_seconds(rig.machine.pid), _cpu_seconds(rig.device_model.pid)
                     result = t.tcp(TRAFFIC_BYTES)
+                    cpu1 = _cpu_seconds(rig.machine.pid), _cpu_seconds(rig.device_model.pid)
+                    wall = time.monotonic() - t0  # the programs' start-up included
                     result.check()
                     rates[veth].append(result.received.bytes / result.received.elapsed / 1e6)
                     r.add(f"traffic.{kind}.tcp", rates[veth][-1])
+                    # Which side is the bottleneck: QEMU at one core is the vCPU saturated
+                    r.add(f"traffic.{kind}.qemu_cpu", (cpu1[0] - cpu0[0]) / wall)
+                    if not veth:
+                        r.add("traffic.card.model_cpu", (cpu1[1] - cpu0[1]) / wall)
         for v in ratios(rates[False], rates[True]):
             r.add("traffic.card_vs_veth", v)
         rig.mlx4.enable_snapshots()
