@@ -254,6 +254,8 @@ class Cx3Device(Device):
     def _reset(self, source: str) -> None:
         """Drop all firmware state; config space and the health buffer are untouched."""
         self.counts["resets"] += 1
+        state = self.firmware.state  # what the reset tears down, for the event log
+        dropped = {"eqs": len(state.eqs), "cqs": len(state.cqs), "qps": len(state.qps)}
         self.firmware.reset()
         self.events.restart_tallies()
         self._cq_doorbell_word0.clear()
@@ -263,7 +265,7 @@ class Cx3Device(Device):
         if self.intx_asserted:
             self.intx_asserted = False
             self._ctx.set_intx(False)
-        self.events.add("reset", source=source)
+        self.events.add("reset", source=source, **dropped)
 
     def _block_volatile(self, offset: int, value: int) -> None:
         self.cr.set_word(offset, value)

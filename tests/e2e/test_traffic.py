@@ -12,6 +12,7 @@ timeout (slow) — about 6 minutes in one worker.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -105,11 +106,25 @@ def check_fault_under_traffic(rig: Rig, run: FaultUnderTraffic, stops_data: bool
         assert run.gap.spans_recovery, f"the fault did not interrupt the stream: {run.gap}"
 
 
+def check_rings_rebuilt(events: list[dict[str, Any]]) -> None:
+    """The device's side of a reset under traffic: the reset tore down the rings the stream
+    used, the driver created CQs and QPs again after it, and rang their doorbells."""
+    (reset,) = [e for e in events if e["kind"] == "reset"]
+    assert reset["cqs"] and reset["qps"], f"the reset found no rings to tear down: {reset}"
+    after = [e for e in events if e["index"] > reset["index"]]
+    created = {e["name"] for e in after if e["kind"] == "cmd" and e.get("status") == 0}
+    assert {"SW2HW_CQ", "RST2INIT_QP", "INIT2RTR_QP", "RTR2RTS_QP"} <= created, created
+    sends = [e for e in after if e["kind"] == "send_doorbell"]
+    assert sends and sends[0]["n"] == 1, "no send doorbell after the reset"
+
+
 def test_catas_during_a_tcp_transfer(rig: Rig, traffic: Traffic, log_mark: int) -> None:
     rig.device.set_health(health_buffer(0xA1))
     rig.mlx4.enable_snapshots()
+    first_event = rig.device.events(1 << 62).next
     run = fault_under_traffic(rig, traffic, BIG, "catas")
     check_fault_under_traffic(rig, run, stops_data=True)
+    check_rings_rebuilt(rig.device.events(first_event).events)
     assert_no_kernel_trouble(rig, failed_commands=True, since=log_mark)
 
 
