@@ -261,7 +261,6 @@ def _check(
         runs = explain(inputs.crspace.data, expected)
         changes = [c.as_dict() for c in runs]
         covered = coverage(inputs.crspace.covered, len(expected), runs)
-        logger.info(f"{handle} snapshot {snap_id}: {covered.summary()}")
     else:
         changes = _health_changes(inputs.health.data, expected)
     return SnapshotReport(
