@@ -2,7 +2,8 @@
 
     RigError              exit 2: the rig or its input failed
     ├── UsageError        bad arguments, a missing or malformed input file
-    │   └── DumpFormatError (rig.formats.dumptext) a dump text that does not parse
+    │   └── DumpFormatError (rig.formats.dumptext) a dump file that does not parse
+    │       └── ChipError (rig.formats.mstdump) an mstregdump of another chip
     ├── ProvisionError    fetching or building QEMU, a kernel, the root fs
     ├── MachineError      QEMU did not start, boot or answer; it died; the guest panicked
     ├── DeviceModelError  the device model did not start, died, or refused a request

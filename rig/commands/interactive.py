@@ -16,13 +16,15 @@ from typing import Any
 from cx3 import ops
 from rig.commands.options import (
     Subparsers,
+    add_crspace_options,
     add_driver_options,
     add_guest_options,
     command_after_dashes,
     driver_options,
 )
 from rig.errors import RigError
-from rig.formats.dumptext import format_dump, load_region_file
+from rig.formats.dumptext import format_dump
+from rig.formats.regionfile import load_region_file
 from rig.instance import Instance
 from rig.progress import stream_to
 from rig.rig import Rig, RigConfig
@@ -70,7 +72,7 @@ def add_parsers(sub: Subparsers) -> None:
 
     p = sub.add_parser("load", help="load a CR-space image and/or health buffer into the device")
     _named(p)
-    p.add_argument("--crspace", metavar="FILE", type=Path)
+    add_crspace_options(p, "default: leave it as it is")
     p.add_argument("--health", metavar="FILE", type=Path)
     p.set_defaults(func=cmd_load)
 
@@ -233,12 +235,20 @@ def cmd_load(args: argparse.Namespace) -> int:
     if args.crspace is None and args.health is None:
         raise RigError("rig load: give --crspace FILE and/or --health FILE")
     from cx3 import layout as cr
+    from rig.builtin import crspace_image
 
+    crspace = health = None  # read both before touching the device
+    if args.crspace is not None:
+        crspace = load_region_file(
+            args.crspace, cr.SIZE, "CR-space", args.crspace_format, fill=crspace_image
+        )
+    if args.health is not None:
+        health = load_region_file(args.health, cr.HEALTH_SIZE, "health buffer")
     with Instance.find(args.name).control() as ctl:
-        if args.crspace is not None:
-            ctl.load_crspace(load_region_file(args.crspace, cr.SIZE, "CR-space"))
-        if args.health is not None:
-            ctl.set_health(load_region_file(args.health, cr.HEALTH_SIZE, "health buffer"))
+        if crspace is not None:
+            ctl.load_crspace(crspace.data)
+        if health is not None:
+            ctl.set_health(health.data)
     return 0
 
 

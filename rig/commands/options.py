@@ -17,6 +17,27 @@ def add_guest_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--qemu", metavar="PATH", type=Path, help="use this qemu-system-x86_64")
 
 
+def add_crspace_options(p: argparse.ArgumentParser, default_help: str) -> None:
+    """--crspace FILE and --format: a CR-space image in any format the rig reads."""
+    from rig.formats.regionfile import AUTO, FORMATS
+
+    p.add_argument(
+        "--crspace",
+        metavar="FILE",
+        type=Path,
+        help="CR-space image: raw (1 MiB), `devlink region dump`/`read` text or JSON (-j), "
+        "or mstflint's mstregdump text (a ConnectX-3's; hw_dev_id 0x1f5); a dump of part "
+        f"of it is completed from the built-in image ({default_help})",
+    )
+    p.add_argument(
+        "--format",
+        dest="crspace_format",
+        choices=(AUTO, *FORMATS),
+        default=AUTO,
+        help="read --crspace as this format (default: tell by its content)",
+    )
+
+
 def add_driver_options(p: argparse.ArgumentParser) -> None:
     """--no-msi-x, --no-en, --netdev-down: how the driver under test comes up at boot."""
     p.add_argument(

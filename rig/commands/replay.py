@@ -10,11 +10,13 @@ from pathlib import Path
 
 from rig.commands.options import (
     Subparsers,
+    add_crspace_options,
     add_driver_options,
     add_guest_options,
     byte_count,
     driver_options,
 )
+from rig.formats.coverage import Coverage
 from rig.jobs.replay import ReplayOptions, run_replay
 from rig.mlx4 import FAULTS
 
@@ -32,13 +34,7 @@ def add_parser(sub: Subparsers) -> None:
         "failed (a snapshot differs, none was taken, no recovery), 2 if the rig or its input "
         "failed.",
     )
-    p.add_argument(
-        "--crspace",
-        metavar="FILE",
-        type=Path,
-        help="1 MiB CR-space image: raw, or `devlink region dump` text "
-        "(default: a built-in synthetic image)",
-    )
+    add_crspace_options(p, "default: a built-in synthetic image")
     p.add_argument(
         "--health",
         metavar="FILE",
@@ -80,6 +76,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         ReplayOptions(
             out=out,
             crspace=args.crspace,
+            crspace_format=args.crspace_format,
             health=args.health,
             fault=args.fault,
             kernel=args.kernel,
@@ -99,6 +96,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
             f"{snap.region} snapshot {snap.id}: {snap.size} bytes, CLI/netlink/truth {verdict}"
             f"{'; differs from input in: ' + changed if changed else ''}"
         )
+        if snap.coverage is not None:
+            print(f"{snap.region} coverage: {Coverage(**snap.coverage).summary()}")
     for when in ("before", "after"):
         for n in report.netdevs.get(when, []):
             print(

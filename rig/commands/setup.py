@@ -9,6 +9,7 @@ from rig.cache import cache_root, list_entries
 from rig.commands.options import Subparsers
 from rig.progress import step
 from rig.provision.guest import ensure_guest
+from rig.provision.mstflint import ensure_connectx3_csv
 from rig.vm.machine import QemuInstall
 
 KERNEL_HELP = (
@@ -42,11 +43,13 @@ def provision_qemu(path: Path | None) -> QemuInstall:
 def cmd_setup(args: argparse.Namespace) -> int:
     qemu = provision_qemu(args.qemu)
     guest = ensure_guest(args.kernel)
+    csv = ensure_connectx3_csv()  # replay writes snapshots as mstregdump text over its list
     print(f"qemu:      {qemu.binary} ({qemu.version})")
     print(f"kernel:    {guest.kernel.release} from {guest.kernel.origin}")
     print(f"initramfs: {guest.initrd}")
     print(f"rootfs:    {guest.rootfs.image}")
     print(f"ssh key:   {guest.client_key.private}")
+    print(f"mstdump:   {csv}")
     print(f"cache ({cache_root()}):")
     for kind, path, size in list_entries():
         print(f"  {kind:<10} {_human_size(size):>10}  {path}")

@@ -1,7 +1,7 @@
 """iproute2's `devlink` run over SSH in the guest, JSON output parsed into plain values.
 
-`devlink -j region dump` repeats the keys "address" and "data" inside one object (one pair
-per chunk), so it is parsed keeping every pair instead of the last one.
+`devlink -j region dump` and `read` output is parsed by rig.formats.devlinkjson, the format's
+one home (users hand the rig the same text as input).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from rig.errors import RigError
+from rig.formats.devlinkjson import RegionJsonError, region_chunks
 from rig.vm.ssh import Result
 
 
@@ -93,24 +94,10 @@ class DevlinkCli:
         return res.stdout
 
     def _chunks(self, args: str) -> list[tuple[int, bytes]]:
-        out = self._json_text(args)
         try:
-            doc = json.loads(out, object_pairs_hook=list)
-        except ValueError as e:
-            raise RigError(f"`devlink -j {args}` printed invalid JSON: {e}") from e
-        # [("regions"?...)] or [(handle, [("address", n), ("data", [...]), ...])]
-        chunks: list[tuple[int, bytes]] = []
-        addr: int | None = None
-        for _, body in doc:
-            for key, value in body:
-                if key == "address":
-                    addr = int(value)
-                elif key == "data":
-                    if addr is None:
-                        raise RigError(f"`devlink -j {args}`: data before any address")
-                    chunks.append((addr, bytes(value)))
-                    addr = None
-        return chunks
+            return region_chunks(self._json_text(args))
+        except RegionJsonError as e:
+            raise RigError(f"`devlink -j {args}` printed {e}") from e
 
     def dump(self, handle: str, snapshot: int | None) -> bytes:
         """The whole snapshot; snapshot None leaves the id out (the kernel's error path)."""

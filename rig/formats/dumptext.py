@@ -1,4 +1,5 @@
-"""Region contents as users hold them: raw binary, or the text `devlink region dump` prints.
+"""The text `devlink region dump` and `devlink region read` print (rig.formats.regionfile
+reads a region file in any format the rig knows).
 
 Two text layouts exist: today's byte per column
     0000000000000000 00 14 95 dc 00 14 95 14 00 35 16 70 00 34 db 30
@@ -10,7 +11,6 @@ Both print the bytes in memory order, so a group is simply its bytes left to rig
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from rig.errors import UsageError
 
@@ -22,14 +22,9 @@ class DumpFormatError(UsageError):
     pass
 
 
-def looks_like_text(data: bytes) -> bool:
-    head = data[:64].lstrip()
-    try:
-        text = head.decode("ascii")
-    except UnicodeDecodeError:
-        return False
-    first = text.splitlines()[0] if text else ""
-    return bool(re.match(r"^[0-9a-fA-F]{16}\s", first)) or bool(_HANDLE.match(first.strip()))
+def looks_like_dump_line(line: str) -> bool:
+    """A stripped line in either layout, or the region heading devlink may print first."""
+    return bool(_LINE.match(line)) or bool(_HANDLE.match(line))
 
 
 def parse_dump_text(text: str, source: str = "<text>") -> tuple[int, bytes]:
@@ -59,25 +54,6 @@ def parse_dump_text(text: str, source: str = "<text>") -> tuple[int, bytes]:
     if start is None:
         raise DumpFormatError(f"{source}: no region dump lines found")
     return start, bytes(out)
-
-
-def load_region_file(path: Path, size: int, what: str) -> bytes:
-    """Load a region image (raw or dump text) that must be exactly `size` bytes from 0."""
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise UsageError(f"cannot read {what} file {path}: {e.strerror}") from e
-    if looks_like_text(data):
-        try:
-            text = data.decode("ascii")
-        except UnicodeDecodeError as e:
-            raise DumpFormatError(f"{path}: dump text with non-ASCII bytes at {e.start}") from e
-        start, data = parse_dump_text(text, str(path))
-        if start != 0:
-            raise DumpFormatError(f"{path}: dump starts at {start:#x}, expected 0")
-    if len(data) != size:
-        raise UsageError(f"{what} file {path} holds {len(data)} bytes; the region is {size} bytes")
-    return data
 
 
 def format_dump(data: bytes, start: int = 0) -> str:

@@ -33,6 +33,10 @@ class SnapshotReport:
     comparisons: list[Comparison] = field(default_factory=list)
     changed_from_input: list[dict[str, object]] = field(default_factory=list)
     diff_path: str | None = None
+    # The same bytes as mstregdump text (rig.formats.mstdump), relative to the run directory.
+    mstdump_path: str | None = None
+    # cr-space: the input's dwords and what became of them (rig.formats.coverage).
+    coverage: dict[str, int] | None = None
 
 
 @dataclass

@@ -24,7 +24,9 @@ from cx3 import layout as cr
 from rig import __version__, builtin
 from rig.errors import KernelFailure, RigError, UsageError
 from rig.formats.compare import diff, hexdump_diff
-from rig.formats.dumptext import load_region_file
+from rig.formats.coverage import coverage
+from rig.formats.mstdump import format_mstdump, parse_address_csv
+from rig.formats.regionfile import AUTO, RegionImage, load_region_file
 from rig.formats.registers import explain
 from rig.formats.report import Comparison, Report, SnapshotReport, sha256
 from rig.mlx4 import FAULTS, REGIONS, FaultCycle
@@ -40,6 +42,7 @@ class ReplayOptions:
     out: Path
     crspace: Path | None = None
     health: Path | None = None
+    crspace_format: str = AUTO  # or a rig.formats.regionfile.FORMATS key
     fault: str = "catas"
     kernel: str | None = None
     qemu: Path | None = None
@@ -51,23 +54,62 @@ class ReplayOptions:
     traffic_bytes: int = 64 << 20  # long enough at ~2-5 MB/s to be running at the reset
 
 
-def load_inputs(opts: ReplayOptions, report: Report) -> tuple[bytes, bytes]:
+@dataclass(frozen=True)
+class Inputs:
+    crspace: RegionImage
+    health: RegionImage
+    # The cr-space snapshot's dwords written as mstregdump text: the input's own list when
+    # it was mstregdump text, else mstflint's ConnectX3.csv.
+    mstdump_addresses: tuple[int, ...]
+
+
+def load_inputs(opts: ReplayOptions, report: Report) -> Inputs:
+    """Check the options and read the inputs: every problem is found here, before a boot."""
     if opts.fault not in FAULTS:
         raise UsageError(f"unknown fault {opts.fault!r}; choose one of {', '.join(FAULTS)}")
     if opts.traffic and not (opts.mlx4_en and opts.netdev_up):
         raise UsageError("--traffic needs mlx4_en and the netdevs up (drop --no-en/--netdev-down)")
-    image = _input(opts.crspace, cr.SIZE, "CR-space", builtin.crspace_image, "crspace", report)
+    # A dump of part of CR-space (mstregdump's ~14%) is completed from the built-in image.
+    crspace = _input(
+        opts.crspace,
+        cr.SIZE,
+        "CR-space",
+        builtin.crspace_image,
+        "crspace",
+        report,
+        opts.crspace_format,
+        partial=True,
+    )
     health = _input(
         opts.health, cr.HEALTH_SIZE, "health buffer", builtin.health_buffer, "health", report
     )
-    return image, health
+    addresses = crspace.addresses
+    if addresses is None:
+        from rig.provision.mstflint import ensure_connectx3_csv
+
+        csv = ensure_connectx3_csv()
+        addresses = parse_address_csv(csv.read_text(), str(csv))
+    return Inputs(crspace, health, addresses)
 
 
 def _input(
-    path: Path | None, size: int, what: str, default: Callable[[], bytes], key: str, report: Report
-) -> bytes:
-    report.inputs[key] = str(path) if path is not None else "built-in"
-    return load_region_file(path, size, what) if path is not None else default()
+    path: Path | None,
+    size: int,
+    what: str,
+    default: Callable[[], bytes],
+    key: str,
+    report: Report,
+    fmt: str = AUTO,
+    partial: bool = False,
+) -> RegionImage:
+    if path is None:
+        image = RegionImage.whole(default(), "built-in")
+        report.inputs[key] = "built-in"
+    else:
+        image = load_region_file(path, size, what, fmt, default if partial else None)
+        report.inputs[key] = str(path)
+    report.inputs[f"{key}_format"] = image.format
+    return image
 
 
 def run_replay(opts: ReplayOptions) -> Report:
@@ -78,7 +120,7 @@ def run_replay(opts: ReplayOptions) -> Report:
     report.fault = {"kind": opts.fault}
     t_start = time.monotonic()
     try:
-        image, health = load_inputs(opts, report)
+        inputs = load_inputs(opts, report)
         config = RigConfig(
             log_dir=opts.out,
             kernel=opts.kernel,
@@ -92,7 +134,7 @@ def run_replay(opts: ReplayOptions) -> Report:
                 qemu=rig.qemu_version, kernel=rig.kernel_release, kernel_origin=rig.kernel_origin
             )
             report.timings.update(provision=rig.timings.provision, boot=rig.timings.boot)
-            _replay(rig, opts, image, health, report)
+            _replay(rig, opts, inputs, report)
     except RigError as e:
         report.errors.append(str(e))
         report.exit_status = e.exit_status
@@ -117,9 +159,9 @@ def run_replay(opts: ReplayOptions) -> Report:
     return report
 
 
-def _replay(rig: Rig, opts: ReplayOptions, image: bytes, health: bytes, report: Report) -> None:
-    rig.device.load_crspace(image)
-    rig.device.set_health(health)
+def _replay(rig: Rig, opts: ReplayOptions, inputs: Inputs, report: Report) -> None:
+    rig.device.load_crspace(inputs.crspace.data)
+    rig.device.set_health(inputs.health.data)
     rig.mlx4.enable_snapshots()
     if opts.fault == "catas":
         report.fault["catas_words"] = [f"{w:#010x}" for w in opts.catas_words]
@@ -174,15 +216,14 @@ def _replay(rig: Rig, opts: ReplayOptions, image: bytes, health: bytes, report: 
     with step("reading the snapshots over SSH (devlink) and netlink (pyroute2)"):
         t0 = time.monotonic()
         for region in REGIONS:
-            given = image if region == "cr-space" else health
-            report.snapshots.append(_check(rig, region, snap_id, cycle, given, opts.out))
+            report.snapshots.append(_check(rig, region, snap_id, cycle, inputs, opts.out))
         report.timings["read_and_compare"] = time.monotonic() - t0
     if traffic_problem:  # after the snapshots: the report has both
         raise KernelFailure(f"TCP across the {opts.fault} fault: {traffic_problem}")
 
 
 def _check(
-    rig: Rig, region: str, snap_id: int, cycle: FaultCycle, given: bytes, out: Path
+    rig: Rig, region: str, snap_id: int, cycle: FaultCycle, inputs: Inputs, out: Path
 ) -> SnapshotReport:
     handle = rig.region(region)
     cli = rig.devlink.dump(handle, snap_id)
@@ -193,6 +234,10 @@ def _check(
     if nl != cli:
         (out / f"{name}.netlink.bin").write_bytes(nl)
     (out / f"{name}.truth.bin").write_bytes(expected)
+    # fw-health is a region of its own: its text lists every dword, from its address 0.
+    addresses = inputs.mstdump_addresses if region == "cr-space" else range(0, len(cli), 4)
+    within = [a for a in addresses if a + 4 <= len(cli)]  # a short snapshot: what it holds
+    (out / f"{name}.mstdump").write_text(format_mstdump(cli, within))
     comparisons = []
     diffs = []
     for a, a_data, b, b_data in (
@@ -211,7 +256,13 @@ def _check(
         diff_path = f"{name}.diff.txt"
         (out / diff_path).write_text("\n".join(diffs))
         logger.info(f"{handle} snapshot {snap_id}: MISMATCH, see {out / diff_path}")
-    changes = _changes_from_input(region, given, expected)
+    covered = None
+    if region == "cr-space":
+        runs = explain(inputs.crspace.data, expected)
+        changes = [c.as_dict() for c in runs]
+        covered = coverage(inputs.crspace.covered, len(expected), runs)
+    else:
+        changes = _health_changes(inputs.health.data, expected)
     return SnapshotReport(
         region=region,
         id=snap_id,
@@ -222,14 +273,14 @@ def _check(
         comparisons=comparisons,
         changed_from_input=changes,
         diff_path=diff_path,
+        mstdump_path=f"{name}.mstdump",
+        coverage=covered.as_dict() if covered else None,
     )
 
 
-def _changes_from_input(region: str, given: bytes, truth: bytes) -> list[dict[str, object]]:
-    """Where the device's truth differs from the user's input, and why (or UNEXPLAINED)."""
-    if region == "cr-space":
-        return [c.as_dict() for c in explain(given, truth)]
-    # The health buffer has no live words: the driver reads it as loaded.
+def _health_changes(given: bytes, truth: bytes) -> list[dict[str, object]]:
+    """Where the device's health buffer differs from the input: it has no live words (the
+    driver reads it as loaded), so any difference is UNEXPLAINED."""
     d = diff(given, truth)
     if d.equal:
         return []

@@ -12,9 +12,12 @@ import pytest
 from cx3 import layout as cr
 from cx3.client import ControlClient
 from cx3.wire import Crdump
-from rig import cli
+from rig import builtin, cli
 from rig.formats.dumptext import format_dump
+from rig.formats.mstdump import HW_DEV_ID, parse_address_csv
+from rig.formats.regionfile import load_region_file
 from rig.jobs.replay import ReplayOptions, run_replay
+from rig.provision.mstflint import ensure_connectx3_csv
 
 pytestmark = pytest.mark.e2e
 
@@ -33,6 +36,11 @@ def test_default_replay_passes_over_both_channels(tmp_path: Path) -> None:
         ).read_bytes()
     for log in ("console.log", "dmesg.txt", "qmp.log", "device-events.jsonl"):
         assert (out / log).stat().st_size > 0, log
+    # Not an mstregdump input: the cr-space snapshot's mstregdump text lists ConnectX3.csv's.
+    crspace = next(s for s in report["snapshots"] if s["region"] == "cr-space")
+    saved = (out / crspace["path"]).read_bytes()
+    assert (out / crspace["mstdump_path"]).read_text() == mstregdump_text(saved, csv_addresses())
+    assert crspace["coverage"]["covered_dwords"] == cr.SIZE // 4
 
 
 def test_user_image_and_old_format_health_text(tmp_path: Path) -> None:
@@ -63,6 +71,67 @@ def test_user_image_and_old_format_health_text(tmp_path: Path) -> None:
     for off, length in explained:  # outside what the report explains, the input is intact
         rest[off : off + length] = image[off : off + length]
     assert bytes(rest) == image
+
+
+def csv_addresses() -> tuple[int, ...]:
+    """The dwords Debian's mstflint reads on a ConnectX-3, from its ConnectX3.csv."""
+    csv = ensure_connectx3_csv()
+    return parse_address_csv(csv.read_text(), str(csv))
+
+
+def mstregdump_text(image: bytes, addresses: tuple[int, ...]) -> str:
+    """What mstregdump prints for `image`: printf("0x%8.8x 0x%8.8x\\n"), big-endian dwords."""
+    return "".join(
+        f"0x{a:08x} 0x{int.from_bytes(image[a : a + 4], 'big'):08x}\n" for a in addresses
+    )
+
+
+def explained_bytes(snapshot: dict[str, object]) -> set[int]:
+    runs = snapshot["changed_from_input"]
+    assert isinstance(runs, list) and all(c["register"] for c in runs), runs
+    return {o for c in runs for o in range(c["offset"], c["offset"] + c["length"])}
+
+
+def test_mstregdump_capture_replays_with_its_coverage(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A real card's capture: mstregdump text over ConnectX3.csv's ~14% of CR-space (here a
+    random image's dwords, hw_dev_id a ConnectX-3's); the rest comes from the built-in image."""
+    addresses = csv_addresses()
+    assert HW_DEV_ID in addresses and len(addresses) > 30000
+    image = bytearray(os.urandom(cr.SIZE))
+    image[HW_DEV_ID : HW_DEV_ID + 4] = (0x000101F5).to_bytes(4, "big")
+    dump = tmp_path / "crash.mstdump"
+    dump.write_text(mstregdump_text(bytes(image), addresses))
+    out = tmp_path / "run"
+
+    assert cli.main(["replay", "--crspace", str(dump), "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["ok"] and report["inputs"]["crspace_format"] == "mstregdump"
+    snap = next(s for s in report["snapshots"] if s["region"] == "cr-space")
+    coverage = snap["coverage"]
+    assert coverage["covered_dwords"] == len(addresses) and coverage["unexplained"] == 0
+    assert coverage["equal"] + coverage["explained"] == len(addresses)
+    assert f"cr-space coverage: {len(addresses)} of {cr.SIZE // 4} dwords" in (
+        capsys.readouterr().out
+    )
+
+    saved = (out / snap["path"]).read_bytes()
+    explained = explained_bytes(snap)
+    covered = {a + i for a in addresses for i in range(4)}
+    filled = builtin.crspace_image()
+    for off in range(cr.SIZE):  # the input where it covered, the built-in elsewhere
+        if off not in explained:
+            want = image[off] if off in covered else filled[off]
+            assert saved[off] == want, f"{off:#x}"
+    assert len({off // 4 for off in explained & covered}) == coverage["explained"]
+
+    # The snapshot as mstregdump text, over the input's address list, reads back the same.
+    text = (out / snap["mstdump_path"]).read_text()
+    assert text == mstregdump_text(saved, addresses)
+    again = load_region_file(out / snap["mstdump_path"], cr.SIZE, "CR-space", fill=lambda: saved)
+    assert again.format == "mstregdump" and again.addresses == addresses
+    assert again.data == saved
 
 
 @pytest.fixture

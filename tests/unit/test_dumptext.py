@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from rig.errors import RigError
-from rig.formats.dumptext import DumpFormatError, format_dump, load_region_file, parse_dump_text
+from rig.formats.dumptext import DumpFormatError, format_dump, parse_dump_text
+from rig.formats.regionfile import load_region_file
 
 OLD = """\
 0000000000000000 0014 95dc 0014 9514 0035 1670 0034 db30
@@ -49,10 +50,10 @@ def test_bad_text_names_the_line(text: str, needle: str) -> None:
 def test_load_raw_and_text_files(tmp_path: Path) -> None:
     raw = tmp_path / "h.bin"
     raw.write_bytes(bytes(range(64)))
-    assert load_region_file(raw, 64, "health") == bytes(range(64))
+    assert load_region_file(raw, 64, "health").data == bytes(range(64))
     txt = tmp_path / "h.txt"
     txt.write_text(format_dump(bytes(range(64))))
-    assert load_region_file(txt, 64, "health") == bytes(range(64))
+    assert load_region_file(txt, 64, "health").data == bytes(range(64))
 
 
 def test_load_wrong_size_and_missing(tmp_path: Path) -> None:
@@ -64,5 +65,5 @@ def test_load_wrong_size_and_missing(tmp_path: Path) -> None:
         load_region_file(tmp_path / "nope", 64, "health")
     t = tmp_path / "late.txt"
     t.write_text("0000000000000010 00 11\n")
-    with pytest.raises(DumpFormatError, match="starts at 0x10"):
-        load_region_file(t, 2, "health")
+    with pytest.raises(DumpFormatError, match="covers 2 bytes from 0x10 to 0x12; the health must"):
+        load_region_file(t, 64, "health")
