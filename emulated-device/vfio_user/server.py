@@ -180,17 +180,13 @@ class Server:
         conn, out = self.conn, self._out
         assert conn is not None and out is not None and self._sel is not None
         try:
-            if self._out_fds:
-                sent = conn.sendmsg([out], [p.fds_ancillary(self._out_fds)])
-            else:
-                sent = conn.send(out)
-        except BlockingIOError:
-            return
-        except OSError as e:
-            self.log(f"cannot send reply: {e}")
+            sent = self._send_now(conn, out, self._out_fds)
+        except Disconnected as e:
+            self.log(str(e))
             self._drop_client()
             return
-        self._out_fds = []
+        if sent:
+            self._out_fds = []  # they went with the first byte
         if sent < len(out):
             self._out = out[sent:]
             return
@@ -204,15 +200,20 @@ class Server:
     # Every trapped MMIO access of the guest is one message here, with a vCPU stalled until
     # the reply: this is the hot path, so it works on plain tuples.
 
+    @staticmethod
+    def _send_now(conn: socket.socket, data: bytes | memoryview, fds: list[int]) -> int:
+        """Send what the socket takes now; 0 if it is full (the descriptors did not go either)."""
+        try:
+            return conn.sendmsg([data], [p.fds_ancillary(fds)]) if fds else conn.send(data)
+        except BlockingIOError:
+            return 0
+        except OSError as e:
+            raise Disconnected(f"cannot send reply: {e}") from e
+
     def _send(self, data: bytes, fds: list[int]) -> None:
         conn = self.conn
         assert conn is not None
-        try:
-            sent = conn.sendmsg([data], [p.fds_ancillary(fds)]) if fds else conn.send(data)
-        except BlockingIOError:
-            sent = 0  # the socket buffer is full: nothing went, the descriptors neither
-        except OSError as e:
-            raise Disconnected(f"cannot send reply: {e}") from e
+        sent = self._send_now(conn, data, fds)
         if sent < len(data):  # a large reply, or a client slow to read: the rest waits
             assert self._sel is not None
             self._out = memoryview(data)[sent:]

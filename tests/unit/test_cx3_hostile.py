@@ -146,8 +146,10 @@ def test_sigterm_as_the_client_goes_exits_0_without_a_traceback(
     client = Client(m.socket)
     client.version()
     client.dma_map(GUEST_BASE, GUEST_SIZE, os.dup(ram.fd))
-    client.set_irq_eventfds(IRQ_INTX, 0, [os.eventfd(0)])
-    client.set_irq_eventfds(IRQ_MSIX, 0, [os.eventfd(0) for _ in range(8)])
+    eventfds = [os.eventfd(0) for _ in range(9)]
+    client.set_irq_eventfds(IRQ_INTX, 0, eventfds[:1])
+    client.set_irq_eventfds(IRQ_MSIX, 0, eventfds[1:])
+    p.close_fds(eventfds)  # the model has its own copies
     client.close()
     time.sleep(round_ * 0.002)  # move the signal across the teardown, round by round
     assert m.stop() == 0, m.log.read_text()
