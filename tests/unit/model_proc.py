@@ -7,9 +7,11 @@ import resource
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 import cx3
 
@@ -27,8 +29,24 @@ class Model:
             self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout)
 
+    def stop_cleanly(self) -> None:
+        """Stop it; it must exit 0, say nothing of a traceback and leave no socket behind."""
+        assert self.stop() == 0, self.log.read_text()
+        assert "Traceback" not in self.log.read_text()
+        assert not self.socket.exists() and not self.control.exists()
+
     def fd_count(self) -> int:
         return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+
+
+@pytest.fixture
+def model(tmp_path: Path) -> Iterator[Model]:
+    """The model in its own process, stopped cleanly at the end of the test."""
+    m = start_model(tmp_path)
+    try:
+        yield m
+    finally:
+        m.stop_cleanly()
 
 
 def start_model(directory: Path, *args: str, max_fds: int | None = None) -> Model:

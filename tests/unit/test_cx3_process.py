@@ -4,32 +4,18 @@ from __future__ import annotations
 
 import mmap
 import os
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 
 from cx3 import crspace, layout
 from cx3.client import ControlClient
 from cx3.opcodes import Opcode
 from tests.unit.cx3_guest import Driver, Guest, MemfdRam, TransportBus
-from tests.unit.model_proc import Model, start_model
+from tests.unit.model_proc import Model
 from vfio_user import IRQ_INTX
 from vfio_user.client import Client
 from vfio_user.device import BAR0_REGION
 
 GUEST_BASE = 0x1_0000_0000
 GUEST_SIZE = 8 << 20
-
-
-@pytest.fixture
-def model(tmp_path: Path) -> Iterator[Model]:
-    m = start_model(tmp_path)
-    try:
-        yield m
-    finally:
-        assert m.stop() == 0, m.log.read_text()
-    assert not m.socket.exists() and not m.control.exists()
 
 
 def test_probe_through_the_transport(model: Model) -> None:
