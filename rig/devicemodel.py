@@ -1,7 +1,8 @@
 """The device model in its own process, so a crash there never takes the orchestrator along.
 
 The process is `python -m cx3 --socket S --control C`; it prints one line "ready" on stdout
-once both sockets listen (QEMU must find the vfio-user socket listening when it starts).
+once both sockets listen (QEMU must find the vfio-user socket listening when it starts). It
+exits 0 on SIGTERM and in no other way: any other end is a crash, and `stop` says so.
 """
 
 from __future__ import annotations
@@ -46,30 +47,31 @@ class DeviceModel:
             "--log",
             str(self.log),
         ]
-        self.proc = subprocess.Popen(
+        self.proc = proc = subprocess.Popen(
             cmd,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C goes to the rig, which then stops us in order
         )
-        assert self.proc.stdout is not None
+        assert proc.stdout is not None
         deadline = time.monotonic() + timeout
         line = b""
         while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
+            line = proc.stdout.readline()
             if not line or line.strip() == b"ready":
                 break
         if line.strip() != b"ready":
-            self.proc.kill()
-            rest = self.proc.communicate()[0].decode(errors="replace")
+            proc.kill()
+            rest = proc.communicate()[0].decode(errors="replace")
+            self.proc = None  # reported here: `stop` has nothing left to say
             raise DeviceModelError(
                 f"device model did not start: {' '.join(cmd)}",
                 self.log,
                 (line.decode(errors="replace") + rest) or tail(self.log),
             )
         # Nothing more is printed on stdout; drop the pipe so the child never blocks on it.
-        self.proc.stdout.close()
+        proc.stdout.close()
 
     @property
     def control(self) -> ControlClient:
@@ -87,24 +89,33 @@ class DeviceModel:
         rc = self.proc.poll()
         if rc is not None:
             raise DeviceModelError(
-                f"device model exited unexpectedly (status {rc})", self.log, tail(self.log)
+                f"device model exited unexpectedly ({_status(rc)})", self.log, tail(self.log)
             )
 
     def stop(self, timeout: float = 5.0) -> None:
+        """SIGTERM, SIGKILL after `timeout`; clean up always. Raises DeviceModelError once if
+        the model had crashed or did not stop cleanly (a crash must not pass for a teardown)."""
         if self._client is not None:
             self._client.close()
             self._client = None
-        if self.proc is None:
+        proc, self.proc = self.proc, None
+        if proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+        problem = ""
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(timeout)
+                proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                problem = f"did not stop within {timeout:g} s of SIGTERM; killed"
         for path in (self.socket, self.control_socket):
             path.unlink(missing_ok=True)
+        if not problem and proc.returncode != 0:
+            problem = f"exited with {_status(proc.returncode)}"
+        if problem:
+            raise DeviceModelError(f"device model {problem}", self.log, tail(self.log))
 
     def __enter__(self) -> DeviceModel:
         self.start()
@@ -114,3 +125,9 @@ class DeviceModel:
         self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def _status(returncode: int) -> str:
+    if returncode < 0:
+        return f"signal {signal.Signals(-returncode).name}"
+    return f"status {returncode}"

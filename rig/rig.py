@@ -167,12 +167,14 @@ class Rig:
                 if self._machine is not None:
                     self._machine.shutdown()
                     self._machine = None
-                if self._device is not None:
-                    self._device.stop()
-                    self._device = None
-                if self._rundir is not None:
-                    shutil.rmtree(self._rundir, ignore_errors=True)
-                    self._rundir = None
+                try:
+                    if self._device is not None:
+                        device, self._device = self._device, None
+                        device.stop()  # raises if the model crashed: then the rig failed
+                finally:
+                    if self._rundir is not None:
+                        shutil.rmtree(self._rundir, ignore_errors=True)
+                        self._rundir = None
 
     def __enter__(self) -> Rig:
         return self.start()

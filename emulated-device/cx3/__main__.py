@@ -2,68 +2,106 @@
 
 Prints "ready" on stdout once both sockets listen (QEMU must find the vfio-user socket
 listening when it starts). With --log, everything afterwards - diagnostics and any traceback -
-goes to that file, because the parent stops reading our stdout after "ready".
+goes to that file, because the parent stops reading our stdout after "ready"; the file is
+rotated once it reaches --log-max-bytes. SIGTERM (or SIGINT) stops the model between two events
+and it exits 0; anything else that ends it is a crash, with its traceback in the log.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import contextlib
+import logging
 import selectors
 import signal
+import socket
 import sys
-import time
-from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
-from typing import TextIO
 
 from vfio_user.server import Server
 
+from . import modellog
 from .device import Cx3Device
 from .server import ControlServer
 
-
-def _logger(out: TextIO) -> Callable[[str], None]:
-    def log(msg: str) -> None:
-        out.write(f"{time.strftime('%H:%M:%S')} {msg}\n")
-        out.flush()
-
-    return log
+logger = logging.getLogger("cx3")
 
 
-def _stop(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(0)  # unwinds through the finally below, which removes the sockets
+class StopSignal:
+    """SIGTERM and SIGINT only record that the loop must stop, and wake it: a signal that
+    raised would land anywhere, a client's teardown included, and run it twice."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._wake, wakeup = socket.socketpair()
+        self._wake.setblocking(False)
+        wakeup.setblocking(False)
+        self._wakeup = wakeup
+        signal.set_wakeup_fd(wakeup.fileno())  # the C handler writes a byte: select returns
+        signal.signal(signal.SIGTERM, self._record)
+        signal.signal(signal.SIGINT, self._record)
+
+    def _record(self, signum: int, frame: FrameType | None) -> None:
+        self.signum = signum
+
+    def register(self, sel: selectors.BaseSelector) -> None:
+        sel.register(self._wake, selectors.EVENT_READ, self._drain)
+
+    def _drain(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            self._wake.recv(256)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise ValueError(text)
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cx3", description=__doc__)
     parser.add_argument("--socket", required=True, help="vfio-user socket QEMU connects to")
     parser.add_argument("--control", required=True, help="control socket (JSON lines)")
-    parser.add_argument("--log", help="log file (default: stderr)")
+    parser.add_argument("--log", type=Path, help="log file (default: stderr)")
+    parser.add_argument(
+        "--log-max-bytes",
+        type=_positive,
+        default=modellog.MAX_BYTES,
+        help="rotate the log file at this size, keeping one older file (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
 
-    out: TextIO = open(args.log, "a", buffering=1) if args.log else sys.stderr  # noqa: SIM115
+    handler: logging.Handler
     if args.log:
-        os.dup2(out.fileno(), sys.stderr.fileno())  # tracebacks land in the log too
-    signal.signal(signal.SIGTERM, _stop)
+        handler = log = modellog.CappedLog(args.log, args.log_max_bytes)
+        log.follow(sys.stderr)  # tracebacks land in the log too
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    modellog.setup(handler)
+    stop = StopSignal()
 
     device = Cx3Device()
-    server = Server(device, args.socket, log=_logger(out))
+    server = Server(device, args.socket, log=logger.info)
     control = ControlServer(device, args.control)
     sel = selectors.DefaultSelector()
     server.register(sel)
     control.register(sel)
+    stop.register(sel)
     print("ready", flush=True)
     if args.log:
-        os.dup2(out.fileno(), sys.stdout.fileno())
+        log.follow(sys.stdout)
     try:
-        while True:
+        while stop.signum is None:
             for key, _ in sel.select():
                 key.data()
     finally:
         control.close()
         server.close()
         device.close()
+    logger.info("stopped by %s", signal.Signals(stop.signum).name)
+    return 0
 
 
 if __name__ == "__main__":

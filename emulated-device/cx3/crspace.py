@@ -9,6 +9,7 @@ hook decides whether the value is kept.
 from __future__ import annotations
 
 import bisect
+import fcntl
 import mmap
 import os
 from collections.abc import Callable, Iterable
@@ -37,8 +38,11 @@ def mmap_areas() -> list[tuple[int, int]]:
 
 class CrSpace:
     def __init__(self, on_bad_write: BadWrite) -> None:
-        self.fd = os.memfd_create("cx3-crspace", os.MFD_CLOEXEC)
+        self.fd = os.memfd_create("cx3-crspace", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         os.ftruncate(self.fd, SIZE)
+        # The client gets this fd: shrunk under our mapping, our next access would be a SIGBUS.
+        seals = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
+        fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS, seals)
         self._mem = mmap.mmap(self.fd, SIZE)
         self._hooks: dict[int, WriteHook] = {}
         self._hook_offsets: list[int] = []  # sorted, to find hooks inside a write quickly

@@ -12,9 +12,10 @@ import json
 import os
 import selectors
 import socket
-import stat
 from collections.abc import Callable
 from typing import Any
+
+from vfio_user.listener import Listener
 
 from . import ops
 from .device import Cx3Device
@@ -70,32 +71,25 @@ class ControlServer:
         self.path = os.fspath(path)
         # Every op resolves now: a table entry without its handler or knob fails at start.
         self._ops = {op.name: (op, _handler(device, op)) for op in ops.OPS}
-        if os.path.exists(self.path) and stat.S_ISSOCK(os.stat(self.path).st_mode):
-            os.unlink(self.path)  # a stale socket from an earlier run
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._sock.bind(self.path)
-        self._sock.listen()
-        self._sock.setblocking(False)
+        self._listener = Listener(self.path, socket.SOMAXCONN)
         self._sel: selectors.BaseSelector | None = None
         self._conns: set[_Connection] = set()
 
     def register(self, sel: selectors.BaseSelector) -> None:
         self._sel = sel
-        sel.register(self._sock, selectors.EVENT_READ, self._accept)
+        sel.register(self._listener.sock, selectors.EVENT_READ, self._accept)
 
     def close(self) -> None:
+        """Idempotent: a teardown may run it again."""
         for conn in list(self._conns):
             conn.close()
-        if self._sel is not None:
-            self._sel.unregister(self._sock)
-        self._sock.close()
-        if os.path.exists(self.path):
-            os.unlink(self.path)
+        if self._sel is not None and self._listener.sock.fileno() >= 0:
+            self._sel.unregister(self._listener.sock)
+        self._listener.close()
 
     def _accept(self) -> None:
-        try:
-            sock, _ = self._sock.accept()
-        except OSError:  # the peer gave up between readiness and accept
+        sock = self._listener.accept()
+        if sock is None:
             return
         assert self._sel is not None
         conn = _Connection(sock, self, self._sel)

@@ -66,6 +66,15 @@ class MessageReader:
 
     def _split(self, data: bytes, fds: list[int]) -> list[Message]:
         out: list[Message] = []
+        try:
+            self._split_into(out, data, fds)
+        except Disconnected:
+            for _, _, taken in out:  # whole messages before the break are never handled
+                p.close_fds(taken)
+            raise
+        return out
+
+    def _split_into(self, out: list[Message], data: bytes, fds: list[int]) -> None:
         if self._skip:
             n = min(self._skip, len(data))
             self._skip -= n
@@ -108,7 +117,6 @@ class MessageReader:
             del buf[:size]
             out.append((header, body, self._fds.pop(self._offset, [])))
             self._offset += size
-        return out
 
     def _last_start_from(self, start: int) -> int | None:
         """Offset in the buffer of the last message that starts at or after `start`."""

@@ -15,6 +15,18 @@ from . import protocol as p
 from .device import IRQ_INTX, IRQ_MSIX, NUM_IRQ_INDEXES
 
 
+def _check_eventfd(fd: int) -> None:
+    """Refuse anything but an eventfd, and never block writing it: a pipe, or an eventfd the
+    client has filled, would hold up the whole loop at the next interrupt."""
+    try:
+        kind = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError as e:
+        raise p.ProtocolError(errno.EINVAL, f"SET_IRQS: descriptor {fd}: {e}") from e
+    if kind != "anon_inode:[eventfd]":
+        raise p.ProtocolError(errno.EINVAL, f"SET_IRQS: {kind} is not an eventfd")
+    os.set_blocking(fd, False)  # QEMU makes its eventfds non-blocking already
+
+
 @dataclass
 class IrqIndex:
     count: int
@@ -50,7 +62,10 @@ class IrqTable:
         fd = self.indexes[index].fds[vector]
         if fd is None:
             return False
-        os.eventfd_write(fd, 1)
+        try:
+            os.eventfd_write(fd, 1)
+        except BlockingIOError:
+            return False  # the client filled its own counter: its interrupt, its loss
         self.signals[index] += 1
         return True
 
@@ -76,17 +91,8 @@ class IrqTable:
     def set_irqs(
         self, flags: int, index: int, start: int, count: int, data: bytes, fds: list[int]
     ) -> None:
-        """Apply one SET_IRQS request; takes ownership of `fds` (closed on error)."""
-        try:
-            self._set_irqs(flags, index, start, count, data, fds)
-        except p.ProtocolError:
-            for fd in fds:
-                os.close(fd)
-            raise
-
-    def _set_irqs(
-        self, flags: int, index: int, start: int, count: int, data: bytes, fds: list[int]
-    ) -> None:
+        """Apply one SET_IRQS request. It takes `fds` when it returns; on a ProtocolError the
+        caller keeps them."""
         if not 0 <= index < NUM_IRQ_INDEXES:
             raise p.ProtocolError(errno.EINVAL, f"SET_IRQS: no IRQ index {index}")
         idx = self.indexes[index]
@@ -105,6 +111,8 @@ class IrqTable:
             # A run of fds assigns them; a run with no fds (QEMU's "-1" entries) clears.
             if fds and len(fds) != count:
                 raise p.ProtocolError(errno.EINVAL, f"SET_IRQS: {len(fds)} fds for {count} vectors")
+            for new in fds:
+                _check_eventfd(new)
             for i in range(count):
                 old = idx.fds[start + i]
                 if old is not None:

@@ -3,6 +3,10 @@
 It validates every message, answers malformed ones with an error reply naming the problem,
 and never lets a device callback's exception escape: a vCPU in QEMU is waiting, holding the
 global lock, and a late or missing reply desynchronises the stream for good.
+
+A hostile or broken client must not take the process down or hold it up: a refused message's
+descriptors are closed, and a client that does not take its replies keeps them queued (and
+gets nothing more read) while the loop serves everyone else.
 """
 
 from __future__ import annotations
@@ -19,10 +23,10 @@ from pathlib import Path
 from . import protocol as p
 from .device import CONFIG_REGION, NUM_IRQ_INDEXES, NUM_REGIONS, Device, DmaError, Region
 from .dma import DmaSpace
-from .framing import Disconnected, MessageReader
+from .framing import Disconnected, Message, MessageReader
 from .irq import IrqTable
+from .listener import Listener
 
-SEND_TIMEOUT = 2.0  # a client that stops reading its replies is gone
 DRAIN_LIMIT = 64 << 20  # oversized messages up to this are skipped, beyond it we hang up
 
 _pack_header = p.HEADER.pack
@@ -56,12 +60,11 @@ class Server:
         self.conn: socket.socket | None = None
         self._reader: MessageReader | None = None
         self._sel: selectors.BaseSelector | None = None
-        self._deferred: list[Callable[[], None]] = []
-        if self.path.is_socket():
-            self.path.unlink()  # a stale socket from a dead server
-        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.listener.bind(str(self.path))
-        self.listener.listen(1)
+        self._deferred: list[Callable[[], None]] = []  # posted writes' effects
+        self._out: memoryview | None = None  # the part of a reply the client has not taken
+        self._out_fds: list[int] = []  # descriptors to go with its first byte
+        self._held: list[Message] = []  # messages read, to be handled once _out is sent
+        self.listener = Listener(self.path, backlog=1)
         self._handlers: dict[int, Handler] = {
             p.Command.VERSION: self._version,
             p.Command.DMA_MAP: self._dma_map,
@@ -105,44 +108,51 @@ class Server:
     def register(self, sel: selectors.BaseSelector) -> None:
         """Add the listening socket to a selectors loop; key.data is the callback."""
         self._sel = sel
-        sel.register(self.listener, selectors.EVENT_READ, self._accept)
+        sel.register(self.listener.sock, selectors.EVENT_READ, self._accept)
 
     def close(self) -> None:
+        """Idempotent: a teardown may run it again."""
         self._drop_client()
-        if self._sel is not None:
-            self._sel.unregister(self.listener)
+        if self._sel is not None and self.listener.sock.fileno() >= 0:
+            self._sel.unregister(self.listener.sock)
         self.listener.close()
-        self.path.unlink(missing_ok=True)
 
     def _accept(self) -> None:
-        conn, _ = self.listener.accept()
+        conn = self.listener.accept()
+        if conn is None:
+            return
         if self.conn is not None:
             self.log("refusing a second client: one is already connected")
             conn.close()
             return
-        p.set_io_timeout(conn, SEND_TIMEOUT)
+        assert self._sel is not None
+        conn.setblocking(False)  # the loop never waits on one client
         self._reader = MessageReader(conn, p.MAX_MSG_SIZE, DRAIN_LIMIT)
         self.conn = conn
-        if self._sel is not None:
-            self._sel.register(conn, selectors.EVENT_READ, self._on_readable)
+        self._sel.register(conn, selectors.EVENT_READ, self._on_readable)
         self.log("client connected")
 
     def _drop_client(self) -> None:
-        if self.conn is None:
+        conn, self.conn = self.conn, None
+        if conn is None:
             return
-        if self._sel is not None:
-            self._sel.unregister(self.conn)
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
-        # The client's memory and eventfds die with it; the device must not touch them.
-        self._deferred.clear()
-        self.irqs.close()
-        self.dma.unmap_all()
-        self.device.reset()
-        # Hang up last: whoever sees the end of the stream finds the device already reset.
-        self.conn.close()
-        self.conn = None
+        try:
+            if self._sel is not None:
+                self._sel.unregister(conn)
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
+            for _, _, fds in self._held:
+                p.close_fds(fds)
+            self._held, self._out, self._out_fds = [], None, []
+            self._deferred.clear()
+            # The client's memory and eventfds die with it; the device must not touch them.
+            self.irqs.close()
+            self.dma.unmap_all()
+            self.device.reset()
+        finally:
+            # Hang up last: whoever sees the end of the stream finds the device already reset.
+            conn.close()
         self.log("client disconnected")
 
     def _on_readable(self) -> None:
@@ -154,6 +164,9 @@ class Server:
                 self.log(str(e))
             self._drop_client()
             return
+        self._dispatch(messages)
+
+    def _dispatch(self, messages: list[Message]) -> None:
         for i, (header, body, fds) in enumerate(messages):
             try:
                 self._handle(header, body, fds)
@@ -164,23 +177,54 @@ class Server:
                     p.close_fds(unused)
                 self._drop_client()
                 return
+            if self._out is not None:  # the client is not taking its replies: wait for it
+                self._held = messages[i + 1 :]
+                return
+
+    def _on_writable(self) -> None:
+        """The client takes more of a queued reply; once it has all, the held messages go on."""
+        conn, out = self.conn, self._out
+        assert conn is not None and out is not None and self._sel is not None
+        try:
+            sent = self._send_now(conn, out, self._out_fds)
+        except Disconnected as e:
+            self.log(str(e))
+            self._drop_client()
+            return
+        if sent:
+            self._out_fds = []  # they went with the first byte
+        if sent < len(out):
+            self._out = out[sent:]
+            return
+        self._out = None
+        self._sel.modify(conn, selectors.EVENT_READ, self._on_readable)
+        held, self._held = self._held, []
+        self._dispatch(held)
 
     # --- messages ---------------------------------------------------------------------------
     #
     # Every trapped MMIO access of the guest is one message here, with a vCPU stalled until
     # the reply: this is the hot path, so it works on plain tuples.
 
-    def _send(self, data: bytes, fds: list[int]) -> None:
-        assert self.conn is not None
+    @staticmethod
+    def _send_now(conn: socket.socket, data: bytes | memoryview, fds: list[int]) -> int:
+        """Send what the socket takes now; 0 if it is full (the descriptors did not go either)."""
         try:
-            if not fds:
-                sent = self.conn.send(data)
-            else:
-                sent = self.conn.sendmsg([data], [p.fds_ancillary(fds)])
-            if sent < len(data):
-                self.conn.sendall(data[sent:])  # large replies may go out in parts
-        except OSError as e:  # BlockingIOError included: SO_SNDTIMEO expired
+            return conn.sendmsg([data], [p.fds_ancillary(fds)]) if fds else conn.send(data)
+        except BlockingIOError:
+            return 0
+        except OSError as e:
             raise Disconnected(f"cannot send reply: {e}") from e
+
+    def _send(self, data: bytes, fds: list[int]) -> None:
+        conn = self.conn
+        assert conn is not None
+        sent = self._send_now(conn, data, fds)
+        if sent < len(data):  # a large reply, or a client slow to read: the rest waits
+            assert self._sel is not None
+            self._out = memoryview(data)[sent:]
+            self._out_fds = fds if not sent else []
+            self._sel.modify(conn, selectors.EVENT_WRITE, self._on_writable)
 
     def _run_deferred(self) -> None:
         while self._deferred:
@@ -216,6 +260,7 @@ class Server:
                 msg_id, command, flags, errno.EINVAL, f"{name}: unexpected file descriptors"
             )
             return
+        # A handler that returns owns the descriptors it was given; one that raises took none.
         try:
             payload, out_fds = handler(body, fds)
         except p.ProtocolError as e:
@@ -229,6 +274,7 @@ class Server:
                 reply = _pack_header(msg_id, command, p.HEADER_SIZE + len(payload), _REPLY, 0)
                 self._send(reply + payload, out_fds)
             return
+        p.close_fds(fds)
         self._reply_error(msg_id, command, flags, err, f"{p.command_name(command)}: {msg}")
 
     def _reply_error(self, msg_id: int, command: int, flags: int, err: int, msg: str) -> None:
@@ -277,7 +323,6 @@ class Server:
     def _dma_map(self, body: bytes, fds: list[int]) -> tuple[bytes, list[int]]:
         _, flags, offset, iova, size = self._unpack(p.DMA_MAP, body, "DMA_MAP")
         if len(fds) > 1:
-            p.close_fds(fds)
             raise p.ProtocolError(errno.EINVAL, f"DMA_MAP with {len(fds)} fds")
         self.dma.map(
             iova, size, offset, fds[0] if fds else None, writable=bool(flags & p.DMA_MAP_FLAG_WRITE)
@@ -333,11 +378,7 @@ class Server:
         return p.IRQ_INFO.pack(p.IRQ_INFO.size, self.irqs.info_flags(index), index, count), []
 
     def _set_irqs(self, body: bytes, fds: list[int]) -> tuple[bytes, list[int]]:
-        try:
-            _, flags, index, start, count = self._unpack(p.IRQ_SET, body, "DEVICE_SET_IRQS")
-        except p.ProtocolError:
-            p.close_fds(fds)
-            raise
+        _, flags, index, start, count = self._unpack(p.IRQ_SET, body, "DEVICE_SET_IRQS")
         self.irqs.set_irqs(flags, index, start, count, body[p.IRQ_SET.size :], fds)
         return b"", []
 

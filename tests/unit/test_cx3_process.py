@@ -4,55 +4,18 @@ from __future__ import annotations
 
 import mmap
 import os
-import signal
-import subprocess
-import sys
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
-import pytest
-
-import cx3
 from cx3 import crspace, layout
 from cx3.client import ControlClient
 from cx3.opcodes import Opcode
 from tests.unit.cx3_guest import Driver, Guest, MemfdRam, TransportBus
+from tests.unit.model_proc import Model
 from vfio_user import IRQ_INTX
 from vfio_user.client import Client
 from vfio_user.device import BAR0_REGION
 
 GUEST_BASE = 0x1_0000_0000
 GUEST_SIZE = 8 << 20
-
-
-@dataclass
-class Model:
-    proc: subprocess.Popen[bytes]
-    socket: Path
-    control: Path
-    log: Path
-
-
-@pytest.fixture
-def model(tmp_path: Path) -> Iterator[Model]:
-    sock, ctl, log = tmp_path / "cx3.sock", tmp_path / "cx3.ctl", tmp_path / "cx3.log"
-    src = str(Path(cx3.__file__).parents[1])
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]))
-    cmd = [sys.executable, "-m", "cx3", "--socket", str(sock), "--control", str(ctl)]
-    proc = subprocess.Popen(
-        [*cmd, "--log", str(log)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=env
-    )
-    m = Model(proc, sock, ctl, log)
-    assert m.proc.stdout is not None
-    assert m.proc.stdout.readline() == b"ready\n"
-    m.proc.stdout.close()  # as rig/deviceproc.py does: the model must not need it any more
-    try:
-        yield m
-    finally:
-        m.proc.send_signal(signal.SIGTERM)
-        assert m.proc.wait(10) == 0, m.log.read_text()
-    assert not m.socket.exists() and not m.control.exists()
 
 
 def test_probe_through_the_transport(model: Model) -> None:
