@@ -94,8 +94,11 @@ def main(argv: list[str] | None = None) -> int:
         log.follow(sys.stdout)
     try:
         while stop.signum is None:
-            for key, _ in sel.select():
+            # Messages first (a vCPU waits on each), then one step of background work.
+            for key, _ in sel.select(0 if server.has_work() else None):
                 key.data()
+            if server.has_work():
+                server.work()
     finally:
         control.close()
         server.close()

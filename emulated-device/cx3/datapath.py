@@ -1,11 +1,13 @@
 """The datapath: what the card does when the driver rings a send doorbell, and with the frames
 that arrive at a port.
 
-`send_doorbell(qpn)` walks the QP's send queue from where the device stopped last, takes every
-WQE the driver handed over (owner bit, see `wqe.py`), gathers its frame (inline bytes and DMA
-reads through the memory key; an LSO WQE is cut into MSS-sized TCP segments, one frame each:
-`frame.segment`), applies the offloads the control segment asks for, hands the
-frame to the port (`transmit`), and completes the WQE on the QP's send CQ: a send CQE if it
+`send_doorbell(qpn)` gives the walk of the QP's send queue from where the device stopped last,
+one WQE a step, run by the transport between messages as the card works behind a posted
+doorbell. It takes every WQE the driver handed over (owner bit, see `wqe.py`), gathers its
+frame (inline bytes and DMA reads through the memory key; an LSO WQE is cut into MSS-sized
+TCP segments, one frame each: `frame.segment`), applies the offloads the control segment asks
+for, hands the frame to the port (`transmit`), and completes the WQE on the QP's send CQ: a
+send CQE if it
 asked for one (CQ_UPDATE), an error CQE (`mlx4_err_cqe`, logged) if it is malformed - after
 which the QP is in ERR and flushes whatever else is posted (WR_FLUSH_ERR), as the hardware
 does. A CQE on an armed CQ raises the completion event on the CQ's EQ (`notify`); a CQ overrun
@@ -48,6 +50,9 @@ NO_VLAN_STRIP = 1 << 30  # QP param3: leave VLAN tags in the frame
 RQ_INDEX_MASK = 0xFFFF  # the receive doorbell record is a 16-bit producer count
 
 
+SENDING = (QpState.RTS, QpState.ERR, QpState.SQER)  # states whose send queue the card walks
+
+
 def key_to_hw_index(key: int) -> int:
     """`mr.c`: an lkey is the MPT index rotated left by 8."""
     return (key << 24 | key >> 8) & 0xFFFFFFFF
@@ -81,31 +86,54 @@ class Datapath:
 
     # --- send ------------------------------------------------------------------------------
 
-    def send_doorbell(self, qpn: int) -> None:
+    def send_doorbell(self, qpn: int) -> Callable[[], bool] | None:
+        """The driver rang QP `qpn`'s send doorbell: the walk of its send queue, one WQE a
+        step (the transport runs it between messages), or None if a walk is already under
+        way (it goes on to the new WQEs) or the QP cannot send."""
         qp = self.fw.state.qps.get(qpn)
-        if qp is None or qp.state not in (QpState.RTS, QpState.ERR, QpState.SQER):
-            state = "RST" if qp is None else qp.state.name
-            self._error(f"send doorbell for QP {qpn:#x}, which is in {state}; ignored")
-            return
+        if qp is None or qp.state not in SENDING:
+            name = "RST" if qp is None else qp.state.name
+            self._error(f"send doorbell for QP {qpn:#x}, which is in {name}; ignored")
+            return None
         sq, _ = qp.ctx.work_queues()
         if sq.log_stride != wqe.LOG_TXBB:
             self._error(f"QP {qpn:#x}: send WQE stride {1 << sq.log_stride} is not 64; ignored")
-            return
-        send_cq = self.fw.state.cqs.get(qp.ctx.cqn_send)
+            return None
+        if qp.sending:
+            return None
+        qp.sending = True
+        state = self.fw.state
+        send_cq = state.cqs.get(qp.ctx.cqn_send)
         buf = self._buffer(qp)
-        for _ in range(sq.count):  # at most one pass over the ring per doorbell
-            index = qp.sq_next
-            try:
-                ctrl = Ctrl.decode(self._sq_read(buf, sq, index, wqe.CTRL_SIZE))
-            except (DmaError, IcmError) as e:
-                self._error(f"QP {qpn:#x}: send queue unreadable at TXBB {index:#x}: {e}")
-                return
-            if ctrl.owner != (index >> sq.log_count) & 1 or ctrl.opcode == wqe.OPCODE_NOP:
-                return  # not handed over (yet)
-            qp.sq_next = index + ctrl.txbbs
-            cqe, solicited = self._send(qp, sq, buf, ctrl, index)
-            if cqe is not None:
-                self._complete(send_cq, qp, cqe, solicited)
+
+        def step() -> bool:
+            # A reset or a 2RST_QP since the doorbell ends the walk; so does a WQE not yet
+            # handed over (the next doorbell starts a new walk there).
+            if self.fw.state is not state or state.qps.get(qpn) is not qp or not qp.sending:
+                return False
+            more = qp.state in SENDING and self._send_next(qp, sq, buf, send_cq)
+            qp.sending = more
+            return more
+
+        return step
+
+    def _send_next(
+        self, qp: QueuePair, sq: WorkQueue, buf: MttBuffer, send_cq: CompletionQueue | None
+    ) -> bool:
+        """Take the next WQE if the driver handed it over: True if one was taken."""
+        index = qp.sq_next
+        try:
+            ctrl = Ctrl.decode(self._sq_read(buf, sq, index, wqe.CTRL_SIZE))
+        except (DmaError, IcmError) as e:
+            self._error(f"QP {qp.qpn:#x}: send queue unreadable at TXBB {index:#x}: {e}")
+            return False
+        if ctrl.owner != (index >> sq.log_count) & 1 or ctrl.opcode == wqe.OPCODE_NOP:
+            return False  # not handed over (yet)
+        qp.sq_next = index + ctrl.txbbs
+        cqe, solicited = self._send(qp, sq, buf, ctrl, index)
+        if cqe is not None:
+            self._complete(send_cq, qp, cqe, solicited)
+        return True
 
     def _buffer(self, qp: QueuePair) -> MttBuffer:
         if qp.buffer is None:

@@ -8,7 +8,6 @@ PBA; fully trapped). Nothing here blocks or raises on guest input: bad input is 
 from __future__ import annotations
 
 import collections
-import functools
 import sys
 from collections.abc import Callable
 
@@ -58,8 +57,9 @@ class _Detached:
     def msix_enabled(self) -> bool:
         return False
 
-    def defer(self, work: Callable[[], None]) -> None:
-        work()
+    def defer(self, work: Callable[[], bool]) -> None:
+        while work():
+            pass
 
     def log(self, msg: str) -> None:
         print(f"cx3: {msg}", file=sys.stderr)
@@ -301,7 +301,9 @@ class Cx3Device(Device):
             self.counts["send_doorbells"] += 1
             self.events.hot("send_doorbell", value >> 8, uar=page, qpn=value >> 8)
             # Posted, as on the card: the vCPU goes on while the model walks the ring.
-            self._ctx.defer(functools.partial(self.datapath.send_doorbell, value >> 8))
+            walk = self.datapath.send_doorbell(value >> 8)
+            if walk is not None:
+                self._ctx.defer(walk)
         elif in_page == cq.DOORBELL and len(data) == 8:
             self._cq_doorbell(page, value >> 32, value & 0xFFFFFFFF, writes=1)
         elif in_page == cq.DOORBELL and len(data) == 4:  # a 64-bit write split in two

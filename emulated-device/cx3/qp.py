@@ -144,6 +144,7 @@ class QueuePair:
     buffer: MttBuffer | None = field(default=None, repr=False)  # found on first use
     sq_next: int = 0  # the next send TXBB (64-byte unit) the device reads, a running count
     rq_next: int = 0  # the next receive WQE (16-bit running count, like the doorbell record)
+    sending: bool = False  # a walk of the send queue is under way (one per QP)
 
     def describe(self) -> dict[str, int | str | bool]:
         return {

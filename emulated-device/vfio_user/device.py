@@ -88,9 +88,10 @@ class DeviceContext(Protocol):
         """Whether the client has MSI-X vectors set up (the guest enabled MSI-X)."""
         ...
 
-    def defer(self, work: Callable[[], None]) -> None:
-        """Run `work` once the current message is answered, before the next is handled: the
-        effect of a posted write (a doorbell), so the vCPU is not stalled while it runs."""
+    def defer(self, work: Callable[[], bool]) -> None:
+        """Background work, the effect of a posted write (a doorbell): the transport answers
+        the write at once and calls `work` between later messages, a step at a time, until it
+        returns False. Items take turns, so a long one delays the vCPU by one step at most."""
         ...
 
     def log(self, msg: str) -> None:

@@ -11,6 +11,7 @@ gets nothing more read) while the loop serves everyone else.
 
 from __future__ import annotations
 
+import collections
 import errno
 import json
 import selectors
@@ -60,7 +61,8 @@ class Server:
         self.conn: socket.socket | None = None
         self._reader: MessageReader | None = None
         self._sel: selectors.BaseSelector | None = None
-        self._deferred: list[Callable[[], None]] = []  # posted writes' effects
+        self._work: collections.deque[Callable[[], bool]] = collections.deque()
+        self._working = False  # inside a step of background work
         self._out: memoryview | None = None  # the part of a reply the client has not taken
         self._out_fds: list[int] = []  # descriptors to go with its first byte
         self._held: list[Message] = []  # messages read, to be handled once _out is sent
@@ -97,8 +99,33 @@ class Server:
     def msix_enabled(self) -> bool:
         return self.irqs.msix_enabled()
 
-    def defer(self, work: Callable[[], None]) -> None:
-        self._deferred.append(work)
+    def defer(self, work: Callable[[], bool]) -> None:
+        self._work.append(work)
+
+    # --- background work: a doorbell's effect, a step at a time between messages -----------
+
+    def has_work(self) -> bool:
+        return bool(self._work)
+
+    def idle(self) -> bool:
+        """No background work queued or running (tests wait for this)."""
+        return not self._work and not self._working
+
+    def work(self) -> None:
+        """One step of the oldest work item; an unfinished one queues again behind the others.
+        The loop calls this between messages, so a vCPU's next access is answered after one
+        step at most, never after a whole ring."""
+        item = self._work.popleft()
+        self._working = True
+        try:
+            more = item()
+        except Exception as e:  # as in _handle: a device bug must not kill the server
+            self.log(f"device error in background work {type(e).__name__}: {e}")
+            more = False
+        finally:
+            self._working = False
+        if more and self.conn is not None:
+            self._work.append(item)
 
     def log(self, msg: str) -> None:
         self._log(msg)
@@ -145,7 +172,7 @@ class Server:
             for _, _, fds in self._held:
                 p.close_fds(fds)
             self._held, self._out, self._out_fds = [], None, []
-            self._deferred.clear()
+            self._work.clear()
             # The client's memory and eventfds die with it; the device must not touch them.
             self.irqs.close()
             self.dma.unmap_all()
@@ -170,7 +197,6 @@ class Server:
         for i, (header, body, fds) in enumerate(messages):
             try:
                 self._handle(header, body, fds)
-                self._run_deferred()
             except Disconnected as e:
                 self.log(str(e))
                 for _, _, unused in messages[i + 1 :]:
@@ -225,14 +251,6 @@ class Server:
             self._out = memoryview(data)[sent:]
             self._out_fds = fds if not sent else []
             self._sel.modify(conn, selectors.EVENT_WRITE, self._on_writable)
-
-    def _run_deferred(self) -> None:
-        while self._deferred:
-            work = self._deferred.pop(0)
-            try:
-                work()
-            except Exception as e:  # as in _handle: a device bug must not kill the server
-                self.log(f"device error in deferred work {type(e).__name__}: {e}")
 
     def _handle(self, header: p.HeaderFields, body: bytes | None, fds: list[int]) -> None:
         """Dispatch one message and reply. Raises Disconnected when the reply cannot go out."""

@@ -41,7 +41,7 @@ from .cx3_guest import (
     MemfdRam,
     TransportBus,
 )
-from .vfio_loop import running_loop
+from .vfio_loop import running_loop, wait_idle
 
 RAM_BASE, RAM_SIZE = 0x1_0000_0000, 16 << 20
 UAR = 129  # mlx4_en's own UAR page
@@ -169,12 +169,14 @@ def en(tmp_path: Path) -> Iterator[tuple[Cx3Device, EnDriver]]:
     dev = Cx3Device()
     server = Server(dev, tmp_path / "cx3.sock", log=lambda msg: None)
     ram = MemfdRam(RAM_BASE, RAM_SIZE)
-    with running_loop(server.register), Client(tmp_path / "cx3.sock") as client:
+    with running_loop(server.register, server), Client(tmp_path / "cx3.sock") as client:
         client.version()
         client.dma_map(RAM_BASE, RAM_SIZE, os.dup(ram.fd))
         intx = os.eventfd(0, os.EFD_NONBLOCK)
         client.set_irq_eventfds(IRQ_INTX, 0, [os.dup(intx)])
-        drv = Driver(TransportBus(client), Guest(ram, RAM_BASE, RAM_SIZE))
+        drv = Driver(
+            TransportBus(client, lambda: wait_idle(server)), Guest(ram, RAM_BASE, RAM_SIZE)
+        )
         drv.config_write16(0x04, 0x0006)
         drv.probe(comp_log_nent=6)
         en = EnDriver(drv, intx, client)
