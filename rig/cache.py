@@ -42,6 +42,16 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+def tree_listing(directory: Path) -> Iterator[bytes]:
+    """One line per file under `directory` (its path, size and mtime), in a stable order: what
+    identifies a user's tree cheaply, without reading every byte."""
+    for dirpath, dirnames, files in os.walk(directory):
+        dirnames.sort()
+        for name in sorted(files):
+            st = (Path(dirpath) / name).lstat()
+            yield f"{dirpath}/{name}:{st.st_size}:{st.st_mtime_ns}\n".encode()
+
+
 @dataclass(frozen=True)
 class CacheEntry:
     """One keyed artifact directory, e.g. ~/.cache/mlx4-rig/qemu/10.2.2-<key>."""

@@ -14,6 +14,7 @@ from rig.commands.options import (
     add_guest_options,
     byte_count,
     driver_options,
+    guest_options,
 )
 from rig.jobs.replay import ReplayOptions, run_replay
 from rig.mlx4 import FAULTS
@@ -82,8 +83,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             crspace=args.crspace,
             health=args.health,
             fault=args.fault,
-            kernel=args.kernel,
-            qemu=args.qemu,
+            **guest_options(args),
             **driver_options(args),
             traffic=args.traffic,
             traffic_bytes=args.traffic_bytes,
