@@ -35,6 +35,8 @@ APT_LISTS = Path("/var/lib/apt/lists")
 # A private index older than this is refreshed before it answers (Debian's archive changes a
 # few times a day; a kernel superseded in sid leaves the pool soon after).
 INDEX_MAX_AGE = 24 * 3600
+# An index this young is not fetched again to look for what it lacks.
+INDEX_FRESH = 300
 
 
 def _lists_stamp(lists: Path) -> str:
@@ -146,16 +148,20 @@ class DebArchive(PrivateApt):
     def _updated(self) -> Path:
         return self.root / "updated"  # touched after each successful update
 
+    def age(self) -> float | None:
+        """Seconds since the indexes were last fetched; None if they never were."""
+        try:
+            return time.time() - self._updated.stat().st_mtime
+        except OSError:
+            return None
+
     def ensure_index(self, log: Path, max_age: float = INDEX_MAX_AGE) -> None:
         """Fetch the suite's indexes if there are none or they are older than `max_age`; a
         stale index that cannot be refreshed still answers (with a warning)."""
         self.root.mkdir(parents=True, exist_ok=True)
         with (self.root / ".lock").open("w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # parallel rigs: one apt-get update at a time
-            try:
-                age = time.time() - self._updated.stat().st_mtime
-            except OSError:
-                age = None
+            age = self.age()
             if age is not None and age < max_age:
                 return
             try:
@@ -167,10 +173,6 @@ class DebArchive(PrivateApt):
                 logger.warning(f"{e.args[0]}; using the index from {age / 3600:.0f} h ago")
                 return
             self._updated.touch()
-
-    def refresh(self, log: Path) -> None:
-        """Fetch the indexes now (e.g. a listed file has left the mirror's pool)."""
-        self.ensure_index(log, max_age=0)
 
     def _ask(self, *args: str) -> str:
         return remembered(

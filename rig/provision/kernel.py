@@ -171,8 +171,11 @@ def _debian_kernel(suite: str, package: str, version: str | None) -> GuestKernel
     try:
         return _fetch_debian_kernel(archive, package, version, log)
     except _NotInIndex as e:
-        logger.info(f"{e.args[0]}; refreshing the index of {suite} and trying again")
-        archive.refresh(log)
+        age = archive.age()
+        if age is not None and age < debs.INDEX_FRESH:
+            raise
+        logger.info(f"{e.args[0]}; fetching a newer index of {suite}")
+        archive.ensure_index(log, max_age=0)
         return _fetch_debian_kernel(archive, package, version, log)
 
 
@@ -200,14 +203,14 @@ def _fetch_debian_kernel(
 
 
 def _resolve(archive: debs.DebArchive, package: str, version: str | None) -> KernelDebs:
-    where = f"Debian {archive.suite} ({', '.join(line.suite for line in archive.lines)})"
+    where = "Debian's " + ", ".join(dict.fromkeys(line.suite for line in archive.lines))
     if version is None:
         version = archive.candidate(package)
         if version is None:
-            raise _NotInIndex(f"{where} has no package {package}")
+            raise _NotInIndex(f"{where} list no package {package}")
     elif archive.fields(package, version) is None:
         listed = ", ".join(archive.versions(package)) or "none"
-        raise _NotInIndex(f"{where} has no {package}={version} (listed: {listed})")
+        raise _NotInIndex(f"{where} list no {package}={version} (they list: {listed})")
 
     def lookup(name: str, at: str) -> dict[str, str] | None:
         return archive.fields(name, at)

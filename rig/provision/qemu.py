@@ -322,7 +322,7 @@ def _fetch_source(
     pinned = " (the rig's pinned QEMU: bump PINNED_VERSION in rig/provision/qemu.py)"
     if not matching:
         raise ProvisionError(
-            f"qemu {requested} is no longer in Debian's archive at {archive.mirror} "
+            f"qemu {requested} is not in Debian's archive at {archive.mirror} "
             f"({', '.join(archive.suites)}){pinned if requested == PINNED_VERSION else ''}; "
             f"listed there: {', '.join(candidate_versions(listed)) or 'none new enough'} "
             "(choose one with --qemu-version)",
