@@ -43,13 +43,15 @@ def file_digest(path: Path) -> str:
 
 
 def tree_listing(directory: Path) -> Iterator[bytes]:
-    """One line per file under `directory` (its path, size and mtime), in a stable order: what
-    identifies a user's tree cheaply, without reading every byte."""
+    """One line per file under `directory` (its path there, size and mtime), in a stable
+    order: what identifies a user's tree cheaply, without reading every byte, wherever the tree
+    is (a copy that keeps mtimes is the same tree)."""
     for dirpath, dirnames, files in os.walk(directory):
         dirnames.sort()
         for name in sorted(files):
-            st = (Path(dirpath) / name).lstat()
-            yield f"{dirpath}/{name}:{st.st_size}:{st.st_mtime_ns}\n".encode()
+            path = Path(dirpath) / name
+            st = path.lstat()
+            yield f"{path.relative_to(directory)}:{st.st_size}:{st.st_mtime_ns}\n".encode()
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """Binary Debian packages: resolve a candidate, download, unpack — through the host's apt
-(the static busybox of the host's release) or a private one (DebArchive: kernels of any suite).
+(the static busybox and kernel source of the host's release) or a private one (DebArchive:
+kernels of any suite).
 
 Only `apt-get download` is used: nothing is installed on the host, the packages' contents
 become cache entries.
@@ -92,11 +93,6 @@ def candidate_version(package: str) -> str | None:
     if match is None or match.group(1) == "(none)":
         return None
     return match.group(1)
-
-
-def package_names(prefix: str) -> list[str]:
-    """Every package name apt knows that starts with `prefix`."""
-    return sorted(set(_apt_cache("pkgnames", prefix).split()))
 
 
 def require_candidate(package: str, log: Path) -> str:

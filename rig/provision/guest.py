@@ -15,7 +15,7 @@ from rig.provision.sshkeys import ClientKey, ensure_client_key
 # Host tools provisioning uses (apt-get, dpkg-deb and setpriv come with any Debian system).
 HOST_PACKAGES: tuple[str, ...] = (
     "mmdebstrap",  # builds the root fs
-    "debian-archive-keyring",  # for mmdebstrap to verify bookworm
+    "debian-archive-keyring",  # to verify Debian's suites (mmdebstrap, the private apt)
     "gpg",  # recommended by mmdebstrap, for its keyring handling
     "e2fsprogs",  # mke2fs -d
     "kmod",  # depmod for a packaged kernel's modules
