@@ -1,7 +1,9 @@
-"""Debian packages: install what the host lacks, and fetch source packages from a private apt.
+"""Debian packages: install what the host lacks, and private apt configurations (PrivateApt)
+for source packages (SourceArchive) and other suites' binary packages (rig.provision.debs).
 
-The source side never touches the system's /etc/apt: it keeps its own sources list, lists and
-archives under the cache, so adding `deb-src` for sid cannot change what the host installs.
+A private apt never touches the system's /etc/apt or its dpkg status: it keeps its own sources
+list, lists and archives under the cache, so adding `deb-src` for sid cannot change what the
+host installs, and what the host has installed cannot change what it chooses.
 """
 
 from __future__ import annotations
