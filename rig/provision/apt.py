@@ -213,6 +213,8 @@ class PrivateApt:
                 # Not the host's dpkg status: an installed kernel must not become a candidate.
                 f'Dir::State::status "{r}/state/status";',
                 f'Dir::Cache "{r}/cache";',
+                # One binary cache of the indexes, not two: each is ~50 MB for sid alone.
+                'Dir::Cache::srcpkgcache "";',
                 f'Dir::Log "{r}/log";',
                 'Acquire::Languages "none";',
                 'Acquire::GzipIndexes "true";',
