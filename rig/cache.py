@@ -42,6 +42,18 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+def tree_listing(directory: Path) -> Iterator[bytes]:
+    """One line per file under `directory` (its path there, size and mtime), in a stable
+    order: what identifies a user's tree cheaply, without reading every byte, wherever the tree
+    is (a copy that keeps mtimes is the same tree)."""
+    for dirpath, dirnames, files in os.walk(directory):
+        dirnames.sort()
+        for name in sorted(files):
+            path = Path(dirpath) / name
+            st = path.lstat()
+            yield f"{path.relative_to(directory)}:{st.st_size}:{st.st_mtime_ns}\n".encode()
+
+
 @dataclass(frozen=True)
 class CacheEntry:
     """One keyed artifact directory, e.g. ~/.cache/mlx4-rig/qemu/10.2.2-<key>."""

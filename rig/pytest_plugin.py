@@ -6,10 +6,13 @@ test asks for a rig fixture.
 
 Options
 -------
---rig-kernel SPEC     guest kernel, as `rig setup --kernel` takes it (default: Debian's 6.1
-                      cloud kernel)
+--rig-kernel SPEC     guest kernel, as `rig setup --kernel` takes it (default: deb:bookworm,
+                      Debian's 6.1 cloud kernel)
+--rig-userspace REL   the root fs's Debian release (default: the kernel's own for deb:SUITE,
+                      else bookworm)
 --rig-qemu PATH       the qemu-system-x86_64 to use (default: $RIG_QEMU, a new enough system
-                      QEMU, or the rig's cached build)
+                      QEMU, or the rig's cached build of its pinned version)
+--rig-qemu-version V  build and use this version of Debian's qemu source instead
 --rig-artifacts DIR   where a failing test's evidence goes (default: test-results/artifacts)
 
 Fixtures
@@ -85,6 +88,7 @@ import pytest
 from cx3.client import ControlClient
 from rig.devlink.channels import CHANNELS, CliChannel, NetlinkChannel, RegionChannel
 from rig.errors import RigError
+from rig.provision.suites import RELEASES
 from rig.rig import Rig, RigConfig
 from rig.traffic import Traffic
 from rig.vm.machine import Machine
@@ -106,14 +110,28 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--rig-kernel",
         metavar="SPEC",
         default=None,
-        help="guest kernel: a directory with bzImage + lib/modules/<release>, or "
-        "deb:<package>[=<version>] (default: Debian's 6.1 cloud kernel)",
+        help="guest kernel, as `rig setup --kernel` takes it: deb:SUITE, "
+        "deb:PACKAGE[=VERSION], a kernel directory or build:... (default: deb:bookworm)",
+    )
+    group.addoption(
+        "--rig-userspace",
+        metavar="RELEASE",
+        default=None,
+        choices=RELEASES,
+        help="the Debian release of the guest's root fs (default: the kernel's own for "
+        "deb:SUITE, else bookworm)",
     )
     group.addoption(
         "--rig-qemu",
         metavar="PATH",
         default=None,
         help="qemu-system-x86_64 to use (default: found or built by the rig)",
+    )
+    group.addoption(
+        "--rig-qemu-version",
+        metavar="VERSION",
+        default=None,
+        help="build and use this version of Debian's qemu source, not the rig's pinned one",
     )
     group.addoption(
         "--rig-artifacts",
@@ -216,7 +234,9 @@ def rig_config(
     return RigConfig(
         log_dir=tmp_path_factory.mktemp("rig-session"),
         kernel=request.config.getoption("rig_kernel"),
+        userspace=request.config.getoption("rig_userspace"),
         qemu=Path(qemu) if qemu else None,
+        qemu_version=request.config.getoption("rig_qemu_version"),
         msi_x=True,
         name="session",
     )

@@ -44,7 +44,9 @@ logger = logging.getLogger(__name__)
 class RigConfig:
     log_dir: Path
     kernel: str | None = None  # None: Debian's packaged kernel (see rig.provision.kernel)
+    userspace: str | None = None  # the root fs's Debian release; None: the kernel's choice
     qemu: Path | None = None  # None: $RIG_QEMU, a new enough system QEMU, or the cached build
+    qemu_version: str | None = None  # build and use this Debian qemu source, not the pinned one
     msi_x: bool = True
     mlx4_params: tuple[str, ...] = ()
     load_driver: bool = True
@@ -86,13 +88,12 @@ class Rig:
 
     def start(self) -> Rig:
         from rig.provision.guest import ensure_guest
-        from rig.provision.localqemu import qemu_at
-        from rig.provision.qemu import ensure_qemu
+        from rig.provision.qemu import qemu_for
 
         self.log_dir.mkdir(parents=True, exist_ok=True)
         t0 = time.monotonic()
-        qemu: QemuInstall = qemu_at(self.config.qemu) if self.config.qemu else ensure_qemu()
-        guest = ensure_guest(self.config.kernel)
+        qemu: QemuInstall = qemu_for(self.config.qemu, self.config.qemu_version)
+        guest = ensure_guest(self.config.kernel, self.config.userspace)
         self.qemu_version = qemu.version
         self.kernel_release = guest.kernel.release
         self.kernel_origin = guest.kernel.origin

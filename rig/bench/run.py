@@ -134,7 +134,9 @@ class BenchOptions:
     sections: tuple[str, ...] = DEFAULT_SECTIONS
     intx: bool = True  # one catas fault with msi_x=0 in the guest section (~30-60 s)
     kernel: str | None = None
+    userspace: str | None = None
     qemu: Path | None = None
+    qemu_version: str | None = None
 
 
 @dataclass
@@ -247,12 +249,11 @@ def _git_commit() -> str | None:
 def _describe_guest(opts: BenchOptions) -> dict[str, Any]:
     """QEMU and guest kernel versions (provisioning them now if the cache is cold)."""
     from rig.provision.guest import ensure_guest
-    from rig.provision.localqemu import qemu_at
-    from rig.provision.qemu import ensure_qemu
+    from rig.provision.qemu import qemu_for
 
     try:
-        qemu = qemu_at(opts.qemu) if opts.qemu else ensure_qemu()
-        guest = ensure_guest(opts.kernel)
+        qemu = qemu_for(opts.qemu, opts.qemu_version)
+        guest = ensure_guest(opts.kernel, opts.userspace)
     except RigError as e:
         return {"qemu": None, "guest": None, "provision_error": str(e)}
     return {"qemu": qemu.version, "guest": guest.kernel.release}
@@ -264,8 +265,21 @@ def _options(opts: BenchOptions) -> dict[str, Any]:
         "sections": list(opts.sections),
         "intx": opts.intx,
         "kernel": opts.kernel,
+        "userspace": opts.userspace,
         "qemu": None if opts.qemu is None else str(opts.qemu),
+        "qemu_version": opts.qemu_version,
     }
+
+
+def _guest_flags(opts: BenchOptions) -> list[str]:
+    """The guest options again, for the `rig` commands a section runs."""
+    flags = {
+        "--kernel": opts.kernel,
+        "--userspace": opts.userspace,
+        "--qemu": opts.qemu and str(opts.qemu),
+        "--qemu-version": opts.qemu_version,
+    }
+    return [word for flag, value in flags.items() if value for word in (flag, value)]
 
 
 # --- host: round trips without a guest ------------------------------------------------------
@@ -292,7 +306,15 @@ def _config(opts: BenchOptions, log_dir: Path, **kw: Any) -> RigConfig:
     # mlx4_core alone unless a figure asks for mlx4_en: it would load behind every probe of
     # the modprobe/rmmod loop (and make its rmmod fail while it holds mlx4_core).
     kw.setdefault("mlx4_en", False)
-    return RigConfig(log_dir=log_dir, kernel=opts.kernel, qemu=opts.qemu, name="bench", **kw)
+    return RigConfig(
+        log_dir=log_dir,
+        kernel=opts.kernel,
+        userspace=opts.userspace,
+        qemu=opts.qemu,
+        qemu_version=opts.qemu_version,
+        name="bench",
+        **kw,
+    )
 
 
 def _boot(opts: BenchOptions, run: BenchRun) -> None:
@@ -503,12 +525,7 @@ def _traffic(opts: BenchOptions, run: BenchRun) -> None:
 
 
 def _replay_command(opts: BenchOptions, out: Path) -> list[str]:
-    cmd = [sys.executable, "-m", "rig", "replay", "--out", str(out)]
-    if opts.kernel:
-        cmd += ["--kernel", opts.kernel]
-    if opts.qemu:
-        cmd += ["--qemu", str(opts.qemu)]
-    return cmd
+    return [sys.executable, "-m", "rig", "replay", "--out", str(out), *_guest_flags(opts)]
 
 
 def _start_replay(opts: BenchOptions, out: Path) -> subprocess.Popen[bytes]:
@@ -595,11 +612,8 @@ def _suite(opts: BenchOptions, run: BenchRun) -> None:
 def _cold(opts: BenchOptions, run: BenchRun) -> None:
     cache = Path(tempfile.mkdtemp(prefix="rig-cold-cache-"))
     try:
-        cmd = [sys.executable, "-m", "rig", "setup"]
-        if opts.kernel:
-            cmd += ["--kernel", opts.kernel]
+        cmd = [sys.executable, "-m", "rig", "setup", *_guest_flags(opts)]
         if opts.qemu:
-            cmd += ["--qemu", str(opts.qemu)]
             run.results.note("cold.setup", f"QEMU not built: --qemu {opts.qemu}")
         env = dict(os.environ, RIG_CACHE=str(cache))
         log = opts.log_dir / "cold-setup.log"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rig.bench.run import DEFAULT_SECTIONS, SECTIONS, BenchOptions, run_bench, write_json
 from rig.bench.stats import format_table
-from rig.commands.options import Subparsers, add_guest_options
+from rig.commands.options import Subparsers, add_guest_options, guest_options
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +79,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             runs=args.runs,
             sections=sections,
             intx=args.intx,
-            kernel=args.kernel,
-            qemu=args.qemu,
+            **guest_options(args),
         )
     )
     write_json(run, json_path)

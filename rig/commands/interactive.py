@@ -21,6 +21,7 @@ from rig.commands.options import (
     add_guest_options,
     command_after_dashes,
     driver_options,
+    guest_options,
 )
 from rig.errors import RigError
 from rig.formats.dumptext import format_dump
@@ -98,8 +99,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     with Rig(
         RigConfig(
             log_dir=logs,
-            kernel=args.kernel,
-            qemu=args.qemu,
+            **guest_options(args),
             **driver_options(args),
             name=args.name,
         )

@@ -7,14 +7,50 @@ from pathlib import Path
 from typing import TypeAlias, TypedDict
 
 from rig.errors import UsageError
+from rig.provision.qemu import PINNED_VERSION
+from rig.provision.suites import DEFAULT_SUITE, RELEASES
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
-def add_guest_options(p: argparse.ArgumentParser) -> None:
-    """--kernel and --qemu: which guest kernel and which QEMU a command boots."""
-    p.add_argument("--kernel", metavar="SPEC", help="guest kernel (see `rig setup --help`)")
-    p.add_argument("--qemu", metavar="PATH", type=Path, help="use this qemu-system-x86_64")
+def add_guest_options(p: argparse.ArgumentParser, kernel_help: str = "") -> None:
+    """--kernel, --userspace, --qemu, --qemu-version: what a command boots."""
+    p.add_argument(
+        "--kernel", metavar="SPEC", help=kernel_help or "guest kernel (see `rig setup --help`)"
+    )
+    p.add_argument(
+        "--userspace",
+        metavar="RELEASE",
+        choices=RELEASES,
+        help=f"the Debian release of the guest's root fs ({', '.join(RELEASES)}; default: "
+        f"the kernel's own for --kernel deb:SUITE, else {DEFAULT_SUITE})",
+    )
+    qemu = p.add_mutually_exclusive_group()
+    qemu.add_argument("--qemu", metavar="PATH", type=Path, help="use this qemu-system-x86_64")
+    qemu.add_argument(
+        "--qemu-version",
+        metavar="VERSION",
+        help=f"build (once, into the cache) and use this version of Debian's qemu source "
+        f"instead of the pinned {PINNED_VERSION}: a Debian version or an upstream release "
+        "such as 10.2.2",
+    )
+
+
+class GuestOptions(TypedDict):
+    kernel: str | None
+    userspace: str | None
+    qemu: Path | None
+    qemu_version: str | None
+
+
+def guest_options(args: argparse.Namespace) -> GuestOptions:
+    """What add_guest_options parsed, as RigConfig's (and the jobs' options') fields."""
+    return {
+        "kernel": args.kernel,
+        "userspace": args.userspace,
+        "qemu": args.qemu,
+        "qemu_version": args.qemu_version,
+    }
 
 
 def add_crspace_options(p: argparse.ArgumentParser, default_help: str) -> None:

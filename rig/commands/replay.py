@@ -15,6 +15,7 @@ from rig.commands.options import (
     add_guest_options,
     byte_count,
     driver_options,
+    guest_options,
 )
 from rig.formats.coverage import Coverage
 from rig.jobs.replay import ReplayOptions, run_replay
@@ -79,8 +80,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             crspace_format=args.crspace_format,
             health=args.health,
             fault=args.fault,
-            kernel=args.kernel,
-            qemu=args.qemu,
+            **guest_options(args),
             **driver_options(args),
             traffic=args.traffic,
             traffic_bytes=args.traffic_bytes,

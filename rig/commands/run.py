@@ -16,6 +16,7 @@ from rig.commands.options import (
     add_guest_options,
     command_after_dashes,
     driver_options,
+    guest_options,
 )
 from rig.progress import stream_to
 from rig.rig import Rig, RigConfig
@@ -86,8 +87,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     log_dir: Path = args.keep_logs or Path(tempfile.mkdtemp(prefix="rig-logs-"))
     config = RigConfig(
         log_dir=log_dir,
-        kernel=args.kernel,
-        qemu=args.qemu,
+        **guest_options(args),
         **driver_options(args),
         mlx4_params=tuple(args.mlx4_param),
         with_device=args.device,

@@ -3,46 +3,37 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from rig.cache import cache_root, list_entries
-from rig.commands.options import Subparsers
+from rig.commands.options import Subparsers, add_guest_options
 from rig.progress import step
 from rig.provision.guest import ensure_guest
 from rig.provision.mstflint import ensure_connectx3_csv
-from rig.vm.machine import QemuInstall
+from rig.provision.qemu import qemu_for
+from rig.provision.suites import DEFAULT_SUITE, known
 
 KERNEL_HELP = (
-    "guest kernel: a directory with bzImage + lib/modules/<release>; deb:<package>[=<version>] "
-    "(default: Debian's newest 6.1 cloud-amd64); or build:SOURCE[+PATCHES], built from source "
-    "on first use: SOURCE is 6.1 (Debian's linux-source-6.1), 6.1=VERSION or a kernel tree, "
-    "PATCHES a series (see `rig build-kernel --help`), e.g. "
+    f"guest kernel: deb:SUITE, the cloud-amd64 kernel Debian's {known()} installs "
+    f"(default: deb:{DEFAULT_SUITE}); deb:PACKAGE[=VERSION], a linux-image-* package of any of "
+    "them; a directory with bzImage (or vmlinuz, boot/vmlinuz-*) and lib/modules/<release> "
+    "(or usr/lib/modules/<release>), e.g. Debian's packages unpacked with dpkg-deb -x (no "
+    "modules.dep needed: the rig indexes a private copy); or build:SOURCE[+PATCHES], built from "
+    "source on first use: SOURCE is 6.1 (Debian's linux-source-6.1), 6.1=VERSION or a kernel "
+    "tree, PATCHES a series (see `rig build-kernel --help`), e.g. "
     "build:6.1+guest/patches/example-break-crdump"
 )
 
 
 def add_parser(sub: Subparsers) -> None:
     p = sub.add_parser("setup", help="provision QEMU, the guest kernel, initramfs and root fs")
-    p.add_argument("--kernel", metavar="SPEC", help=KERNEL_HELP)
-    p.add_argument("--qemu", metavar="PATH", type=Path, help="use this qemu-system-x86_64")
+    add_guest_options(p, KERNEL_HELP)
     p.set_defaults(func=cmd_setup)
 
 
-def provision_qemu(path: Path | None) -> QemuInstall:
-    """The QEMU named by --qemu, else rig.provision.qemu's (found or built into the cache)."""
-    if path is not None:
-        from rig.provision.localqemu import qemu_at
-
-        return qemu_at(path)
-    from rig.provision.qemu import ensure_qemu
-
-    with step("finding or building QEMU"):
-        return ensure_qemu()
-
-
 def cmd_setup(args: argparse.Namespace) -> int:
-    qemu = provision_qemu(args.qemu)
-    guest = ensure_guest(args.kernel)
+    with step("finding or building QEMU"):
+        qemu = qemu_for(args.qemu, args.qemu_version)
+    guest = ensure_guest(args.kernel, args.userspace)
     csv = ensure_connectx3_csv()  # replay writes snapshots as mstregdump text over its list
     print(f"qemu:      {qemu.binary} ({qemu.version})")
     print(f"kernel:    {guest.kernel.release} from {guest.kernel.origin}")

@@ -285,11 +285,15 @@ class BehaviourRun:
         return Outcome(PASS, "clean", {"clean": True})
 
 
-def run_session(kernel: str | None, qemu: Path | None, out: Path) -> dict[str, Outcome]:
+def run_session(
+    kernel: str | None, qemu: Path | None, out: Path, userspace: str | None = None
+) -> dict[str, Outcome]:
     """Boot `kernel` once and check every behaviour but catas-snapshots (see run_replay)."""
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    rig = Rig(RigConfig(log_dir=out, kernel=kernel, qemu=qemu, name="validate"))
+    rig = Rig(
+        RigConfig(log_dir=out, kernel=kernel, userspace=userspace, qemu=qemu, name="validate")
+    )
     try:
         rig.start()
     except RigError as e:

@@ -45,7 +45,9 @@ class ReplayOptions:
     crspace_format: str = AUTO  # or a rig.formats.regionfile.FORMATS key
     fault: str = "catas"
     kernel: str | None = None
+    userspace: str | None = None
     qemu: Path | None = None
+    qemu_version: str | None = None
     msi_x: bool = True
     mlx4_en: bool = True
     netdev_up: bool = True
@@ -124,7 +126,9 @@ def run_replay(opts: ReplayOptions) -> Report:
         config = RigConfig(
             log_dir=opts.out,
             kernel=opts.kernel,
+            userspace=opts.userspace,
             qemu=opts.qemu,
+            qemu_version=opts.qemu_version,
             msi_x=opts.msi_x,
             mlx4_en=opts.mlx4_en,
             netdev_up=opts.netdev_up,

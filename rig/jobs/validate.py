@@ -25,6 +25,7 @@ from rig.provision.guest import ensure_guest
 from rig.provision.kbuild import ensure_build
 from rig.provision.kbuildspec import BuildSpec, is_build_spec, parse_build_spec, parse_source
 from rig.provision.patchseries import load_series
+from rig.provision.suites import DEFAULT_SUITE
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,8 @@ class ValidateOptions:
     base: str | None = None  # a kernel spec; None: `source` built without the patches
     fragments: tuple[Path, ...] = ()  # extra config fragments for every build
     qemu: Path | None = None
+    # One root fs for both kernels, whatever their origin: the kernel is the only difference.
+    userspace: str = DEFAULT_SUITE
 
 
 def base_spec(opts: ValidateOptions, patched: BuildSpec) -> BuildSpec | str:
@@ -49,7 +52,7 @@ def base_spec(opts: ValidateOptions, patched: BuildSpec) -> BuildSpec | str:
     return opts.base
 
 
-def prepare(role: str, spec: BuildSpec | str) -> tuple[str, KernelResult]:
+def prepare(role: str, spec: BuildSpec | str, userspace: str) -> tuple[str, KernelResult]:
     """Build (or find) and provision a kernel; returns the --kernel argument for its runs.
 
     Raises ProvisionError before anything boots: a series that does not apply, a failed
@@ -67,7 +70,7 @@ def prepare(role: str, spec: BuildSpec | str) -> tuple[str, KernelResult]:
         )
     else:
         argument, result = spec, KernelResult(role, spec)
-    guest = ensure_guest(argument)
+    guest = ensure_guest(argument, userspace)
     result.release, result.origin = guest.kernel.release, guest.kernel.origin
     return argument, result
 
@@ -75,10 +78,14 @@ def prepare(role: str, spec: BuildSpec | str) -> tuple[str, KernelResult]:
 def run_kernel(kernel: str, result: KernelResult, opts: ValidateOptions) -> None:
     out = opts.out / result.role
     with step(f"{result.role} kernel {result.release}: rig replay (catas fault)"):
-        report = run_replay(ReplayOptions(out=out / "replay", kernel=kernel, qemu=opts.qemu))
+        report = run_replay(
+            ReplayOptions(
+                out=out / "replay", kernel=kernel, userspace=opts.userspace, qemu=opts.qemu
+            )
+        )
         result.outcomes["catas-snapshots"] = replay_outcome(report, out / "replay")
     with step(f"{result.role} kernel {result.release}: probe, regions, faults, delete, reload"):
-        result.outcomes.update(run_session(kernel, opts.qemu, out / "session"))
+        result.outcomes.update(run_session(kernel, opts.qemu, out / "session", opts.userspace))
 
 
 def run_validate(opts: ValidateOptions) -> Verdict:
@@ -90,8 +97,8 @@ def run_validate(opts: ValidateOptions) -> Verdict:
     patched_spec = BuildSpec(parse_source(opts.source), opts.patches.resolve(), opts.fragments)
     # Both kernels before any boot: a patch that does not apply fails in seconds, not after
     # the base kernel's runs.
-    base_kernel, base = prepare("base", base_spec(opts, patched_spec))
-    patched_kernel, patched = prepare("patched", patched_spec)
+    base_kernel, base = prepare("base", base_spec(opts, patched_spec), opts.userspace)
+    patched_kernel, patched = prepare("patched", patched_spec, opts.userspace)
     t_built = time.monotonic()
     run_kernel(base_kernel, base, opts)
     run_kernel(patched_kernel, patched, opts)

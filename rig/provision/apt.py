@@ -1,7 +1,9 @@
-"""Debian packages: install what the host lacks, and fetch source packages from a private apt.
+"""Debian packages: install what the host lacks, and private apt configurations (PrivateApt)
+for source packages (SourceArchive) and other suites' binary packages (rig.provision.debs).
 
-The source side never touches the system's /etc/apt: it keeps its own sources list, lists and
-archives under the cache, so adding `deb-src` for sid cannot change what the host installs.
+A private apt never touches the system's /etc/apt or its dpkg status: it keeps its own sources
+list, lists and archives under the cache, so adding `deb-src` for sid cannot change what the
+host installs, and what the host has installed cannot change what it chooses.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from rig.errors import ProvisionError
@@ -20,7 +23,7 @@ from rig.progress import run_logged
 logger = logging.getLogger(__name__)
 
 DEBIAN_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
-DEFAULT_MIRROR = "http://deb.debian.org/debian"
+DEFAULT_HOST = "http://deb.debian.org"
 
 # ---------------------------------------------------------------------------------------------
 # Debian version ordering (dpkg's algorithm), so choosing "the newest" needs no dpkg call.
@@ -62,17 +65,31 @@ def upstream_version(version: str) -> str:
     return rest.rsplit("-", 1)[0] if "-" in rest else rest
 
 
+def parse_stanzas(text: str) -> list[dict[str, str]]:
+    """Debian control stanzas (`apt-cache show`, a Packages index) as field dicts; a field's
+    continuation lines are kept, joined with newlines."""
+    stanzas: list[dict[str, str]] = []
+    for block in re.split(r"\n\s*\n", text):
+        fields: dict[str, str] = {}
+        last = ""
+        for line in block.splitlines():
+            if line[:1] in (" ", "\t") and last:
+                fields[last] += "\n" + line.strip()
+            elif (m := re.match(r"^([\w.+-]+):\s?(.*)$", line)) is not None:
+                last = m.group(1)
+                fields[last] = m.group(2).strip()
+        if fields:
+            stanzas.append(fields)
+    return stanzas
+
+
 def parse_showsrc_versions(text: str, package: str) -> list[str]:
     """Versions of `package` in `apt-cache showsrc` output (one stanza per version/suite)."""
     versions: list[str] = []
-    for stanza in text.split("\n\n"):
-        fields = dict(
-            line.split(": ", 1) for line in stanza.splitlines() if re.match(r"^[\w-]+: ", line)
-        )
-        if fields.get("Package") == package and "Version" in fields:
-            version = fields["Version"].strip()
-            if version not in versions:
-                versions.append(version)
+    for fields in parse_stanzas(text):
+        version = fields.get("Version")
+        if fields.get("Package") == package and version and version not in versions:
+            versions.append(version)
     return versions
 
 
@@ -120,8 +137,9 @@ def ensure_packages(names: Sequence[str], log: Path, why: str) -> None:
         run_logged(install, log, "apt-get install", env=env)
 
 
-def system_mirror() -> str:
-    """The Debian mirror the host's own apt uses, so the private apt reaches the same host."""
+def system_mirror(archive: str = "debian") -> str:
+    """The mirror of Debian's `archive` ("debian", "debian-security") the host's own apt uses,
+    so the private apt reaches the same host."""
     candidates: list[str] = []
     etc = Path("/etc/apt")
     for path in [etc / "sources.list", *sorted((etc / "sources.list.d").glob("*"))]:
@@ -129,42 +147,55 @@ def system_mirror() -> str:
             text = path.read_text()
         except OSError:
             continue
-        candidates += mirrors_in_sources(text)
-    return candidates[0] if candidates else DEFAULT_MIRROR
+        candidates += mirrors_in_sources(text, archive)
+    return candidates[0] if candidates else f"{DEFAULT_HOST}/{archive}"
 
 
-def mirrors_in_sources(text: str) -> list[str]:
-    """Debian archive URIs (not security, not third-party) in a one-line or deb822 sources file."""
+def mirrors_in_sources(text: str, archive: str = "debian") -> list[str]:
+    """URIs of Debian's `archive` (not third-party ones) in a one-line or deb822 sources file."""
     uris = re.findall(r"^\s*URIs:\s*(.+)$", text, re.MULTILINE)
     uris += re.findall(r"^\s*deb(?:-src)?\s+(?:\[[^]]*\]\s+)?(\S+)", text, re.MULTILINE)
     found = []
     for uri in (u for line in uris for u in line.split()):
-        if re.match(r"^https?://", uri) and uri.rstrip("/").endswith("/debian"):
+        if re.match(r"^https?://", uri) and uri.rstrip("/").endswith(f"/{archive}"):
             found.append(uri.rstrip("/"))
     return found
 
 
 # ---------------------------------------------------------------------------------------------
-# The private source archive.
+# Private apt configurations.
 
 
-class SourceArchive:
-    """An apt configuration of our own under `root`, with only `deb-src` lines for `suites`."""
+@dataclass(frozen=True)
+class AptLine:
+    """One sources.list line: `deb` (binary packages) or `deb-src`, of one suite's main."""
 
-    def __init__(self, root: Path, suites: Sequence[str], mirror: str | None = None) -> None:
+    kind: str
+    uri: str
+    suite: str
+
+    def text(self) -> str:
+        return f"{self.kind} [signed-by={DEBIAN_KEYRING}] {self.uri} {self.suite} main\n"
+
+
+class PrivateApt:
+    """An apt configuration of our own under `root`: its own sources, lists, archives and an
+    empty dpkg status, so nothing the host has configured or installed shapes its answers."""
+
+    def __init__(self, root: Path, lines: Sequence[AptLine]) -> None:
         self.root = root
-        self.suites = tuple(suites)
-        self.mirror = mirror or system_mirror()
+        self.lines = tuple(lines)
 
     @property
     def config(self) -> Path:
         return self.root / "apt.conf"
 
+    @property
+    def lists(self) -> Path:
+        return self.root / "state" / "lists"
+
     def sources_list(self) -> str:
-        return "".join(
-            f"deb-src [signed-by={DEBIAN_KEYRING}] {self.mirror} {suite} main\n"
-            for suite in self.suites
-        )
+        return "".join(line.text() for line in self.lines)
 
     def apt_conf(self) -> str:
         r = self.root
@@ -179,8 +210,11 @@ class SourceArchive:
                 f'Dir::Etc::preferencesparts "{r}/etc/preferences.d";',
                 f'Dir::Etc::trustedparts "{r}/etc/trusted.gpg.d";',
                 f'Dir::State "{r}/state";',
-                'Dir::State::status "/var/lib/dpkg/status";',
+                # Not the host's dpkg status: an installed kernel must not become a candidate.
+                f'Dir::State::status "{r}/state/status";',
                 f'Dir::Cache "{r}/cache";',
+                # One binary cache of the indexes, not two: each is ~50 MB for sid alone.
+                'Dir::Cache::srcpkgcache "";',
                 f'Dir::Log "{r}/log";',
                 'Acquire::Languages "none";',
                 'Acquire::GzipIndexes "true";',
@@ -209,23 +243,25 @@ class SourceArchive:
             "log",
         ):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
+        (self.root / "state" / "status").touch()
         (self.root / "etc/sources.list").write_text(self.sources_list())
         self.config.write_text(self.apt_conf())
 
-    def _env(self) -> dict[str, str]:
+    def env(self) -> dict[str, str]:
         return {"APT_CONFIG": str(self.config), "DEBIAN_FRONTEND": "noninteractive"}
 
     def update(self, log: Path) -> None:
-        """Fetch and verify the suites' Sources indexes (fails if a Release does not verify)."""
+        """Fetch and verify the suites' indexes (fails if a Release does not verify)."""
         self._prepare()
+        suites = " ".join(line.suite for line in self.lines)
         # A bad signature already fails apt-get update; Error-Mode=any also fails it on a
         # transient fetch error, which would otherwise leave us choosing from a stale index.
         try:
             run_logged(
                 ["apt-get", "update", "-q", "-o", "APT::Update::Error-Mode=any"],
                 log,
-                f"apt-get update (private deb-src from {self.mirror})",
-                env=self._env(),
+                f"apt-get update (private, {suites})",
+                env=self.env(),
             )
         except ProvisionError as e:
             if "NO_PUBKEY" in e.tail:
@@ -237,16 +273,32 @@ class SourceArchive:
                 ) from e
             raise
 
+    def query(self, *args: str) -> str:
+        """An apt-cache question answered from this configuration's indexes only."""
+        try:
+            result = subprocess.run(
+                ["apt-cache", *args],
+                capture_output=True,
+                text=True,
+                env=dict(os.environ, **self.env()),
+                check=False,
+            )
+        except OSError as e:
+            raise ProvisionError(f"cannot run apt-cache: {e} (is this a Debian host?)") from e
+        return result.stdout
+
+
+class SourceArchive(PrivateApt):
+    """A private apt with only `deb-src` lines for `suites`: source packages to build from."""
+
+    def __init__(self, root: Path, suites: Sequence[str], mirror: str | None = None) -> None:
+        self.mirror = mirror or system_mirror()
+        self.suites = tuple(suites)
+        super().__init__(root, [AptLine("deb-src", self.mirror, s) for s in self.suites])
+
     def versions(self, package: str) -> list[str]:
         """Every version of a source package the suites list, newest first."""
-        result = subprocess.run(
-            ["apt-cache", "showsrc", "--only-source", package],
-            capture_output=True,
-            text=True,
-            env=dict(os.environ, **self._env()),
-            check=False,
-        )
-        found = parse_showsrc_versions(result.stdout, package)
+        found = parse_showsrc_versions(self.query("showsrc", "--only-source", package), package)
         return sorted(found, key=debian_version_key, reverse=True)
 
     def fetch(self, package: str, version: str, dest: Path, log: Path) -> Path:
@@ -263,7 +315,7 @@ class SourceArchive:
             log,
             f"apt-get source {package}={version}",
             cwd=dest,
-            env=self._env(),
+            env=self.env(),
         )
         trees = [p for p in dest.iterdir() if p.is_dir() and p.name.startswith(f"{package}-")]
         if len(trees) != 1:

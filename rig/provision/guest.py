@@ -15,7 +15,7 @@ from rig.provision.sshkeys import ClientKey, ensure_client_key
 # Host tools provisioning uses (apt-get, dpkg-deb and setpriv come with any Debian system).
 HOST_PACKAGES: tuple[str, ...] = (
     "mmdebstrap",  # builds the root fs
-    "debian-archive-keyring",  # for mmdebstrap to verify bookworm
+    "debian-archive-keyring",  # to verify Debian's suites (mmdebstrap, the private apt)
     "gpg",  # recommended by mmdebstrap, for its keyring handling
     "e2fsprogs",  # mke2fs -d
     "kmod",  # depmod for a packaged kernel's modules
@@ -32,10 +32,15 @@ class GuestImage:
     client_key: ClientKey
 
 
-def ensure_guest(kernel: str | KernelSpec | None = None) -> GuestImage:
-    """Provision (or reuse from the cache) the guest for `kernel` (see ensure_kernel)."""
+def ensure_guest(
+    kernel: str | KernelSpec | None = None, userspace: str | None = None
+) -> GuestImage:
+    """Provision (or reuse from the cache) the guest for `kernel` (see ensure_kernel), its
+    root fs from Debian release `userspace` (None: the kernel spec's own choice)."""
+    spec = kernel if isinstance(kernel, KernelSpec) else KernelSpec.parse(kernel)
     ensure_packages(
         HOST_PACKAGES, cache_root() / "logs" / "host-packages.log", "guest provisioning"
     )
-    guest = ensure_kernel(kernel)
-    return GuestImage(guest, ensure_initramfs(guest), ensure_rootfs(), ensure_client_key())
+    guest = ensure_kernel(spec)
+    rootfs = ensure_rootfs(userspace or spec.userspace)
+    return GuestImage(guest, ensure_initramfs(guest), rootfs, ensure_client_key())

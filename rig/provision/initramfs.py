@@ -15,7 +15,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from rig.cache import cache_root, entry, file_digest
+from rig.cache import cache_root, entry, file_digest, tree_listing
 from rig.errors import ProvisionError
 from rig.progress import step
 from rig.provision import debs
@@ -65,11 +65,8 @@ def kernel_fingerprint(kernel: GuestKernel) -> str:
     if kernel.origin.startswith("debian:"):
         return kernel.origin
     h = hashlib.sha256(file_digest(kernel.vmlinuz).encode())
-    for dirpath, dirnames, files in os.walk(kernel.modules_dir):
-        dirnames.sort()
-        for name in sorted(files):
-            st = (Path(dirpath) / name).lstat()
-            h.update(f"{dirpath}/{name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    for line in tree_listing(kernel.modules_dir):
+        h.update(line)
     return f"user:{h.hexdigest()[:16]}"
 
 

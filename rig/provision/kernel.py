@@ -1,32 +1,35 @@
-"""The guest kernel: Debian's packaged 6.1 (cloud flavour by default) or a user's own build.
+"""The guest kernel: one of Debian's packaged kernels (bookworm's 6.1 cloud flavour by
+default), a user's own build, or one built from source (rig.provision.kbuild).
 
 Debian's cloud-amd64 flavour reaches init about three times faster than the generic one under
 TCG (fewer drivers probing hardware the guest does not have) and still ships mlx4_core.
+Debian's kernels come through a private apt (rig.provision.debs.DebArchive), never the host's.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import logging
 import lzma
-import re
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from rig.cache import cache_root, entry
-from rig.errors import ProvisionError
+from rig.cache import cache_root, entry, tree_listing
+from rig.errors import ProvisionError, UsageError
 from rig.progress import run_logged, step
-from rig.provision import debs
+from rig.provision import debs, suites
+from rig.provision.debkernel import IMAGE_PREFIX, KernelDebs, meta_package, resolve
 from rig.provision.kbuildspec import BuildSpec, is_build_spec, parse_build_spec
 from rig.provision.kmod import ModuleIndex, bzimage_release, config_value
 from rig.provision.locking import building
 
 logger = logging.getLogger(__name__)
 
-# Bump when what an entry holds changes in a way its package name and version do not show.
+# Bump when what an entry holds changes in a way its package names and version do not show.
 RECIPE = 1
 DEFAULT_FLAVOUR = "cloud-amd64"
 FALLBACK_FLAVOUR = "amd64"
@@ -35,6 +38,15 @@ GUEST_MODULES = ("virtio_pci", "virtio_blk", "virtio_net", "ext4", "mlx4_core")
 # The string crdump support puts into mlx4_core (its devlink region code and messages).
 CRDUMP_MARKER = b"crdump"
 INFO_FILE = "kernel.json"
+# Where a kernel directory keeps its modules, and its image: a build's bzImage, an installed
+# kernel's vmlinuz-<release>, or (newer Debian packages) lib/modules/<release>/vmlinuz.
+MODULE_ROOTS = ("lib/modules", "usr/lib/modules")
+TOP_IMAGES = ("bzImage", "vmlinuz")
+IMAGE_GLOBS = ("vmlinuz-*", "boot/vmlinuz-*", "{modules}/vmlinuz", "{modules}/vmlinuz.unsigned")
+# What lib/modules/<release>/ may hold besides modules that the guest never reads.
+NOT_MODULES = ("vmlinuz", "vmlinuz.unsigned", "System.map", "config")
+# Bump when a private copy of a user's modules (to index them) is made differently.
+INDEX_RECIPE = 1
 
 
 @dataclass(frozen=True)
@@ -42,19 +54,20 @@ class GuestKernel:
     vmlinuz: Path
     modules_dir: Path  # .../lib/modules/<release>
     release: str
-    origin: str  # "debian:<package>=<version>", "build:<source>[+<patches>]" or "user:<path>"
+    origin: str  # "debian:<package>=<version>[,...]", "build:<source>[+<patches>]", "user:<path>"
 
 
 @dataclass(frozen=True)
 class KernelSpec:
-    """Where the guest kernel comes from: a Debian package (None = newest default), files, or
-    a build from source (rig.provision.kbuild)."""
+    """Where the guest kernel comes from: a Debian suite or package (both None: the default
+    suite), files, or a build from source (rig.provision.kbuild)."""
 
     package: str | None = None
     version: str | None = None
     bzimage: Path | None = None
     modules_dir: Path | None = None
     build: BuildSpec | None = None
+    suite: str | None = None
 
     @classmethod
     def from_paths(cls, bzimage: Path, modules_dir: Path) -> KernelSpec:
@@ -62,35 +75,61 @@ class KernelSpec:
 
     @classmethod
     def parse(cls, text: str | None) -> KernelSpec:
-        """None -> Debian default; "deb:<package>[=<version>]"; "build:<source>[+<patches>]"
-        (see rig.provision.kbuildspec); or a kernel directory."""
+        """None -> Debian default; "deb:<suite>"; "deb:<package>[=<version>]";
+        "build:<source>[+<patches>]" (see rig.provision.kbuildspec); or a kernel directory."""
         if text is None or text in ("", "default", "deb:"):
             return cls()
         if is_build_spec(text):
             return cls(build=parse_build_spec(text))
         if text.startswith("deb:"):
-            package, _, version = text[4:].partition("=")
-            return cls(package=package, version=version or None)
+            name, _, version = text[4:].partition("=")
+            if name in suites.SUITES and not version:
+                return cls(suite=name)
+            if not name.startswith(IMAGE_PREFIX):
+                raise UsageError(
+                    f"kernel spec {text}: {name!r} is neither a Debian suite "
+                    f"({suites.known()}) nor a linux-image-* package"
+                )
+            return cls(package=name, version=version or None)
         return cls.from_directory(Path(text))
 
     @classmethod
     def from_directory(cls, directory: Path) -> KernelSpec:
-        """A directory holding bzImage (or vmlinuz[-*]) and lib/modules/<release>/."""
+        """A kernel directory (see locate_kernel); its modules.dep may be missing."""
         if not directory.is_dir():
-            raise ProvisionError(f"kernel spec {directory}: not a directory (nor deb:<package>)")
-        images = [p for p in ("bzImage", "vmlinuz") if (directory / p).is_file()]
-        found = [directory / images[0]] if images else sorted(directory.glob("vmlinuz-*"))
-        if len(found) != 1:
-            raise ProvisionError(
-                f"{directory}: expected one bzImage or vmlinuz, found {len(found)}"
-            )
-        releases = sorted((directory / "lib" / "modules").glob("*/modules.dep"))
-        if len(releases) != 1:
-            raise ProvisionError(
-                f"{directory}: expected one lib/modules/<release>/ with modules.dep "
-                f"(make modules_install INSTALL_MOD_PATH={directory}), found {len(releases)}"
-            )
-        return cls.from_paths(found[0], releases[0].parent)
+            raise UsageError(f"kernel spec {directory}: not a directory (nor deb:<suite|package>)")
+        return cls.from_paths(*locate_kernel(directory))
+
+    @property
+    def userspace(self) -> str:
+        """The Debian release the guest's root fs comes from unless the user says otherwise:
+        the kernel's own for deb:SUITE, else the default."""
+        return suites.release_of(self.suite) if self.suite else suites.DEFAULT_SUITE
+
+
+def locate_kernel(directory: Path) -> tuple[Path, Path]:
+    """(image, lib/modules/<release>) in a kernel directory: `make modules_install
+    INSTALL_MOD_PATH=DIR` beside a bzImage, or Debian's packages unpacked with dpkg-deb -x."""
+    releases = [d for root in MODULE_ROOTS for d in sorted(directory.glob(f"{root}/*/"))]
+    if len(releases) != 1:
+        raise UsageError(
+            f"{directory}: expected one lib/modules/<release>/ "
+            f"(make modules_install INSTALL_MOD_PATH={directory}), found {len(releases)}"
+        )
+    modules = releases[0].relative_to(directory)
+    images = [directory / n for n in TOP_IMAGES if (directory / n).is_file()][:1] or [
+        p
+        for g in IMAGE_GLOBS
+        for p in sorted(directory.glob(g.format(modules=modules)))
+        if p.is_file()
+    ]
+    if len(images) != 1:
+        found = ", ".join(str(p.relative_to(directory)) for p in images) or "none"
+        raise UsageError(
+            f"{directory}: expected one kernel image (bzImage, vmlinuz, boot/vmlinuz-* or "
+            f"{modules}/vmlinuz), found {found}"
+        )
+    return images[0], releases[0]
 
 
 def ensure_kernel(spec: str | KernelSpec | None = None) -> GuestKernel:
@@ -107,92 +146,122 @@ def ensure_kernel(spec: str | KernelSpec | None = None) -> GuestKernel:
     if spec.bzimage is not None and spec.modules_dir is not None:
         return _user_kernel(spec.bzimage, spec.modules_dir)
     if spec.package is not None:
-        return _debian_kernel(spec.package, spec.version)
-    log = cache_root() / "logs" / "kernel.log"
+        return _debian_kernel(suites.ALL, spec.package, spec.version)
+    suite = spec.suite or suites.DEFAULT_SUITE
     try:
-        return _debian_kernel(_newest_package(DEFAULT_FLAVOUR, log), None)
+        return _debian_kernel(suite, meta_package(DEFAULT_FLAVOUR), None)
     except _LacksDriver as e:
         logger.info(f"{e}; falling back to the generic {FALLBACK_FLAVOUR} flavour")
-        return _debian_kernel(_newest_package(FALLBACK_FLAVOUR, log), None)
+        return _debian_kernel(suite, meta_package(FALLBACK_FLAVOUR), None)
 
 
 class _LacksDriver(ProvisionError):
     """The kernel has no usable mlx4_core: a different flavour may have it."""
 
 
-def package_pattern(flavour: str) -> re.Pattern[str]:
-    # linux-image-6.1.0-56-cloud-amd64-unsigned: vmlinuz + modules, no secure-boot signature.
-    return re.compile(rf"^linux-image-6\.1\.0-(\d+)-{re.escape(flavour)}-unsigned$")
+class _NotInIndex(ProvisionError):
+    """The index does not list what was asked, or the mirror no longer holds a file it lists:
+    a fresher index may cure it."""
 
 
-def newest_abi(names: list[str], flavour: str) -> list[str]:
-    """The flavour's 6.1 image packages among `names`, newest ABI first."""
-    pattern = package_pattern(flavour)
-    matches = [(int(m.group(1)), n) for n in names if (m := pattern.match(n))]
-    return [n for _, n in sorted(matches, reverse=True)]
-
-
-def _newest_package(flavour: str, log: Path) -> str:
-    names = debs.package_names("linux-image-6.1.0-")
-    if not newest_abi(names, flavour):
-        debs.require_candidate(f"linux-image-{flavour}", log)  # refreshes stale/missing lists
-        names = debs.package_names("linux-image-6.1.0-")
-    for name in newest_abi(names, flavour):
-        if debs.candidate_version(name) is not None:
-            return name
-    raise ProvisionError(f"apt offers no linux-image-6.1.0-*-{flavour}-unsigned package", log)
-
-
-def _debian_kernel(package: str, version: str | None) -> GuestKernel:
+def _debian_kernel(suite: str, package: str, version: str | None) -> GuestKernel:
     log = cache_root() / "logs" / "kernel.log"
-    version = version or debs.require_candidate(package, log)
+    archive = debs.DebArchive(suite)
+    archive.ensure_index(log)
+    try:
+        return _fetch_debian_kernel(archive, package, version, log)
+    except _NotInIndex as e:
+        age = archive.age()
+        if age is not None and age < debs.INDEX_FRESH:
+            raise
+        logger.info(f"{e.args[0]}; fetching a newer index of {suite}")
+        archive.ensure_index(log, max_age=0)
+        return _fetch_debian_kernel(archive, package, version, log)
+
+
+def _fetch_debian_kernel(
+    archive: debs.DebArchive, package: str, version: str | None, log: Path
+) -> GuestKernel:
+    kernel = _resolve(archive, package, version)
+    single = len(kernel.packages) == 1
+    # One package keeps the key it has always had, so existing cache entries stay valid.
+    inputs: dict[str, object] = (
+        {"package": kernel.packages[0], "version": kernel.version, "recipe": RECIPE}
+        if single
+        else {"packages": list(kernel.packages), "version": kernel.version, "recipe": RECIPE}
+    )
     e = entry(
-        "kernel", f"{package}_{version}", {"package": package, "version": version, "recipe": RECIPE}
+        "kernel", f"{kernel.packages[0] if single else kernel.image}_{kernel.version}", inputs
     )
     with building(e) as missing:
         if missing:
-            with step(f"fetching guest kernel {package}={version}"), e.build() as stage:
-                _unpack_kernel(package, version, stage, log)
-                kernel = _read_entry(stage)
-                check_kernel(kernel, stage / "config")
+            with step(f"fetching guest kernel {kernel.image}={kernel.version}"), e.build() as stage:
+                _download_kernel(archive, kernel, stage / "deb", log)
+                _unpack_kernel(kernel, stage, log)
+                check_kernel(_read_entry(stage), stage / "config")
     return _read_entry(e.path)
 
 
-def _unpack_kernel(package: str, version: str, stage: Path, log: Path) -> None:
-    deb = debs.download(package, version, stage / "deb", log)
+def _resolve(archive: debs.DebArchive, package: str, version: str | None) -> KernelDebs:
+    where = "Debian's " + ", ".join(dict.fromkeys(line.suite for line in archive.lines))
+    if version is None:
+        version = archive.candidate(package)
+        if version is None:
+            raise _NotInIndex(f"{where} list no package {package}")
+    elif archive.fields(package, version) is None:
+        listed = ", ".join(archive.versions(package)) or "none"
+        raise _NotInIndex(f"{where} list no {package}={version} (they list: {listed})")
+
+    def lookup(name: str, at: str) -> dict[str, str] | None:
+        return archive.fields(name, at)
+
+    return resolve(lookup, package, version)
+
+
+def _download_kernel(archive: debs.DebArchive, kernel: KernelDebs, dest: Path, log: Path) -> None:
+    for package in kernel.packages:
+        fields = archive.fields(package, kernel.version) or {}
+        size = int(fields.get("Size", "0")) / (1 << 20)
+        try:
+            with step(f"downloading {package}={kernel.version} ({size:.1f} MiB)"):
+                archive.download(package, kernel.version, dest, log)
+        except ProvisionError as e:
+            raise _NotInIndex(e.args[0], e.log, e.tail) from e
+
+
+def _unpack_kernel(kernel: KernelDebs, stage: Path, log: Path) -> None:
     tree = stage / "tree"
-    debs.unpack(deb, tree, log)
-    images = sorted((tree / "boot").glob("vmlinuz-*"))
-    if len(images) != 1:
-        raise ProvisionError(f"{package}: expected one boot/vmlinuz-*, found {len(images)}", log)
-    release = images[0].name.removeprefix("vmlinuz-")
-    modules = next(
-        (
-            p
-            for p in (
-                tree / "lib" / "modules" / release,
-                tree / "usr" / "lib" / "modules" / release,
-            )
-            if p.is_dir()
-        ),
-        None,
-    )
-    if modules is None:
-        raise ProvisionError(f"{package}: no lib/modules/{release} in the package", log)
-    images[0].rename(stage / "vmlinuz")
-    config = tree / "boot" / f"config-{release}"
-    if config.is_file():
-        config.rename(stage / "config")
+    for deb in sorted((stage / "deb").glob("*.deb")):
+        debs.unpack(deb, tree, log)
+    try:
+        image, modules = locate_kernel(tree)
+    except UsageError as e:
+        raise ProvisionError(f"{kernel.origin}: {e}", log) from e
+    release = modules.name
+    image.rename(stage / "vmlinuz")
+    for config in (tree / "boot" / f"config-{release}", modules / "config"):
+        if config.is_file():
+            config.rename(stage / "config")
+    # The entry's modules tree goes whole into the initramfs: nothing else belongs in it.
+    for name in NOT_MODULES:
+        (modules / name).unlink(missing_ok=True)
     (stage / "lib" / "modules").mkdir(parents=True)
     modules.rename(stage / "lib" / "modules" / release)
     shutil.rmtree(tree)
     shutil.rmtree(stage / "deb")
-    # Packages leave modules.dep to their postinst; the guest's modprobe needs it. (No -F:
-    # Debian ships the real System.map only in the -dbg package.)
-    run_logged(["depmod", "-b", stage, release], log, f"depmod {release}")
+    index_modules(stage, release, log)
     (stage / INFO_FILE).write_text(
-        json.dumps({"release": release, "origin": f"debian:{package}={version}"}, indent=2)
+        json.dumps({"release": release, "origin": kernel.origin}, indent=2)
     )
+
+
+def index_modules(base: Path, release: str, log: Path) -> None:
+    """depmod for base/lib/modules/<release> if it has no modules.dep: packages leave it to
+    their postinst, and the guest's modprobe needs it. (No -F: Debian ships the real System.map
+    only in the -dbg package.)"""
+    if (base / "lib" / "modules" / release / "modules.dep").is_file():
+        return
+    run_logged(["depmod", "-b", base, release], log, f"depmod {release}")
 
 
 def _read_entry(path: Path) -> GuestKernel:
@@ -215,9 +284,38 @@ def _user_kernel(bzimage: Path, modules_dir: Path) -> GuestKernel:
             f"are for {release} ({modules_dir})"
         )
     origin = _recorded_origin(bzimage.parent) or f"user:{bzimage}"
-    kernel = GuestKernel(bzimage, modules_dir, release, origin)
+    indexed = (
+        modules_dir if (modules_dir / "modules.dep").is_file() else indexed_modules(modules_dir)
+    )
+    kernel = GuestKernel(bzimage, indexed, release, origin)
     check_kernel(kernel, find_config(kernel))
     return kernel
+
+
+def indexed_modules(modules_dir: Path) -> Path:
+    """A private copy of a user's modules tree that lacks modules.dep, with depmod run on the
+    copy: the user's directory is only read. Keyed by the tree's paths, sizes and mtimes."""
+    release = modules_dir.name
+    listing = b"".join(tree_listing(modules_dir))
+    e = entry(
+        "modules", release, {"tree": hashlib.sha256(listing).hexdigest(), "recipe": INDEX_RECIPE}
+    )
+    log = cache_root() / "logs" / "kernel.log"
+    with building(e) as missing:
+        if missing:
+            with (
+                step(f"indexing a copy of {modules_dir} (it has no modules.dep)"),
+                e.build() as stage,
+            ):
+                copy = stage / "lib" / "modules" / release
+                shutil.copytree(
+                    modules_dir,
+                    copy,
+                    symlinks=True,
+                    ignore=lambda d, names: NOT_MODULES if Path(d) == modules_dir else (),
+                )
+                index_modules(stage, release, log)
+    return e.path / "lib" / "modules" / release
 
 
 def _recorded_origin(directory: Path) -> str | None:

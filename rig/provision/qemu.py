@@ -1,9 +1,13 @@
 """QEMU with the `vfio-user-pci` client device (QEMU >= 10.1), found or built into the cache.
 
 Order: $RIG_QEMU, then a system qemu-system-x86_64 that is new enough and has vfio-user-pci,
-then a cached build, else a build from the newest qemu source package that Debian's mirror
-serves (sid, experimental, trixie-backports), fetched through a private apt configuration and
-built for x86_64-softmmu only.
+then a cached build of the pinned version, else a build of it from Debian's qemu source
+package, fetched through a private apt configuration and built for x86_64-softmmu only.
+
+The version built is pinned (PINNED_VERSION, bumped by a commit) so that the same commit
+builds the same QEMU wherever it runs; `--qemu-version` asks for another one (and skips the
+system's QEMU). A version that has left Debian's archive is an error naming what is there,
+never a silent build of something else.
 """
 
 from __future__ import annotations
@@ -24,9 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rig.cache import MANIFEST, cache_root, entry
-from rig.errors import ProvisionError
+from rig.errors import ProvisionError, UsageError
 from rig.progress import run_logged, step
 from rig.provision.apt import SourceArchive, debian_version_key, ensure_packages, upstream_version
+from rig.provision.localqemu import LocalQemu, qemu_at
 
 logger = logging.getLogger(__name__)
 
@@ -34,9 +39,11 @@ MIN_VERSION = (10, 1, 0)
 REQUIRED_DEVICE = "vfio-user-pci"
 BINARY = "qemu-system-x86_64"
 SOURCE_PACKAGE = "qemu"
-# sid carries the newest release; experimental and trixie-backports sometimes have one that
-# the (possibly partial) mirror still serves when sid's newest file is gone from the pool.
-SOURCE_SUITES = ("sid", "experimental", "trixie-backports")
+# The qemu source the rig builds by default: Debian's version string, epoch and revision too.
+PINNED_VERSION = "1:10.2.2+ds-1"
+# Where a version may still be listed: sid moves on first, testing and the backports keep an
+# older one a while, experimental carries the next.
+SOURCE_SUITES = ("sid", "testing", "experimental", "trixie-backports")
 # Bump when the build steps change in a way the configure flags do not show.
 RECIPE = 1
 # At most 3 compile jobs: the machines this runs on have 2 cores shared with other work.
@@ -121,6 +128,24 @@ def candidate_versions(debian_versions: Sequence[str]) -> list[str]:
     """Source versions whose upstream is >= MIN_VERSION, newest first (dpkg ordering)."""
     ok = [v for v in debian_versions if is_new_enough(parse_version(upstream_version(v)))]
     return sorted(set(ok), key=debian_version_key, reverse=True)
+
+
+def is_version(requested: str, debian_version: str) -> bool:
+    """Whether `requested` names `debian_version`: exactly ("1:10.2.2+ds-1"), without its
+    epoch ("10.2.2+ds-1"), or by its upstream release ("10.2.2", any Debian revision)."""
+    without_epoch = debian_version.split(":", 1)[-1]
+    release = re.split(r"[+~]", upstream_version(debian_version))[0]
+    return requested in (debian_version, without_epoch, release)
+
+
+def check_requested(requested: str) -> None:
+    """A --qemu-version the rig can use at all: QEMU >= MIN_VERSION."""
+    version = parse_version(requested)
+    if version is None or not is_new_enough(version):
+        raise UsageError(
+            f"--qemu-version {requested}: the rig needs QEMU >= {version_text(MIN_VERSION)} "
+            f"(vfio-user-pci), e.g. {PINNED_VERSION}"
+        )
 
 
 def meson_pin(pythondeps_toml: str) -> str:
@@ -228,8 +253,10 @@ def _cached_entries(root: Path) -> list[tuple[str, Path]]:
     return sorted(found, key=lambda vp: debian_version_key(vp[0]), reverse=True)
 
 
-def _from_cache(root: Path) -> Qemu | None:
-    for _, path in _cached_entries(root):
+def _from_cache(root: Path, requested: str = PINNED_VERSION) -> Qemu | None:
+    for debian_version, path in _cached_entries(root):
+        if not is_version(requested, debian_version):
+            continue
         binary = path / "bin" / BINARY
         try:
             version = parse_version(_probe(binary, "--version"))
@@ -241,9 +268,12 @@ def _from_cache(root: Path) -> Qemu | None:
     return None
 
 
-def find_qemu() -> Qemu | None:
-    """A usable QEMU without provisioning anything: $RIG_QEMU, the system's, or a cached build."""
-    return _from_env() or _from_system() or _from_cache(cache_root())
+def find_qemu(version: str | None = None) -> Qemu | None:
+    """A usable QEMU without provisioning anything: $RIG_QEMU, the system's, or a cached build
+    of the pinned version; with `version` (--qemu-version) only a cached build of that one."""
+    if version is None and (chosen := _from_env() or _from_system()) is not None:
+        return chosen
+    return _from_cache(cache_root(), version or PINNED_VERSION)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,32 +311,34 @@ def _meson_venv(root: Path, pin: str, log: Path) -> Path:
     return venv.path / "bin" / "python3"
 
 
-def _fetch_source(archive: SourceArchive, work: Path, log: Path) -> tuple[str, Path]:
-    """The newest fetchable source >= MIN_VERSION: (Debian version, unpacked tree)."""
+def _fetch_source(
+    archive: SourceArchive, requested: str, work: Path, log: Path
+) -> tuple[str, Path]:
+    """The `requested` qemu source: (Debian version, unpacked tree). Nothing else."""
     with step("updating the private Debian source index"):
         archive.update(log)
     listed = archive.versions(SOURCE_PACKAGE)
-    candidates = candidate_versions(listed)
-    if not candidates:
+    matching = [v for v in listed if is_version(requested, v)]
+    pinned = " (the rig's pinned QEMU: bump PINNED_VERSION in rig/provision/qemu.py)"
+    if not matching:
         raise ProvisionError(
-            f"no {SOURCE_PACKAGE} source >= {version_text(MIN_VERSION)} in "
-            f"{', '.join(archive.suites)} at {archive.mirror}"
-            f" (listed: {', '.join(listed) or 'none'})",
+            f"qemu {requested} is not in Debian's archive at {archive.mirror} "
+            f"({', '.join(archive.suites)}){pinned if requested == PINNED_VERSION else ''}; "
+            f"listed there: {', '.join(candidate_versions(listed)) or 'none new enough'} "
+            "(choose one with --qemu-version)",
             log,
         )
     failed = []
-    for version in candidates:
+    for version in matching:
         shutil.rmtree(work / "src", ignore_errors=True)
         try:
             with step(f"fetching {SOURCE_PACKAGE} {version} source"):
                 return version, archive.fetch(SOURCE_PACKAGE, version, work / "src", log)
         except ProvisionError:
-            # An index can list a version whose files the mirror no longer holds: try the next.
+            # An index can list a file the mirror's pool no longer holds.
             failed.append(version)
-            logger.info(f"  {SOURCE_PACKAGE} {version} could not be fetched; trying an older one")
     raise ProvisionError(
-        f"none of the {SOURCE_PACKAGE} sources could be fetched from {archive.mirror}: "
-        f"{', '.join(failed)}",
+        f"qemu {', '.join(failed)} is listed but could not be fetched from {archive.mirror}",
         log,
     )
 
@@ -335,7 +367,7 @@ def _configure_and_build(
     return times
 
 
-def _build(root: Path) -> Qemu:
+def _build(root: Path, requested: str) -> Qemu:
     work = root / "work" / "qemu"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -345,7 +377,7 @@ def _build(root: Path) -> Qemu:
     with step("checking Debian packages for the QEMU build"):
         ensure_packages((*BUILD_PACKAGES, *RUNTIME_PACKAGES), log, "building QEMU")
     archive = SourceArchive(root / "apt", SOURCE_SUITES)
-    version, tree = _fetch_source(archive, work, log)
+    version, tree = _fetch_source(archive, requested, work, log)
     target = entry("qemu", upstream_version(version), build_inputs(version), root)
     python = _meson_venv(root, meson_pin((tree / "pythondeps.toml").read_text()), log)
     t_start = time.monotonic()
@@ -386,13 +418,23 @@ def _ensure_firmware(qemu: Qemu, root: Path) -> None:
         )
 
 
-def ensure_qemu() -> Qemu:
-    """A usable QEMU, building one into the cache if none is found (idempotent)."""
-    chosen = _from_env() or _from_system()
-    if chosen is not None:
-        return chosen  # it brings its own firmware
+def qemu_for(path: Path | None, version: str | None = None) -> Qemu | LocalQemu:
+    """The QEMU a command boots: --qemu PATH as it is, else ensure_qemu(--qemu-version)."""
+    return qemu_at(path) if path is not None else ensure_qemu(version)
+
+
+def ensure_qemu(version: str | None = None) -> Qemu:
+    """A usable QEMU, building one into the cache if none is found (idempotent). `version`
+    (--qemu-version) asks for that build of Debian's qemu source instead of the pinned one."""
+    if version is not None:
+        check_requested(version)
+    else:
+        chosen = _from_env() or _from_system()
+        if chosen is not None:
+            return chosen  # it brings its own firmware
+    requested = version or PINNED_VERSION
     root = cache_root()
     with _build_lock(root):
-        qemu = _from_cache(root) or _build(root)
+        qemu = _from_cache(root, requested) or _build(root, requested)
     _ensure_firmware(qemu, root)
     return qemu

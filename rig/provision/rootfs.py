@@ -1,7 +1,9 @@
-"""The guest's root filesystem: a small Debian bookworm, as one read-only base ext4 image.
+"""The guest's root filesystem: a small Debian (bookworm unless asked for another release,
+rig.provision.suites), as one read-only base ext4 image per release.
 
 Built with mmdebstrap from Debian packages, with no kernel modules in it (each kernel's come
-from its initramfs). Every VM opens it copy-on-write, so parallel VMs share it unchanged.
+from its initramfs). Every VM opens it copy-on-write, so parallel VMs share it unchanged. A
+newer release brings a newer userspace (iproute2's devlink above all) to meet a newer kernel.
 """
 
 from __future__ import annotations
@@ -20,10 +22,10 @@ from rig.progress import run_logged, step
 from rig.provision.guestfiles import digests, guest_file
 from rig.provision.locking import building
 from rig.provision.sshkeys import ClientKey, ensure_client_key, generate
+from rig.provision.suites import DEFAULT_SUITE, release_of
 
 # Bump when the build steps change in a way the inputs below do not show.
 RECIPE = 1
-SUITE = "bookworm"
 PACKAGES: tuple[str, ...] = (
     "openssh-server",
     "openssh-sftp-server",  # paramiko's put() uses SFTP
@@ -38,7 +40,8 @@ PACKAGES: tuple[str, ...] = (
 )
 # The guest must speak netlink with the same pyroute2 the rig uses on the host.
 PYROUTE2_VERSION = "0.9.7"
-GUEST_PYTHON_SITE = "usr/local/lib/python3.11/dist-packages"
+# Under the guest python's own version (python3.11 in bookworm): see guest_python_site.
+GUEST_PYTHON_SITE = "usr/local/lib/python{version}/dist-packages"
 GUEST_FILES = ("rig-init", "rig-poweroff", "sshd_config", "fstab")
 # Free space left in the image for the guest's own files (sparse: costs no disk until used).
 FREE_MIB = 512
@@ -52,10 +55,10 @@ class RootFs:
     host_key: str  # the guest sshd's public key line, pinned by the SSH client
 
 
-def recipe_inputs(client_key: ClientKey) -> dict[str, object]:
+def recipe_inputs(client_key: ClientKey, suite: str = DEFAULT_SUITE) -> dict[str, object]:
     return {
         "recipe": RECIPE,
-        "suite": SUITE,
+        "suite": suite,
         "packages": list(PACKAGES),
         "pyroute2": PYROUTE2_VERSION,
         "guest_files": digests(GUEST_FILES),
@@ -64,18 +67,23 @@ def recipe_inputs(client_key: ClientKey) -> dict[str, object]:
     }
 
 
-def ensure_rootfs() -> RootFs:
+def ensure_rootfs(suite: str = DEFAULT_SUITE) -> RootFs:
+    """The root fs of Debian `suite`'s release (a backports suite: its base release)."""
+    release = release_of(suite)
     client_key = ensure_client_key()
-    e = entry("rootfs", SUITE, recipe_inputs(client_key))
+    e = entry("rootfs", release, recipe_inputs(client_key, release))
     log = cache_root() / "logs" / f"rootfs-{e.key}.log"
     with building(e) as missing:
         if missing:
-            with step(f"building the guest root filesystem (log: {log})"), e.build() as stage:
-                _build(stage, client_key, log)
+            with (
+                step(f"building the guest root filesystem from {release} (log: {log})"),
+                e.build() as stage,
+            ):
+                _build(stage, release, client_key, log)
     return RootFs(e.path / IMAGE, (e.path / HOST_KEY).read_text().strip())
 
 
-def _build(stage: Path, client_key: ClientKey, log: Path) -> None:
+def _build(stage: Path, release: str, client_key: ClientKey, log: Path) -> None:
     for tool, package in (("mmdebstrap", "mmdebstrap"), ("mke2fs", "e2fsprogs")):
         if shutil.which(tool) is None:
             raise ProvisionError(f"{tool} not found: apt-get install {package}")
@@ -84,7 +92,7 @@ def _build(stage: Path, client_key: ClientKey, log: Path) -> None:
         raise ProvisionError("building the guest root filesystem needs root (mmdebstrap)")
     tree = stage / "tree"
     try:
-        run_logged(mmdebstrap_command(tree), log, "mmdebstrap")
+        run_logged(mmdebstrap_command(tree, release), log, f"mmdebstrap {release}")
     except BaseException:
         # mmdebstrap bind-mounts host /dev nodes, /proc and /sys into the tree; if it was
         # stopped before its own cleanup they are still there: detach them before anyone
@@ -117,7 +125,7 @@ def unmount_below(directory: Path) -> None:
         subprocess.run(["umount", "--lazy", str(point)], check=False, capture_output=True)
 
 
-def mmdebstrap_command(tree: Path) -> list[str]:
+def mmdebstrap_command(tree: Path, release: str) -> list[str]:
     excluded = ("doc", "man", "info", "locale")
     return [
         "mmdebstrap",
@@ -125,9 +133,12 @@ def mmdebstrap_command(tree: Path) -> list[str]:
         "--mode=root",
         "--format=directory",
         '--aptopt=Apt::Install-Recommends "false"',
+        # As the private apt (rig.provision.apt): a frozen mirror's sid Release is past its
+        # Valid-Until; the signature is still checked.
+        '--aptopt=Acquire::Check-Valid-Until "false"',
         *(f"--dpkgopt=path-exclude=/usr/share/{d}/*" for d in excluded),
         f"--include={','.join(PACKAGES)}",
-        SUITE,
+        release,
         str(tree),
     ]
 
@@ -184,17 +195,30 @@ def install_pyroute2(tree: Path, wheel_dir: Path, log: Path) -> None:
     wheels = sorted(wheel_dir.glob("pyroute2-*.whl"))
     if len(wheels) != 1:
         raise ProvisionError(f"pip download pyroute2: expected one wheel in {wheel_dir}", log)
-    site = tree / GUEST_PYTHON_SITE
-    site.mkdir(parents=True, exist_ok=True)
+    site = guest_python_site(tree)
+    (tree / site).mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(wheels[0]) as wheel:
-        wheel.extractall(site)
+        wheel.extractall(tree / site)
     # Byte-compile with the guest's own python: otherwise each boot compiles on first import,
     # slowly under TCG, into a copy-on-write layer that is then thrown away.
     run_logged(
-        ["chroot", tree, "python3", "-m", "compileall", "-q", f"/{GUEST_PYTHON_SITE}"],
+        ["chroot", tree, "python3", "-m", "compileall", "-q", f"/{site}"],
         log,
         "compile pyroute2 in the guest tree",
     )
+
+
+def guest_python_site(tree: Path) -> str:
+    """Where the guest's python looks for site packages of our own (relative to the tree)."""
+    found = subprocess.run(
+        ["chroot", tree, "python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if found.returncode != 0 or not found.stdout.strip():
+        raise ProvisionError(f"the guest tree's python3 does not run: {found.stderr.strip()}")
+    return GUEST_PYTHON_SITE.format(version=found.stdout.strip())
 
 
 def make_ext4(tree: Path, image: Path, log: Path) -> None:

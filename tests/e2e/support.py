@@ -75,6 +75,16 @@ def rules(rig: Rig) -> DevlinkRules:
     return DevlinkRules(kernel_version(rig.kernel_release))
 
 
+def iproute2_version(rig: Rig) -> tuple[int, int]:
+    """(major, minor) of the guest's iproute2 ("devlink utility, iproute2-6.1.0"): the root fs
+    can be any Debian release's (--userspace), and the CLI's own rules changed too."""
+    out = rig.sh("devlink -V").stdout
+    m = re.search(r"iproute2-(\d+)\.(\d+)", out)
+    if not m:
+        raise ValueError(f"cannot read an iproute2 version from {out!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
 # --- the guest ------------------------------------------------------------------------------
 
 

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rig.cache import cache_key, entry
-from rig.errors import ProvisionError
+from rig.errors import ProvisionError, UsageError
 from rig.provision.apt import (
     DEBIAN_KEYRING,
     SourceArchive,
@@ -22,11 +22,16 @@ from rig.provision.apt import (
 )
 from rig.provision.qemu import (
     CONFIGURE_FLAGS,
+    PINNED_VERSION,
     Qemu,
+    _fetch_source,
     build_inputs,
     candidate_versions,
+    check_requested,
     find_qemu,
+    firmware_dirs,
     is_new_enough,
+    is_version,
     lists_device,
     meson_pin,
     missing_firmware,
@@ -291,14 +296,90 @@ def test_new_system_qemu_is_used(no_system_qemu: Path) -> None:
     assert find_qemu() == Qemu(binary, (), "10.1.0")
 
 
+def release(debian_version: str) -> str:
+    """ "1:10.2.2+ds-1" -> "10.2.2", what the binary says of itself."""
+    return upstream_version(debian_version).split("+")[0]
+
+
+def _cached_build(root: Path, debian_version: str, recipe: int | None = None) -> Path:
+    """A cache entry as _build leaves it, holding a stand-in binary of that version."""
+    inputs = build_inputs(debian_version)
+    if recipe is not None:
+        inputs["recipe"] = recipe
+    e = entry("qemu", upstream_version(debian_version), inputs, root)
+    with e.build() as stage:
+        _fake_qemu(stage / "bin" / "qemu-system-x86_64", release(debian_version))
+    return e.path / "bin" / "qemu-system-x86_64"
+
+
 def test_cached_build_is_found_only_for_this_recipe(no_system_qemu: Path) -> None:
     root = no_system_qemu.parent / "cache"
-    other = entry("qemu", "11.1.3+ds", {**build_inputs("1:11.1.3+ds-1"), "recipe": -1}, root)
-    ours = entry("qemu", "10.2.2+ds", build_inputs("1:10.2.2+ds-1"), root)
-    for e, version in ((other, "11.1.3"), (ours, "10.2.2")):
-        with e.build() as stage:
-            _fake_qemu(stage / "bin" / "qemu-system-x86_64", version)
+    _cached_build(root, PINNED_VERSION, recipe=-1)
+    assert find_qemu() is None
+    ours = _cached_build(root, PINNED_VERSION)
     found = find_qemu()
     assert found is not None
-    assert found.binary == ours.path / "bin" / "qemu-system-x86_64"
-    assert found.version == "10.2.2"
+    assert found.binary == ours
+    assert found.version == release(PINNED_VERSION)
+
+
+def test_only_the_pinned_build_is_used_by_default(no_system_qemu: Path) -> None:
+    """A newer build in the cache (from an earlier --qemu-version) does not replace the pin."""
+    root = no_system_qemu.parent / "cache"
+    newer = _cached_build(root, "1:99.0.0+ds-1")
+    assert find_qemu() is None
+    pinned = _cached_build(root, PINNED_VERSION)
+    assert find_qemu() == Qemu(pinned, firmware_dirs(), release(PINNED_VERSION))
+    for asked in ("99.0.0", "1:99.0.0+ds-1"):
+        found = find_qemu(asked)
+        assert found is not None and found.binary == newer
+
+
+def test_qemu_version_skips_the_system_qemu(no_system_qemu: Path) -> None:
+    _fake_qemu(no_system_qemu / "qemu-system-x86_64", "10.1.0")
+    root = no_system_qemu.parent / "cache"
+    pinned = _cached_build(root, PINNED_VERSION)
+    system = find_qemu()
+    assert system is not None and system.binary == no_system_qemu / "qemu-system-x86_64"
+    asked = find_qemu(PINNED_VERSION)
+    assert asked is not None and asked.binary == pinned
+
+
+def test_is_version_names_debian_and_upstream_forms() -> None:
+    for asked in ("1:10.2.2+ds-1", "10.2.2+ds-1", "10.2.2"):
+        assert is_version(asked, "1:10.2.2+ds-1")
+    assert is_version("10.2.2", "1:10.2.2+ds-3~bpo13+1")
+    for asked in ("10.2", "1:10.2.2+ds-2", "10.2.20"):
+        assert not is_version(asked, "1:10.2.2+ds-1")
+
+
+def test_requested_qemu_must_have_vfio_user() -> None:
+    check_requested("10.1.0")
+    check_requested(PINNED_VERSION)
+    for bad in ("9.2.0", "1:7.2+dfsg-7", "latest"):
+        with pytest.raises(UsageError, match=r"QEMU >= 10\.1\.0"):
+            check_requested(bad)
+
+
+class ListedSources(SourceArchive):
+    """The private source archive with its index already known: no apt-get, no network."""
+
+    def __init__(self, root: Path, listed: list[str]) -> None:
+        super().__init__(root, ["sid"], mirror="http://mirror.example/debian")
+        self.listed = listed
+
+    def update(self, log: Path) -> None:
+        pass
+
+    def versions(self, package: str) -> list[str]:
+        return sorted(self.listed, key=debian_version_key, reverse=True)
+
+
+def test_a_pin_gone_from_the_archive_is_an_error_not_another_qemu(tmp_path: Path) -> None:
+    archive = ListedSources(tmp_path, ["1:11.1.3+ds-1", "1:7.2+dfsg-7"])
+    with pytest.raises(ProvisionError) as caught:
+        _fetch_source(archive, PINNED_VERSION, tmp_path / "work", tmp_path / "log")
+    message = str(caught.value)
+    assert f"qemu {PINNED_VERSION} is not in Debian's archive" in message
+    assert "bump PINNED_VERSION" in message
+    assert "listed there: 1:11.1.3+ds-1 (choose one with --qemu-version)" in message
