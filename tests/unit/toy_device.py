@@ -5,7 +5,8 @@ from __future__ import annotations
 import mmap
 import os
 import struct
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,8 @@ from vfio_user.server import Server
 
 PAGE = 4096
 DMA_TRIGGER = 0x200  # an 8-byte write here is a bus address the device then reads 8 bytes at
+DOORBELL = 0x300  # a 4-byte write here queues that many steps of background work
+STEP_TIME = 0.001  # s a background step takes (the work a doorbell stands for)
 
 
 class ToyDevice(Device):
@@ -31,6 +34,7 @@ class ToyDevice(Device):
         self.resets = 0
         self.writes: list[tuple[int, bytes]] = []
         self.dma_data = b""  # what the last DMA_TRIGGER read from guest memory
+        self.steps: list[int] = []  # background steps done, by their doorbell's write number
         self.ctx: DeviceContext | None = None
         self.regions = {
             0: Region(2 * PAGE, self._read, self._write, fd=self.fd, mmap_areas=[(PAGE, PAGE)]),
@@ -56,6 +60,16 @@ class ToyDevice(Device):
         if off == DMA_TRIGGER and len(data) == 8 and self.ctx is not None:
             # A DmaError escapes to the transport, which answers the write with EFAULT.
             self.dma_data = self.ctx.dma_read(int.from_bytes(data, "little"), 8)
+        if off == DOORBELL and self.ctx is not None:
+            self.ctx.defer(self._walk(len(self.writes), int.from_bytes(data, "little")))
+
+    def _walk(self, doorbell: int, count: int) -> Callable[[], bool]:
+        def step() -> bool:
+            time.sleep(STEP_TIME)  # stands for the work
+            self.steps.append(doorbell)
+            return self.steps.count(doorbell) < count
+
+        return step
 
     def _cfg_read(self, off: int, size: int) -> bytes:
         return bytes(self.config[off : off + size])
@@ -75,7 +89,7 @@ def served(tmp_path: Path) -> Iterator[tuple[ToyDevice, Server, Client]]:
     dev = ToyDevice()
     logs: list[str] = []
     server = Server(dev, tmp_path / "toy.sock", log=logs.append)
-    with running_loop(server.register):
+    with running_loop(server.register, server):
         client = Client(tmp_path / "toy.sock")
         client.version()
         server.logs = logs  # type: ignore[attr-defined]
