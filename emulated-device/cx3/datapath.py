@@ -2,7 +2,7 @@
 that arrive at a port.
 
 `send_doorbell(qpn)` gives the walk of the QP's send queue from where the device stopped last,
-one WQE a step, run by the transport between messages as the card works behind a posted
+one frame a step, run by the transport between messages as the card works behind a posted
 doorbell. It takes every WQE the driver handed over (owner bit, see `wqe.py`), gathers its
 frame (inline bytes and DMA reads through the memory key; an LSO WQE is cut into MSS-sized
 TCP segments, one frame each: `frame.segment`), applies the offloads the control segment asks
@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import collections
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Iterator
 
 from vfio_user import DmaError
 
@@ -87,7 +87,7 @@ class Datapath:
     # --- send ------------------------------------------------------------------------------
 
     def send_doorbell(self, qpn: int) -> Callable[[], bool] | None:
-        """The driver rang QP `qpn`'s send doorbell: the walk of its send queue, one WQE a
+        """The driver rang QP `qpn`'s send doorbell: the walk of its send queue, one frame a
         step (the transport runs it between messages), or None if a walk is already under
         way (it goes on to the new WQEs) or the QP cannot send."""
         qp = self.fw.state.qps.get(qpn)
@@ -103,37 +103,39 @@ class Datapath:
             return None
         qp.sending = True
         state = self.fw.state
-        send_cq = state.cqs.get(qp.ctx.cqn_send)
-        buf = self._buffer(qp)
+        walk = self._walk(qp, sq, self._buffer(qp), state.cqs.get(qp.ctx.cqn_send))
 
         def step() -> bool:
-            # A reset or a 2RST_QP since the doorbell ends the walk; so does a WQE not yet
-            # handed over (the next doorbell starts a new walk there).
-            if self.fw.state is not state or state.qps.get(qpn) is not qp or not qp.sending:
+            # A reset or a 2RST_QP since the doorbell ends the walk.
+            if self.fw.state is not state or state.qps.get(qpn) is not qp:
                 return False
-            more = qp.state in SENDING and self._send_next(qp, sq, buf, send_cq)
-            qp.sending = more
-            return more
+            try:
+                next(walk)
+            except StopIteration:
+                qp.sending = False
+                return False
+            return True
 
         return step
 
-    def _send_next(
+    def _walk(
         self, qp: QueuePair, sq: WorkQueue, buf: MttBuffer, send_cq: CompletionQueue | None
-    ) -> bool:
-        """Take the next WQE if the driver handed it over: True if one was taken."""
-        index = qp.sq_next
-        try:
-            ctrl = Ctrl.decode(self._sq_read(buf, sq, index, wqe.CTRL_SIZE))
-        except (DmaError, IcmError) as e:
-            self._error(f"QP {qp.qpn:#x}: send queue unreadable at TXBB {index:#x}: {e}")
-            return False
-        if ctrl.owner != (index >> sq.log_count) & 1 or ctrl.opcode == wqe.OPCODE_NOP:
-            return False  # not handed over (yet)
-        qp.sq_next = index + ctrl.txbbs
-        cqe, solicited = self._send(qp, sq, buf, ctrl, index)
-        if cqe is not None:
-            self._complete(send_cq, qp, cqe, solicited)
-        return True
+    ) -> Iterator[None]:
+        """The send engine: every WQE handed over, in order, pausing after each frame on the
+        wire; it stops at the first WQE not handed over (the next doorbell resumes there)."""
+        while qp.state in SENDING:
+            index = qp.sq_next
+            try:
+                ctrl = Ctrl.decode(self._sq_read(buf, sq, index, wqe.CTRL_SIZE))
+            except (DmaError, IcmError) as e:
+                self._error(f"QP {qp.qpn:#x}: send queue unreadable at TXBB {index:#x}: {e}")
+                return
+            if ctrl.owner != (index >> sq.log_count) & 1 or ctrl.opcode == wqe.OPCODE_NOP:
+                return  # not handed over (yet)
+            qp.sq_next = index + ctrl.txbbs
+            cqe, solicited = yield from self._send(qp, sq, buf, ctrl, index)
+            if cqe is not None:
+                self._complete(send_cq, qp, cqe, solicited)
 
     def _buffer(self, qp: QueuePair) -> MttBuffer:
         if qp.buffer is None:
@@ -158,8 +160,9 @@ class Datapath:
 
     def _send(
         self, qp: QueuePair, sq: WorkQueue, buf: MttBuffer, ctrl: Ctrl, index: int
-    ) -> tuple[bytes | None, bool]:
-        """Execute one send WQE: (the CQE to post or None, whether it is solicited)."""
+    ) -> Generator[None, None, tuple[bytes | None, bool]]:
+        """Execute one send WQE, pausing after each frame it puts on the wire: (the CQE to
+        post or None, whether it is solicited)."""
         try:
             if qp.state != QpState.RTS:
                 raise WqeError(cq.WR_FLUSH_ERR, f"QP {qp.qpn:#x} is in {qp.state.name}")
@@ -195,6 +198,7 @@ class Datapath:
             if port is not None:
                 port.counters.transmitted(data)
                 self.transmit(port.number, data)
+            yield
         if not ctrl.signaled:
             return None, False
         return cq.send_cqe(qp.qpn, index, ctrl.opcode), ctrl.solicited
