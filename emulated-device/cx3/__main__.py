@@ -1,4 +1,7 @@
-"""`python -m cx3 --socket S --control C [--log L]`: serve the model, one loop for both sockets.
+"""`cx3-device` (`python -m cx3`) --socket S --control C [--log L]: serve the model, one loop
+for both sockets. Standalone, beside any QEMU >= 10.1: add --print-qemu-args (the arguments
+that attach the card) and --exit-with-client (stop when QEMU goes away); faults and the crdump
+truth go through the control socket (cx3.client.ControlClient, JSON lines).
 
 Prints "ready" on stdout once both sockets listen (QEMU must find the vfio-user socket
 listening when it starts). With --log, everything afterwards - diagnostics and any traceback -
@@ -13,12 +16,14 @@ import argparse
 import contextlib
 import logging
 import selectors
+import shlex
 import signal
 import socket
 import sys
 from pathlib import Path
 from types import FrameType
 
+from vfio_user.qemu import attach_args, check_qemu
 from vfio_user.server import Server
 
 from . import modellog
@@ -61,7 +66,7 @@ def _positive(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cx3", description=__doc__)
+    parser = argparse.ArgumentParser(prog="cx3-device", description=__doc__)
     parser.add_argument("--socket", required=True, help="vfio-user socket QEMU connects to")
     parser.add_argument("--control", required=True, help="control socket (JSON lines)")
     parser.add_argument("--log", type=Path, help="log file (default: stderr)")
@@ -71,7 +76,32 @@ def main(argv: list[str] | None = None) -> int:
         default=modellog.MAX_BYTES,
         help="rotate the log file at this size, keeping one older file (default: %(default)s)",
     )
+    parser.add_argument(
+        "--print-qemu-args",
+        action="store_true",
+        help="after 'ready', print the QEMU arguments that attach the card (one line, shell-"
+        "quoted: shared guest RAM of --memory, -m, -device vfio-user-pci on --socket)",
+    )
+    parser.add_argument(
+        "--memory", default="1G", help="guest RAM for --print-qemu-args (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--exit-with-client",
+        action="store_true",
+        help="stop (exit 0) once QEMU disconnects: a standalone card lives as long as its VM",
+    )
+    parser.add_argument(
+        "--check-qemu",
+        type=Path,
+        metavar="QEMU",
+        help="only check that this qemu-system binary can attach the card (QEMU >= 10.1 with "
+        "vfio-user-pci); exit 0 if so, else one line and exit 2",
+    )
     args = parser.parse_args(argv)
+    if args.check_qemu is not None:
+        problem = check_qemu(args.check_qemu)
+        print(problem or f"{args.check_qemu}: can attach the card", file=sys.stderr)
+        return 2 if problem else 0
 
     handler: logging.Handler
     if args.log:
@@ -90,10 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     control.register(sel)
     stop.register(sel)
     print("ready", flush=True)
+    if args.print_qemu_args:
+        print(shlex.join(attach_args(args.socket, args.memory)), flush=True)
     if args.log:
         log.follow(sys.stdout)
     try:
-        while stop.signum is None:
+        while stop.signum is None and not (args.exit_with_client and server.disconnects):
             # Messages first (a vCPU waits on each), then one step of background work.
             for key, _ in sel.select(0 if server.has_work() else None):
                 key.data()
@@ -103,7 +135,10 @@ def main(argv: list[str] | None = None) -> int:
         control.close()
         server.close()
         device.close()
-    logger.info("stopped by %s", signal.Signals(stop.signum).name)
+    if stop.signum is None:
+        logger.info("stopped: the client disconnected (--exit-with-client)")
+    else:
+        logger.info("stopped by %s", signal.Signals(stop.signum).name)
     return 0
 
 

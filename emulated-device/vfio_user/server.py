@@ -63,6 +63,7 @@ class Server:
         self._sel: selectors.BaseSelector | None = None
         self._work: collections.deque[Callable[[], bool]] = collections.deque()
         self._working = False  # inside a step of background work
+        self.disconnects = 0  # clients that have come and gone
         self._out: memoryview | None = None  # the part of a reply the client has not taken
         self._out_fds: list[int] = []  # descriptors to go with its first byte
         self._held: list[Message] = []  # messages read, to be handled once _out is sent
@@ -180,6 +181,7 @@ class Server:
         finally:
             # Hang up last: whoever sees the end of the stream finds the device already reset.
             conn.close()
+        self.disconnects += 1
         self.log("client disconnected")
 
     def _on_readable(self) -> None:

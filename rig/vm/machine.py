@@ -12,7 +12,6 @@ it even if the rig is killed outright: launch from a thread that outlives the VM
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import select
@@ -35,6 +34,7 @@ from rig.vm.cmdline import Modprobe, kernel_cmdline
 from rig.vm.console import SerialConsole
 from rig.vm.qmp import Monitor
 from rig.vm.ssh import GuestSsh, SshIdentity, SshRefused
+from vfio_user.qemu import device_arg
 
 READY = re.compile(r"rig-guest: ready")
 # The kernel's last line before it runs the initramfs's /init: splits the boot time.
@@ -105,14 +105,7 @@ def _opt(value: object) -> str:
 
 
 def vfio_user_device(index: int, socket_path: Path) -> str:
-    return json.dumps(
-        {
-            "driver": "vfio-user-pci",
-            "id": f"cx{index}",
-            "socket": {"path": str(socket_path), "type": "unix"},
-        },
-        separators=(",", ":"),
-    )
+    return device_arg(socket_path, f"cx{index}")
 
 
 def qemu_command(config: MachineConfig, paths: RuntimePaths) -> list[str]:

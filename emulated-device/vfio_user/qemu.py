@@ -1,0 +1,65 @@
+"""How a QEMU attaches a vfio-user device server, and whether a given QEMU can.
+
+QEMU's client is `-device vfio-user-pci` (QEMU >= 10.1). The device's DMA reaches guest RAM
+through file descriptors the client sends, so guest RAM must be a shared memfd backend.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+MIN_VERSION = (10, 1)
+DEVICE = "vfio-user-pci"
+
+
+def device_arg(socket_path: Path | str, dev_id: str = "cx0") -> str:
+    """`-device`'s value: JSON, so a socket path needs no escaping."""
+    return json.dumps(
+        {"driver": DEVICE, "id": dev_id, "socket": {"path": str(socket_path), "type": "unix"}},
+        separators=(",", ":"),
+    )
+
+
+def shared_memory_args(size: str) -> list[str]:
+    """Guest RAM the device server can map: a shared memfd backend, `size` as for -m."""
+    return [
+        "-object",
+        f"memory-backend-memfd,id=mem,size={size},share=on",
+        "-machine",
+        "memory-backend=mem",
+    ]
+
+
+def attach_args(socket_path: Path | str, memory: str, dev_id: str = "cx0") -> list[str]:
+    """Everything a QEMU command line needs to attach the device (with -m `memory`)."""
+    return [*shared_memory_args(memory), "-m", memory, "-device", device_arg(socket_path, dev_id)]
+
+
+def check_qemu(binary: Path | str) -> str | None:
+    """Why `binary` cannot attach a vfio-user device, or None if it can."""
+    try:
+        version = subprocess.run(
+            [str(binary), "--version"], capture_output=True, text=True, timeout=30, check=False
+        ).stdout
+        devices = subprocess.run(
+            [str(binary), "-device", "help"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        ).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"cannot run {binary}: {e}"
+    m = re.search(r"version (\d+)\.(\d+)", version)
+    if m is None:
+        return f"{binary} --version does not name a QEMU version"
+    found = (int(m.group(1)), int(m.group(2)))
+    if found < MIN_VERSION:
+        need = ".".join(map(str, MIN_VERSION))
+        return f"{binary} is QEMU {found[0]}.{found[1]}; {DEVICE} needs QEMU >= {need}"
+    if f'"{DEVICE}"' not in devices:
+        return f"{binary} has no {DEVICE} device (built without vfio-user?)"
+    return None
