@@ -36,6 +36,7 @@ from rig.vm.cmdline import Modprobe
 from rig.vm.console import SerialConsole
 from rig.vm.machine import BootTimes, Machine, MachineConfig, QemuInstall
 from rig.vm.ssh import Background, Result, Sink, SshIdentity
+from vfio_user.qemu import posts_with_mmap
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +123,8 @@ class Rig:
                 guest,
                 self.log_dir,
                 vfio_user_sockets=sockets,
+                # The model changes no mapped page on a guest write: doorbells may be posted.
+                posted_writes=posts_with_mmap(qemu.binary),
                 modprobe=modprobe,
                 memory_mib=self.config.memory_mib,
                 name=self.config.name,

@@ -6,6 +6,7 @@ through file descriptors the client sends, so guest RAM must be a shared memfd b
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import subprocess
@@ -15,12 +16,38 @@ MIN_VERSION = (10, 1)
 DEVICE = "vfio-user-pci"
 
 
-def device_arg(socket_path: Path | str, dev_id: str = "cx0") -> str:
-    """`-device`'s value: JSON, so a socket path needs no escaping."""
-    return json.dumps(
-        {"driver": DEVICE, "id": dev_id, "socket": {"path": str(socket_path), "type": "unix"}},
-        separators=(",", ":"),
-    )
+# mlx4-rig's QEMU patch (rig/provision/qemu-patches): posted writes although a region is mapped.
+POSTED_WITH_MMAP = "x-posted-writes-with-mmap"
+
+
+def device_arg(socket_path: Path | str, dev_id: str = "cx0", posted: bool = False) -> str:
+    """`-device`'s value: JSON, so a socket path needs no escaping. `posted`: the device
+    promises that no write changes a mapped region, so QEMU may post writes (a QEMU with
+    POSTED_WITH_MMAP only: see posts_with_mmap)."""
+    arg: dict[str, object] = {
+        "driver": DEVICE,
+        "id": dev_id,
+        "socket": {"path": str(socket_path), "type": "unix"},
+    }
+    if posted:
+        arg[POSTED_WITH_MMAP] = True
+    return json.dumps(arg, separators=(",", ":"))
+
+
+@functools.cache
+def posts_with_mmap(binary: Path) -> bool:
+    """Whether this QEMU's vfio-user-pci has POSTED_WITH_MMAP."""
+    try:
+        out = subprocess.run(
+            [str(binary), "-device", f"{DEVICE},help"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return POSTED_WITH_MMAP in out
 
 
 def shared_memory_args(size: str) -> list[str]:

@@ -13,6 +13,7 @@ never a silent build of something else.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -46,6 +47,9 @@ PINNED_VERSION = "1:10.2.2+ds-1"
 SOURCE_SUITES = ("sid", "testing", "experimental", "trixie-backports")
 # Bump when the build steps change in a way the configure flags do not show.
 RECIPE = 1
+# Our patches to Debian's source, applied in name order before configure (`patch -p1`); each
+# file says why. Their contents are part of the cache key.
+PATCH_DIR = Path(__file__).with_name("qemu-patches")
 # At most 3 compile jobs: the machines this runs on have 2 cores shared with other work.
 MAX_JOBS = 3
 
@@ -166,7 +170,12 @@ def build_inputs(debian_version: str) -> dict[str, object]:
         "source": f"{SOURCE_PACKAGE}={debian_version}",
         "configure": list(CONFIGURE_FLAGS),
         "recipe": RECIPE,
+        "patches": {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in patches()},
     }
+
+
+def patches() -> list[Path]:
+    return sorted(PATCH_DIR.glob("*.patch"))
 
 
 def firmware_dirs() -> tuple[Path, ...]:
@@ -378,6 +387,9 @@ def _build(root: Path, requested: str) -> Qemu:
         ensure_packages((*BUILD_PACKAGES, *RUNTIME_PACKAGES), log, "building QEMU")
     archive = SourceArchive(root / "apt", SOURCE_SUITES)
     version, tree = _fetch_source(archive, requested, work, log)
+    for patch in patches():
+        with step(f"applying {patch.name}"):
+            run_logged(["patch", "-p1", "-i", str(patch)], log, f"patch {patch.name}", cwd=tree)
     target = entry("qemu", upstream_version(version), build_inputs(version), root)
     python = _meson_venv(root, meson_pin((tree / "pythondeps.toml").read_text()), log)
     t_start = time.monotonic()

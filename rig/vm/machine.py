@@ -68,6 +68,8 @@ class MachineConfig:
     modprobe: tuple[Modprobe, ...] = ()  # loaded by the guest's init before "ready"
     kernel_args: tuple[str, ...] = ()
     vfio_user_sockets: tuple[Path, ...] = ()  # one vfio-user-pci device (cxN) each
+    # The card's writes may be posted although BAR0 is mapped (a QEMU with the rig's patch)
+    posted_writes: bool = False
     qemu_args: tuple[str, ...] = ()
     name: str = "rig"
 
@@ -104,8 +106,8 @@ def _opt(value: object) -> str:
     return str(value).replace(",", ",,")
 
 
-def vfio_user_device(index: int, socket_path: Path) -> str:
-    return device_arg(socket_path, f"cx{index}")
+def vfio_user_device(index: int, socket_path: Path, posted: bool = False) -> str:
+    return device_arg(socket_path, f"cx{index}", posted)
 
 
 def qemu_command(config: MachineConfig, paths: RuntimePaths) -> list[str]:
@@ -165,7 +167,7 @@ def qemu_command(config: MachineConfig, paths: RuntimePaths) -> list[str]:
         "virtio-blk-pci,drive=root",
     ]
     for i, sock in enumerate(config.vfio_user_sockets):
-        argv += ["-device", vfio_user_device(i, sock)]
+        argv += ["-device", vfio_user_device(i, sock, config.posted_writes)]
     return argv + list(config.qemu_args)
 
 

@@ -118,6 +118,12 @@ def test_vfio_user_devices_in_order_as_json() -> None:
     )
 
 
+def test_posted_writes_ask_qemu_to_post_despite_the_mapped_bar() -> None:
+    argv = qemu_command(config(vfio_user_sockets=(Path("/s/a.sock"),), posted_writes=True), PATHS)
+    (device,) = [json.loads(d) for d in option(argv, "-device") if d.startswith("{")]
+    assert device["x-posted-writes-with-mmap"] is True
+
+
 def test_extra_qemu_args_come_last() -> None:
     argv = qemu_command(config(qemu_args=("-cpu", "max")), PATHS)
     assert argv[-2:] == ["-cpu", "max"]

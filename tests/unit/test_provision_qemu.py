@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import rig.provision.qemu as qemu_mod
 from rig.cache import cache_key, entry
 from rig.errors import ProvisionError, UsageError
 from rig.provision.apt import (
@@ -197,6 +198,18 @@ def test_build_inputs_key_follows_version_and_flags() -> None:
     assert cache_key(a) == cache_key(build_inputs("1:10.2.2+ds-1"))
     assert cache_key(a) != cache_key(build_inputs("1:11.1.3+ds-1"))
     assert a["configure"] == list(CONFIGURE_FLAGS)
+
+
+def test_build_inputs_key_follows_the_patches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rig's QEMU patches are part of the key: a changed patch is a new build."""
+    assert build_inputs("1:10.2.2+ds-1")["patches"], "the posted-writes patch is listed"
+    (tmp_path / "0001-x.patch").write_text("one\n")
+    monkeypatch.setattr(qemu_mod, "PATCH_DIR", tmp_path)
+    one = cache_key(build_inputs("1:10.2.2+ds-1"))
+    (tmp_path / "0001-x.patch").write_text("two\n")
+    assert cache_key(build_inputs("1:10.2.2+ds-1")) != one
 
 
 def test_mirrors_in_sources_both_formats() -> None:
