@@ -119,6 +119,17 @@ def add_ktap_option(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_kcidb_option(p: argparse.ArgumentParser) -> None:
+    """--kcidb FILE: the results as KCIDB v5 JSON too (rig.formats.kcidb)."""
+    p.add_argument(
+        "--kcidb",
+        metavar="FILE",
+        type=output_file,
+        help="also write the results as KCIDB v5 JSON to FILE (a checkout and a build per "
+        "kernel, a test per behaviour)",
+    )
+
+
 def command_after_dashes(words: list[str], usage: str) -> list[str]:
     """The command of `... -- CMD ARGS`; UsageError naming `usage` if there is none."""
     command = words[1:] if words[:1] == ["--"] else words
