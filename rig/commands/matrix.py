@@ -7,9 +7,11 @@ import json
 import logging
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 from rig.commands.options import Subparsers
+from rig.jobs.cluster import run_cells
 from rig.jobs.matrix import MatrixOptions, parse_kernels, run_matrix, table
 from rig.provision.suites import RELEASES
 
@@ -53,6 +55,24 @@ def add_parser(sub: Subparsers) -> None:
     p.add_argument(
         "--out", metavar="DIR", type=Path, help="run directory (default: runs/matrix-<time>)"
     )
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
+        "--dask",
+        metavar="SCHEDULER",
+        help="run the cells on this Dask scheduler (e.g. tcp://host:8786); its workers cap "
+        "their VMs with `--resources vm=N` and need the rig and its cache (default: a "
+        "local cluster sized by cores and memory)",
+    )
+    where.add_argument(
+        "--workers",
+        metavar="N",
+        type=positive,
+        help="the local cluster's worker processes, one VM each (default: one per core "
+        "and per 2 GiB of memory, at most one per cell)",
+    )
+    where.add_argument(
+        "--serial", action="store_true", help="no Dask: run the cells one after the other"
+    )
     p.add_argument(
         "--list",
         action="store_true",
@@ -78,21 +98,30 @@ def ci_matrix(kernels: tuple[str, ...], ci_format: str) -> str:
     return f"parallel:\n  matrix:\n{entries}"
 
 
+def positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"not a positive number: {text!r}")
+    return int(text)
+
+
 def cmd_matrix(args: argparse.Namespace) -> int:
     kernels = parse_kernels(args.kernels, args.patches)
     if args.list:
         print(ci_matrix(kernels, args.ci_format), end="")
         return 0
-    out = args.out or Path("runs") / time.strftime("matrix-%Y%m%d-%H%M%S")
-    matrix = run_matrix(
-        MatrixOptions(
-            kernels=kernels,
-            out=out,
-            patches=args.patches.resolve() if args.patches else None,
-            userspace=args.userspace,
-            qemu=args.qemu,
-        )
+    # Absolute: a worker process need not share this one's working directory.
+    out = (args.out or Path("runs") / time.strftime("matrix-%Y%m%d-%H%M%S")).resolve()
+    opts = MatrixOptions(
+        kernels=kernels,
+        out=out,
+        patches=args.patches.resolve() if args.patches else None,
+        userspace=args.userspace,
+        qemu=args.qemu.resolve() if args.qemu else None,
     )
+    if args.serial:
+        matrix = run_matrix(opts)
+    else:
+        matrix = run_matrix(opts, partial(run_cells, scheduler=args.dask, workers=args.workers))
     print(table(matrix), end="")
     logger.info(f"results: {out}/matrix.json, junit.xml, matrix.ktap, kcidb.json")
     for cell in matrix.rig_failures:

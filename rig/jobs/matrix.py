@@ -1,17 +1,20 @@
 """`rig matrix`: the validate behaviours on each of several kernels, one table.
 
 A cell is one kernel: provisioned (fetched or built), then the same two boots as each of
-`rig validate`'s kernels (rig.jobs.validate.run_kernel). Cells run one after the other; a
-cell the rig could not run (a kernel that cannot be had, a rig failure during the replay)
-is recorded with its error and the others still run.
+`rig validate`'s kernels (rig.jobs.validate.run_kernel). Cells run one after the other or
+on Dask (rig.jobs.cluster); a cell the rig could not run (a kernel that cannot be had, a rig
+failure during the replay) is recorded with its error and the others still run.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import socket
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +48,7 @@ class Cell:
     result: KernelResult
     error: str = ""  # why the rig could not run this cell; "" when it ran
     seconds: float = 0.0
+    host: str = ""  # where it ran: host name and process id
 
     @property
     def passed(self) -> bool:
@@ -91,6 +95,7 @@ class Matrix:
                     "build": c.result.build,
                     "error": c.error,
                     "seconds": round(c.seconds, 1),
+                    "host": c.host,
                     "outcomes": {b.name: asdict(c.result.outcome(b.name)) for b in BEHAVIOURS},
                 }
                 for c in self.cells
@@ -125,7 +130,7 @@ def parse_kernels(text: str, patches: Path | None) -> tuple[str, ...]:
 
 def run_cell(kernel: str, opts: MatrixOptions) -> Cell:
     t0 = time.monotonic()
-    cell = Cell(kernel, KernelResult(kernel, kernel))
+    cell = Cell(kernel, KernelResult(kernel, kernel), host=f"{socket.gethostname()}:{os.getpid()}")
     try:
         argument, cell.result = prepare(kernel, kernel_spec(kernel, opts.patches), opts.userspace)
     except RigError as e:
@@ -141,12 +146,18 @@ def run_cell(kernel: str, opts: MatrixOptions) -> Cell:
     return cell
 
 
-def run_matrix(opts: MatrixOptions) -> Matrix:
-    """Every cell, one after the other; matrix.json, junit.xml, matrix.ktap and kcidb.json
-    in the run directory."""
+def serial_cells(opts: MatrixOptions) -> list[Cell]:
+    return [run_cell(k, opts) for k in opts.kernels]
+
+
+def run_matrix(
+    opts: MatrixOptions, cells: Callable[[MatrixOptions], list[Cell]] = serial_cells
+) -> Matrix:
+    """Every cell (by `cells`: here one after the other, or rig.jobs.cluster.run_cells);
+    matrix.json, junit.xml, matrix.ktap and kcidb.json in the run directory."""
     t0 = time.monotonic()
     opts.out.mkdir(parents=True, exist_ok=True)
-    matrix = Matrix([run_cell(k, opts) for k in opts.kernels])
+    matrix = Matrix(cells(opts))
     matrix.timings["total"] = round(time.monotonic() - t0, 1)
     write_outputs(matrix, opts.out)
     return matrix
