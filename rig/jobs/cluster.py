@@ -34,11 +34,12 @@ def local_workers(cells: int, cpus: int | None = None, memory: int | None = None
 
 def _cell_on_worker(kernel: str, opts: MatrixOptions, show_progress: bool) -> Cell:
     """run_cell in a worker process: the rig's progress on its stderr, named by the cell."""
-    rig_log = logging.getLogger("rig")
-    if show_progress and not rig_log.handlers:
+    if show_progress:
+        # A worker process runs cells one after another: each replaces the last one's name.
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter(f"rig [{kernel}]: %(message)s"))
-        rig_log.addHandler(handler)
+        rig_log = logging.getLogger("rig")
+        rig_log.handlers[:] = [handler]
         rig_log.setLevel(logging.INFO)
         rig_log.propagate = False
     return run_cell(kernel, opts)
@@ -64,7 +65,11 @@ def run_cells(
                 threads_per_worker=1,
                 processes=True,
                 resources={VM_RESOURCE: 1},
+                # Loopback only; no dashboard, and the scheduler's HTTP routes on a free
+                # port rather than 8787, which another cluster may hold.
+                host="127.0.0.1",
                 dashboard_address=None,
+                scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
                 silence_logs=logging.ERROR,
             )
             client = Client(cluster)  # type: ignore[no-untyped-call]
@@ -90,4 +95,4 @@ def _gather(kernel: str, future: Any) -> Cell:
         return cell
     except Exception as e:  # the worker died or run_cell raised: this cell, not the matrix
         error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        return Cell(kernel, KernelResult(kernel, kernel), f"on Dask: {error}")
+        return Cell(kernel, KernelResult(kernel, kernel)).could_not_run(f"on Dask: {error}")

@@ -23,7 +23,7 @@ from rig.errors import RigError, UsageError
 from rig.formats.junit import kernels_junit_xml
 from rig.formats.kcidb import write_kcidb
 from rig.formats.ktap import Group, write_ktap
-from rig.jobs.behaviours import BEHAVIOURS, PASS
+from rig.jobs.behaviours import BEHAVIOURS, ERROR, PASS, Outcome
 from rig.jobs.validate import prepare, run_kernel
 from rig.jobs.verdict import KernelResult
 from rig.provision.kbuildspec import BuildSpec, is_build_spec, parse_build_spec
@@ -49,6 +49,13 @@ class Cell:
     error: str = ""  # why the rig could not run this cell; "" when it ran
     seconds: float = 0.0
     host: str = ""  # where it ran: host name and process id
+
+    def could_not_run(self, error: str) -> Cell:
+        """The rig failed this cell: every behaviour it did not judge says why."""
+        self.error = error
+        for b in BEHAVIOURS:
+            self.result.outcomes.setdefault(b.name, Outcome(ERROR, f"not run: {error}"))
+        return self
 
     @property
     def passed(self) -> bool:
@@ -134,13 +141,13 @@ def run_cell(kernel: str, opts: MatrixOptions) -> Cell:
     try:
         argument, cell.result = prepare(kernel, kernel_spec(kernel, opts.patches), opts.userspace)
     except RigError as e:
-        cell.error = str(e).splitlines()[0]
+        cell.could_not_run(str(e).splitlines()[0])
     else:
         report = run_kernel(
             argument, cell.result, opts.out / cell_dir(kernel), opts.userspace, opts.qemu
         )
         if report.exit_status == 2 and report.errors:
-            cell.error = report.errors[0].splitlines()[0]
+            cell.could_not_run(report.errors[0].splitlines()[0])
     cell.seconds = time.monotonic() - t0
     logger.info(f"{kernel}: {'rig error: ' + cell.error if cell.error else 'done'}")
     return cell
