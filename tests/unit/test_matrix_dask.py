@@ -32,3 +32,20 @@ def test_local_size_follows_cores_memory_and_cells() -> None:
     assert local_workers(cells=5, cpus=16, memory=7 * gib) == 3  # 2 GiB a VM
     assert local_workers(cells=1, cpus=16, memory=64 * gib) == 1
     assert local_workers(cells=3, cpus=1, memory=1 * gib) == 1  # never none
+
+
+def test_a_cell_that_raises_on_its_worker_is_named_not_fatal() -> None:
+    from dask.distributed import Client, LocalCluster
+
+    from rig.jobs.cluster import _gather
+
+    with (
+        LocalCluster(  # type: ignore[no-untyped-call]
+            n_workers=1, processes=False, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as client,  # type: ignore[no-untyped-call]
+    ):
+        cell = _gather("deb:sid", client.submit(int, "not a number"))
+    assert cell.kernel == "deb:sid"
+    assert cell.error.startswith("on Dask: ValueError: invalid literal")
+    assert {o.status for o in cell.result.outcomes.values()} == {"error"}
