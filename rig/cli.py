@@ -22,6 +22,7 @@ from rig.commands import (
     bench,
     build_kernel,
     interactive,
+    matrix,
     replay,
     run,
     setup,
@@ -37,6 +38,7 @@ SUBCOMMANDS = (
     interactive.add_parsers,
     build_kernel.add_parser,
     validate.add_parser,
+    matrix.add_parser,
     bench.add_parser,
     traffic.add_parser,
 )

@@ -108,12 +108,45 @@ def driver_options(args: argparse.Namespace) -> DriverOptions:
     return {"msi_x": args.msi_x, "mlx4_en": args.mlx4_en, "netdev_up": args.netdev_up}
 
 
+def add_ktap_option(p: argparse.ArgumentParser) -> None:
+    """--ktap FILE: the results as KTAP v1 too (rig.formats.ktap), for kernel CI."""
+    p.add_argument(
+        "--ktap",
+        metavar="FILE",
+        type=output_file,
+        help="also write the results as KTAP v1 to FILE (one test per kernel, its "
+        "behaviours as nested subtests)",
+    )
+
+
+def add_kcidb_option(p: argparse.ArgumentParser) -> None:
+    """--kcidb FILE: the results as KCIDB v5 JSON too (rig.formats.kcidb)."""
+    p.add_argument(
+        "--kcidb",
+        metavar="FILE",
+        type=output_file,
+        help="also write the results as KCIDB v5 JSON to FILE (a checkout and a build per "
+        "kernel, a test per behaviour)",
+    )
+
+
 def command_after_dashes(words: list[str], usage: str) -> list[str]:
     """The command of `... -- CMD ARGS`; UsageError naming `usage` if there is none."""
     command = words[1:] if words[:1] == ["--"] else words
     if not command:
         raise UsageError(f"no command given ({usage})")
     return command
+
+
+def output_file(text: str) -> Path:
+    """An argparse type for a file the command writes at its end: refused before any run
+    when its directory is missing, rather than after the VMs."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a directory")
+    if not path.resolve().parent.is_dir():
+        raise argparse.ArgumentTypeError(f"no directory {path.parent} for {text}")
+    return path
 
 
 def byte_count(text: str) -> int:

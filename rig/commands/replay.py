@@ -13,11 +13,13 @@ from rig.commands.options import (
     add_crspace_options,
     add_driver_options,
     add_guest_options,
+    add_ktap_option,
     byte_count,
     driver_options,
     guest_options,
 )
 from rig.formats.coverage import Coverage
+from rig.formats.ktap import replay_group, write_ktap
 from rig.jobs.replay import ReplayOptions, run_replay
 from rig.mlx4 import FAULTS
 
@@ -68,6 +70,7 @@ def add_parser(sub: Subparsers) -> None:
     p.add_argument(
         "--out", metavar="DIR", type=Path, help="run directory (default: runs/replay-<time>)"
     )
+    add_ktap_option(p)
     p.set_defaults(func=cmd_replay)
 
 
@@ -120,5 +123,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if "fault_to_snapshots" in t:
         print(f"fault to snapshots {t['fault_to_snapshots']:.1f} s, total {t['total']:.1f} s")
     logger.info(f"report: {out / 'report.json'}")
+    if args.ktap:
+        write_ktap([replay_group(report)], args.ktap)
     print({0: "PASS", 1: "FAIL"}.get(report.exit_status, "ERROR"))
     return report.exit_status

@@ -8,7 +8,9 @@ import time
 from pathlib import Path
 
 from rig.commands.build_kernel import PATCHES_HELP, SOURCE_HELP
-from rig.commands.options import Subparsers
+from rig.commands.options import Subparsers, add_kcidb_option, add_ktap_option
+from rig.formats.kcidb import write_kcidb
+from rig.formats.ktap import verdict_groups, write_ktap
 from rig.jobs.validate import ValidateOptions, run_validate
 from rig.jobs.verdict import table
 from rig.provision.kbuildspec import DEFAULT_SERIES
@@ -49,6 +51,8 @@ def add_parser(sub: Subparsers) -> None:
     p.add_argument(
         "--out", metavar="DIR", type=Path, help="run directory (default: runs/validate-<time>)"
     )
+    add_ktap_option(p)
+    add_kcidb_option(p)
     p.set_defaults(func=cmd_validate)
 
 
@@ -69,6 +73,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print()
     print(table(comparison), end="")
     logger.info(f"results: {out / 'validate.json'}, {out / 'junit.xml'}")
+    if args.ktap:
+        write_ktap(verdict_groups(comparison), args.ktap)
+    if args.kcidb:
+        kernels = [(k.role, k) for k in (comparison.base, comparison.patched)]
+        write_kcidb(out.name, kernels, args.kcidb)
     if comparison.regressions:
         print(f"REGRESSED: {', '.join(comparison.regressions)}")
         return 1

@@ -1,4 +1,4 @@
-"""JUnit XML of a `rig validate` run, for CI test reports.
+"""JUnit XML of a `rig validate` or `rig matrix` run, for CI test reports.
 
 Three suites: one per kernel (a testcase per behaviour: <failure> when it failed, <error>
 when it could not be run), and "comparison" (a testcase per behaviour, failing when the
@@ -10,7 +10,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from rig.jobs.behaviours import ERROR, FAIL
+from rig.jobs.behaviours import BEHAVIOURS, ERROR, FAIL
 from rig.jobs.verdict import REGRESSED, KernelResult, Verdict
 
 
@@ -31,13 +31,11 @@ def _suite(parent: ET.Element, name: str, cases: list[ET.Element]) -> None:
     suite.extend(cases)
 
 
-def _kernel_cases(k: KernelResult, names: list[str]) -> list[ET.Element]:
+def _kernel_cases(k: KernelResult, names: list[str], classname: str) -> list[ET.Element]:
     cases = []
     for name in names:
         o = k.outcome(name)
-        case = ET.Element(
-            "testcase", classname=f"validate.{k.role}", name=name, time=f"{o.seconds:.3f}"
-        )
+        case = ET.Element("testcase", classname=classname, name=name, time=f"{o.seconds:.3f}")
         if o.status == FAIL:
             ET.SubElement(case, "failure", message=o.detail[:500]).text = o.detail
         elif o.status == ERROR:
@@ -50,7 +48,8 @@ def junit_xml(c: Verdict) -> str:
     root = ET.Element("testsuites", name="rig validate")
     names = [r.behaviour for r in c.rows]
     for k in (c.base, c.patched):
-        _suite(root, f"{k.role} {k.release or k.spec}", _kernel_cases(k, names))
+        cases = _kernel_cases(k, names, f"validate.{k.role}")
+        _suite(root, f"{k.role} {k.release or k.spec}", cases)
     cases = []
     for r in c.rows:
         case = ET.Element(
@@ -67,6 +66,17 @@ def junit_xml(c: Verdict) -> str:
             ET.SubElement(case, "system-out").text = out
         cases.append(case)
     _suite(root, "comparison", cases)
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def kernels_junit_xml(name: str, kernels: list[KernelResult]) -> str:
+    """One suite per kernel, a testcase per behaviour (`rig matrix`)."""
+    root = ET.Element("testsuites", name=name)
+    names = [b.name for b in BEHAVIOURS]
+    for k in kernels:
+        classname = f"matrix.{k.spec}".replace(" ", "_")
+        _suite(root, f"{k.spec} {k.release}".strip(), _kernel_cases(k, names, classname))
     ET.indent(root)
     return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
 

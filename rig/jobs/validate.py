@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rig.formats.junit import write_junit
+from rig.formats.report import Report
 from rig.jobs.behaviours import replay_outcome, run_session
 from rig.jobs.replay import ReplayOptions, run_replay
 from rig.jobs.verdict import KernelResult, Verdict
@@ -52,7 +53,7 @@ def base_spec(opts: ValidateOptions, patched: BuildSpec) -> BuildSpec | str:
     return opts.base
 
 
-def prepare(role: str, spec: BuildSpec | str, userspace: str) -> tuple[str, KernelResult]:
+def prepare(role: str, spec: BuildSpec | str, userspace: str | None) -> tuple[str, KernelResult]:
     """Build (or find) and provision a kernel; returns the --kernel argument for its runs.
 
     Raises ProvisionError before anything boots: a series that does not apply, a failed
@@ -75,17 +76,19 @@ def prepare(role: str, spec: BuildSpec | str, userspace: str) -> tuple[str, Kern
     return argument, result
 
 
-def run_kernel(kernel: str, result: KernelResult, opts: ValidateOptions) -> None:
-    out = opts.out / result.role
+def run_kernel(
+    kernel: str, result: KernelResult, out: Path, userspace: str | None, qemu: Path | None
+) -> Report:
+    """Every behaviour on one kernel (two boots, one after the other), into `result`;
+    returns the replay's report (its exit status tells the rig's failures apart)."""
     with step(f"{result.role} kernel {result.release}: rig replay (catas fault)"):
         report = run_replay(
-            ReplayOptions(
-                out=out / "replay", kernel=kernel, userspace=opts.userspace, qemu=opts.qemu
-            )
+            ReplayOptions(out=out / "replay", kernel=kernel, userspace=userspace, qemu=qemu)
         )
         result.outcomes["catas-snapshots"] = replay_outcome(report, out / "replay")
     with step(f"{result.role} kernel {result.release}: probe, regions, faults, delete, reload"):
-        result.outcomes.update(run_session(kernel, opts.qemu, out / "session", opts.userspace))
+        result.outcomes.update(run_session(kernel, qemu, out / "session", userspace))
+    return report
 
 
 def run_validate(opts: ValidateOptions) -> Verdict:
@@ -100,8 +103,8 @@ def run_validate(opts: ValidateOptions) -> Verdict:
     base_kernel, base = prepare("base", base_spec(opts, patched_spec), opts.userspace)
     patched_kernel, patched = prepare("patched", patched_spec, opts.userspace)
     t_built = time.monotonic()
-    run_kernel(base_kernel, base, opts)
-    run_kernel(patched_kernel, patched, opts)
+    for kernel, result in ((base_kernel, base), (patched_kernel, patched)):
+        run_kernel(kernel, result, opts.out / result.role, opts.userspace, opts.qemu)
     verdict = Verdict.of(base, patched)
     verdict.timings = {
         "build": round(t_built - t0, 1),

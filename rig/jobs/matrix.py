@@ -1,0 +1,206 @@
+"""`rig matrix`: the validate behaviours on each of several kernels, one table.
+
+A cell is one kernel: provisioned (fetched or built), then the same two boots as each of
+`rig validate`'s kernels (rig.jobs.validate.run_kernel). Cells run one after the other or
+on Dask (rig.jobs.cluster); a cell the rig could not run (a kernel that cannot be had, a rig
+failure during the replay) is recorded with its error and the others still run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rig.errors import RigError, UsageError
+from rig.formats.junit import kernels_junit_xml
+from rig.formats.kcidb import write_kcidb
+from rig.formats.ktap import Group, write_ktap
+from rig.jobs.behaviours import BEHAVIOURS, ERROR, PASS, Outcome
+from rig.jobs.validate import prepare, run_kernel
+from rig.jobs.verdict import KernelResult
+from rig.provision.kbuildspec import BuildSpec, is_build_spec, parse_build_spec
+
+logger = logging.getLogger(__name__)
+
+SCHEMA = "mlx4-rig/matrix/1"
+
+
+@dataclass(frozen=True)
+class MatrixOptions:
+    kernels: tuple[str, ...]
+    out: Path
+    patches: Path | None = None  # applied to every build: kernel
+    userspace: str | None = None  # None: each kernel's own (see rig.provision.guest)
+    qemu: Path | None = None
+
+
+@dataclass
+class Cell:
+    kernel: str  # the spec as given
+    result: KernelResult
+    error: str = ""  # why the rig could not run this cell; "" when it ran
+    seconds: float = 0.0
+    host: str = ""  # where it ran: host name and process id
+
+    def could_not_run(self, error: str) -> Cell:
+        """The rig failed this cell: every behaviour it did not judge says why."""
+        self.error = error
+        for b in BEHAVIOURS:
+            self.result.outcomes.setdefault(b.name, Outcome(ERROR, f"not run: {error}"))
+        return self
+
+    @property
+    def passed(self) -> bool:
+        return not self.error and all(
+            self.result.outcome(b.name).status == PASS for b in BEHAVIOURS
+        )
+
+
+@dataclass
+class Matrix:
+    cells: list[Cell]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def rig_failures(self) -> list[Cell]:
+        return [c for c in self.cells if c.error]
+
+    @property
+    def exit_status(self) -> int:
+        """0 every behaviour passed everywhere, 2 the rig could not run a cell, else 1."""
+        if self.rig_failures:
+            return 2
+        return 0 if all(c.passed for c in self.cells) else 1
+
+    def ktap_groups(self) -> list[Group]:
+        return [
+            Group(
+                f"{c.kernel} {c.result.release}".strip(),
+                [(b.name, c.result.outcome(b.name)) for b in BEHAVIOURS],
+            )
+            for c in self.cells
+        ]
+
+    def to_json(self) -> str:
+        doc: dict[str, Any] = {
+            "schema": SCHEMA,
+            "exit_status": self.exit_status,
+            "behaviours": [{"name": b.name, "summary": b.summary} for b in BEHAVIOURS],
+            "cells": [
+                {
+                    "kernel": c.kernel,
+                    "release": c.result.release,
+                    "origin": c.result.origin,
+                    "build": c.result.build,
+                    "error": c.error,
+                    "seconds": round(c.seconds, 1),
+                    "host": c.host,
+                    "outcomes": {b.name: asdict(c.result.outcome(b.name)) for b in BEHAVIOURS},
+                }
+                for c in self.cells
+            ],
+            "timings": self.timings,
+        }
+        return json.dumps(doc, indent=2) + "\n"
+
+
+def cell_dir(kernel: str) -> str:
+    """A run-directory name for a kernel spec."""
+    return re.sub(r"[^A-Za-z0-9._=-]+", "_", kernel).strip("_") or "kernel"
+
+
+def kernel_spec(text: str, patches: Path | None) -> BuildSpec | str:
+    if is_build_spec(text):
+        spec = parse_build_spec(text)
+        return BuildSpec(spec.source, patches or spec.patches)
+    return text
+
+
+def parse_kernels(text: str, patches: Path | None) -> tuple[str, ...]:
+    kernels = tuple(k.strip() for k in text.split(",") if k.strip())
+    if not kernels:
+        raise UsageError("--kernels: no kernel given (e.g. deb:bookworm,deb:trixie)")
+    if len(set(kernels)) != len(kernels):
+        raise UsageError(f"--kernels: a kernel is named twice: {text}")
+    if patches is not None and not any(is_build_spec(k) for k in kernels):
+        raise UsageError("--patches applies to build: kernels, and --kernels names none")
+    return kernels
+
+
+def run_cell(kernel: str, opts: MatrixOptions) -> Cell:
+    t0 = time.monotonic()
+    cell = Cell(kernel, KernelResult(kernel, kernel), host=f"{socket.gethostname()}:{os.getpid()}")
+    try:
+        argument, cell.result = prepare(kernel, kernel_spec(kernel, opts.patches), opts.userspace)
+    except RigError as e:
+        cell.could_not_run(str(e).splitlines()[0])
+    else:
+        report = run_kernel(
+            argument, cell.result, opts.out / cell_dir(kernel), opts.userspace, opts.qemu
+        )
+        if report.exit_status == 2 and report.errors:
+            cell.could_not_run(report.errors[0].splitlines()[0])
+    cell.seconds = time.monotonic() - t0
+    logger.info(f"{kernel}: {'rig error: ' + cell.error if cell.error else 'done'}")
+    return cell
+
+
+def serial_cells(opts: MatrixOptions) -> list[Cell]:
+    return [run_cell(k, opts) for k in opts.kernels]
+
+
+def run_matrix(
+    opts: MatrixOptions, cells: Callable[[MatrixOptions], list[Cell]] = serial_cells
+) -> Matrix:
+    """Every cell (by `cells`: here one after the other, or rig.jobs.cluster.run_cells);
+    matrix.json, junit.xml, matrix.ktap and kcidb.json in the run directory."""
+    t0 = time.monotonic()
+    opts.out.mkdir(parents=True, exist_ok=True)
+    matrix = Matrix(cells(opts))
+    matrix.timings["total"] = round(time.monotonic() - t0, 1)
+    write_outputs(matrix, opts.out)
+    return matrix
+
+
+def write_outputs(matrix: Matrix, out: Path) -> None:
+    (out / "matrix.json").write_text(matrix.to_json())
+    kernels = [c.result for c in matrix.cells]
+    (out / "junit.xml").write_text(kernels_junit_xml("rig matrix", kernels))
+    write_ktap(matrix.ktap_groups(), out / "matrix.ktap")
+    write_kcidb(out.name, [(c.kernel, c.result) for c in matrix.cells], out / "kcidb.json")
+
+
+def _cell(cell: Cell, behaviour: str) -> str:
+    status = cell.result.outcome(behaviour).status
+    return status if status == PASS else status.upper()
+
+
+def table(matrix: Matrix) -> str:
+    """Behaviours down, kernels across; the details of everything that did not pass below."""
+    head = ("behaviour", *(c.kernel for c in matrix.cells))
+    releases = ("", *(c.result.release or "-" for c in matrix.cells))
+    body = [(b.name, *(_cell(c, b.name) for c in matrix.cells)) for b in BEHAVIOURS]
+    rows = [head, releases, *body]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+    lines.insert(2, "  ".join("-" * w for w in widths))
+    notes = [f"  {c.kernel}: the rig could not run it: {c.error}" for c in matrix.rig_failures]
+    for c in matrix.cells:
+        for b in BEHAVIOURS:
+            o = c.result.outcome(b.name)
+            if o.status != PASS and not c.error:
+                notes.append(f"  {b.name} on {c.kernel}: {o.status}: {o.detail}")
+    if notes:
+        lines += ["", "details:", *notes]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,34 @@
+"""`rig matrix` end to end: the packaged kernel as one cell on a one-worker Dask cluster
+(two boots: measured 6 min on a 2-core machine shared with other VMs), every behaviour
+passing, its KTAP read back and its KCIDB JSON validated. More kernels run the same code
+per cell; the distribution over two workers is tests/unit/test_matrix_dask.py's."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import kcidb_io
+import pytest
+
+from rig.cli import main
+from rig.jobs.behaviours import NAMES
+from tests.unit.ktap_parser import parse
+
+pytestmark = pytest.mark.e2e
+
+
+def test_one_kernel_on_dask(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    status = main(["matrix", "--kernels", "deb:bookworm", "--workers", "1", "--out", str(out)])
+    printed = capsys.readouterr().out.splitlines()
+    assert status == 0, printed
+    assert printed[0].split() == ["behaviour", "deb:bookworm"]
+    rows = {line.split()[0]: line.split()[1] for line in printed[3 : 3 + len(NAMES)]}
+    assert rows == dict.fromkeys(NAMES, "pass")
+    doc = json.loads((out / "matrix.json").read_text())
+    assert doc["exit_status"] == 0 and doc["cells"][0]["release"]
+    (kernel,) = parse((out / "matrix.ktap").read_text()).subtests
+    assert kernel.ok and [t.name for t in kernel.subtests] == list(NAMES)
+    kcidb_io.schema.V5_0.validate_exactly(json.loads((out / "kcidb.json").read_text()))
+    assert (out / "deb_bookworm" / "replay" / "report.json").is_file()
