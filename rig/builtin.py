@@ -11,6 +11,7 @@ from __future__ import annotations
 import struct
 
 from cx3 import layout as cr
+from rig.formats import health
 
 CATAS_WORDS = (0x0FFFFFFF, 0x00C30001, 0xDEADBEEF, 0x00000000)
 
@@ -24,19 +25,19 @@ def crspace_image() -> bytes:
 
 
 def health_buffer() -> bytes:
-    assert_var = (0x0000A5A5, 0x00000001, 0x00C3F00D, 0x00000000, 0x12345678)
-    words = (
-        *assert_var,
-        0x0040A100,  # assert_exit_ptr
-        0x0040B200,  # assert_callra
-        0x0002_0000 | 42,
-        5000,  # fw version major.minor, subminor
-        0x00001003,  # hw id
-        0x00000003,  # irisc index
-        0x00000010,  # synd
-        0x0000_0007,  # ext synd
-        0,
-        0,
-        0,
+    """A firmware assert, in the fields of rig.formats.health."""
+    return health.encode(
+        {
+            "assert_var[0]": 0x0000A5A5,
+            "assert_var[1]": 0x00000001,
+            "assert_var[2]": 0x00C3F00D,
+            "assert_var[4]": 0x12345678,
+            "assert_exit_ptr": 0x0040A100,
+            "assert_callra": 0x0040B200,
+            "fw_ver": 0x0002_002A,  # 2.42
+            "hw_id": cr.CONNECTX3_HW_DEV_ID,
+            "irisc_index": 3,
+            "synd": 0x01,  # firmware internal error
+            "ext_synd": 0x0007,
+        }
     )
-    return struct.pack(">16I", *words)
