@@ -312,7 +312,7 @@ def _cell_details(cell: Cell) -> str:
         ch = f.change
         verdict = "explained" if f.explained else "UNEXPLAINED"
         out.append(
-            f"<li>{_e(f.pair.label)}: <code>{ch.offset:#010x}</code> +{ch.length} bytes, "
+            f"<li>{_e(f.pair.label)}: <code>{ch.offset:#010x}</code> +{_bytes(ch.length)}, "
             f"<b>{verdict}</b>: {_e(_why(f))}</li>"
         )
     out.append("</ul>")
@@ -327,6 +327,10 @@ def _cell_details(cell: Cell) -> str:
         out.append(f"<p>{_e(pair.label)}:</p><pre>{_e(diff)}</pre>")
     out.append("</div>")
     return "".join(out)
+
+
+def _bytes(n: int) -> str:
+    return f"{n} byte" if n == 1 else f"{n} bytes"
 
 
 def _why(f: Finding) -> str:

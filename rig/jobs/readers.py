@@ -120,6 +120,8 @@ def snapshot_reader(
             row.unexplained_bytes += c.differing_bytes
             if region == "cr-space":  # offsets of one region only: the problem names it
                 row.first_unexplained = c.first_offsets[:SHOWN]
-            said = f"{region}: {c.differing_bytes} bytes differ from the capture"
+            n = c.differing_bytes
+            differ = "1 byte differs" if n == 1 else f"{n} bytes differ"
+            said = f"{region}: {differ} from the capture"
             row.problem = f"{row.problem}; {said}" if row.problem else said
     return row

@@ -92,7 +92,7 @@ def test_a_failing_run_shows_the_unexplained_offset(tmp_path: Path) -> None:
     dom = dump_dom(page)
     words = text_of(dom)
     assert re.search(r"id=\"verdict\".*FAIL", dom)
-    assert "0x00012345 +1 bytes, UNEXPLAINED" in words
+    assert "0x00012345 +1 byte, UNEXPLAINED" in words
     assert 'href="#cell-0x12000"' in dom and 'id="cell-0x12000"' in dom
     assert "capture 00012340" in words  # its hexdump diff, at its address
     assert "unexplained at 0x40002" in words  # the failing reader, named with its offset
