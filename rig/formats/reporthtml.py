@@ -83,19 +83,22 @@ def render(report: Report, drawn: Drawn) -> str:
         _health(drawn.health, drawn.input_health),
         _rest(report),
     ]
+    return page(f"rig replay: {verdict(report)}", "\n".join(parts))
+
+
+def page(title: str, body: str) -> str:
+    """A whole self-contained page around `body` (already HTML)."""
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-        f"<title>rig replay: {verdict(report)}</title><style>{CSS}</style></head><body>\n"
-        + "\n".join(parts)
-        + "\n</body></html>\n"
+        f"<title>{escape(title)}</title><style>{CSS}</style></head><body>\n{body}\n</body></html>\n"
     )
 
 
-def _e(value: object) -> str:
+def escape(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+def table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """A table of already-escaped cells; no header row when `head` is empty."""
     th = f"<tr>{''.join(f'<th>{h}</th>' for h in head)}</tr>" if head else ""
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
@@ -109,15 +112,17 @@ def _head(report: Report) -> str:
         "FAIL": "the kernel under test failed (exit 1)",
         "ERROR": "the rig or its input failed (exit 2)",
     }[v]
-    versions = _table((), [(_e(k), _e(val)) for k, val in report.versions.items()])
-    fault = ", ".join(f"{_e(k)}: {_e(val)}" for k, val in report.fault.items() if k == "kind")
+    versions = table((), [(escape(k), escape(val)) for k, val in report.versions.items()])
+    fault = ", ".join(
+        f"{escape(k)}: {escape(val)}" for k, val in report.fault.items() if k == "kind"
+    )
     out = [
         f"<h1 id='verdict'><span class='verdict {v}'>{v}</span>rig replay</h1>",
-        f"<p>{_e(what)}; fault {fault or 'not injected'}; "
+        f"<p>{escape(what)}; fault {fault or 'not injected'}; "
         f"total {report.timings.get('total', 0.0):.1f} s.</p>",
     ]
     if report.errors:
-        items = "".join(f"<li>{_e(e)}</li>" for e in report.errors)
+        items = "".join(f"<li>{escape(e)}</li>" for e in report.errors)
         out.append(f"<ul class='errors'>{items}</ul>")
     problems = [f"{r.name}: {r.problem}" for r in report.readers if not r.ok]
     for s in report.snapshots:
@@ -128,7 +133,7 @@ def _head(report: Report) -> str:
                     f"{int(str(c['offset'])):#x} ({c['length']} bytes), unexplained"
                 )
     if problems:
-        items = "".join(f"<li>{_e(p)}</li>" for p in problems)
+        items = "".join(f"<li>{escape(p)}</li>" for p in problems)
         out.append(f"<ul class='errors'>{items}</ul>")
     out.append("<h2>Versions</h2>" + versions)
     return "\n".join(out)
@@ -139,23 +144,23 @@ def _readers(readers: Sequence[ReaderReport]) -> str:
     for r in readers:
         result = "<span class='ok'>agrees</span>" if r.ok else "<span class='bad'>DIFFERS</span>"
         if r.problem:
-            result += f"<br>{_e(r.problem)}"
+            result += f"<br>{escape(r.problem)}"
         if r.first_unexplained:
             offsets = ", ".join(f"{o:#x}" for o in r.first_unexplained)
-            result += f"<br>unexplained at <code>{_e(offsets)}</code>"
+            result += f"<br>unexplained at <code>{escape(offsets)}</code>"
         names = ", ".join(dict.fromkeys(str(c["register"]) for c in r.explained))
         rows.append(
             (
-                f"<b>{_e(r.name)}</b>",
-                _e(r.reads),
-                _e(r.against),
+                f"<b>{escape(r.name)}</b>",
+                escape(r.reads),
+                escape(r.against),
                 f"<span class='num'>{r.compared_bytes:,}</span>",
                 result,
-                _e(names) or "<span class='muted'>none</span>",
+                escape(names) or "<span class='muted'>none</span>",
             )
         )
     head = ("reader", "reads", "compared with", "bytes", "result", "live registers moved")
-    body = _table(head, rows) if rows else "<p class='muted'>no reader got to read.</p>"
+    body = table(head, rows) if rows else "<p class='muted'>no reader got to read.</p>"
     return f"<h2 id='readers'>Readers of CR-space</h2>{body}"
 
 
@@ -170,7 +175,9 @@ def _snapshots(report: Report) -> str:
             )
         )
         files = " ".join(
-            f"<a href='{_e(f)}'>{_e(f)}</a>" for f in (s.path, s.mstdump_path, s.diff_path) if f
+            f"<a href='{escape(f)}'>{escape(f)}</a>"
+            for f in (s.path, s.mstdump_path, s.diff_path)
+            if f
         )
         cov = ""
         if s.coverage:
@@ -182,17 +189,17 @@ def _snapshots(report: Report) -> str:
             )
         rows.append(
             (
-                _e(s.region),
+                escape(s.region),
                 str(s.id),
                 f"{s.size:,}",
                 agree,
-                _e(regs) or "<span class='muted'>nothing</span>",
-                _e(cov),
+                escape(regs) or "<span class='muted'>nothing</span>",
+                escape(cov),
                 files,
             )
         )
     head = ("region", "id", "bytes", "CLI / netlink / truth", "changed from the input", "input")
-    body = _table((*head, "files"), rows) if rows else "<p class='muted'>no snapshot was read.</p>"
+    body = table((*head, "files"), rows) if rows else "<p class='muted'>no snapshot was read.</p>"
     return f"<h2 id='snapshots'>Snapshots</h2>{body}"
 
 
@@ -232,12 +239,12 @@ def _timeline(marks: Sequence[dict[str, Any]]) -> str:
             "stroke-opacity='0.25'/>"
             f"<circle cx='{x(t):.1f}' cy='{y}' r='5' fill='{color}'/>"
             f"<text x='{left + width + 12}' y='{y + 4}' font-size='12'>"
-            f"<tspan font-weight='600'>{t:+8.3f} s</tspan> {_e(m['what'])} "
-            f"<tspan fill='{color}'>({_e(m['witness'])})</tspan></text>"
+            f"<tspan font-weight='600'>{t:+8.3f} s</tspan> {escape(m['what'])} "
+            f"<tspan fill='{color}'>({escape(m['witness'])})</tspan></text>"
         )
     svg.append("</svg>")
     legend = " ".join(
-        f"<span style='color:{c}'>&#9679; {_e(w)}</span>" for w, c in WITNESS_COLORS.items()
+        f"<span style='color:{c}'>&#9679; {escape(w)}</span>" for w, c in WITNESS_COLORS.items()
     )
     note = (
         "<p class='muted'>Seconds from the injection, on the host's clock: the device's "
@@ -280,7 +287,7 @@ def _map(cells: Sequence[Cell]) -> str:
             label += f" ({', '.join(cell.registers())})"
         rect = (
             f"<rect x='{left + c * (size + gap)}' y='{top + r * (size + gap)}' width='{size}' "
-            f"height='{size}' rx='3' fill='{COLORS[cell.status]}'><title>{_e(label)}</title>"
+            f"height='{size}' rx='3' fill='{COLORS[cell.status]}'><title>{escape(label)}</title>"
             "</rect>"
         )
         if cell.findings:
@@ -289,7 +296,8 @@ def _map(cells: Sequence[Cell]) -> str:
     svg.append("</svg>")
     counts = {s: sum(c.status == s for c in cells) for s in crmap.STATUSES}
     legend = "".join(
-        f"<span style='background:{COLORS[s]}'></span>{_e(s)}: {counts[s]}" for s in crmap.STATUSES
+        f"<span style='background:{COLORS[s]}'></span>{escape(s)}: {counts[s]}"
+        for s in crmap.STATUSES
     )
     details = [_cell_details(c) for c in cells if c.findings]
     return (
@@ -306,14 +314,14 @@ def _cell_details(cell: Cell) -> str:
     out = [
         f"<div class='cell' id='cell-{cell.offset:#07x}' "
         f"style='border-color:{COLORS[cell.status]}'>"
-        f"<h3>{cell.offset:#07x}-{end - 1:#07x}: {_e(cell.status)}</h3><ul>"
+        f"<h3>{cell.offset:#07x}-{end - 1:#07x}: {escape(cell.status)}</h3><ul>"
     ]
     for f in cell.findings:
         ch = f.change
         verdict = "explained" if f.explained else "UNEXPLAINED"
         out.append(
-            f"<li>{_e(f.pair.label)}: <code>{ch.offset:#010x}</code> +{_bytes(ch.length)}, "
-            f"<b>{verdict}</b>: {_e(_why(f))}</li>"
+            f"<li>{escape(f.pair.label)}: <code>{ch.offset:#010x}</code> +{_bytes(ch.length)}, "
+            f"<b>{verdict}</b>: {escape(_why(f))}</li>"
         )
     out.append("</ul>")
     for pair in dict.fromkeys(f.pair for f in cell.findings):
@@ -324,7 +332,7 @@ def _cell_details(cell: Cell) -> str:
             max_lines=DIFF_LINES,
             base=cell.offset,
         )
-        out.append(f"<p>{_e(pair.label)}:</p><pre>{_e(diff)}</pre>")
+        out.append(f"<p>{escape(pair.label)}:</p><pre>{escape(diff)}</pre>")
     out.append("</div>")
     return "".join(out)
 
@@ -363,7 +371,7 @@ def _catas(report: Report, capture: bytes | None) -> str:
         "every word as <code>buf[NN]</code> when it finds one. Rows all zero are left out.</p>"
     )
     head = ("word", "injected", "in the device's capture", "printed by the driver")
-    return title + note + _table(head, rows)
+    return title + note + table(head, rows)
 
 
 def _word(words: Sequence[int], i: int) -> str:
@@ -390,21 +398,21 @@ def _health(captured: bytes | None, loaded: bytes | None) -> str:
         rows.append(
             (
                 f"<code>{f.offset:#04x}</code>",
-                _e(f.name),
+                escape(f.name),
                 "" if f.name == "reserved" else f"<code>{d.value:#0{2 + 2 * f.size}x}</code>",
-                _e(d.meaning),
-                f"<code>{_e(raw)}</code>",
+                escape(d.meaning),
+                f"<code>{escape(raw)}</code>",
                 same,
             )
         )
     which = "the device's capture at the crdump" if captured is not None else "as loaded"
     note = (
-        f"<p class='muted'>{_e(which)}; fields as Mellanox firmware of that generation lays "
+        f"<p class='muted'>{escape(which)}; fields as Mellanox firmware of that generation lays "
         "them out for mlx5 (mlx4 does not decode the buffer): an assumption, the raw bytes "
         "are beside.</p>"
     )
     head = ("offset", "field", "value", "meaning", "bytes", "vs the input")
-    return title + note + _table(head, rows)
+    return title + note + table(head, rows)
 
 
 def _rest(report: Report) -> str:
@@ -413,28 +421,28 @@ def _rest(report: Report) -> str:
         rows = [
             (
                 when,
-                _e(n["name"]),
-                _e(n["mac"]),
-                _e(n["operstate"]),
+                escape(n["name"]),
+                escape(n["mac"]),
+                escape(n["operstate"]),
                 "carrier" if n["carrier"] else "no carrier",
             )
             for when in ("before", "after")
             for n in report.netdevs.get(when, [])
         ]
-        out.append("<h2 id='netdevs'>Netdevs</h2>" + _table(("", "name", "MAC", "state", ""), rows))
+        out.append("<h2 id='netdevs'>Netdevs</h2>" + table(("", "name", "MAC", "state", ""), rows))
     if report.traffic:
         t = report.traffic
         status = "<span class='ok'>ok</span>" if t.get("ok") else "<span class='bad'>FAILED</span>"
         out.append(
             f"<h2 id='traffic'>Traffic across the fault</h2><p>{status} "
-            f"{_e(t.get('problem', ''))}; sent {t['sent']['bytes']:,} bytes, received "
+            f"{escape(t.get('problem', ''))}; sent {t['sent']['bytes']:,} bytes, received "
             f"{t['received']['bytes']:,}; hashes "
             f"{'match' if t.get('sha256_match') else 'DIFFER'}.</p>"
         )
-    timings = [(_e(k), f"{v:.3f} s") for k, v in report.timings.items()]
-    out.append("<h2 id='timings'>Timings</h2>" + _table(("phase", "seconds"), timings))
-    inputs = [(_e(k), _e(v)) for k, v in report.inputs.items()]
-    out.append("<h2 id='inputs'>Inputs</h2>" + _table((), inputs))
-    links = " ".join(f"<a href='{_e(a)}'>{_e(a)}</a>" for a in report.artifacts)
+    timings = [(escape(k), f"{v:.3f} s") for k, v in report.timings.items()]
+    out.append("<h2 id='timings'>Timings</h2>" + table(("phase", "seconds"), timings))
+    inputs = [(escape(k), escape(v)) for k, v in report.inputs.items()]
+    out.append("<h2 id='inputs'>Inputs</h2>" + table((), inputs))
+    links = " ".join(f"<a href='{escape(a)}'>{escape(a)}</a>" for a in report.artifacts)
     out.append(f"<h2 id='artifacts'>Files</h2><p><a href='report.json'>report.json</a> {links}</p>")
     return "\n".join(out)
