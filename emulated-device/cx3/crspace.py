@@ -37,6 +37,8 @@ def mmap_areas() -> list[tuple[int, int]]:
 
 
 class CrSpace:
+    size = SIZE
+
     def __init__(self, on_bad_write: BadWrite) -> None:
         self.fd = os.memfd_create("cx3-crspace", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         os.ftruncate(self.fd, SIZE)

@@ -73,8 +73,9 @@ class Cx3Device(Device):
         self.events = EventLog(event_capacity)
         self.crdumps = CrdumpStore(crdump_capacity)
         self.counts: collections.Counter[str] = collections.Counter()
-        self.pci = PciConfig()
         self.cr = CrSpace(on_bad_write=self._bad_bar0_write)
+        self.cr.set_word(layout.HW_DEV_ID, layout.CONNECTX3_HW_DEV_ID)  # a register: kept
+        self.pci = PciConfig(self.cr)
         self.hcr = Hcr(self.cr)
         self._ctx: DeviceContext = _Detached()
         self.mem = GuestMemory(self.pci, self._ctx)
@@ -106,7 +107,8 @@ class Cx3Device(Device):
         cr.hook([layout.RESET], self._reset_write)
         cr.hook([layout.BLOCK_VOLATILE], self._block_volatile)
         cr.hook([layout.CR_FILTER], self._cr_filter)
-        read_only = [layout.OWNERSHIP, layout.SEMAPHORE]
+        cr.hook([layout.FLUSH], self._flush)
+        read_only = [layout.OWNERSHIP, layout.SEMAPHORE, layout.HW_DEV_ID]
         read_only += range(layout.CATAS_OFFSET, layout.CATAS_OFFSET + 4 * layout.CATAS_DWORDS, 4)
         read_only += range(layout.HEALTH_OFFSET, layout.BLOCK_VOLATILE, 4)
         cr.hook(read_only, self._read_only)
@@ -273,6 +275,12 @@ class Cx3Device(Device):
             health = self.cr.read(layout.HEALTH_OFFSET, layout.HEALTH_SIZE)
             record = self.crdumps.capture(self.cr.image(), health)
             self.events.add("crdump", crdump=record.index)
+        elif value == 0:  # it has read both
+            self.events.add("crdump_end")
+
+    def _flush(self, offset: int, value: int) -> None:
+        # A flush completes at once: the register keeps reading 0, which mstflint waits for.
+        self.events.add("flush", value=value)
 
     def _cr_filter(self, offset: int, value: int) -> None:
         self.cr.set_word(offset, value)

@@ -24,6 +24,9 @@ HCR_SIZE = 0x1C  # MLX4_HCR_SIZE (mlx4.h)
 OWNERSHIP = 0x8069C  # MLX4_OWNER_BASE (main.c)
 CLR_INT_OFFSET = 0x80700  # QUERY_FW clr_int_base, 8 bytes; inta_pin 0 writes +4
 RESET = 0xF0010  # MLX4_RESET_BASE + MLX4_RESET_OFFSET (reset.c)
+HW_DEV_ID = 0xF0014  # the chip's id, low 16 bits; mstflint names the chip by it (mtcr_ul)
+CONNECTX3_HW_DEV_ID = 0x1F5  # the model's whole word (hw_rev, bits 23:16, 0); a CX-3 Pro: 0x1f7
+FLUSH = 0xF0380  # mstflint's "ConnectX flush": it writes 0, then reads until 0 (mtcr_ul)
 SEMAPHORE = 0xF03FC  # MLX4_RESET_BASE + MLX4_SEM_OFFSET (reset.c)
 CR_FILTER = 0xF3F04  # CR_ENABLE_BIT_OFFSET, bit 6 (crdump.c); content comes from the image
 
@@ -67,6 +70,8 @@ REGISTERS = (
     Register(OWNERSHIP, 4, "ownership", "live register: reads 0"),
     Register(CLR_INT_OFFSET, 8, "clr_int", "live register: interrupt clear"),
     Register(RESET, 4, "reset", "live register: reads 0"),
+    Register(HW_DEV_ID, 4, "hw_dev_id", "the chip's id: a ConnectX-3's, whatever the image held"),
+    Register(FLUSH, 4, "ConnectX flush", "live register: reads 0 (mstflint's flush)"),
     Register(SEMAPHORE, 4, "HW semaphore", "live register: reads 0"),
     Register(CR_FILTER, 4, "CR filter", "crdump clears bit 6 before the dump", owned=False),
 )

@@ -4,11 +4,17 @@
 (which crdump reads) belongs to the model. QEMU emulates BAR sizing and the whole MSI-X
 capability itself; the BAR dwords here only carry type bits. Writes are filtered through a
 per-byte writable mask, like QEMU's own config emulation.
+
+The CR-space gateway: a ConnectX-3 also reaches BAR0 through config space, an address dword at
+0x58 and a data dword at 0x5c (mstflint's mtcr_ul "pciconf" access: write the CR-space address,
+then read or write the data; both little-endian, as PCI registers are). mstflint takes this
+path for 15b3:1003 when it cannot map BAR0 (resource0), and probes it whenever it opens the card.
 """
 
 from __future__ import annotations
 
 import struct
+from typing import Protocol
 
 from vfio_user import AccessError
 
@@ -37,6 +43,20 @@ MSIX_PBA_OFFSET = 0x101000
 MSIX_CTRL_ENABLE = 1 << 15
 MSIX_CTRL_MASKALL = 1 << 14
 
+GATEWAY_ADDRESS = 0x58  # PCICONF_ADDR_OFF (mstflint mtcr_ul)
+GATEWAY_DATA = 0x5C  # PCICONF_DATA_OFF
+GATEWAY_BAD_ACCESS = 0xBADACCE5  # what the card reads where no CR-space is
+
+
+class CrAccess(Protocol):
+    """BAR0 as the gateway reaches it: the dword value at an offset, a guest-like write."""
+
+    size: int
+
+    def word(self, offset: int) -> int: ...
+
+    def write(self, offset: int, data: bytes) -> None: ...
+
 
 def _initial_header() -> tuple[bytearray, bytearray]:
     cfg = bytearray(SIZE)
@@ -60,25 +80,49 @@ def _initial_header() -> tuple[bytearray, bytearray]:
     wmask[0x0D] = 0xFF  # latency timer (pcibios_set_master writes it)
     wmask[0x3C] = 0xFF  # interrupt line
     struct.pack_into("<H", wmask, MSIX_CAP + 2, MSIX_CTRL_ENABLE | MSIX_CTRL_MASKALL)
+    struct.pack_into("<I", wmask, GATEWAY_ADDRESS, 0xFFFFFFFF)
     return cfg, wmask
 
 
 class PciConfig:
-    """The 256-byte config header; tracks COMMAND so the model knows MEM/BME/INTx state."""
+    """The 256-byte config header; tracks COMMAND so the model knows MEM/BME/INTx state, and
+    serves the CR-space gateway over `cr`."""
 
-    def __init__(self) -> None:
+    def __init__(self, cr: CrAccess) -> None:
         self._cfg, self._wmask = _initial_header()
+        self._cr = cr
 
     def read(self, offset: int, size: int) -> bytes:
         self._check(offset, size)
+        if offset < GATEWAY_DATA + 4 and offset + size > GATEWAY_DATA:
+            struct.pack_into("<I", self._cfg, GATEWAY_DATA, self._gateway_read())
         return bytes(self._cfg[offset : offset + size])
 
     def write(self, offset: int, data: bytes) -> None:
         self._check(offset, len(data))
+        if offset == GATEWAY_DATA and len(data) == 4:
+            self._gateway_write(int.from_bytes(data, "little"))
+            return
         for i, byte in enumerate(data):
             mask = self._wmask[offset + i]
             old = self._cfg[offset + i]
             self._cfg[offset + i] = (old & ~mask) | (byte & mask)
+
+    @property
+    def gateway_address(self) -> int:
+        value: int = struct.unpack_from("<I", self._cfg, GATEWAY_ADDRESS)[0]
+        return value
+
+    def _gateway_read(self) -> int:
+        address = self.gateway_address
+        if address % 4 or address + 4 > self._cr.size:
+            return GATEWAY_BAD_ACCESS
+        return self._cr.word(address)
+
+    def _gateway_write(self, value: int) -> None:
+        address = self.gateway_address
+        if address % 4 == 0 and address + 4 <= self._cr.size:  # else dropped, as the card does
+            self._cr.write(address, value.to_bytes(4, "big"))
 
     @property
     def command(self) -> int:

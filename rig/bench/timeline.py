@@ -1,15 +1,6 @@
 """One catas fault on a single clock: where the time between injection and snapshots goes.
 
-Three witnesses, all put on the host's CLOCK_MONOTONIC:
-
-* the device model's event log (its own process, same clock): the injection, the crdump
-  start (the driver's "block volatile accesses" write), the reset;
-* the guest kernel's log lines, as the serial console delivered them: each carries the
-  guest's printk timestamp and the host time it arrived. The console only ever adds delay,
-  so the smallest (arrival - printk time) over the lines around the fault is the best
-  estimate of the guest-to-host clock offset, and printk times are mapped with it (a
-  console burst that arrives late then does not skew the phases);
-* the REGION_NEW notifications, timed on the host as the netlink watcher's lines arrive.
+The witnesses and how the guest's printk times are put on the host's clock: rig/timeline.py.
 
 Pure: unit-tested with synthetic logs.
 """
@@ -22,17 +13,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from rig import mlx4
-from rig.errors import RigError
+from rig.timeline import TimelineError, clock_offset, printk_lines
 
-PRINTK = re.compile(r"^\[\s*(\d+\.\d+)\]\s(.*)$")
 DETECTED = re.compile(r"Internal error detected")
 CRSPACE_ADDED = re.compile(r"crdump: added snapshot \d+ to devlink region cr-space")
 HEALTH_ADDED = re.compile(r"crdump: added snapshot \d+ to devlink region fw-health")
 RESTARTED = re.compile(re.escape(mlx4.RESTARTED))
-
-
-class TimelineError(RigError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -47,21 +33,6 @@ class CatasTimeline:
     fault_to_snapshots: float  # injection -> both notifications on the host
     reset_and_reprobe: float | None  # fw-health snapshot -> mlx4_restart_one ended
     clock_offset: float  # host time - guest printk time
-
-
-def printk_lines(console: Sequence[tuple[float, str]]) -> list[tuple[float, float, str]]:
-    """(host arrival, guest printk time, text) of the console lines that are kernel messages."""
-    out = []
-    for host_t, line in console:
-        if m := PRINTK.match(line.strip()):
-            out.append((host_t, float(m.group(1)), m.group(2)))
-    return out
-
-
-def clock_offset(lines: Sequence[tuple[float, float, str]]) -> float:
-    if not lines:
-        raise TimelineError("no kernel messages on the console to align the guest's clock")
-    return min(host - guest for host, guest, _ in lines)
 
 
 def _first(

@@ -18,6 +18,7 @@ from rig.commands.options import (
     driver_options,
     guest_options,
 )
+from rig.formats import reporthtml
 from rig.formats.coverage import Coverage
 from rig.formats.ktap import replay_group, write_ktap
 from rig.jobs.replay import ReplayOptions, run_replay
@@ -31,11 +32,12 @@ def add_parser(sub: Subparsers) -> None:
         "replay",
         help="replay a firmware crash through mlx4_core and check its snapshots",
         description="Boot the rig, load a CR-space image and health buffer into the emulated "
-        "ConnectX-3, make the driver hit the fault, and compare every snapshot it "
-        "takes (read with devlink over SSH and with pyroute2 over netlink) with "
-        "what the device held. Exit 0 if everything agrees, 1 if the kernel under test "
-        "failed (a snapshot differs, none was taken, no recovery), 2 if the rig or its input "
-        "failed.",
+        "ConnectX-3, read CR-space live with mstflint's mstregdump, make the driver hit the "
+        "fault, and compare every snapshot it takes (read with devlink over SSH and with "
+        "pyroute2 over netlink) with what the device held; report.json and report.html in "
+        "the run directory. Exit 0 if everything agrees, 1 if the kernel under test failed (a "
+        "snapshot or a reader differs, none was taken, no recovery), 2 if the rig or its "
+        "input failed.",
     )
     add_crspace_options(p, "default: a built-in synthetic image")
     p.add_argument(
@@ -101,6 +103,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
         )
         if snap.coverage is not None:
             print(f"{snap.region} coverage: {Coverage(**snap.coverage).summary()}")
+    for r in report.readers:
+        moved = ", ".join(dict.fromkeys(str(c["register"]) for c in r.explained))
+        print(
+            f"reader {r.name}: {r.compared_bytes} bytes ({r.reads}) vs {r.against}: "
+            f"{'agree' if r.ok else 'DIFFER: ' + r.problem}"
+            f"{'; live registers moved: ' + moved if moved else ''}"
+        )
     for when in ("before", "after"):
         for n in report.netdevs.get(when, []):
             print(
@@ -122,7 +131,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     t = report.timings
     if "fault_to_snapshots" in t:
         print(f"fault to snapshots {t['fault_to_snapshots']:.1f} s, total {t['total']:.1f} s")
-    logger.info(f"report: {out / 'report.json'}")
+    logger.info(f"report: {out / 'report.json'}, {out / reporthtml.NAME}")
     if args.ktap:
         write_ktap([replay_group(report)], args.ktap)
     print({0: "PASS", 1: "FAIL"}.get(report.exit_status, "ERROR"))

@@ -25,9 +25,10 @@ def add_parser(sub: Subparsers) -> None:
         description="Build the patched kernel and a base kernel, run the same behaviours on "
         "both (probe, regions, catas snapshots against the device truth via rig replay, "
         "recovery, a second fault, snapshot delete, reload, kernel log), and print one row "
-        "per behaviour: same, changed, fixed or REGRESSED. Writes validate.json and "
-        "junit.xml into the run directory. Exit status: 0 no regression, 1 the patched "
-        "kernel regressed a behaviour, 2 the rig failed (e.g. a patch that does not apply).",
+        "per behaviour: same, changed, fixed or REGRESSED. Writes validate.json, "
+        "junit.xml and report.html into the run directory. Exit status: 0 no regression, "
+        "1 the patched kernel regressed a behaviour, 2 the rig failed (e.g. a patch that "
+        "does not apply).",
     )
     p.add_argument("--patches", metavar="PATH", type=Path, required=True, help=PATCHES_HELP)
     p.add_argument(
@@ -72,7 +73,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(f"{k.role + ':':<9}{k.release}  {k.origin}")
     print()
     print(table(comparison), end="")
-    logger.info(f"results: {out / 'validate.json'}, {out / 'junit.xml'}")
+    logger.info(f"results: {out / 'validate.json'}, {out / 'junit.xml'}, {out / 'report.html'}")
     if args.ktap:
         write_ktap(verdict_groups(comparison), args.ktap)
     if args.kcidb:

@@ -46,8 +46,10 @@ def hexdump_diff(
     labels: tuple[str, str] = ("truth", "got"),
     context: int = 0,
     max_lines: int = 64,
+    base: int = 0,
 ) -> str:
-    """A readable diff: each differing 16-byte line twice, with ^^ under changed bytes."""
+    """A readable diff: each differing 16-byte line twice, with ^^ under changed bytes.
+    `base`: the offset of the two slices in their region, for the line addresses."""
     out: list[str] = []
     n = max(len(expected), len(got))
     width = max(len(x) for x in labels)
@@ -60,8 +62,8 @@ def hexdump_diff(
             out.append("... (more differences not shown)")
             break
         shown += 1
-        out.append(f"{labels[0]:>{width}} {off:08x}  {_hex(a)}")
-        out.append(f"{labels[1]:>{width}} {off:08x}  {_hex(b)}")
+        out.append(f"{labels[0]:>{width}} {base + off:08x}  {_hex(a)}")
+        out.append(f"{labels[1]:>{width}} {base + off:08x}  {_hex(b)}")
         marks = "".join(
             "^^ " if i >= len(a) or i >= len(b) or a[i] != b[i] else "   " for i in range(16)
         )

@@ -16,12 +16,13 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from cx3 import layout
 from rig.formats.dumptext import DumpFormatError
 
 logger = logging.getLogger(__name__)
 
-HW_DEV_ID = 0xF0014
-CONNECTX3 = 0x1F5
+HW_DEV_ID = layout.HW_DEV_ID
+CONNECTX3 = layout.CONNECTX3_HW_DEV_ID
 CONNECTX3_PRO = 0x1F7
 
 _LINE = re.compile(r"^0x([0-9a-fA-F]{1,8})\s+(\S+)$")

@@ -40,6 +40,22 @@ class SnapshotReport:
 
 
 @dataclass
+class ReaderReport:
+    """One way of reading CR-space, checked against the device (docs/report.md)."""
+
+    name: str  # "devlink CLI" | "pyroute2 netlink" | "mstregdump"
+    reads: str  # what it read, when and how
+    against: str  # what it was compared with
+    ok: bool
+    compared_bytes: int = 0
+    unexplained_bytes: int = 0
+    # Runs a live register accounts for (a read taken while the device works): the register.
+    explained: list[dict[str, object]] = field(default_factory=list)
+    first_unexplained: list[int] = field(default_factory=list)
+    problem: str = ""  # why not ok, in one line
+
+
+@dataclass
 class Report:
     ok: bool = False
     versions: dict[str, str] = field(default_factory=dict)
@@ -48,6 +64,12 @@ class Report:
     # The card's netdevs before the fault and after the driver re-created them.
     netdevs: dict[str, list[dict[str, object]]] = field(default_factory=dict)
     snapshots: list[SnapshotReport] = field(default_factory=list)
+    # Every reader of CR-space, one row each: devlink CLI, pyroute2 netlink, mstregdump.
+    readers: list[ReaderReport] = field(default_factory=list)
+    # The fault's story on one clock (rig.timeline): {t (s from the injection), what, witness}.
+    timeline: list[dict[str, object]] = field(default_factory=list)
+    # CR-space in 4 KiB cells (rig.formats.crmap.summary); {} when no snapshot was read.
+    crspace_map: dict[str, object] = field(default_factory=dict)
     # With --traffic: the TCP transfer across the card through the fault (docs/report.md).
     traffic: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)

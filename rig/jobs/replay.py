@@ -1,9 +1,12 @@
 """The main job: replay a firmware crash through the real driver and prove the snapshots right.
 
-Boot the rig, load the firmware state into the device, make the driver hit the fault, wait
-for the REGION_NEW notifications, then read every new snapshot over SSH (iproute2) and over
-netlink (pyroute2) and compare both, byte for byte, with what BAR0 and the health buffer
-held when the driver read them.
+Boot the rig, load the firmware state into the device, read CR-space live with mstflint's
+`mstregdump` in the guest and compare it with the device's BAR0, make the driver hit the
+fault, wait for the REGION_NEW notifications, then read every new snapshot over SSH
+(iproute2) and over netlink (pyroute2) and compare both, byte for byte, with what BAR0 and
+the health buffer held when the driver read them. Each reader is one row of the report
+(rig.jobs.readers); report.html, beside report.json, draws the fault's timeline, a map of
+CR-space and the decoded catas words and health buffer, on a failure too.
 
 With `traffic`, a TCP transfer runs from port 1 to port 2 across the card while the fault is
 taken (rig.traffic.fault_under_traffic): once the driver has recovered, the path is restored
@@ -15,23 +18,28 @@ where it broke. report.json's `traffic` holds both ends' bytes and hashes and th
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cx3 import layout as cr
 from rig import __version__, builtin
 from rig.errors import KernelFailure, RigError, UsageError
+from rig.formats import crmap, reporthtml
 from rig.formats.compare import diff, hexdump_diff
 from rig.formats.coverage import coverage
+from rig.formats.crmap import Pair
 from rig.formats.mstdump import format_mstdump, parse_address_csv
 from rig.formats.regionfile import AUTO, RegionImage, load_region_file
 from rig.formats.registers import explain
 from rig.formats.report import Comparison, Report, SnapshotReport, sha256
+from rig.jobs.readers import check_mstregdump, snapshot_reader, take_mstregdump
 from rig.mlx4 import FAULTS, REGIONS, FaultCycle
 from rig.progress import step
 from rig.rig import Rig, RigConfig
+from rig.timeline import fault_marks
 from rig.traffic import Traffic, fault_under_traffic
 
 logger = logging.getLogger(__name__)
@@ -63,6 +71,21 @@ class Inputs:
     # The cr-space snapshot's dwords written as mstregdump text: the input's own list when
     # it was mstregdump text, else mstflint's ConnectX3.csv.
     mstdump_addresses: tuple[int, ...]
+
+
+# catas.c dump_err_buf(): each internal-error word as the driver read it.
+CATAS_PRINTED = re.compile(r"buf\[([0-9a-f]{2})\]: ([0-9a-f]{8})")
+LIVE_DUMP = "live-crspace.mstdump"  # mstregdump's output before the fault, as it printed it
+
+
+@dataclass
+class Evidence:
+    """What report.html draws beyond report.json, gathered as far as the run got."""
+
+    inputs: Inputs | None = None
+    pairs: list[Pair] = field(default_factory=list)  # the comparisons the CR-space map shows
+    capture: bytes | None = None  # the device's BAR0 at the crdump
+    health: bytes | None = None  # and its health buffer
 
 
 def load_inputs(opts: ReplayOptions, report: Report) -> Inputs:
@@ -121,8 +144,9 @@ def run_replay(opts: ReplayOptions) -> Report:
     report = Report(versions={"rig": __version__})
     report.fault = {"kind": opts.fault}
     t_start = time.monotonic()
+    evidence = Evidence()
     try:
-        inputs = load_inputs(opts, report)
+        inputs = evidence.inputs = load_inputs(opts, report)
         config = RigConfig(
             log_dir=opts.out,
             kernel=opts.kernel,
@@ -138,15 +162,20 @@ def run_replay(opts: ReplayOptions) -> Report:
                 qemu=rig.qemu_version, kernel=rig.kernel_release, kernel_origin=rig.kernel_origin
             )
             report.timings.update(provision=rig.timings.provision, boot=rig.timings.boot)
-            _replay(rig, opts, inputs, report)
+            _replay(rig, opts, inputs, report, evidence)
     except RigError as e:
         report.errors.append(str(e))
         report.exit_status = e.exit_status
     report.timings["total"] = time.monotonic() - t_start
+    if evidence.pairs and evidence.inputs is not None:
+        cells = crmap.crspace_map(evidence.pairs, evidence.inputs.crspace.covered, cr.SIZE)
+        report.crspace_map = crmap.summary(cells)
+    else:
+        cells = []
     report.artifacts = {
         p.name: p.name
         for p in sorted(opts.out.iterdir())
-        if p.is_file() and p.name != "report.json"
+        if p.is_file() and p.name not in ("report.json", reporthtml.NAME)
     }
     report.ok = (
         not report.errors
@@ -154,24 +183,100 @@ def run_replay(opts: ReplayOptions) -> Report:
         and all(
             s.agree and all(c["register"] for c in s.changed_from_input) for s in report.snapshots
         )
+        and all(r.ok for r in report.readers)
     )
     if report.ok:
         report.exit_status = 0
     elif not report.errors:
-        report.exit_status = 1  # the rig worked: the snapshots are wrong
+        report.exit_status = 1  # the rig worked: a snapshot or a reader is wrong
     report.write(opts.out)
+    reporthtml.write(
+        opts.out,
+        report,
+        reporthtml.Drawn(
+            cells=cells,
+            capture=evidence.capture,
+            health=evidence.health,
+            input_health=evidence.inputs.health.data if evidence.inputs else None,
+        ),
+    )
     return report
 
 
-def _replay(rig: Rig, opts: ReplayOptions, inputs: Inputs, report: Report) -> None:
+def _replay(
+    rig: Rig, opts: ReplayOptions, inputs: Inputs, report: Report, evidence: Evidence
+) -> None:
     rig.device.load_crspace(inputs.crspace.data)
     rig.device.set_health(inputs.health.data)
     rig.mlx4.enable_snapshots()
+    with step("reading CR-space live with mstregdump in the guest"):
+        live = take_mstregdump(rig)
+    (opts.out / LIVE_DUMP).write_text(live.text)
+    mst_row, mst_pair = check_mstregdump(live)
+    report.readers.append(mst_row)  # the snapshots' readers go before it, once they read
+    if mst_pair is not None:
+        evidence.pairs.append(mst_pair)
+    report.timings["mstregdump"] = live.seconds
     if opts.fault == "catas":
         report.fault["catas_words"] = [f"{w:#010x}" for w in opts.catas_words]
     else:
         report.fault["trigger"] = "devlink dev reload"
-    traffic_problem = ""
+    events_from = rig.device.state()["events"]
+    console_from = len(rig.console.lines())
+    t_before = time.monotonic()
+    cycle: FaultCycle | None = None
+    try:
+        cycle = _take_fault(rig, opts, report)
+    finally:  # what happened, as far as it went: also when the driver failed
+        _record_story(rig, report, cycle, events_from, console_from, t_before)
+    snap_id = cycle.snapshot_id()
+    assert cycle.truth is not None  # fault() checked it
+    evidence.capture, evidence.health = cycle.truth.image, cycle.truth.health
+    evidence.pairs.append(
+        Pair(
+            "input vs device capture",
+            "input",
+            "capture",
+            inputs.crspace.data,
+            cycle.truth.image,
+            registers_explain=True,
+        )
+    )
+    t_snap = cycle.arrivals[-1]
+    report.timings["fault_to_snapshots"] = t_snap - cycle.t_fault
+    report.timings["detection"] = cycle.truth.t - cycle.t_fault
+    report.timings["crdump_and_snapshot"] = t_snap - cycle.truth.t
+    report.timings["reset_and_reprobe"] = cycle.t_recovered - t_snap
+    report.netdevs = {
+        "before": [n.as_dict() for n in cycle.netdevs_before],
+        "after": [n.as_dict() for n in cycle.netdevs_after],
+    }
+
+    with step("reading the snapshots over SSH (devlink) and netlink (pyroute2)"):
+        t0 = time.monotonic()
+        read: dict[str, dict[str, bytes]] = {}
+        for region in REGIONS:
+            snap, read[region] = _check(rig, region, snap_id, cycle, inputs, opts.out)
+            report.snapshots.append(snap)
+        report.timings["read_and_compare"] = time.monotonic() - t0
+    rows = [(s.region, s.id, s.size, s.comparisons) for s in report.snapshots]
+    for i, (name, key) in enumerate((("devlink CLI", "cli"), ("pyroute2 netlink", "netlink"))):
+        report.readers.insert(i, snapshot_reader(name, key, rows))
+        evidence.pairs.append(
+            Pair(
+                f"device capture vs {name}",
+                "capture",
+                name,
+                cycle.truth.image,
+                read["cr-space"][key],
+                registers_explain=False,
+            )
+        )
+    if report.traffic and not report.traffic["ok"]:  # after the snapshots: the report has both
+        raise KernelFailure(f"TCP across the {opts.fault} fault: {report.traffic['problem']}")
+
+
+def _take_fault(rig: Rig, opts: ReplayOptions, report: Report) -> FaultCycle:
     if opts.traffic:
         with (
             Traffic(rig) as traffic,
@@ -190,7 +295,6 @@ def _replay(rig: Rig, opts: ReplayOptions, inputs: Inputs, report: Report) -> No
             )
         cycle = run.cycle
         report.traffic = run.as_dict()
-        traffic_problem = run.result.problem()
         g = run.gap
         logger.info(
             f"traffic: {run.result.received.bytes} bytes received, "
@@ -205,30 +309,43 @@ def _replay(rig: Rig, opts: ReplayOptions, inputs: Inputs, report: Report) -> No
             cycle = rig.mlx4.fault(
                 opts.fault, words=opts.catas_words, on_injected=rig.netlink.prestart
             )
-    snap_id = cycle.snapshot_id()
-    assert cycle.truth is not None  # fault() checked it
-    t_snap = cycle.arrivals[-1]
-    report.timings["fault_to_snapshots"] = t_snap - cycle.t_fault
-    report.timings["detection"] = cycle.truth.t - cycle.t_fault
-    report.timings["crdump_and_snapshot"] = t_snap - cycle.truth.t
-    report.timings["reset_and_reprobe"] = cycle.t_recovered - t_snap
-    report.netdevs = {
-        "before": [n.as_dict() for n in cycle.netdevs_before],
-        "after": [n.as_dict() for n in cycle.netdevs_after],
-    }
+    return cycle
 
-    with step("reading the snapshots over SSH (devlink) and netlink (pyroute2)"):
-        t0 = time.monotonic()
-        for region in REGIONS:
-            report.snapshots.append(_check(rig, region, snap_id, cycle, inputs, opts.out))
-        report.timings["read_and_compare"] = time.monotonic() - t0
-    if traffic_problem:  # after the snapshots: the report has both
-        raise KernelFailure(f"TCP across the {opts.fault} fault: {traffic_problem}")
+
+def _record_story(
+    rig: Rig,
+    report: Report,
+    cycle: FaultCycle | None,
+    events_from: int,
+    console_from: int,
+    t_before: float,
+) -> None:
+    """The fault's timeline and the catas words the driver printed, into the report. Best
+    effort: it runs when the fault went wrong too, and must not hide why."""
+    try:
+        events = rig.device.events(events_from).events
+        console = rig.console.lines()[console_from:]
+    except (RigError, OSError) as e:
+        logger.info(f"no timeline: {e}")
+        return
+    if cycle is not None:
+        t_fault = cycle.t_fault
+    else:  # the injection as the device logged it, if it got that far
+        injected = [e["t"] for e in events if e.get("kind") == "fault"]
+        t_fault = float(injected[0]) if injected else t_before
+    notes = list(zip(cycle.arrivals, cycle.events, strict=False)) if cycle else []
+    reload = cycle.t_recovered if cycle and cycle.trigger == "devlink dev reload" else None
+    marks = fault_marks(t_fault, events, console, notes, reload)
+    report.timeline = [m.as_dict() for m in marks]
+    printed = [m.groups() for _, line in console if (m := CATAS_PRINTED.search(line))]
+    if printed:
+        report.fault["catas_printed"] = [f"0x{word}" for _, word in printed]
 
 
 def _check(
     rig: Rig, region: str, snap_id: int, cycle: FaultCycle, inputs: Inputs, out: Path
-) -> SnapshotReport:
+) -> tuple[SnapshotReport, dict[str, bytes]]:
+    """The snapshot's report, and what each channel read ("cli", "netlink")."""
     handle = rig.region(region)
     cli = rig.devlink.dump(handle, snap_id)
     nl = rig.netlink.read(handle, snap_id)
@@ -267,7 +384,7 @@ def _check(
         covered = coverage(inputs.crspace.covered, len(expected), runs)
     else:
         changes = _health_changes(inputs.health.data, expected)
-    return SnapshotReport(
+    snapshot = SnapshotReport(
         region=region,
         id=snap_id,
         size=len(cli),
@@ -280,6 +397,7 @@ def _check(
         mstdump_path=f"{name}.mstdump",
         coverage=covered.as_dict() if covered else None,
     )
+    return snapshot, {"cli": cli, "netlink": nl}
 
 
 def _health_changes(given: bytes, truth: bytes) -> list[dict[str, object]]:

@@ -1,7 +1,8 @@
 """`rig validate`: does a driver patch change what mlx4_core does with its devlink regions?
 
 Build the base and the patched kernel, run the same behaviours (rig.behaviours) on each,
-compare them (rig.verdict), and write validate.json and junit.xml into the run directory.
+compare them (rig.verdict), and write validate.json, junit.xml and report.html into the run
+directory (each kernel's replay has its own report.html under <role>/replay/).
 
 The base is, by default, the same source built with the same config and no patches: then
 the patch is the only difference between the two kernels, and the build after the base one
@@ -16,6 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from rig.formats import validatehtml
 from rig.formats.junit import write_junit
 from rig.formats.report import Report
 from rig.jobs.behaviours import replay_outcome, run_session
@@ -113,4 +115,5 @@ def run_validate(opts: ValidateOptions) -> Verdict:
     }
     verdict.write_json(opts.out / "validate.json")
     write_junit(verdict, opts.out / "junit.xml")
+    validatehtml.write(opts.out, verdict)
     return verdict

@@ -37,6 +37,7 @@ PACKAGES: tuple[str, ...] = (
     "procps",
     "pciutils",
     "busybox",  # poweroff -f without systemd
+    "mstflint",  # mstregdump: CR-space read a third way, as on a real card (rig replay)
 )
 # The guest must speak netlink with the same pyroute2 the rig uses on the host.
 PYROUTE2_VERSION = "0.9.7"

@@ -124,7 +124,7 @@ def irq_vectors(rig: Rig) -> int:
 def health_buffer(n: int) -> bytes:
     """A health buffer unique to fault n, so a snapshot can only match its own fault."""
     base = bytearray(builtin.health_buffer())
-    struct.pack_into(">I", base, 0x3C, 0x4EA17000 | n)  # last word: spare in the real layout
+    struct.pack_into(">I", base, 0x3C, 0x4EA17000 | n)  # last word (irisc, syndromes): unique
     return bytes(base)
 
 

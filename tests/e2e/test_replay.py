@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,15 +15,33 @@ from cx3.client import ControlClient
 from cx3.wire import Crdump
 from rig import builtin, cli
 from rig.formats.dumptext import format_dump
-from rig.formats.mstdump import HW_DEV_ID, parse_address_csv
+from rig.formats.mstdump import HW_DEV_ID, parse_address_csv, parse_mstdump
 from rig.formats.regionfile import load_region_file
-from rig.jobs.replay import ReplayOptions, run_replay
+from rig.jobs.replay import LIVE_DUMP, ReplayOptions, run_replay
 from rig.provision.mstflint import ensure_connectx3_csv
+from tests.browser import dump_dom, read_png, screenshot
 
 pytestmark = pytest.mark.e2e
 
+READERS = ["devlink CLI", "pyroute2 netlink", "mstregdump"]
+# report.html's map colours (rig.formats.reporthtml.COLORS) and one cell's pixels.
+GREEN, RED, CELL_PIXELS = (0x8F, 0xD1, 0x9E), (0xD9, 0x36, 0x3E), 34 * 34
 
-def test_default_replay_passes_over_both_channels(tmp_path: Path) -> None:
+
+def rendered(out: Path) -> tuple[str, int, int]:
+    """report.html through headless Chromium: its text, and the map's equal and unexplained
+    pixels in a screenshot that must not be blank. The PNG stays beside the page."""
+    page = out / "report.html"
+    body = dump_dom(page).split("<body", 1)[1]
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", "<body" + body)).strip()
+    png = read_png(screenshot(page, out / "report.png", 1200, 2400))
+    assert png.variance() > 500, "a blank page"
+    return text, png.count(GREEN), png.count(RED)
+
+
+def test_default_replay_passes_over_both_channels(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "run"
     assert cli.main(["replay", "--out", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
@@ -41,6 +60,32 @@ def test_default_replay_passes_over_both_channels(tmp_path: Path) -> None:
     saved = (out / crspace["path"]).read_bytes()
     assert (out / crspace["mstdump_path"]).read_text() == mstregdump_text(saved, csv_addresses())
     assert crspace["coverage"]["covered_dwords"] == cr.SIZE // 4
+
+    # Three readers agree: the snapshots over devlink and netlink, CR-space live over mstflint.
+    readers = report["readers"]
+    assert [r["name"] for r in readers] == READERS and all(r["ok"] for r in readers), readers
+    live = parse_mstdump((out / LIVE_DUMP).read_text(), LIVE_DUMP, cr.SIZE)
+    assert [d.address for d in live] == list(csv_addresses())
+    assert readers[2]["compared_bytes"] == 4 * len(live)
+    image = builtin.crspace_image()  # what was loaded: mstregdump read it through the card
+    assert all(d.data == image[d.address : d.address + 4] for d in live if not register(d.address))
+    said = capsys.readouterr().out
+    assert all(f"reader {name}: " in said for name in READERS) and "DIFFER" not in said
+
+    text, green, red = rendered(out)
+    assert text.startswith("PASS rig replay")
+    assert "Readers of CR-space" in text and "mstregdump" in text
+    assert "Timeline of the fault" in text
+    for what in ("fault injected", "crdump starts", "REGION_NEW cr-space snapshot", "device reset"):
+        assert what in text, what
+    assert "re-probe done" in text and "eth1 up again with carrier" in text
+    assert "Map of CR-space" in text and "unexplained: 0" in text
+    assert "buf[00] 0x0fffffff 0x0fffffff 0x0fffffff" in text  # injected, captured, printed
+    assert green > 200 * CELL_PIXELS and red < CELL_PIXELS / 2
+
+
+def register(address: int) -> bool:
+    return cr.register_at(address) is not None
 
 
 def test_user_image_and_old_format_health_text(tmp_path: Path) -> None:
@@ -151,8 +196,25 @@ def tampered_truth(monkeypatch: pytest.MonkeyPatch) -> int:
     return offset
 
 
+@pytest.fixture
+def tampered_bar0(monkeypatch: pytest.MonkeyPatch) -> int:
+    """The device's BAR0 as the rig reads it to check mstregdump, one byte flipped at an
+    address mstregdump reads (ConnectX3.csv's first block)."""
+    offset = 0x1001
+    read_bar0 = ControlClient.read_bar0
+
+    def flipped(self: ControlClient, at: int, length: int) -> bytes:
+        data = bytearray(read_bar0(self, at, length))
+        if at <= offset < at + length:
+            data[offset - at] ^= 0xFF
+        return bytes(data)
+
+    monkeypatch.setattr(ControlClient, "read_bar0", flipped)
+    return offset
+
+
 def test_wrong_expectation_fails_exit_1_and_points_at_the_offset(
-    tmp_path: Path, tampered_truth: int
+    tmp_path: Path, tampered_truth: int, tampered_bar0: int, capsys: pytest.CaptureFixture[str]
 ) -> None:
     offset = tampered_truth
     out = tmp_path / "run"
@@ -165,6 +227,24 @@ def test_wrong_expectation_fails_exit_1_and_points_at_the_offset(
     assert snap["diff_path"] is not None
     diff_text = (out / snap["diff_path"]).read_text()
     assert f"{offset & ~15:08x}" in diff_text and "^^" in diff_text
+    # Every reader fails, each named: the snapshots' at the flipped capture byte, mstregdump
+    # where the device's BAR0 was flipped.
+    readers = {r["name"]: r for r in report["readers"]}
+    assert list(readers) == READERS and not any(r["ok"] for r in readers.values())
+    assert readers["devlink CLI"]["first_unexplained"] == [offset]
+    assert readers["mstregdump"]["first_unexplained"] == [tampered_bar0]
+    said = capsys.readouterr().out
+    assert f"reader mstregdump: {4 * len(csv_addresses())} bytes" in said
+    assert f"DIFFER: read what the device did not hold at {tampered_bar0:#x}" in said
+    assert report["crspace_map"]["counts"]["unexplained"] == 2  # 0x1000's cell and 0x12000's
+
+    text, _, red = rendered(out)
+    assert text.startswith("FAIL rig replay")
+    assert f"{offset:#010x} +1 byte, UNEXPLAINED" in text  # the cell's finding
+    assert f"capture {offset & ~15:08x}" in text  # and its hexdump line
+    assert f"unexplained at {tampered_bar0:#x}" in text
+    assert "Timeline of the fault" in text and "crdump starts" in text
+    assert red > 2 * CELL_PIXELS  # both cells on the map
 
 
 def test_missing_input_is_a_clear_error_and_keeps_the_run_directory(tmp_path: Path) -> None:

@@ -22,8 +22,9 @@ from rig.bench.stats import (
     summarize,
     to_json,
 )
-from rig.bench.timeline import TimelineError, catas_timeline, clock_offset, printk_lines
+from rig.bench.timeline import catas_timeline
 from rig.cli import build_parser
+from rig.timeline import TimelineError, clock_offset, printk_lines
 
 # --- statistics ---------------------------------------------------------------------------
 

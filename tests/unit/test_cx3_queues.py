@@ -6,6 +6,7 @@ import struct
 
 import pytest
 
+from cx3.crspace import CrSpace
 from cx3.dma import GuestMemory
 from cx3.eq import EqContext, EqError, EventQueue, command_eqe, doorbell_eqn
 from cx3.icm import IcmError, IcmMap
@@ -18,7 +19,7 @@ BASE = 0x2000_0000
 def memory() -> tuple[GuestMemory, FakeContext]:
     ctx = FakeContext()
     ctx.add_window(BASE, 1 << 20)
-    pci = PciConfig()
+    pci = PciConfig(CrSpace(on_bad_write=lambda *_: None))
     pci.write(0x04, b"\x04\x00")  # bus master
     return GuestMemory(pci, ctx), ctx
 

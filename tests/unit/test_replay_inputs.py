@@ -5,12 +5,14 @@ through would fail on QEMU instead, with another message."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from rig import cli
 from rig.formats.mstdump import HW_DEV_ID
+from tests.browser import dump_dom
 
 GOOD_ID = f"0x{HW_DEV_ID:08x} 0x000001f5\n"
 
@@ -85,3 +87,14 @@ def test_a_good_mstregdump_passes_the_checks_and_reaches_the_boot(tmp_path: Path
         "health": "built-in",
         "health_format": "built-in",
     }
+
+
+def test_report_html_is_written_when_the_run_fails_before_the_boot(tmp_path: Path) -> None:
+    status, errors, _ = replay(tmp_path, "--crspace", "/dev/zero")
+    assert status == 2
+    dom = dump_dom(tmp_path / "run" / "report.html")
+    words = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom.split("<body", 1)[1]))
+    assert "ERROR rig replay the rig or its input failed (exit 2)" in words
+    assert errors[0] in words
+    for nothing in ("no reader got to read", "no fault was taken", "no comparison of CR-space"):
+        assert nothing in words

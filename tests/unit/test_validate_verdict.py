@@ -4,15 +4,18 @@ and how a replay report becomes the catas-snapshots outcome."""
 from __future__ import annotations
 
 import json
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
+from rig.formats import validatehtml
 from rig.formats.junit import junit_xml
 from rig.formats.report import Comparison, Report, SnapshotReport
 from rig.jobs.behaviours import ERROR, FAIL, NAMES, PASS, Outcome, replay_outcome
 from rig.jobs.verdict import CHANGED, FIXED, REGRESSED, SAME, KernelResult, Verdict, judge, table
+from tests.browser import dump_dom
 
 
 def kernel(role: str, **statuses: str) -> KernelResult:
@@ -191,3 +194,15 @@ def test_replay_outcome_without_snapshots_reports_the_error(tmp_path: Path) -> N
         Report(ok=False, errors=["no snapshot after the catas fault"]), tmp_path
     )
     assert (outcome.status, outcome.detail) == (FAIL, "no snapshot after the catas fault")
+
+
+def test_the_page_shows_the_verdict_each_behaviour_and_links_the_replays(tmp_path: Path) -> None:
+    verdict = Verdict.of(kernel("base"), kernel("patched", catas_snapshots=FAIL))
+    page = validatehtml.write(tmp_path, verdict)
+    words = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dump_dom(page).split("<body", 1)[1]))
+    assert "FAIL rig validate" in words
+    assert "the patched kernel regressed: catas-snapshots" in words
+    assert "catas-snapshots" in words and "FAIL catas-snapshots broke REGRESSED" in words
+    html = page.read_text()
+    assert "href='base/replay/report.html'" in html and "href='patched/replay/report.html'" in html
+    assert not re.search(r"<script|<link|<img|src=|https?://", html)
