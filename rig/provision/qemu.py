@@ -62,6 +62,10 @@ CONFIGURE_FLAGS: tuple[str, ...] = (
     "--enable-kvm",
     "--enable-slirp",  # -netdev user with hostfwd: the rig's only way into the guest
     "--enable-pixman",  # keeps the standard display devices buildable; cheap
+    # virtio-9p-pci: virtme-ng shares the host's root with the guest over 9p (virtiofs only
+    # when a virtiofsd is installed). glibc's <sys/xattr.h> serves `attr`: no -dev package.
+    "--enable-attr",
+    "--enable-virtfs",
     "--disable-fdt",  # x86 does not need libfdt; avoids the dtc subproject
     "--disable-rust",
     "--disable-docs",

@@ -185,6 +185,8 @@ def test_configure_flags_build_only_what_the_rig_needs() -> None:
     assert "--target-list=x86_64-softmmu" in flags
     assert "--enable-slirp" in flags  # hostfwd is the way into the guest
     assert "--without-default-features" in flags  # so gtk/sdl/vnc/spice/opengl stay off
+    # virtio-9p-pci for virtme-ng's root; off by default, and it needs `attr` on too
+    assert {"--enable-virtfs", "--enable-attr"} <= flags
     assert not any(
         f.startswith("--enable-") and f[9:] in {"gtk", "sdl", "vnc", "spice", "opengl"}
         for f in flags
