@@ -6,11 +6,9 @@ from __future__ import annotations
 import argparse
 import logging
 import shlex
-import signal
 import sys
 import time
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from cx3 import ops
@@ -82,19 +80,25 @@ def add_parsers(sub: Subparsers) -> None:
     p.set_defaults(func=cmd_truth)
 
 
-def _stop_on_signal(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
+def _clear_the_way(name: str) -> None:
+    """Refuse if rig `name` is up; remove what a dead one left."""
+    old = Instance.load(name)
+    if old is None:
+        return
+    if old.owner_identity.alive():
+        raise RigError(f"a rig named {name!r} is already up; `rig down --name {name}`")
+    removed = old.clean()
+    logger.info(
+        f"removed what the dead rig {name!r} left: {', '.join(removed) or 'its instance file'}"
+    )
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    """Exit 0 when stopped (`rig down`, Ctrl-C, SIGTERM, SIGHUP); 2 when the rig failed by
+    itself (QEMU or the device model died, the guest panicked, oopsed or hung): the next
+    command against it says why."""
     logs = args.logs or Path("runs") / time.strftime(f"up-{args.name}-%Y%m%d-%H%M%S")
-    try:
-        Instance.find(args.name)
-        raise RigError(f"a rig named {args.name!r} is already up; `rig down --name {args.name}`")
-    except RigError as e:
-        if "already up" in str(e):
-            raise
-    signal.signal(signal.SIGTERM, _stop_on_signal)
+    _clear_the_way(args.name)
     with Rig(
         RigConfig(
             log_dir=logs,
@@ -105,6 +109,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         )
     ) as rig:
         inst = Instance.publish(args.name, rig)
+        failed = False
         try:
             flag = "" if args.name == "default" else f" --name {args.name}"
             print(
@@ -118,22 +123,36 @@ def cmd_up(args: argparse.Namespace) -> int:
                 f"  rig down{flag}      (or Ctrl-C here)",
                 flush=True,
             )
-            while True:
-                signal.pause()
-        except KeyboardInterrupt:
-            logger.info(f"stopping rig {args.name!r}")
+            failure = rig.wait_failure()  # a signal ends this wait with Interrupted
+            inst.record_failure(str(failure).split("\n", 1)[0])
+            failed = True
+            raise failure
+        except KeyboardInterrupt as e:
+            logger.info(f"stopping rig {args.name!r} ({e or 'interrupted'})")
         finally:
-            inst.unpublish()
+            if not failed:
+                inst.unpublish()
     return 0
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    Instance.find(args.name).stop()
+    inst = Instance.load(args.name)
+    if inst is None:
+        raise RigError(f"no rig named {args.name!r} is up")
+    if inst.owner_identity.alive():
+        inst.stop()
+        return 0
+    removed = inst.clean()
+    why = f"it failed: {inst.failure}" if inst.failure else f"its `rig up` ({inst.owner[0]}) died"
+    print(
+        f"rig {args.name!r} was down ({why}); removed: {', '.join(removed) or 'its instance file'}"
+    )
     return 0
 
 
 def _run_in_guest(name: str, command: str) -> int:
-    ssh = Instance.find(name).ssh()
+    inst = Instance.find(name)
+    ssh = inst.ssh()
     try:
         res = ssh.run(
             command,
@@ -141,6 +160,9 @@ def _run_in_guest(name: str, command: str) -> int:
             on_stdout=stream_to(sys.stdout.buffer),
             on_stderr=stream_to(sys.stderr.buffer),
         )
+    except RigError:
+        Instance.find(name)  # the rig failed meanwhile: say that rather than the lost link
+        raise
     finally:
         ssh.close()
     sys.stdout.flush()

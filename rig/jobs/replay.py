@@ -30,8 +30,9 @@ from rig.formats.regionfile import AUTO, RegionImage, load_region_file
 from rig.formats.registers import explain
 from rig.formats.report import Comparison, Report, SnapshotReport, sha256
 from rig.mlx4 import FAULTS, REGIONS, FaultCycle
-from rig.progress import step
+from rig.progress import step, step_cut_short
 from rig.rig import Rig, RigConfig
+from rig.signals import Interrupted
 from rig.traffic import Traffic, fault_under_traffic
 
 logger = logging.getLogger(__name__)
@@ -114,11 +115,14 @@ def _input(
 
 def run_replay(opts: ReplayOptions) -> Report:
     """Run the whole job; the report says what agreed and its exit status. Never raises
-    RigError: a failure of the rig, its input or the kernel lands in `report.errors`."""
+    RigError: a failure of the rig, its input or the kernel lands in `report.errors`. A
+    signal (rig.signals.Interrupted) is re-raised once the rig is down and the report, which
+    says so, is written."""
     opts.out.mkdir(parents=True, exist_ok=True)
     report = Report(versions={"rig": __version__})
     report.fault = {"kind": opts.fault}
     t_start = time.monotonic()
+    interrupted: Interrupted | None = None
     try:
         inputs = load_inputs(opts, report)
         config = RigConfig(
@@ -138,6 +142,10 @@ def run_replay(opts: ReplayOptions) -> Report:
     except RigError as e:
         report.errors.append(str(e))
         report.exit_status = e.exit_status
+    except Interrupted as e:
+        interrupted = e
+        report.errors.append(f"{e} during: {step_cut_short() or 'the start'}")
+        report.exit_status = e.exit_status
     report.timings["total"] = time.monotonic() - t_start
     report.artifacts = {
         p.name: p.name
@@ -156,6 +164,8 @@ def run_replay(opts: ReplayOptions) -> Report:
     elif not report.errors:
         report.exit_status = 1  # the rig worked: the snapshots are wrong
     report.write(opts.out)
+    if interrupted is not None:
+        raise Interrupted(interrupted.signum, f"report: {opts.out / 'report.json'}")
     return report
 
 

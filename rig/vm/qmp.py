@@ -42,6 +42,10 @@ class Monitor:
         self._write("<<<", greeting)
         return greeting or {}
 
+    def settimeout(self, timeout: float) -> None:
+        """How long each command waits for its reply from now on."""
+        self._qmp.settimeout(timeout)
+
     def _log_events(self) -> None:
         for event in self._qmp.get_events(wait=False):
             self._write("<<< event", event)
