@@ -30,6 +30,7 @@ from rig.commands import (
     traffic,
     validate,
 )
+from rig.commands.options import Parser
 from rig.errors import RigError
 
 SUBCOMMANDS = (
@@ -45,7 +46,8 @@ SUBCOMMANDS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    # Subcommands' parsers are of the same class: each usage error is one line.
+    parser: argparse.ArgumentParser = Parser(
         prog="rig",
         description="QEMU rig for the mlx4 driver's devlink regions (crdump)",
         epilog="exit status: 0 the kernel under test passed, 1 it failed, 2 the rig or its "

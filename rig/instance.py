@@ -14,20 +14,23 @@ or `rig up` removes what is left (`clean`).
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import re
 import shutil
 import signal
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from cx3.client import ControlClient
 from rig.cache import cache_root
-from rig.errors import RigError
+from rig.errors import RigError, UsageError
 from rig.process import Identity, tempdir_owner
 from rig.rig import Rig
 from rig.vm.ssh import Background, GuestSsh, Result, SshIdentity
 
+NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")  # a file name in the instances dir
 STOP_TIMEOUT = 60.0  # s `rig down` gives `rig up` to tear down before SIGKILL
 
 
@@ -47,7 +50,7 @@ class Instance:
 
     @staticmethod
     def path(name: str) -> Path:
-        return cache_root() / "instances" / f"{name}.json"
+        return cache_root() / "instances" / f"{check_name(name)}.json"
 
     @classmethod
     def publish(cls, name: str, rig: Rig) -> Instance:
@@ -61,7 +64,7 @@ class Instance:
             ident.host_key,
             str(rig.device_model.control_socket),
             rig.dev_handle,
-            str(rig.log_dir),
+            str(rig.log_dir.resolve()),
             {
                 what: (i.pid, i.start)
                 for what, pid in rig.processes().items()
@@ -105,15 +108,12 @@ class Instance:
         if inst is None:
             raise RigError(f"no rig named {name!r} is up (start one with `rig up`)")
         if not inst.owner_identity.alive():
-            inst.clean()
-            why = (
-                f"failed: {inst.failure}"
-                if inst.failure
-                else (f"is gone: its `rig up` process {inst.owner[0]} died")
-            )
-            raise RigError(f"rig {name!r} {why}")
+            # What it left goes; the file stays, saying why, until `rig down` or `rig up`.
+            inst.clean(keep_file=True)
+            if not inst.failure:
+                inst = inst.record_failure(f"its `rig up` process {inst.owner[0]} died")
         if inst.failure:
-            raise RigError(f"rig {name!r} failed: {inst.failure}")
+            raise RigError(f"rig {name!r} failed: {inst.failure}; `rig down{_flag(name)}`")
         for what, (pid, start) in inst.processes.items():
             if not Identity(pid, start).alive():
                 raise RigError(
@@ -126,17 +126,19 @@ class Instance:
     def owner_identity(self) -> Identity:
         return Identity(*self.owner)
 
-    def record_failure(self, why: str) -> None:
-        """Say in the file why the rig ended by itself (for the next command)."""
-        Instance(**{**asdict(self), "failure": why})._write()
+    def record_failure(self, why: str) -> Instance:
+        """Say in the file why the rig ended by itself (for the next commands)."""
+        failed = replace(self, failure=why)
+        failed._write()
+        return failed
 
     def unpublish(self) -> None:
         self.path(self.name).unlink(missing_ok=True)
 
-    def clean(self) -> list[str]:
+    def clean(self, keep_file: bool = False) -> list[str]:
         """Remove what a rig whose `rig up` is dead left: its processes (only if still the
         same processes), its temporary directories (only if its `rig up` made them), the
-        file. What was removed."""
+        file (unless `keep_file`). What was removed."""
         if self.owner_identity.alive():
             raise RigError(f"rig {self.name!r} is still up (pid {self.owner[0]})")
         removed = []
@@ -147,7 +149,8 @@ class Instance:
             if d.exists() and tempdir_owner(d) == self.owner_identity:
                 shutil.rmtree(d, ignore_errors=True)
                 removed.append(str(d))
-        self.unpublish()
+        if not keep_file:
+            self.unpublish()
         return removed
 
     def ssh(self) -> GuestSsh:
@@ -179,6 +182,21 @@ class Instance:
             raise RigError(
                 f"rig {self.name!r} (pid {owner.pid}) did not stop in {timeout:g} s; killed"
             )
+
+
+def check_name(name: str) -> str:
+    """`name` if it can name a rig (it names its instance file); UsageError if not."""
+    if not NAME.fullmatch(name):
+        raise UsageError(f"bad rig name {name!r} (letters, digits, '.', '_', '-')")
+    return name
+
+
+def rig_name(text: str) -> str:
+    """An argparse type: a rig's --name."""
+    try:
+        return check_name(text)
+    except UsageError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _flag(name: str) -> str:

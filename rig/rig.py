@@ -34,6 +34,7 @@ from rig.errors import DeviceModelError, MachineError, RigError
 from rig.mlx4 import Mlx4
 from rig.process import owned_tempdir, sweep_tempdirs
 from rig.progress import step
+from rig.provision.sshkeys import rig_key
 from rig.vm.cmdline import Modprobe
 from rig.vm.console import SerialConsole
 from rig.vm.machine import BootTimes, Machine, MachineConfig, QemuInstall
@@ -125,6 +126,7 @@ class Rig:
                 qemu,
                 guest,
                 self.log_dir,
+                client_key=rig_key(self._rundir),
                 vfio_user_sockets=sockets,
                 modprobe=modprobe,
                 memory_mib=self.config.memory_mib,
@@ -137,8 +139,8 @@ class Rig:
                 self._machine.watch_process("device model", self._device.pid, self._model_fate)
             with step(f"booting {guest.kernel.release} under QEMU {qemu.version} (TCG)"):
                 self._boot()
-        except BaseException:
-            self._stop_after_error()
+        except BaseException as e:
+            self._stop_after_error(e)
             raise
         return self
 
@@ -210,15 +212,17 @@ class Rig:
         if v is None:
             self.stop()
         else:
-            self._stop_after_error()
+            self._stop_after_error(v)
 
-    def _stop_after_error(self) -> None:
-        """Tear down while an error (or a signal) ends the rig: that error is the story, so
-        a second one from the teardown (say, the crashed model's exit) is only logged."""
+    def _stop_after_error(self, error: BaseException) -> None:
+        """Tear down while `error` (or a signal) ends the rig: that error is the story, so
+        a second one from the teardown is only logged (not at all when it is the model's
+        crash again)."""
         try:
             self.stop(graceful=False)
         except RigError as e:
-            logger.info(f"while stopping: {e}")
+            if not (isinstance(e, DeviceModelError) and isinstance(error, DeviceModelError)):
+                logger.info(f"while stopping: {str(e).splitlines()[0]}")
 
     def wait_failure(self) -> RigError:
         """Block until QEMU or the device model dies or the guest fails; that failure."""

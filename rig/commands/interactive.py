@@ -19,11 +19,13 @@ from rig.commands.options import (
     add_guest_options,
     command_after_dashes,
     driver_options,
+    integer,
+    output_dir,
 )
-from rig.errors import RigError
+from rig.errors import RigError, UsageError
 from rig.formats.dumptext import format_dump
 from rig.formats.regionfile import load_region_file
-from rig.instance import Instance
+from rig.instance import Instance, rig_name
 from rig.progress import stream_to
 from rig.rig import Rig, RigConfig
 
@@ -31,7 +33,9 @@ logger = logging.getLogger(__name__)
 
 
 def _named(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--name", default="default", help="which rig (default: %(default)s)")
+    p.add_argument(
+        "--name", type=rig_name, default="default", help="which rig (default: %(default)s)"
+    )
 
 
 def add_parsers(sub: Subparsers) -> None:
@@ -97,7 +101,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     """Exit 0 when stopped (`rig down`, Ctrl-C, SIGTERM, SIGHUP); 2 when the rig failed by
     itself (QEMU or the device model died, the guest panicked, oopsed or hung): the next
     command against it says why."""
+    Instance.path(args.name)  # a bad name, before it names a directory
     logs = args.logs or Path("runs") / time.strftime(f"up-{args.name}-%Y%m%d-%H%M%S")
+    output_dir(logs, "--logs")
     _clear_the_way(args.name)
     with Rig(
         RigConfig(
@@ -191,14 +197,12 @@ def _add_fault(sub: Subparsers) -> None:
         k = knobs.add_parser(
             op.cli_name, help=op.help, description=f"{op.help}; {op.note}" if op.note else op.help
         )
-        k.add_argument("--name", default=argparse.SUPPRESS, help="which rig (default: default)")
+        k.add_argument(
+            "--name", type=rig_name, default=argparse.SUPPRESS, help="which rig (default: default)"
+        )
         for arg in op.args:
             _add_knob_arg(k, arg)
         k.set_defaults(func=cmd_fault, op=op)
-
-
-def _int(text: str) -> int:
-    return int(text, 0)
 
 
 def _show(value: object) -> str:
@@ -228,17 +232,31 @@ def _add_knob_arg(p: argparse.ArgumentParser, arg: ops.Arg) -> None:
     if arg.type is bool:
         p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
     elif arg.type is tuple:
-        p.add_argument(flag, metavar="WORD", type=_int, nargs="+", **kw)
+        p.add_argument(flag, metavar="WORD", type=integer, nargs="+", **kw)
     elif arg.type is bytes:
-        p.add_argument(flag, metavar="FILE", type=lambda f: Path(f).read_bytes(), **kw)
+        p.add_argument(flag, metavar="FILE", type=_file_bytes, **kw)
     else:
-        p.add_argument(flag, metavar="N", type=_int, **kw)
+        p.add_argument(flag, metavar="N", type=integer, **kw)
+
+
+def _file_bytes(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise argparse.ArgumentTypeError(f"cannot read {path}: {e.strerror}") from None
 
 
 def cmd_fault(args: argparse.Namespace) -> int:
     op: ops.Op = args.op
     given = {a.name: getattr(args, f"knob_{a.name}") for a in op.args}
     given = {n: tuple(v) if isinstance(v, list) else v for n, v in given.items() if v is not None}
+    for arg in op.args:  # the knob table's ranges, checked before any rig is looked for
+        if arg.check is not None and arg.name in given:
+            try:
+                arg.check(given[arg.name])
+            except ValueError as e:
+                flag = arg.name.replace("_", "-")
+                raise UsageError(f"rig fault {op.cli_name} --{flag}: {e}") from None
     with Instance.find(args.name).control() as ctl:
         ctl.fault(op.name, **given)  # what is not given takes the table's default
     shown = "".join(_flag(n, v) for n, v in given.items())
@@ -275,6 +293,8 @@ def cmd_load(args: argparse.Namespace) -> int:
 
 
 def cmd_truth(args: argparse.Namespace) -> int:
+    if args.out:
+        output_dir(args.out, "--out")
     with Instance.find(args.name).control() as ctl:
         dumps = ctl.crdumps()
         if not dumps:
@@ -284,7 +304,6 @@ def cmd_truth(args: argparse.Namespace) -> int:
             print(f"crdump {data.index} (t={data.t:.3f}): health buffer")
             print(format_dump(data.health), end="")
             if args.out:
-                args.out.mkdir(parents=True, exist_ok=True)
                 (args.out / f"crdump-{data.index}.cr-space.bin").write_bytes(data.image)
                 (args.out / f"crdump-{data.index}.fw-health.bin").write_bytes(data.health)
         if args.out and dumps:

@@ -15,6 +15,7 @@ from rig.commands.options import (
     add_guest_options,
     byte_count,
     driver_options,
+    output_dir,
 )
 from rig.formats.coverage import Coverage
 from rig.jobs.replay import ReplayOptions, run_replay
@@ -71,7 +72,7 @@ def add_parser(sub: Subparsers) -> None:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    out = args.out or Path("runs") / time.strftime("replay-%Y%m%d-%H%M%S")
+    out = output_dir(args.out or Path("runs") / time.strftime("replay-%Y%m%d-%H%M%S"), "--out")
     report = run_replay(
         ReplayOptions(
             out=out,

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from rig.commands.build_kernel import PATCHES_HELP, SOURCE_HELP
-from rig.commands.options import Subparsers
+from rig.commands.options import Subparsers, output_dir
 from rig.jobs.validate import ValidateOptions, run_validate
 from rig.jobs.verdict import table
 from rig.provision.kbuildspec import DEFAULT_SERIES
@@ -53,7 +53,7 @@ def add_parser(sub: Subparsers) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    out = args.out or Path("runs") / time.strftime("validate-%Y%m%d-%H%M%S")
+    out = output_dir(args.out or Path("runs") / time.strftime("validate-%Y%m%d-%H%M%S"), "--out")
     comparison = run_validate(
         ValidateOptions(
             patches=args.patches,

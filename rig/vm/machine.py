@@ -35,6 +35,7 @@ from rig.errors import GuestOops, GuestPanic, MachineError, QemuExited, RigError
 from rig.kernellog import OOPS, PANIC, oops_line, panic_reason, report_from
 from rig.process import Identity, die_with_parent, owned_tempdir
 from rig.provision.guest import GuestImage
+from rig.provision.sshkeys import ClientKey
 from rig.vm.cmdline import Modprobe, kernel_cmdline
 from rig.vm.console import SerialConsole
 from rig.vm.logcap import STDERR_LIMIT, PipeLog
@@ -83,16 +84,27 @@ class MachineConfig:
 
     @classmethod
     def for_guest(
-        cls, qemu: QemuInstall, guest: GuestImage, log_dir: Path, **options: Any
+        cls,
+        qemu: QemuInstall,
+        guest: GuestImage,
+        log_dir: Path,
+        client_key: ClientKey | None = None,
+        **options: Any,
     ) -> MachineConfig:
-        """A config booting a provisioned guest; `options` set the other fields."""
+        """A config booting a provisioned guest; `options` set the other fields. With
+        `client_key` (rig.provision.sshkeys.rig_key) the guest accepts that key only, not
+        the cache's."""
+        kernel_args: tuple[str, ...] = options.pop("kernel_args", ())
+        if client_key is not None:
+            kernel_args = (f"rig.sshkey={client_key.public.split()[1]}", *kernel_args)
         return cls(
             qemu=qemu,
             kernel=guest.kernel.vmlinuz,
             initrd=guest.initrd,
             rootfs=guest.rootfs.image,
-            ssh=SshIdentity(guest.client_key.private, guest.rootfs.host_key),
+            ssh=SshIdentity((client_key or guest.client_key).private, guest.rootfs.host_key),
             log_dir=log_dir,
+            kernel_args=kernel_args,
             **options,
         )
 
