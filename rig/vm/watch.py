@@ -9,7 +9,8 @@ it costs nothing until something happens. The first of these becomes the VM's `f
 * the console showed an oops or BUG: the verdict waits OOPS_GRACE s for the rest of its
   report, or for QEMU to exit (a panic that follows it wins);
 * the guest hung: no console output and no answer to an SSH keepalive for `hang_after`
-  seconds. Once SSH is up, a keepalive goes out after each PROBE_EVERY s of console silence.
+  seconds. Once SSH is up, a keepalive goes out after each `probe_every` s of console
+  silence.
 
 The failure then aborts every wait: the console's (SerialConsole.abort) and SSH's (the
 connection is dropped; GuestSsh asks `explain` what that means, which is this failure). A
@@ -27,14 +28,14 @@ import time
 from collections.abc import Callable
 
 from rig.errors import GuestHang, GuestOops, MachineError, RigError, SshLost
-from rig.kernellog import OOPS, oops_line
+from rig.kernellog import OOPS, oops_line, report_from
 from rig.vm.console import SerialConsole
 
 logger = logging.getLogger(__name__)
 
 Fate = Callable[[], RigError]  # what a process's exit means, asked once it has exited
 
-PROBE_EVERY = 10.0  # s of console silence before an SSH keepalive
+PROBE_EVERY = 10.0  # s of console silence before an SSH keepalive (at most hang_after / 3)
 OOPS_GRACE = 3.0  # s an oops's report may take to end (or to turn into a panic)
 EXIT_GRACE = 1.0  # s a dropped connection gives QEMU to be seen exiting
 
@@ -43,6 +44,7 @@ class Watch:
     def __init__(self, console: SerialConsole, hang_after: float) -> None:
         self.console = console
         self.hang_after = hang_after
+        self.probe_every = min(PROBE_EVERY, hang_after / 3)
         self.failure: RigError | None = None
         self._failed = threading.Event()
         self._lock = threading.Lock()
@@ -162,7 +164,7 @@ class Watch:
             alive = max(self.console.last_output, self._answered)
             due.append(alive + self.hang_after - now)
             if not self._probing:
-                due.append(alive + PROBE_EVERY - now)
+                due.append(alive + self.probe_every - now)
         return min(due) if due else None
 
     def _check_oops(self) -> None:
@@ -173,7 +175,8 @@ class Watch:
             self._fail(lambda: self._oops(line))
 
     def _oops(self, line: str) -> RigError:
-        return GuestOops(f"guest kernel oops: {line}", self.console.log_path, self.console.tail())
+        report = report_from(self.console.text, OOPS)
+        return GuestOops(f"guest kernel oops: {line}", self.console.log_path, report)
 
     def _check_hang(self) -> None:
         if self._probe is None or self.failure is not None:
@@ -188,7 +191,7 @@ class Watch:
                     self.console.tail(5),
                 )
             )
-        elif now - alive >= PROBE_EVERY and not self._probing:
+        elif now - alive >= self.probe_every and not self._probing:
             self._probing = True
             threading.Thread(target=self._keepalive, name="rig-keepalive", daemon=True).start()
 
