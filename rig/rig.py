@@ -180,7 +180,7 @@ class Rig:
     def _stop(self, graceful: bool) -> None:
         try:
             machine = self._machine
-            if machine is not None and machine.is_running() and machine.failure is None:
+            if machine is not None and machine.failure is None and self._ssh_up(machine):
                 # A dead guest has no dmesg to give; the console log has it all then.
                 with contextlib.suppress(RigError):
                     (self.log_dir / "dmesg.txt").write_text(
@@ -213,6 +213,13 @@ class Rig:
             self.stop()
         else:
             self._stop_after_error(v)
+
+    @staticmethod
+    def _ssh_up(machine: Machine) -> bool:
+        try:
+            return machine.is_running() and machine.ssh.connected
+        except MachineError:  # no SSH yet
+            return False
 
     def _stop_after_error(self, error: BaseException) -> None:
         """Tear down while `error` (or a signal) ends the rig: that error is the story, so

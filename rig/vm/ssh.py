@@ -74,6 +74,11 @@ class GuestSsh:
         error = MachineError(f"ssh {self.where}: {what}: the connection was lost")
         return self.on_lost(error) if self.on_lost is not None else error
 
+    @property
+    def connected(self) -> bool:
+        """Whether the connection is up (False once it dropped)."""
+        return self._active()
+
     def _active(self) -> bool:
         transport = self._client.get_transport()
         return transport is not None and transport.is_active()
