@@ -149,7 +149,8 @@ def cmd_down(args: argparse.Namespace) -> int:
         inst.stop()
         return 0
     removed = inst.clean()
-    why = f"it failed: {inst.failure}" if inst.failure else f"its `rig up` ({inst.owner[0]}) died"
+    why = inst.failure or f"its `rig up` process {inst.owner[0]} died"
+    why = f"it failed: {why}" if inst.failure else why
     print(
         f"rig {args.name!r} was down ({why}); removed: {', '.join(removed) or 'its instance file'}"
     )

@@ -33,14 +33,16 @@ PHASES = {
     "reads": "reading the snapshots",
 }
 EXIT_WITHIN = 2.0  # s from a kill to the rig's exit
-FIGURES: dict[str, object] = {}
+FIGURES: dict[str, object] = {}  # this test's figures, recorded by the `record` fixture
 
 
 @pytest.fixture
 def record(record_testsuite_property: Callable[[str, object], None]) -> Iterator[None]:
+    FIGURES.clear()
     yield
     for name, value in FIGURES.items():
         record_testsuite_property(name, value)
+        print(f"{name}: {value}")
 
 
 @pytest.fixture
@@ -180,9 +182,9 @@ def test_rig_up_killed_outright_takes_its_children_and_rig_down_clears_the_rest(
     assert len(list(p.tempdir.iterdir())) == 2  # its sockets' directories: nobody ran teardown
     down = rig(tmp_path, "down", "--name", name)
     assert down.proc.returncode == 0, down.output()
-    assert f"rig {name!r} was down (it failed: its `rig up` process {p.proc.pid} died); " in (
-        down.output()
-    )
+    assert down.output().startswith(
+        f"rig {name!r} was down (its `rig up` process {p.proc.pid} died); removed: "
+    ), down.output()
     assert Instance.load(name) is None
     assert_nothing_left(p, "rig up SIGKILL")
 
