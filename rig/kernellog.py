@@ -28,7 +28,11 @@ def kernel_trouble(dmesg: str, failed_commands: bool = False) -> list[str]:
 # (arch/x86/kernel/dumpstack.c, lib/bug.c, arch/x86/mm/fault.c, kernel/watchdog.c).
 PANIC = re.compile(r"Kernel panic - not syncing:? ?(.*)")
 PANIC_END = re.compile(r"---\[ end Kernel panic")
-OOPS = re.compile(r"\bOops: |\bBUG: |kernel BUG at |general protection fault")
+# A lockup report is the watchdog's (the kernel goes on; under TCG it can be the emulator's
+# speed): kernel_trouble lists it, it is no oops.
+OOPS = re.compile(
+    r"\bOops: |\bBUG: (?!soft lockup|workqueue lockup)|kernel BUG at |general protection fault"
+)
 _STAMP = re.compile(r"^\s*\[\s*\d+\.\d+\]\s*")
 
 

@@ -52,5 +52,6 @@ def test_an_oops_is_named_by_its_first_line() -> None:
         oops_line("[ 3.0] kernel BUG at drivers/net/x.c:12!") == "kernel BUG at drivers/net/x.c:12!"
     )
     assert oops_line(SYSRQ_PANIC) is None
+    assert oops_line("[ 130.0] watchdog: BUG: soft lockup - CPU#0 stuck for 122s! [sh:1]") is None
     assert oops_line("[ 1.0] DEBUG: nothing to see") is None
     assert report_from(OOPS_REPORT, OOPS).splitlines() == OOPS_REPORT.splitlines()[1:]
