@@ -2,10 +2,11 @@
 
 Each subcommand lives in rig/commands/<name>.py with an `add_parser(sub)` registered in
 SUBCOMMANDS. Exit status, the same everywhere: 0 the kernel under test passed, 1 it failed,
-2 the rig or its input failed (rig.errors documents the tree), 130 interrupted; a command that
-runs a guest command (`rig run`, `rig sh`) exits with that command's status. Errors print one
-line on stderr (a log tail may follow), never a traceback (RIG_DEBUG=1 shows one for errors
-the rig did not foresee).
+2 the rig or its input failed (rig.errors documents the tree), 128 + N when signal N ended it
+(130 SIGINT, 143 SIGTERM, 129 SIGHUP: rig.signals; the VM and the device model are torn down
+and a replay's report.json written first); a command that runs a guest command (`rig run`,
+`rig sh`) exits with that command's status. Errors print one line on stderr (a log tail may
+follow), never a traceback (RIG_DEBUG=1 shows one for errors the rig did not foresee).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import traceback
 from collections.abc import Sequence
 
 from cx3.client import ControlError
+from rig import signals
 from rig.commands import (
     bench,
     build_kernel,
@@ -29,6 +31,7 @@ from rig.commands import (
     traffic,
     validate,
 )
+from rig.commands.options import Parser
 from rig.errors import RigError
 
 SUBCOMMANDS = (
@@ -45,11 +48,12 @@ SUBCOMMANDS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    # Subcommands' parsers are of the same class: each usage error is one line.
+    parser: argparse.ArgumentParser = Parser(
         prog="rig",
         description="QEMU rig for the mlx4 driver's devlink regions (crdump)",
         epilog="exit status: 0 the kernel under test passed, 1 it failed, 2 the rig or its "
-        "input failed",
+        "input failed, 128+N ended by signal N (130 SIGINT, 143 SIGTERM, 129 SIGHUP)",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
     sub = parser.add_subparsers(dest="subcommand", required=True, metavar="COMMAND")
@@ -69,6 +73,15 @@ def _show_progress(quiet: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    signals.install()
+    try:
+        return _main(argv)
+    except signals.Interrupted as e:  # outside any command (e.g. while parsing)
+        print(f"rig: {e}", file=sys.stderr)
+        return e.exit_status
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)  # usage errors: argparse's line, exit 2
     _show_progress(args.quiet)
     try:
@@ -80,8 +93,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ControlError as e:  # the device model refused a request (e.g. a bad knob value)
         print(f"rig: error: the device model refused: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except signals.Interrupted as e:
         # Every Rig is a context manager: the VM and the device model are down already.
+        print(f"rig: {e}", file=sys.stderr)
+        return e.exit_status
+    except KeyboardInterrupt:
         print("rig: interrupted", file=sys.stderr)
         return 130
     except Exception as e:

@@ -2,11 +2,14 @@
 
 The process is `python -m cx3 --socket S --control C`; it prints one line "ready" on stdout
 once both sockets listen (QEMU must find the vfio-user socket listening when it starts). It
-exits 0 on SIGTERM and in no other way: any other end is a crash, and `stop` says so.
+exits 0 on SIGTERM and in no other way: any other end is a crash, and `stop` says so. It runs
+with PR_SET_PDEATHSIG (rig.process), so it dies with the rig however the rig dies. A control
+request that finds the socket closed says whether the model died (`exit_error`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -14,9 +17,14 @@ import sys
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from cx3.client import ControlClient
+from cx3.wire import Reply
 from rig.errors import DeviceModelError, tail
+from rig.process import die_with_parent
+
+EXIT_GRACE = 1.0  # s a failed control request gives the model to be seen exiting
 
 
 class DeviceModel:
@@ -48,7 +56,7 @@ class DeviceModel:
             str(self.log),
         ]
         self.proc = proc = subprocess.Popen(
-            cmd,
+            [*die_with_parent(), *cmd],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -77,8 +85,30 @@ class DeviceModel:
     def control(self) -> ControlClient:
         self.check_alive()
         if self._client is None:
-            self._client = ControlClient(self.control_socket)
+            try:
+                self._client = _Control(self, self.control_socket)
+            except OSError as e:
+                raise self.lost(f"connecting to {self.control_socket}: {e}") from e
         return self._client
+
+    def lost(self, what: str) -> DeviceModelError:
+        """The error for a control request that failed on the socket: the model's exit if
+        it exited (give it EXIT_GRACE s), else what failed."""
+        if self.proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(EXIT_GRACE)
+        if (error := self.exit_error()) is not None:
+            return error
+        return DeviceModelError(f"device model control socket: {what}", self.log, tail(self.log))
+
+    def exit_error(self) -> DeviceModelError | None:
+        """DeviceModelError saying how the model ended, if it has ended."""
+        rc = self.proc.poll() if self.proc is not None else None
+        if rc is None:
+            return None
+        return DeviceModelError(
+            f"device model exited unexpectedly ({_status(rc)})", self.log, tail(self.log)
+        )
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -86,11 +116,8 @@ class DeviceModel:
     def check_alive(self) -> None:
         if self.proc is None:
             raise DeviceModelError("device model not started")
-        rc = self.proc.poll()
-        if rc is not None:
-            raise DeviceModelError(
-                f"device model exited unexpectedly ({_status(rc)})", self.log, tail(self.log)
-            )
+        if (error := self.exit_error()) is not None:
+            raise error
 
     def stop(self, timeout: float = 5.0) -> None:
         """SIGTERM, SIGKILL after `timeout`; clean up always. Raises DeviceModelError once if
@@ -125,6 +152,20 @@ class DeviceModel:
         self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+class _Control(ControlClient):
+    """The model's control client, whose socket failures say what became of the model."""
+
+    def __init__(self, model: DeviceModel, path: Path) -> None:
+        self._model = model
+        super().__init__(path)
+
+    def call(self, op: str, **args: Any) -> Reply:
+        try:
+            return super().call(op, **args)
+        except OSError as e:  # ConnectionError, a timeout: the model died, or hangs
+            raise self._model.lost(f"{op}: {type(e).__name__}: {e}") from e
 
 
 def _status(returncode: int) -> str:

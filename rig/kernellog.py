@@ -22,3 +22,39 @@ def kernel_trouble(dmesg: str, failed_commands: bool = False) -> list[str]:
         for line in dmesg.splitlines()
         if KERNEL_TROUBLE.search(line) or (failed_commands and FAILED_COMMAND.search(line))
     ]
+
+
+# The kernel's words for a guest that is gone (kernel/panic.c), and for an oops or BUG
+# (arch/x86/kernel/dumpstack.c, lib/bug.c, arch/x86/mm/fault.c, kernel/watchdog.c).
+PANIC = re.compile(r"Kernel panic - not syncing:? ?(.*)")
+PANIC_END = re.compile(r"---\[ end Kernel panic")
+# A lockup report is the watchdog's (the kernel goes on; under TCG it can be the emulator's
+# speed): kernel_trouble lists it, it is no oops.
+OOPS = re.compile(
+    r"\bOops: |\bBUG: (?!soft lockup|workqueue lockup)|kernel BUG at |general protection fault"
+)
+_STAMP = re.compile(r"^\s*\[\s*\d+\.\d+\]\s*")
+
+
+def panic_reason(console: str) -> str | None:
+    """Why the kernel panicked ("sysrq triggered crash"), if the console shows a panic."""
+    match = PANIC.search(console)
+    if match is None:
+        return None
+    return match.group(1).strip() or "no reason given"
+
+
+def oops_line(console: str) -> str | None:
+    """The first line of the console that reports an oops or a BUG, without its timestamp."""
+    for line in console.splitlines():
+        if OOPS.search(line):
+            return _STAMP.sub("", line).strip()
+    return None
+
+
+def report_from(console: str, pattern: re.Pattern[str], lines: int = 10) -> str:
+    """The console's lines from the first that matches `pattern` on (the head of a panic's
+    or an oops's report: the process, the first frames), `lines` at most."""
+    text = console.splitlines()
+    first = next((i for i, line in enumerate(text) if pattern.search(line)), len(text))
+    return "\n".join(text[first : first + lines])

@@ -23,13 +23,27 @@ from rig.errors import ProvisionError, tail
 logger = logging.getLogger(__name__)
 
 
+_cut_short = ""  # the innermost phase an exception ended since the last phase began
+
+
 @contextmanager
 def step(what: str) -> Iterator[None]:
     """Announce a phase and how long it took."""
+    global _cut_short
     logger.info("%s ...", what)
     t0 = time.monotonic()
-    yield
+    _cut_short = ""
+    try:
+        yield
+    except BaseException:
+        _cut_short = _cut_short or what
+        raise
     logger.info("%s: done in %.1f s", what, time.monotonic() - t0)
+
+
+def step_cut_short() -> str:
+    """The phase the exception being handled ended ("" if it came outside every phase)."""
+    return _cut_short
 
 
 def run_logged(

@@ -19,19 +19,22 @@ import json
 import logging
 import shlex
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
 from cx3.client import ControlClient
+from rig import signals
 from rig.devicemodel import DeviceModel
 from rig.devlink.agent import NetlinkAgent
 from rig.devlink.channels import CliChannel, NetlinkChannel, open_channel
 from rig.devlink.cli import DevlinkCli
-from rig.errors import MachineError, RigError
+from rig.errors import DeviceModelError, MachineError, RigError
 from rig.mlx4 import Mlx4
+from rig.process import owned_tempdir, sweep_tempdirs
+from rig.progress import step
+from rig.provision.sshkeys import rig_key
 from rig.vm.cmdline import Modprobe
 from rig.vm.console import SerialConsole
 from rig.vm.machine import BootTimes, Machine, MachineConfig, QemuInstall
@@ -59,6 +62,7 @@ class RigConfig:
     extra_modprobe: tuple[Modprobe, ...] = ()  # loaded at boot after mlx4_core
     kernel_args: tuple[str, ...] = ()
     name: str = "rig"
+    hang_after: float = 90.0  # s without console output or SSH answer: the guest hung
 
 
 @dataclass
@@ -99,8 +103,10 @@ class Rig:
         self.kernel_release = guest.kernel.release
         self.kernel_origin = guest.kernel.origin
         self.timings.provision = time.monotonic() - t0
-        # Socket paths must stay short (108 bytes), so not under the caller's log dir.
-        self._rundir = Path(tempfile.mkdtemp(prefix="rig-run-"))
+        # Socket paths must stay short (108 bytes), so not under the caller's log dir. A rig
+        # killed outright left its directories behind: its owner file says so.
+        sweep_tempdirs()
+        self._rundir = owned_tempdir("rig-run-")
         try:
             sockets: tuple[Path, ...] = ()
             if self.config.with_device:
@@ -122,6 +128,7 @@ class Rig:
                 qemu,
                 guest,
                 self.log_dir,
+                client_key=rig_key(self._rundir),
                 vfio_user_sockets=sockets,
                 # The model changes no mapped page on a guest write: doorbells may be posted.
                 posted_writes=posts_with_mmap(qemu.binary),
@@ -129,24 +136,35 @@ class Rig:
                 memory_mib=self.config.memory_mib,
                 name=self.config.name,
                 kernel_args=self._kernel_args(),
+                hang_after=self.config.hang_after,
             )
             self._machine = Machine(mconfig)
-            t0 = time.monotonic()
-            logger.info(f"booting {guest.kernel.release} under QEMU {qemu.version} (TCG)")
-            self._machine.launch()
-            self._machine.wait_ready(self.config.boot_timeout)
-            self.timings.boot = time.monotonic() - t0
-            self._devlink = DevlinkCli(self._machine.ssh)
-            self._netlink = NetlinkAgent(self._machine.ssh)
-            if self.config.with_device and self.config.load_driver:
-                self.dev_handle = self.mlx4.wait_bound()
-                if self.config.mlx4_en and self.config.netdev_up:
-                    self.mlx4.wait_netdevs_up()
-                    self.timings.marks["netdevs_up"] = time.monotonic()
-        except BaseException:
-            self.stop()
+            if self._device is not None and self._device.pid is not None:
+                self._machine.watch_process("device model", self._device.pid, self._model_fate)
+            with step(f"booting {guest.kernel.release} under QEMU {qemu.version} (TCG)"):
+                self._boot()
+        except BaseException as e:
+            self._stop_after_error(e)
             raise
         return self
+
+    def _model_fate(self) -> RigError:
+        assert self._device is not None
+        return self._device.exit_error() or DeviceModelError("device model exited")
+
+    def _boot(self) -> None:
+        assert self._machine is not None
+        t0 = time.monotonic()
+        self._machine.launch()
+        self._machine.wait_ready(self.config.boot_timeout)
+        self.timings.boot = time.monotonic() - t0
+        self._devlink = DevlinkCli(self._machine.ssh)
+        self._netlink = NetlinkAgent(self._machine.ssh)
+        if self.config.with_device and self.config.load_driver:
+            self.dev_handle = self.mlx4.wait_bound()
+            if self.config.mlx4_en and self.config.netdev_up:
+                self.mlx4.wait_netdevs_up()
+                self.timings.marks["netdevs_up"] = time.monotonic()
 
     def _kernel_args(self) -> tuple[str, ...]:
         args = self.config.kernel_args
@@ -156,20 +174,29 @@ class Rig:
             args = ("rig.netup", *args)
         return args
 
-    def stop(self) -> None:
-        """Save the guest's and the device's logs, then tear everything down (always)."""
+    def stop(self, graceful: bool = True) -> None:
+        """Save the guest's and the device's logs, then tear everything down (always). Not
+        `graceful`: no power-off first (after an error or a signal, QEMU is told to quit).
+        A signal that comes meanwhile is held until the teardown is done (rig.signals)."""
+        with signals.deferred():
+            self._stop(graceful)
+
+    def _stop(self, graceful: bool) -> None:
         try:
-            if self._machine is not None and self._machine.is_running():
+            machine = self._machine
+            if machine is not None and machine.failure is None and self._ssh_up(machine):
                 # A dead guest has no dmesg to give; the console log has it all then.
                 with contextlib.suppress(RigError):
-                    (self.log_dir / "dmesg.txt").write_text(self.dmesg())
+                    (self.log_dir / "dmesg.txt").write_text(
+                        self.sh("dmesg", timeout=60 if graceful else 10).stdout
+                    )
         finally:
             try:
                 if self._device is not None and self._device.alive():
                     self._save_device_events()
             finally:
                 if self._machine is not None:
-                    self._machine.shutdown()
+                    self._machine.shutdown(graceful=graceful)
                     self._machine = None
                 try:
                     if self._device is not None:
@@ -186,7 +213,33 @@ class Rig:
     def __exit__(
         self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.stop()
+        if v is None:
+            self.stop()
+        else:
+            self._stop_after_error(v)
+
+    @staticmethod
+    def _ssh_up(machine: Machine) -> bool:
+        try:
+            return machine.is_running() and machine.ssh.connected
+        except MachineError:  # no SSH yet
+            return False
+
+    def _stop_after_error(self, error: BaseException) -> None:
+        """Tear down while `error` (or a signal) ends the rig: that error is the story, so
+        a second one from the teardown is only logged (not at all when it is the model's
+        crash again)."""
+        try:
+            self.stop(graceful=False)
+        except RigError as e:
+            if not (isinstance(e, DeviceModelError) and isinstance(error, DeviceModelError)):
+                logger.info(f"while stopping: {str(e).splitlines()[0]}")
+
+    def wait_failure(self) -> RigError:
+        """Block until QEMU or the device model dies or the guest fails; that failure."""
+        failure = self.machine.watch.wait()
+        assert failure is not None
+        return failure
 
     # --- parts --------------------------------------------------------------------------------
 
@@ -268,12 +321,30 @@ class Rig:
         (`rig up` publishes them for `rig sh`)."""
         return self.machine.ssh_port, self.machine.config.ssh
 
+    def processes(self) -> dict[str, int]:
+        """The processes this rig owns, by name: QEMU and the device model."""
+        found = {}
+        if self._machine is not None and self._machine.pid is not None:
+            found["QEMU"] = self._machine.pid
+        if self._device is not None and self._device.pid is not None:
+            found["device model"] = self._device.pid
+        return found
+
+    def tempdirs(self) -> list[Path]:
+        """The temporary directories this rig owns (sockets, its SSH key)."""
+        dirs = [self._rundir] if self._rundir is not None else []
+        if self._machine is not None and self._machine.tempdir is not None:
+            dirs.append(self._machine.tempdir)
+        return dirs
+
     def is_running(self) -> bool:
         """Whether QEMU is up (False before start and after stop)."""
         return self._machine is not None and self._machine.is_running()
 
     def check_health(self) -> None:
-        """Raise a clear error if QEMU or the device model died."""
+        """Raise a clear error if QEMU or the device model died, or the guest failed."""
+        if self._machine is not None and self._machine.failure is not None:
+            raise self._machine.failure
         if self._device is not None:
             self._device.check_alive()
         if self._machine is not None and not self._machine.is_running():

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import layout, opcodes
+from . import layout, opcodes, ops
 from .crspace import CrSpace
 from .events import EventLog
 from .firmware import Firmware
@@ -57,25 +57,19 @@ class Faults:
     # --- knobs (cx3/ops.py KNOBS) ----------------------------------------------------------
 
     def catas(self, words: tuple[int, ...] = DEFAULT_CATAS) -> None:
-        if not 1 <= len(words) <= layout.CATAS_DWORDS:
-            raise ValueError(f"catas takes 1..{layout.CATAS_DWORDS} words, got {len(words)}")
-        if any(not 0 <= w <= 0xFFFFFFFF for w in words):
-            raise ValueError("catas words must be 32-bit unsigned values")
+        ops.check_catas_words(words)
         for i, word in enumerate(words):
             self._cr.set_word(layout.CATAS_OFFSET + 4 * i, word)
         self._events.add("fault", fault="catas", word0=words[0], words=len(words))
 
     def cmd_timeout(self, opcode: int | None = None) -> None:
-        _check_opcode(opcode)
+        ops.check_opcode(opcode)
         self.armed_timeout = CommandFault(opcode)
         self._events.add("fault", fault="cmd_timeout", opcode=opcode)
 
     def closing_cmd(self, opcode: int | None = None, status: int = Status.INTERNAL_ERR) -> None:
-        _check_opcode(opcode)
-        if opcode is not None and opcode not in opcodes.CLOSING:
-            raise ValueError(f"{opcodes.name(opcode)} is not a closing command")
-        if not 1 <= status <= 0xFF:
-            raise ValueError(f"closing-command status must be 1..255, got {status}")
+        ops.check_closing_opcode(opcode)
+        ops.check_status(status)
         self.armed_closing = CommandFault(opcode, status)
         self._events.add("fault", fault="closing_cmd", opcode=opcode, status=status)
 
@@ -118,8 +112,3 @@ class Faults:
                 None if closing is None else {"opcode": closing.opcode, "status": closing.status}
             ),
         }
-
-
-def _check_opcode(opcode: int | None) -> None:
-    if opcode is not None and not 0 <= opcode <= 0xFFF:
-        raise ValueError(f"opcode must be 0..0xfff, got {opcode:#x}")

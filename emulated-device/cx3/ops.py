@@ -4,15 +4,18 @@ The server decodes a request's arguments from the entry and dispatches it; the c
 a call from it; the rig's CLI builds `rig fault <knob>` from the knob entries. A fault knob is
 an op made by `knob()` below: the server calls the method of the same name on the model's `Faults`
 (cx3/faults.py), with the entry's arguments as keywords. Adding a knob is one entry in KNOBS
-and that method. Imports nothing of the model.
+and that method. The range of each knob's values is checked here (`Arg.check`), for the
+server, the model and the rig's CLI alike. Imports nothing of the model but its opcode table.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .layout import DEFAULT_CATAS
+from . import opcodes
+from .layout import CATAS_DWORDS, DEFAULT_CATAS
 from .wire import DECODERS, Request, to_json
 
 
@@ -24,12 +27,42 @@ class _Required:
 REQUIRED: Any = _Required()
 
 
+# --- what a knob's values may be: one home for the server, the model and the rig's CLI ------
+
+
+def check_catas_words(words: tuple[int, ...]) -> None:
+    if not 1 <= len(words) <= CATAS_DWORDS:
+        raise ValueError(f"catas takes 1..{CATAS_DWORDS} words, got {len(words)}")
+    if any(not 0 <= w <= 0xFFFFFFFF for w in words):
+        raise ValueError("catas words must be 32-bit unsigned values (0..0xffffffff)")
+
+
+def check_opcode(opcode: int | None) -> None:
+    if opcode is not None and not 0 <= opcode <= 0xFFF:
+        raise ValueError(f"opcode must be 0..0xfff, got {opcode:#x}")
+
+
+def check_closing_opcode(opcode: int | None) -> None:
+    check_opcode(opcode)
+    if opcode is not None and opcode not in opcodes.CLOSING:
+        closing = ", ".join(f"{o:#x} {o.name}" for o in sorted(opcodes.CLOSING))
+        raise ValueError(
+            f"{opcodes.name(opcode)} is not a closing command (closing commands: {closing})"
+        )
+
+
+def check_status(status: int) -> None:
+    if not 1 <= status <= 0xFF:
+        raise ValueError(f"closing-command status must be 1..255, got {status}")
+
+
 @dataclass(frozen=True)
 class Arg:
     name: str
     type: type  # int, bool, bytes (base64 on the wire) or tuple (of ints; a JSON list)
     default: Any = REQUIRED  # None: the argument may be left out or null
     help: str = ""
+    check: Callable[[Any], None] | None = None  # raises ValueError for a value out of range
 
     @property
     def required(self) -> bool:
@@ -42,7 +75,10 @@ class Arg:
             if self.required:
                 raise ValueError(f"missing '{self.name}'")
             return self.default
-        return DECODERS[self.type](value, self.name)
+        value = DECODERS[self.type](value, self.name)
+        if self.check is not None:
+            self.check(value)
+        return value
 
 
 @dataclass(frozen=True)
@@ -79,20 +115,32 @@ KNOBS = (
     knob(
         "catas",
         "write words into the catas (internal-error) buffer",
-        Arg("words", tuple, DEFAULT_CATAS, "catas buffer dwords"),
+        Arg("words", tuple, DEFAULT_CATAS, "catas buffer dwords", check_catas_words),
         note="the driver's catas poll finds it within ~5 s",
     ),
     knob(
         "cmd_timeout",
         "the next firmware command (or the next with this opcode) never completes",
-        Arg("opcode", int, None, "only a command with this opcode (default: any)"),
+        Arg("opcode", int, None, "only a command with this opcode (default: any)", check_opcode),
         note=f"{_RELOAD}; the driver gives up on the command after 60 s",
     ),
     knob(
         "closing_cmd",
         "the next closing command (or the next with this opcode) fails",
-        Arg("opcode", int, None, "only the closing command with this opcode (default: any)"),
-        Arg("status", int, 1, "the firmware status it fails with, 1..255 (1: INTERNAL_ERR)"),
+        Arg(
+            "opcode",
+            int,
+            None,
+            "only the closing command with this opcode (default: any)",
+            check_closing_opcode,
+        ),
+        Arg(
+            "status",
+            int,
+            1,
+            "the firmware status it fails with, 1..255 (1: INTERNAL_ERR)",
+            check_status,
+        ),
         note=_RELOAD,
     ),
     knob(

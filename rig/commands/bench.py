@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rig.bench.run import DEFAULT_SECTIONS, SECTIONS, BenchOptions, run_bench, write_json
 from rig.bench.stats import format_table
-from rig.commands.options import Subparsers, add_guest_options, guest_options
+from rig.commands.options import Subparsers, add_guest_options, guest_options, positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ def add_parser(sub: Subparsers) -> None:
         "about 9 minutes on a warm cache and 2 idle cores; figures taken on a busy machine "
         "are not comparable.",
     )
-    p.add_argument("--runs", metavar="N", type=int, default=3, help="runs per figure (3)")
+    p.add_argument("--runs", metavar="N", type=positive_int, default=3, help="runs per figure (3)")
     p.add_argument(
         "--json",
         metavar="FILE",

@@ -6,11 +6,9 @@ from __future__ import annotations
 import argparse
 import logging
 import shlex
-import signal
 import sys
 import time
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from cx3 import ops
@@ -22,11 +20,13 @@ from rig.commands.options import (
     command_after_dashes,
     driver_options,
     guest_options,
+    integer,
+    output_dir,
 )
-from rig.errors import RigError
+from rig.errors import RigError, UsageError
 from rig.formats.dumptext import format_dump
 from rig.formats.regionfile import load_region_file
-from rig.instance import Instance
+from rig.instance import Instance, rig_name
 from rig.progress import stream_to
 from rig.rig import Rig, RigConfig
 
@@ -34,7 +34,9 @@ logger = logging.getLogger(__name__)
 
 
 def _named(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--name", default="default", help="which rig (default: %(default)s)")
+    p.add_argument(
+        "--name", type=rig_name, default="default", help="which rig (default: %(default)s)"
+    )
 
 
 def add_parsers(sub: Subparsers) -> None:
@@ -83,19 +85,27 @@ def add_parsers(sub: Subparsers) -> None:
     p.set_defaults(func=cmd_truth)
 
 
-def _stop_on_signal(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
+def _clear_the_way(name: str) -> None:
+    """Refuse if rig `name` is up; remove what a dead one left."""
+    old = Instance.load(name)
+    if old is None:
+        return
+    if old.owner_identity.alive():
+        raise RigError(f"a rig named {name!r} is already up; `rig down --name {name}`")
+    removed = old.clean()
+    logger.info(
+        f"removed what the dead rig {name!r} left: {', '.join(removed) or 'its instance file'}"
+    )
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    """Exit 0 when stopped (`rig down`, Ctrl-C, SIGTERM, SIGHUP); 2 when the rig failed by
+    itself (QEMU or the device model died, the guest panicked, oopsed or hung): the next
+    command against it says why."""
+    Instance.path(args.name)  # a bad name, before it names a directory
     logs = args.logs or Path("runs") / time.strftime(f"up-{args.name}-%Y%m%d-%H%M%S")
-    try:
-        Instance.find(args.name)
-        raise RigError(f"a rig named {args.name!r} is already up; `rig down --name {args.name}`")
-    except RigError as e:
-        if "already up" in str(e):
-            raise
-    signal.signal(signal.SIGTERM, _stop_on_signal)
+    output_dir(logs, "--logs")
+    _clear_the_way(args.name)
     with Rig(
         RigConfig(
             log_dir=logs,
@@ -105,6 +115,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         )
     ) as rig:
         inst = Instance.publish(args.name, rig)
+        failed = False
         try:
             flag = "" if args.name == "default" else f" --name {args.name}"
             print(
@@ -118,22 +129,37 @@ def cmd_up(args: argparse.Namespace) -> int:
                 f"  rig down{flag}      (or Ctrl-C here)",
                 flush=True,
             )
-            while True:
-                signal.pause()
-        except KeyboardInterrupt:
-            logger.info(f"stopping rig {args.name!r}")
+            failure = rig.wait_failure()  # a signal ends this wait with Interrupted
+            inst.record_failure(str(failure).split("\n", 1)[0])
+            failed = True
+            raise failure
+        except KeyboardInterrupt as e:
+            logger.info(f"stopping rig {args.name!r} ({e or 'interrupted'})")
         finally:
-            inst.unpublish()
+            if not failed:
+                inst.unpublish()
     return 0
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    Instance.find(args.name).stop()
+    inst = Instance.load(args.name)
+    if inst is None:
+        raise RigError(f"no rig named {args.name!r} is up")
+    if inst.owner_identity.alive():
+        inst.stop()
+        return 0
+    removed = inst.clean()
+    why = inst.failure or f"its `rig up` process {inst.owner[0]} died"
+    why = f"it failed: {why}" if inst.failure else why
+    print(
+        f"rig {args.name!r} was down ({why}); removed: {', '.join(removed) or 'its instance file'}"
+    )
     return 0
 
 
 def _run_in_guest(name: str, command: str) -> int:
-    ssh = Instance.find(name).ssh()
+    inst = Instance.find(name)
+    ssh = inst.ssh()
     try:
         res = ssh.run(
             command,
@@ -141,6 +167,9 @@ def _run_in_guest(name: str, command: str) -> int:
             on_stdout=stream_to(sys.stdout.buffer),
             on_stderr=stream_to(sys.stderr.buffer),
         )
+    except RigError:
+        Instance.find(name)  # the rig failed meanwhile: say that rather than the lost link
+        raise
     finally:
         ssh.close()
     sys.stdout.flush()
@@ -169,14 +198,12 @@ def _add_fault(sub: Subparsers) -> None:
         k = knobs.add_parser(
             op.cli_name, help=op.help, description=f"{op.help}; {op.note}" if op.note else op.help
         )
-        k.add_argument("--name", default=argparse.SUPPRESS, help="which rig (default: default)")
+        k.add_argument(
+            "--name", type=rig_name, default=argparse.SUPPRESS, help="which rig (default: default)"
+        )
         for arg in op.args:
             _add_knob_arg(k, arg)
         k.set_defaults(func=cmd_fault, op=op)
-
-
-def _int(text: str) -> int:
-    return int(text, 0)
 
 
 def _show(value: object) -> str:
@@ -206,17 +233,31 @@ def _add_knob_arg(p: argparse.ArgumentParser, arg: ops.Arg) -> None:
     if arg.type is bool:
         p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
     elif arg.type is tuple:
-        p.add_argument(flag, metavar="WORD", type=_int, nargs="+", **kw)
+        p.add_argument(flag, metavar="WORD", type=integer, nargs="+", **kw)
     elif arg.type is bytes:
-        p.add_argument(flag, metavar="FILE", type=lambda f: Path(f).read_bytes(), **kw)
+        p.add_argument(flag, metavar="FILE", type=_file_bytes, **kw)
     else:
-        p.add_argument(flag, metavar="N", type=_int, **kw)
+        p.add_argument(flag, metavar="N", type=integer, **kw)
+
+
+def _file_bytes(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise argparse.ArgumentTypeError(f"cannot read {path}: {e.strerror}") from None
 
 
 def cmd_fault(args: argparse.Namespace) -> int:
     op: ops.Op = args.op
     given = {a.name: getattr(args, f"knob_{a.name}") for a in op.args}
     given = {n: tuple(v) if isinstance(v, list) else v for n, v in given.items() if v is not None}
+    for arg in op.args:  # the knob table's ranges, checked before any rig is looked for
+        if arg.check is not None and arg.name in given:
+            try:
+                arg.check(given[arg.name])
+            except ValueError as e:
+                flag = arg.name.replace("_", "-")
+                raise UsageError(f"rig fault {op.cli_name} --{flag}: {e}") from None
     with Instance.find(args.name).control() as ctl:
         ctl.fault(op.name, **given)  # what is not given takes the table's default
     shown = "".join(_flag(n, v) for n, v in given.items())
@@ -253,6 +294,8 @@ def cmd_load(args: argparse.Namespace) -> int:
 
 
 def cmd_truth(args: argparse.Namespace) -> int:
+    if args.out:
+        output_dir(args.out, "--out")
     with Instance.find(args.name).control() as ctl:
         dumps = ctl.crdumps()
         if not dumps:
@@ -262,7 +305,6 @@ def cmd_truth(args: argparse.Namespace) -> int:
             print(f"crdump {data.index} (t={data.t:.3f}): health buffer")
             print(format_dump(data.health), end="")
             if args.out:
-                args.out.mkdir(parents=True, exist_ok=True)
                 (args.out / f"crdump-{data.index}.cr-space.bin").write_bytes(data.image)
                 (args.out / f"crdump-{data.index}.fw-health.bin").write_bytes(data.health)
         if args.out and dumps:

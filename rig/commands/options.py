@@ -1,10 +1,14 @@
-"""Command-line pieces several rig commands share."""
+"""Command-line pieces several rig commands share: every value is checked before use, and a
+bad one is one line (`rig: error: ...`) and exit 2."""
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
+import sys
 from pathlib import Path
-from typing import TypeAlias, TypedDict
+from typing import NoReturn, TypeAlias, TypedDict
 
 from rig.errors import UsageError
 from rig.provision.qemu import PINNED_VERSION
@@ -51,6 +55,62 @@ def guest_options(args: argparse.Namespace) -> GuestOptions:
         "qemu": args.qemu,
         "qemu_version": args.qemu_version,
     }
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with a usage error on one line (no usage block) and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"rig: error: {self.prog}: {message} (see {self.prog} --help)\n")
+        sys.exit(2)
+
+
+def integer(text: str) -> int:
+    """An argparse type: an integer, decimal or 0x hex."""
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    value = integer(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
+    return value
+
+
+def count(text: str) -> int:
+    """An argparse type: 0 or more."""
+    value = integer(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
+    return value
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a time in seconds, finite and > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0: {text!r}")
+    return value
+
+
+def output_dir(path: Path, flag: str) -> Path:
+    """`path` as a directory the command can write into (made if missing); UsageError
+    naming `flag` if it is a file or cannot be made or written."""
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{flag} {path}: exists and is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"{flag} {path}: cannot make it: {e.strerror}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path}: not writable")
+    return path
 
 
 def add_crspace_options(p: argparse.ArgumentParser, default_help: str) -> None:

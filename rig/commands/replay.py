@@ -17,6 +17,7 @@ from rig.commands.options import (
     byte_count,
     driver_options,
     guest_options,
+    output_dir,
 )
 from rig.formats import reporthtml
 from rig.formats.coverage import Coverage
@@ -77,7 +78,7 @@ def add_parser(sub: Subparsers) -> None:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    out = args.out or Path("runs") / time.strftime("replay-%Y%m%d-%H%M%S")
+    out = output_dir(args.out or Path("runs") / time.strftime("replay-%Y%m%d-%H%M%S"), "--out")
     report = run_replay(
         ReplayOptions(
             out=out,

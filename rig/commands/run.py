@@ -17,6 +17,9 @@ from rig.commands.options import (
     command_after_dashes,
     driver_options,
     guest_options,
+    output_dir,
+    positive_int,
+    seconds,
 )
 from rig.progress import stream_to
 from rig.rig import Rig, RigConfig
@@ -73,10 +76,17 @@ def add_parser(sub: Subparsers) -> None:
         default=[],
         help="an extra kernel command-line argument",
     )
-    p.add_argument("--memory", metavar="MIB", type=int, default=1024)
-    p.add_argument("--boot-timeout", metavar="S", type=float, default=120.0)
+    p.add_argument("--memory", metavar="MIB", type=positive_int, default=1024)
+    p.add_argument("--boot-timeout", metavar="S", type=seconds, default=120.0)
     p.add_argument(
-        "--timeout", metavar="S", type=float, default=600.0, help="limit for the command itself"
+        "--timeout", metavar="S", type=seconds, default=600.0, help="limit for the command itself"
+    )
+    p.add_argument(
+        "--hang-after",
+        metavar="S",
+        type=seconds,
+        default=90.0,
+        help="no console output and no SSH answer for this long is a hang (exit 2)",
     )
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARG ...]")
     p.set_defaults(func=cmd_run)
@@ -84,6 +94,8 @@ def add_parser(sub: Subparsers) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     command = command_after_dashes(args.command, "rig run [options] -- CMD ...")
+    if args.keep_logs is not None:
+        output_dir(args.keep_logs, "--keep-logs")
     log_dir: Path = args.keep_logs or Path(tempfile.mkdtemp(prefix="rig-logs-"))
     config = RigConfig(
         log_dir=log_dir,
@@ -94,6 +106,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         load_driver=args.device and args.driver,
         memory_mib=args.memory,
         boot_timeout=args.boot_timeout,
+        hang_after=args.hang_after,
         kernel_args=tuple(args.append),
         extra_modprobe=tuple(Modprobe.parse(m) for m in args.modprobe),
     )
@@ -112,7 +125,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return result.status
     finally:
         if args.keep_logs is None:
-            if succeeded:
+            # A failure before the boot (provisioning, bad input) wrote no log: nothing to keep.
+            if succeeded or not any(log_dir.iterdir()):
                 shutil.rmtree(log_dir, ignore_errors=True)
             else:
                 logger.info("logs kept in %s", log_dir)

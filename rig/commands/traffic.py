@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 import logging
 
-from rig.commands.options import Subparsers, byte_count
-from rig.errors import KernelFailure, UsageError
-from rig.instance import Instance
+from rig.commands.options import Subparsers, byte_count, count, seconds
+from rig.errors import KernelFailure
+from rig.instance import Instance, rig_name
 from rig.traffic import COUNTERS, NETNS, TcpResult, Traffic
 
 logger = logging.getLogger(__name__)
@@ -30,9 +30,11 @@ def add_parser(sub: Subparsers) -> None:
         "if everything crossed intact, 1 if not (loss, a stall, a hash mismatch), 2 if the "
         "rig failed.",
     )
-    p.add_argument("--name", default="default", help="which rig (default: %(default)s)")
-    p.add_argument("--count", type=int, default=100, help="pings (default: %(default)s; 0: none)")
-    p.add_argument("--interval", type=float, default=0.05, help="s between pings (%(default)s)")
+    p.add_argument(
+        "--name", type=rig_name, default="default", help="which rig (default: %(default)s)"
+    )
+    p.add_argument("--count", type=count, default=100, help="pings (default: %(default)s; 0: none)")
+    p.add_argument("--interval", type=seconds, default=0.05, help="s between pings (%(default)s)")
     p.add_argument(
         "--bytes",
         type=byte_count,
@@ -45,8 +47,6 @@ def add_parser(sub: Subparsers) -> None:
 
 
 def cmd_traffic(args: argparse.Namespace) -> int:
-    if args.count < 0 or args.interval <= 0:
-        raise UsageError("--count must be >= 0 and --interval > 0")
     guest = Instance.find(args.name).guest()
     failures: list[str] = []
     try:

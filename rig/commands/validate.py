@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from rig.commands.build_kernel import PATCHES_HELP, SOURCE_HELP
-from rig.commands.options import Subparsers, add_kcidb_option, add_ktap_option
+from rig.commands.options import Subparsers, add_kcidb_option, add_ktap_option, output_dir
 from rig.formats.kcidb import write_kcidb
 from rig.formats.ktap import verdict_groups, write_ktap
 from rig.jobs.validate import ValidateOptions, run_validate
@@ -58,7 +58,7 @@ def add_parser(sub: Subparsers) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    out = args.out or Path("runs") / time.strftime("validate-%Y%m%d-%H%M%S")
+    out = output_dir(args.out or Path("runs") / time.strftime("validate-%Y%m%d-%H%M%S"), "--out")
     comparison = run_validate(
         ValidateOptions(
             patches=args.patches,

@@ -37,8 +37,9 @@ from rig.formats.registers import explain
 from rig.formats.report import Comparison, Report, SnapshotReport, sha256
 from rig.jobs.readers import check_mstregdump, snapshot_reader, take_mstregdump
 from rig.mlx4 import FAULTS, REGIONS, FaultCycle
-from rig.progress import step
+from rig.progress import step, step_cut_short
 from rig.rig import Rig, RigConfig
+from rig.signals import Interrupted
 from rig.timeline import fault_marks
 from rig.traffic import Traffic, fault_under_traffic
 
@@ -139,12 +140,15 @@ def _input(
 
 def run_replay(opts: ReplayOptions) -> Report:
     """Run the whole job; the report says what agreed and its exit status. Never raises
-    RigError: a failure of the rig, its input or the kernel lands in `report.errors`."""
+    RigError: a failure of the rig, its input or the kernel lands in `report.errors`. A
+    signal (rig.signals.Interrupted) is re-raised once the rig is down and the report, which
+    says so, is written."""
     opts.out.mkdir(parents=True, exist_ok=True)
     report = Report(versions={"rig": __version__})
     report.fault = {"kind": opts.fault}
     t_start = time.monotonic()
     evidence = Evidence()
+    interrupted: Interrupted | None = None
     try:
         inputs = evidence.inputs = load_inputs(opts, report)
         config = RigConfig(
@@ -165,6 +169,10 @@ def run_replay(opts: ReplayOptions) -> Report:
             _replay(rig, opts, inputs, report, evidence)
     except RigError as e:
         report.errors.append(str(e))
+        report.exit_status = e.exit_status
+    except Interrupted as e:
+        interrupted = e
+        report.errors.append(f"{e} during: {step_cut_short() or 'the start'}")
         report.exit_status = e.exit_status
     report.timings["total"] = time.monotonic() - t_start
     if evidence.pairs and evidence.inputs is not None:
@@ -200,6 +208,8 @@ def run_replay(opts: ReplayOptions) -> Report:
             input_health=evidence.inputs.health.data if evidence.inputs else None,
         ),
     )
+    if interrupted is not None:
+        raise Interrupted(interrupted.signum, f"report: {opts.out / 'report.json'}")
     return report
 
 

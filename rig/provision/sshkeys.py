@@ -1,13 +1,18 @@
-"""SSH keys: the rig's client key (one per cache) and the guest's pinned host key."""
+"""SSH keys: the cache's client key (baked into the root fs), each rig's own client key, and
+the guest's pinned host key."""
 
 from __future__ import annotations
 
 import fcntl
+import os
 import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from rig.cache import cache_root
 from rig.errors import ProvisionError
@@ -50,3 +55,27 @@ def ensure_client_key(root: Path | None = None) -> ClientKey:
                 staged.with_name("id_ed25519.pub").rename(directory / "id_ed25519.pub")
                 staged.rename(private)  # last: its presence means the pair is complete
     return ClientKey(private, (directory / "id_ed25519.pub").read_text().strip())
+
+
+def rig_key(directory: Path) -> ClientKey:
+    """A new client key pair for one rig, in its private directory (the key file 0600).
+
+    The guest's stage 1 installs its public half as root's only authorized key (the kernel
+    argument `rig.sshkey=`, guest/init/initramfs-init), so one rig's key opens no other rig,
+    and a stale port that now belongs to another rig refuses it.
+    """
+    key = Ed25519PrivateKey.generate()
+    private = directory / "id_ed25519"
+    fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.OpenSSH,
+                serialization.NoEncryption(),
+            )
+        )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    return ClientKey(private, public.decode() + " rig")

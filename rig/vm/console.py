@@ -2,7 +2,10 @@
 
 The rig listens on a unix socket before QEMU starts and QEMU's chardev connects to it as a
 client, so no output is lost to a race; a reader thread drains it continuously so the guest
-never stalls on a full socket.
+never stalls on a full socket. The log (and the text kept in memory) stops at a cap
+(rig.vm.logcap). Each complete line goes to the listeners (rig.vm.watch looks for an oops),
+and `abort()` ends every wait at once with the error the rig found (QEMU or the device model
+died, the guest hung).
 """
 
 from __future__ import annotations
@@ -13,22 +16,23 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from rig.errors import MachineError
+from rig.errors import GuestPanic, MachineError, RigError
+from rig.kernellog import PANIC, PANIC_END, panic_reason, report_from
+from rig.vm.logcap import CONSOLE_LIMIT, CappedLog
 
-# The kernel's own words for a dead guest: a wait ends at the end of its report.
-PANIC_START = re.compile(r"Kernel panic - not syncing")
-PANIC_END = re.compile(r"end Kernel panic")
+# A wait that sees a panic ends at the end of its report, or this long after its first line.
 PANIC_GRACE = 3.0
 # What our guest scripts print when they give up (guest/init/*).
 GUEST_FATAL = re.compile(r"rig-guest: FATAL: .*")
 
 
 class SerialConsole:
-    def __init__(self, socket_path: Path, log_path: Path) -> None:
+    def __init__(self, socket_path: Path, log_path: Path, limit: int = CONSOLE_LIMIT) -> None:
         self.log_path = log_path
-        log_path.write_bytes(b"")  # one boot per log: the reader appends from here on
+        self._log = CappedLog(log_path, limit, "console.log")  # one boot per log
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._listener.bind(str(socket_path))
         self._listener.listen(1)
@@ -39,6 +43,9 @@ class SerialConsole:
         self._lines: list[tuple[float, str]] = []  # (monotonic time, line) as each completes
         self._partial = ""
         self._eof = False
+        self._aborted: RigError | None = None
+        self._listeners: list[Callable[[str], None]] = []
+        self.last_output = time.monotonic()  # when the guest last printed anything
 
     @property
     def listener(self) -> socket.socket:
@@ -52,20 +59,25 @@ class SerialConsole:
         self._thread = threading.Thread(target=self._read, name="rig-console", daemon=True)
         self._thread.start()
 
+    def listen(self, on_line: Callable[[str], None]) -> None:
+        """Call `on_line` (from the reader thread) with each complete line from now on."""
+        self._listeners.append(on_line)
+
     def _read(self) -> None:
         assert self._conn is not None
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        with self.log_path.open("ab") as log:
+        try:
             while True:
                 try:
                     data = self._conn.recv(65536)
                 except OSError:
                     data = b""
-                if data:
-                    log.write(data)
-                    log.flush()
-                text = decoder.decode(data, final=not data).replace("\r", "")
                 now = time.monotonic()
+                if data:
+                    self.last_output = now
+                # Past the cap the guest's output is drained and dropped, in memory too.
+                kept = self._log.write(data)
+                text = decoder.decode(kept, final=not data).replace("\r", "")
                 with self._cond:
                     self._text += text
                     self._partial += text
@@ -74,8 +86,30 @@ class SerialConsole:
                     if not data:
                         self._eof = True
                     self._cond.notify_all()
+                for line in done:
+                    for on_line in self._listeners:
+                        on_line(line)
                 if not data:
                     return
+        finally:
+            self._log.close()
+
+    @property
+    def closed(self) -> bool:
+        """Whether QEMU has closed the console (it exited)."""
+        with self._cond:
+            return self._eof
+
+    def wait_closed(self, timeout: float) -> bool:
+        """Wait until QEMU has closed the console, so all it printed is here; whether it has."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._eof, timeout)
+
+    def abort(self, error: RigError) -> None:
+        """End every wait, now and later, with `error`."""
+        with self._cond:
+            self._aborted = error
+            self._cond.notify_all()
 
     @property
     def text(self) -> str:
@@ -94,19 +128,25 @@ class SerialConsole:
         """Wait until `pattern` appears in the console text from offset `start`.
 
         Raises MachineError (with the console's tail) on a kernel panic, a guest FATAL line,
-        the console closing (QEMU exited), or the timeout.
+        the console closing (QEMU exited), the timeout, or the error of an abort().
         """
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
+                if self._aborted is not None:
+                    raise self._aborted
                 if match := pattern.search(self._text, start):
                     return match
                 now = time.monotonic()
-                if panic := PANIC_START.search(self._text, start):
+                if panic := PANIC.search(self._text, start):
                     # Wait briefly for the whole panic report (QEMU exits right after it).
                     deadline = min(deadline, now + PANIC_GRACE)
                     if self._eof or PANIC_END.search(self._text, panic.end()) or now >= deadline:
-                        raise MachineError("guest kernel panicked", self.log_path, self.tail())
+                        raise GuestPanic(
+                            f"guest kernel panic: {panic_reason(self._text[start:])}",
+                            self.log_path,
+                            report_from(self._text[start:], PANIC),
+                        )
                 if fatal := GUEST_FATAL.search(self._text, start):
                     raise MachineError(
                         f"guest failed: {fatal.group(0).strip()}", self.log_path, self.tail()
@@ -132,5 +172,7 @@ class SerialConsole:
                 self._conn.shutdown(socket.SHUT_RDWR)
         if self._thread is not None:
             self._thread.join(timeout=5)
+        else:
+            self._log.close()  # no reader ever ran to close it
         if self._conn is not None:
             self._conn.close()

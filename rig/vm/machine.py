@@ -6,7 +6,10 @@ qemu-stderr.log, qemu-cmdline.txt) go to a caller-chosen directory that outlives
 
 QEMU runs in its own session (a Ctrl-C at the terminal reaches only the rig, which then
 shuts it down in order) and with PR_SET_PDEATHSIG, so it dies with the thread that launched
-it even if the rig is killed outright: launch from a thread that outlives the VM.
+it even if the rig is killed outright: launch from a thread that outlives the VM. Its stderr
+goes through a pipe into a capped log (rig.vm.logcap). From launch on, a Watch (rig.vm.watch)
+ends every wait within a second of QEMU (or a process given to `watch_process`) exiting, the
+guest panicking, oopsing or hanging, and names which.
 """
 
 from __future__ import annotations
@@ -20,26 +23,31 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Protocol
+from typing import Any, Protocol
 
-from rig.errors import MachineError, tail
+from rig.errors import GuestOops, GuestPanic, MachineError, QemuExited, RigError, tail
+from rig.kernellog import OOPS, PANIC, oops_line, panic_reason, report_from
+from rig.process import Identity, die_with_parent, owned_tempdir
 from rig.provision.guest import GuestImage
+from rig.provision.sshkeys import ClientKey
 from rig.vm.cmdline import Modprobe, kernel_cmdline
 from rig.vm.console import SerialConsole
+from rig.vm.logcap import STDERR_LIMIT, PipeLog
 from rig.vm.qmp import Monitor
 from rig.vm.ssh import GuestSsh, SshIdentity, SshRefused
+from rig.vm.watch import Fate, Watch
 from vfio_user.qemu import device_arg
 
 READY = re.compile(r"rig-guest: ready")
 # The kernel's last line before it runs the initramfs's /init: splits the boot time.
 KERNEL_DONE = re.compile(r"Run /init as init process")
 GUEST_IP = "10.0.2.15"
+QUIT_TIMEOUT = 3.0  # s for QMP quit at teardown, before SIGTERM
 
 
 class QemuInstall(Protocol):
@@ -72,19 +80,33 @@ class MachineConfig:
     posted_writes: bool = False
     qemu_args: tuple[str, ...] = ()
     name: str = "rig"
+    # No console output and no SSH answer for this long is a hang (rig.vm.watch). Above the
+    # longest silence of a sound guest: mlx4's crdump under INTx holds the vCPU for 15-30 s.
+    hang_after: float = 90.0
 
     @classmethod
     def for_guest(
-        cls, qemu: QemuInstall, guest: GuestImage, log_dir: Path, **options: Any
+        cls,
+        qemu: QemuInstall,
+        guest: GuestImage,
+        log_dir: Path,
+        client_key: ClientKey | None = None,
+        **options: Any,
     ) -> MachineConfig:
-        """A config booting a provisioned guest; `options` set the other fields."""
+        """A config booting a provisioned guest; `options` set the other fields. With
+        `client_key` (rig.provision.sshkeys.rig_key) the guest accepts that key only, not
+        the cache's."""
+        kernel_args: tuple[str, ...] = options.pop("kernel_args", ())
+        if client_key is not None:
+            kernel_args = (f"rig.sshkey={client_key.public.split()[1]}", *kernel_args)
         return cls(
             qemu=qemu,
             kernel=guest.kernel.vmlinuz,
             initrd=guest.initrd,
             rootfs=guest.rootfs.image,
-            ssh=SshIdentity(guest.client_key.private, guest.rootfs.host_key),
+            ssh=SshIdentity((client_key or guest.client_key).private, guest.rootfs.host_key),
             log_dir=log_dir,
+            kernel_args=kernel_args,
             **options,
         )
 
@@ -155,8 +177,10 @@ def qemu_command(config: MachineConfig, paths: RuntimePaths) -> list[str]:
         "-mon",
         "chardev=qmp,mode=control",
         # Port 0: the host kernel picks a free port (read back via "info usernet"), no races.
+        # restrict=on: the guest reaches nothing outside (not the host's loopback services);
+        # the host forward to its sshd still works.
         "-netdev",
-        "user,id=net0,ipv6=off,hostfwd=tcp:127.0.0.1:0-:22",
+        "user,id=net0,ipv6=off,restrict=on,hostfwd=tcp:127.0.0.1:0-:22",
         "-device",
         "virtio-net-pci,netdev=net0,romfile=",
         # snapshot=on: writes go to a temporary overlay, the shared base is opened read-only.
@@ -218,8 +242,10 @@ class Machine:
         self.exit_status: int | None = None
         self._tmp: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
-        self._stderr: IO[bytes] | None = None
+        self._stderr: PipeLog | None = None
         self._console: SerialConsole | None = None
+        self._watch: Watch | None = None
+        self._watched: list[tuple[str, int, Fate]] = []
         self._qmp: Monitor | None = None
         self._ssh: GuestSsh | None = None
         self._ssh_port: int | None = None
@@ -255,11 +281,32 @@ class Machine:
         return self._ssh_port
 
     @property
+    def tempdir(self) -> Path | None:
+        """The VM's private temporary directory (its sockets), while it exists."""
+        return self._tmp
+
+    @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
     def is_running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def watch(self) -> Watch:
+        if self._watch is None:
+            raise MachineError("the VM has not been launched")
+        return self._watch
+
+    def watch_process(self, name: str, pid: int, fate: Fate) -> None:
+        """Also end every wait when process `pid` (a child of ours) exits; `fate` says what
+        that means. Call before launch."""
+        self._watched.append((name, pid, fate))
+
+    @property
+    def failure(self) -> RigError | None:
+        """What ended the VM, once its watch has seen it (None while all is well)."""
+        return self._watch.failure if self._watch is not None else None
 
     # -- launch -----------------------------------------------------------------------------
 
@@ -275,27 +322,36 @@ class Machine:
 
     def _launch(self) -> None:
         self.config.log_dir.mkdir(parents=True, exist_ok=True)
-        self._tmp = Path(tempfile.mkdtemp(prefix="rig-vm-"))
+        self._tmp = owned_tempdir("rig-vm-")
         paths = RuntimePaths.under(self._tmp)
         self.command = qemu_command(self.config, paths)
         (self.config.log_dir / "qemu-cmdline.txt").write_text(shlex.join(self.command) + "\n")
         self._console = SerialConsole(paths.console_socket, self.config.log_dir / "console.log")
+        self._watch = watch = Watch(self._console, self.config.hang_after)
+        watch.on_failure(self._console.abort)
         qmp_listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             qmp_listener.bind(str(paths.qmp_socket))
             qmp_listener.listen(1)
-            self._stderr = self.stderr_log.open("wb")
+            self._stderr = PipeLog(self.stderr_log, STDERR_LIMIT, "qemu-stderr.log")
             self.times.launched = time.monotonic()
-            self._proc = subprocess.Popen(
-                [*_die_with_parent(), *self.command],
-                stdin=subprocess.DEVNULL,
-                stdout=self._stderr,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+            try:
+                self._proc = subprocess.Popen(
+                    [*die_with_parent(), *self.command],
+                    stdin=subprocess.DEVNULL,
+                    stdout=self._stderr.write_fd,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            finally:
+                self._stderr.started()
             qmp_conn = self._await_connections(qmp_listener)
         finally:
             qmp_listener.close()
+        watch.process("QEMU", self._proc.pid, self._qemu_fate)
+        for name, pid, fate in self._watched:
+            watch.process(name, pid, fate)
+        watch.start()
         self._qmp = Monitor(qmp_conn, self.config.log_dir / "qmp.log")
         try:
             self._qmp.negotiate(self.launch_timeout)
@@ -350,8 +406,29 @@ class Machine:
         )
 
     def _flush_stderr(self) -> None:
-        if self._stderr is not None:
-            self._stderr.flush()
+        """Wait until everything an exited QEMU wrote is in its stderr log."""
+        if self._stderr is not None and self._proc is not None and self._proc.poll() is not None:
+            self._stderr.flushed()
+
+    def _qemu_fate(self) -> RigError:
+        """What QEMU's exit means: the guest's console says if its kernel panicked."""
+        assert self._proc is not None and self._console is not None
+        status = self._proc.wait()
+        self._console.wait_closed(2.0)  # the last lines QEMU wrote are the kernel's report
+        console, text = self._console, self._console.text
+        if (reason := panic_reason(text)) is not None:
+            report = report_from(text, PANIC)
+            return GuestPanic(f"guest kernel panic: {reason}", console.log_path, report)
+        if (line := oops_line(text)) is not None:
+            report = report_from(text, OOPS)
+            return GuestOops(f"guest kernel oops: {line}", console.log_path, report)
+        self._flush_stderr()
+        how = f"signal {signal.Signals(-status).name}" if status < 0 else f"status {status}"
+        return QemuExited(
+            f"QEMU exited unexpectedly ({how}; console log: {console.log_path})",
+            self.stderr_log,
+            tail(self.stderr_log, 10),
+        )
 
     # -- the running guest ------------------------------------------------------------------
 
@@ -366,20 +443,28 @@ class Machine:
         self.times.ready = time.monotonic()
         self._note_console_times()
         last: MachineError | None = None
+        watch = self.watch
         while time.monotonic() < deadline:
+            if watch.failure is not None:
+                raise watch.failure
             try:
-                self._ssh = GuestSsh.connect(
+                ssh = GuestSsh.connect(
                     "127.0.0.1",
                     self.ssh_port,
                     self.config.ssh,
                     timeout=max(deadline - time.monotonic(), 1.0),
                 )
-                self.times.ssh = time.monotonic()
-                return self._ssh
             except SshRefused:
                 raise
             except MachineError as e:
                 last = e
+            else:
+                self.times.ssh = time.monotonic()
+                ssh.on_lost = watch.explain
+                watch.on_failure(_aborts(ssh))
+                watch.probe_with(ssh.answers)
+                self._ssh = ssh
+                return ssh
             # A refused first attempt is retried shortly; QEMU exiting ends the wait at once.
             assert self._proc is not None
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -405,14 +490,15 @@ class Machine:
         self._flush_stderr()
         stderr = tail(self.stderr_log, 10)
         extra = f"\n--- QEMU stderr ({self.stderr_log}) ---\n{stderr}" if stderr.strip() else ""
-        return MachineError(str(error.args[0]), error.log, error.tail + extra)
+        return type(error)(str(error.args[0]), error.log, error.tail + extra)
 
     # -- shutdown ---------------------------------------------------------------------------
 
-    def shutdown(self, timeout: float = 30.0) -> None:
-        """Power the guest off (via SSH), then QMP quit, SIGTERM, SIGKILL; clean up always."""
+    def shutdown(self, timeout: float = 30.0, graceful: bool = True) -> None:
+        """Power the guest off (via SSH; not when `graceful` is False or the VM failed), then
+        QMP quit, SIGTERM, SIGKILL; clean up always."""
         try:
-            if self.is_running() and self._ssh is not None:
+            if graceful and self.failure is None and self.is_running() and self._ssh is not None:
                 self._poweroff(timeout)
         finally:
             self._teardown()
@@ -421,13 +507,15 @@ class Machine:
         assert self._proc is not None and self._ssh is not None
         try:
             self._ssh.run("rig-poweroff", timeout=10)
-        except MachineError:
+        except RigError:
             return  # the guest did not take the request: fall through to QMP quit
         with contextlib.suppress(subprocess.TimeoutExpired):
             self._proc.wait(timeout=timeout)
 
     def _teardown(self) -> None:
         """Make sure QEMU is gone and every connection, socket and temp file with it."""
+        if self._watch is not None:
+            self._watch.stop()  # what follows is expected: nothing more to judge
         if self._ssh is not None:
             self._ssh.close()
             self._ssh = None
@@ -451,7 +539,10 @@ class Machine:
     def _stop_qemu(self) -> None:
         proc = self._proc
         assert proc is not None
-        if proc.poll() is None and self._qmp is not None:
+        stopped = (ident := Identity.of(proc.pid)) is not None and ident.state() == "T"
+        if proc.poll() is None and self._qmp is not None and not stopped:
+            # QEMU blocked on a device model that does not answer cannot take the command.
+            self._qmp.settimeout(QUIT_TIMEOUT)
             with contextlib.suppress(MachineError):
                 self._qmp.command("quit")
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -459,6 +550,8 @@ class Machine:
         for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, None)):
             if proc.poll() is not None:
                 return
+            if stopped and sig == signal.SIGTERM:
+                continue  # a stopped process only takes SIGKILL
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(sig)
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -480,7 +573,6 @@ class Machine:
             self._teardown()
 
 
-def _die_with_parent() -> Sequence[str]:
-    """setpriv --pdeathsig: QEMU gets SIGKILL if the rig dies without tearing it down."""
-    setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
+def _aborts(ssh: GuestSsh) -> Callable[[RigError], None]:
+    """A watch's abort for this connection: drop it."""
+    return lambda failure: ssh.abort()

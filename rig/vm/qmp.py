@@ -1,7 +1,9 @@
 """QMP to one QEMU, with every command, reply and event written to the VM's qmp.log.
 
 Uses qemu.qmp's synchronous shim; like it, a Monitor must be used from the thread that
-made it (the shim runs an asyncio loop per thread).
+made it (the shim runs an asyncio loop per thread). A signal (rig.signals) is held while that
+loop runs: raised inside it, it broke the client half-way ("QMPClient is currently
+connecting"), so the teardown's `quit` failed too.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 from qemu.qmp import QMPError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
+from rig import signals
 from rig.errors import MachineError
 
 
@@ -35,12 +38,17 @@ class Monitor:
         """Read QEMU's greeting and leave capabilities negotiation mode."""
         self._qmp.settimeout(timeout)
         try:
-            greeting = self._qmp.connect(negotiate=True)
+            with signals.deferred():
+                greeting = self._qmp.connect(negotiate=True)
         except (TimeoutError, QMPError, OSError) as e:
             raise MachineError(f"QMP handshake failed: {e}", self.log_path) from e
         self._open = True
         self._write("<<<", greeting)
         return greeting or {}
+
+    def settimeout(self, timeout: float) -> None:
+        """How long each command waits for its reply from now on."""
+        self._qmp.settimeout(timeout)
 
     def _log_events(self) -> None:
         for event in self._qmp.get_events(wait=False):
@@ -53,7 +61,8 @@ class Monitor:
             request["arguments"] = arguments
         self._write(">>>", request)
         try:
-            reply = self._qmp.cmd_obj(request)
+            with signals.deferred():
+                reply = self._qmp.cmd_obj(request)
         except (TimeoutError, QMPError, OSError, EOFError) as e:
             self._write("!!!", f"{type(e).__name__}: {e}")
             raise MachineError(f"QMP {name} failed: {type(e).__name__}: {e}", self.log_path) from e
@@ -74,7 +83,8 @@ class Monitor:
             self._open = False
             for step in (self._log_events, self._qmp.close):
                 try:
-                    step()
+                    with signals.deferred():
+                        step()
                 except EOFError:
                     self._write("---", "connection closed by QEMU")
                     break

@@ -1,6 +1,10 @@
 """SSH into a rig guest: the cache's client key, the image's pinned host key, nothing else.
 
 No agent, no ~/.ssh keys, no known_hosts: a guest presenting any other host key is refused.
+
+A connection that drops (QEMU died, the rig's watch aborted it) ends every wait on it at once
+with `on_lost`'s verdict (rig.vm.watch: which of QEMU, the device model or the guest failed);
+a channel closed without its EOF is such a drop, a command killed by a signal is not.
 """
 
 from __future__ import annotations
@@ -17,6 +21,9 @@ import paramiko
 from rig.errors import MachineError, RigError
 
 Sink = Callable[[bytes], None]
+# What a dropped connection means, given the bare fact (rig.vm.watch.Watch.explain).
+LostHook = Callable[[MachineError], RigError]
+STDERR_KEPT = 64 << 10  # of a background command's stderr
 
 
 class SshRefused(MachineError):
@@ -60,6 +67,21 @@ class GuestSsh:
     def __init__(self, client: paramiko.SSHClient, where: str) -> None:
         self._client = client
         self.where = where
+        self.on_lost: LostHook | None = None
+
+    def lost(self, what: str) -> RigError:
+        """The error for a connection that dropped during `what`."""
+        error = MachineError(f"ssh {self.where}: {what}: the connection was lost")
+        return self.on_lost(error) if self.on_lost is not None else error
+
+    @property
+    def connected(self) -> bool:
+        """Whether the connection is up (False once it dropped)."""
+        return self._active()
+
+    def _active(self) -> bool:
+        transport = self._client.get_transport()
+        return transport is not None and transport.is_active()
 
     @classmethod
     def connect(
@@ -146,13 +168,16 @@ class GuestSsh:
                     break
             status = chan.recv_exit_status()
         except (OSError, paramiko.SSHException) as e:
+            if not self._active():
+                raise self.lost(repr(command)) from e
             raise MachineError(f"ssh {self.where}: {command!r}: {e}") from e
         finally:
             chan.close()
         if status == -1:
+            if not chan.eof_received:
+                raise self.lost(repr(command))
             raise MachineError(
-                f"ssh {self.where}: {command!r} ended without an exit status "
-                "(killed by a signal, or the connection was lost)"
+                f"ssh {self.where}: {command!r} ended without an exit status (killed by a signal)"
             )
         return Result(
             status,
@@ -163,18 +188,20 @@ class GuestSsh:
     def _exec(self, command: str, timeout: float) -> paramiko.Channel:
         transport = self._client.get_transport()
         if transport is None or not transport.is_active():
-            raise MachineError(f"ssh {self.where}: not connected")
+            raise self.lost(f"running {command!r}")
         try:
             chan = transport.open_session(timeout=timeout)
             chan.exec_command(command)
         except (paramiko.SSHException, OSError, EOFError) as e:
+            if not self._active():
+                raise self.lost(f"running {command!r}") from e
             raise MachineError(f"ssh {self.where}: cannot run {command!r}: {e}") from e
         return chan
 
     def start(self, command: str, timeout: float = 30.0) -> Background:
         """Start `command` and return at once; read its stdout line by line."""
         chan = self._exec(command, timeout)
-        return Background(chan, command, self.where)
+        return Background(chan, command, self)
 
     def put(self, local: Path, remote: str) -> None:
         """Copy a file to the guest over SFTP (mode preserved)."""
@@ -183,7 +210,29 @@ class GuestSsh:
                 sftp.put(str(local), remote)
                 sftp.chmod(remote, local.stat().st_mode & 0o7777)
         except (OSError, paramiko.SSHException) as e:
+            if not self._active():
+                raise self.lost(f"copying {local} to {remote}") from e
             raise MachineError(f"sftp {local} -> {self.where}:{remote}: {e}") from e
+
+    def answers(self) -> bool:
+        """Whether the guest's sshd answers a keepalive request (blocks until it does, or
+        the connection drops): proof that the guest still schedules its processes."""
+        transport = self._client.get_transport()
+        if transport is None or not transport.is_active():
+            return False
+        try:
+            # sshd refuses the request, and that refusal is the answer (OpenSSH's own probe).
+            transport.global_request("keepalive@openssh.com", wait=True)
+        except (paramiko.SSHException, OSError, EOFError):
+            return False
+        return transport.is_active()
+
+    def abort(self) -> None:
+        """Drop the connection (from any thread): every wait on it ends with `on_lost`'s
+        verdict."""
+        transport = self._client.get_transport()
+        if transport is not None:
+            transport.close()
 
     def close(self) -> None:
         self._client.close()
@@ -192,14 +241,17 @@ class GuestSsh:
 class Background:
     """A command left running in the guest (e.g. a netlink watcher)."""
 
-    def __init__(self, chan: paramiko.Channel, command: str, where: str) -> None:
+    def __init__(self, chan: paramiko.Channel, command: str, ssh: GuestSsh) -> None:
         self._chan = chan
         self._buf = b""
+        self._err = b""
         self.command = command
-        self.where = where
+        self._ssh = ssh
+        self.where = ssh.where
 
     def readline(self, timeout: float) -> str | None:
-        """The next stdout line, or None at end of output; MachineError after `timeout`."""
+        """The next stdout line, or None at end of output; MachineError after `timeout`,
+        `on_lost`'s verdict as soon as the connection drops."""
         deadline = time.monotonic() + timeout
         while b"\n" not in self._buf:
             remaining = deadline - time.monotonic()
@@ -208,12 +260,17 @@ class Background:
                     f"ssh {self.where}: no output from {self.command!r} within {timeout:.0f} s"
                 )
             select.select([self._chan], [], [], remaining)
+            self._take_stderr()  # stderr makes the channel readable too: take it
             if self._chan.recv_ready():
                 self._buf += self._chan.recv(65536)
             elif self._chan.eof_received:
                 if not self._buf:
                     return None
                 self._buf += b"\n"
+            elif self._chan.closed:
+                # A closed channel stays readable and never gets its EOF: waiting on it spun
+                # at 100% CPU until the timeout.
+                raise self._ssh.lost(repr(self.command))
         line, self._buf = self._buf.split(b"\n", 1)
         return line.decode("utf-8", "replace")
 
@@ -222,6 +279,8 @@ class Background:
         try:
             self._chan.sendall(data)
         except (OSError, paramiko.SSHException) as e:
+            if self._chan.closed and not self._chan.eof_received:
+                raise self._ssh.lost(f"{self.command!r} stdin") from e
             raise MachineError(f"ssh {self.where}: {self.command!r} stdin: {e}") from e
 
     def wait(self, timeout: float) -> int:
@@ -234,15 +293,22 @@ class Background:
                     f"ssh {self.where}: {self.command!r} still running after {timeout:.0f} s"
                 )
             select.select([self._chan], [], [], remaining)
+            self._take_stderr()
             while self._chan.recv_ready():
                 self._chan.recv(65536)
-        return self._chan.recv_exit_status()
+        status = self._chan.recv_exit_status()
+        if status == -1 and not self._chan.eof_received:
+            raise self._ssh.lost(repr(self.command))
+        return status
+
+    def _take_stderr(self) -> None:
+        while self._chan.recv_stderr_ready():
+            self._err = (self._err + self._chan.recv_stderr(65536))[-STDERR_KEPT:]
 
     def stderr(self) -> str:
-        data = b""
-        while self._chan.recv_stderr_ready():
-            data += self._chan.recv_stderr(65536)
-        return data.decode("utf-8", "replace")
+        """What the command wrote on stderr so far (its last STDERR_KEPT bytes)."""
+        self._take_stderr()
+        return self._err.decode("utf-8", "replace")
 
     def close(self) -> None:
         self._chan.close()

@@ -17,8 +17,9 @@ from cx3 import ops
 from cx3.faults import Faults
 from cx3.server import HANDLERS
 
-#: What the rig may load of cx3: the client, the op table, the wire format, the BAR0 layout.
-CLIENT_SIDE = {"cx3", "cx3.client", "cx3.layout", "cx3.ops", "cx3.wire"}
+#: What the rig may load of cx3: the client, the op table (and the opcode names it checks
+#: knob values against), the wire format, the BAR0 layout.
+CLIENT_SIDE = {"cx3", "cx3.client", "cx3.layout", "cx3.opcodes", "cx3.ops", "cx3.wire"}
 REQUIRED_PARAM = object()
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cx3.client import ControlClient
+from cx3.client import ControlClient, ControlError
 from cx3.device import Cx3Device
 from cx3.server import ControlServer
 from rig.cli import build_parser, main
@@ -95,9 +95,63 @@ def test_rig_link_pulls_and_plugs_the_cable(
 def test_a_refused_fault_is_one_line_not_a_traceback(
     device: Cx3Device, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    for opcode in ("1", "0x31"):  # not a closing command: the model refuses, exit 2
+    for opcode in ("1", "0x31"):  # not a closing command: refused by the CLI, exit 2
         assert main(["fault", "closing-cmd", "--opcode", opcode]) == 2
         err = capsys.readouterr().err
-        assert err.startswith("rig: error: the device model refused: closing_cmd:"), err
+        assert err.startswith("rig: error: rig fault closing-cmd --opcode:"), err
         assert "is not a closing command" in err and err.count("\n") == 1, err
     assert device.faults.describe()["closing_cmd"] is None
+    # The model holds the same rule (cx3/ops.py): a client that skips the CLI is refused too.
+    with (
+        Instance.find("default").control() as ctl,
+        pytest.raises(ControlError, match="not a closing command"),
+    ):
+        ctl.fault("closing_cmd", opcode=0x31)
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["fault", "catas", "--words", "zz"], "argument --words: not an integer: 'zz'"),
+        (["fault", "catas", "--words", "0x1ffffffff"], "32-bit unsigned"),
+        (["fault", "catas", "--words", "-1"], "32-bit unsigned"),
+        (["fault", "catas", "--words", *["1"] * 17], "1..16 words, got 17"),
+        (["fault", "closing-cmd", "--opcode", "1"], "UNKNOWN_0x001 is not a closing command"),
+        (["fault", "closing-cmd", "--status", "256"], "status must be 1..255"),
+        (["fault", "cmd-timeout", "--opcode", "0x99999"], "opcode must be 0..0xfff"),
+        (["fault", "--name", "../x", "clear"], "argument --name: bad rig name '../x'"),
+        (["run", "--memory", "0", "--", "true"], "argument --memory: must be > 0"),
+        (["run", "--timeout", "nan", "--", "true"], "argument --timeout: must be a number"),
+        (["traffic", "--count", "-1"], "argument --count: must be >= 0"),
+    ],
+)
+def test_bad_values_are_one_line_and_exit_2_before_any_rig_is_looked_for(
+    argv: list[str],
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_rig(name: str) -> None:
+        raise AssertionError("a rig was looked for")
+
+    monkeypatch.setattr(Instance, "find", no_rig)
+    try:
+        status = main(argv)
+    except SystemExit as e:  # argparse's own exit
+        status = int(e.code or 0)
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert err.startswith("rig: error: ") and err.count("\n") == 1, err
+    assert message in err, err
+
+
+def test_an_output_directory_that_cannot_be_one_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    file = tmp_path / "file"
+    file.write_text("")
+    for out, why in ((file, "exists and is not a directory"), (file / "x", "cannot make it")):
+        assert main(["replay", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err == f"rig: error: --out {out}: {why}" + err[err.index(why) + len(why) :], err
+        assert err.count("\n") == 1, err
