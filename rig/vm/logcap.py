@@ -93,12 +93,11 @@ class PipeLog:
 
     def close(self, timeout: float = 5.0) -> None:
         """Wait for the end of the output (the child has exited), then close the file."""
-        if self._thread.is_alive() or self._thread.ident is None:
-            if self._thread.ident is None:  # never started: nobody else holds the write end
-                os.close(self.write_fd)
-                os.close(self._read)
-            else:
-                self._thread.join(timeout)
+        if self._thread.ident is None:  # never started: nobody else holds the write end
+            os.close(self.write_fd)
+            os.close(self._read)
+        else:
+            self._thread.join(timeout)
         self.log.close()
 
     def flushed(self, timeout: float = 2.0) -> None:
