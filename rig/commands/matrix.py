@@ -10,7 +10,7 @@ import time
 from functools import partial
 from pathlib import Path
 
-from rig.commands.options import Subparsers
+from rig.commands.options import Subparsers, positive_int
 from rig.jobs.cluster import run_cells
 from rig.jobs.matrix import MatrixOptions, parse_kernels, run_matrix, table
 from rig.provision.suites import RELEASES
@@ -66,7 +66,7 @@ def add_parser(sub: Subparsers) -> None:
     where.add_argument(
         "--workers",
         metavar="N",
-        type=positive,
+        type=positive_int,
         help="the local cluster's worker processes, one VM each (default: one per core "
         "and per 2 GiB of memory, at most one per cell)",
     )
@@ -96,12 +96,6 @@ def ci_matrix(kernels: tuple[str, ...], ci_format: str) -> str:
     # GitLab's parallel:matrix; JSON strings are valid YAML scalars.
     entries = "".join(f"    - KERNEL: {json.dumps(k)}\n" for k in kernels)
     return f"parallel:\n  matrix:\n{entries}"
-
-
-def positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"not a positive number: {text!r}")
-    return int(text)
 
 
 def cmd_matrix(args: argparse.Namespace) -> int:
