@@ -105,6 +105,15 @@ def l3_offset(frame: bytes) -> tuple[int, int]:
     return 0, len(frame)
 
 
+def pseudo_header(
+    frame: bytes | bytearray, ethertype: int, l3: int, proto: int, length: int
+) -> bytes:
+    """The TCP/UDP checksum's pseudo-header: the IP addresses, the protocol, the L4 length."""
+    if ethertype == ETHERTYPE_IPV4:
+        return bytes(frame[l3 + 12 : l3 + 20]) + struct.pack(">BBH", 0, proto, length)
+    return bytes(frame[l3 + 8 : l3 + 40]) + struct.pack(">IxxxB", length, proto)
+
+
 def offload_checksums(frame: bytes, ip_csum: bool, l4_csum: bool) -> bytes:
     """Fill in the checksums a CHECKSUM_PARTIAL skb left to the NIC. Anything it cannot
     parse (truncated headers, other protocols, IPv4 fragments) goes out unchanged."""
@@ -124,13 +133,13 @@ def offload_checksums(frame: bytes, ip_csum: bool, l4_csum: bool) -> bytes:
         proto = buf[l3 + 9]
         l4 = l3 + ihl
         end = min(len(buf), l3 + total_len)
-        pseudo = bytes(buf[l3 + 12 : l3 + 20]) + struct.pack(">BBH", 0, proto, end - l4)
+        pseudo = pseudo_header(buf, ETHERTYPE_IPV4, l3, proto, end - l4)
     elif ethertype == ETHERTYPE_IPV6 and len(buf) >= l3 + 40 and l4_csum:
         (payload_len,) = struct.unpack_from(">H", buf, l3 + 4)
         proto = buf[l3 + 6]
         l4 = l3 + 40
         end = min(len(buf), l4 + payload_len)
-        pseudo = bytes(buf[l3 + 8 : l3 + 40]) + struct.pack(">IxxxB", end - l4, proto)
+        pseudo = pseudo_header(buf, ETHERTYPE_IPV6, l3, proto, end - l4)
     else:
         return frame
     field = {PROTO_TCP: 16, PROTO_UDP: 6}.get(proto)
@@ -164,7 +173,7 @@ def rx_checksum(frame: bytes) -> tuple[int, int]:
         if frag & 0x3FFF:
             return status | CQE_IPV4F, 0
         proto, l4 = frame[l3 + 9], l3 + ihl
-        pseudo = frame[l3 + 12 : l3 + 20] + struct.pack(">BBH", 0, proto, end - l4)
+        pseudo = pseudo_header(frame, ETHERTYPE_IPV4, l3, proto, end - l4)
     elif ethertype == ETHERTYPE_IPV6 and len(frame) >= l3 + 40:
         (payload_len,) = struct.unpack_from(">H", frame, l3 + 4)
         proto, l4 = frame[l3 + 6], l3 + 40
@@ -172,7 +181,7 @@ def rx_checksum(frame: bytes) -> tuple[int, int]:
         if end > len(frame):
             return 0, 0
         status = CQE_IPV6 | CQE_IPOK
-        pseudo = frame[l3 + 8 : l3 + 40] + struct.pack(">IxxxB", end - l4, proto)
+        pseudo = pseudo_header(frame, ETHERTYPE_IPV6, l3, proto, end - l4)
     else:
         return 0, 0
     flag = {PROTO_TCP: CQE_TCP, PROTO_UDP: CQE_UDP}.get(proto)
