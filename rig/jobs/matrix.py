@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from rig.errors import RigError, UsageError
+from rig.formats import matrixhtml, reporthtml
 from rig.formats.junit import kernels_junit_xml
 from rig.formats.kcidb import write_kcidb
 from rig.formats.ktap import Group, write_ktap
@@ -49,6 +50,7 @@ class Cell:
     error: str = ""  # why the rig could not run this cell; "" when it ran
     seconds: float = 0.0
     host: str = ""  # where it ran: host name and process id
+    versions: dict[str, str] = field(default_factory=dict)  # its replay's: rig, QEMU, kernel
 
     def could_not_run(self, error: str) -> Cell:
         """The rig failed this cell: every behaviour it did not judge says why."""
@@ -103,6 +105,7 @@ class Matrix:
                     "error": c.error,
                     "seconds": round(c.seconds, 1),
                     "host": c.host,
+                    "versions": c.versions,
                     "outcomes": {b.name: asdict(c.result.outcome(b.name)) for b in BEHAVIOURS},
                 }
                 for c in self.cells
@@ -146,6 +149,7 @@ def run_cell(kernel: str, opts: MatrixOptions) -> Cell:
         report = run_kernel(
             argument, cell.result, opts.out / cell_dir(kernel), opts.userspace, opts.qemu
         )
+        cell.versions = dict(report.versions)
         if report.exit_status == 2 and report.errors:
             cell.could_not_run(report.errors[0].splitlines()[0])
     cell.seconds = time.monotonic() - t0
@@ -161,7 +165,7 @@ def run_matrix(
     opts: MatrixOptions, cells: Callable[[MatrixOptions], list[Cell]] = serial_cells
 ) -> Matrix:
     """Every cell (by `cells`: here one after the other, or rig.jobs.cluster.run_cells);
-    matrix.json, junit.xml, matrix.ktap and kcidb.json in the run directory."""
+    matrix.json, junit.xml, matrix.ktap, kcidb.json and report.html in the run directory."""
     t0 = time.monotonic()
     opts.out.mkdir(parents=True, exist_ok=True)
     matrix = Matrix(cells(opts))
@@ -176,6 +180,13 @@ def write_outputs(matrix: Matrix, out: Path) -> None:
     (out / "junit.xml").write_text(kernels_junit_xml("rig matrix", kernels))
     write_ktap(matrix.ktap_groups(), out / "matrix.ktap")
     write_kcidb(out.name, [(c.kernel, c.result) for c in matrix.cells], out / "kcidb.json")
+    matrixhtml.write(out, matrix, replay_pages(matrix, out))
+
+
+def replay_pages(matrix: Matrix, out: Path) -> dict[str, str]:
+    """Each cell's replay report.html that exists, relative to the run directory."""
+    pages = {c.kernel: f"{cell_dir(c.kernel)}/replay/{reporthtml.NAME}" for c in matrix.cells}
+    return {k: p for k, p in pages.items() if (out / p).is_file()}
 
 
 def _cell(cell: Cell, behaviour: str) -> str:

@@ -1,11 +1,13 @@
 """`rig matrix` end to end: the packaged kernel as one cell on a one-worker Dask cluster
 (two boots: measured 6 min on a 2-core machine shared with other VMs), every behaviour
-passing, its KTAP read back and its KCIDB JSON validated. More kernels run the same code
-per cell; the distribution over two workers is tests/unit/test_matrix_dask.py's."""
+passing, its KTAP read back, its KCIDB JSON validated and its report.html rendered in headless
+Chromium. More kernels run the same code per cell; the distribution over two workers is
+tests/unit/test_matrix_dask.py's."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import kcidb_io
@@ -13,6 +15,7 @@ import pytest
 
 from rig.cli import main
 from rig.jobs.behaviours import NAMES
+from tests.browser import dump_dom, read_png, screenshot
 from tests.unit.ktap_parser import parse
 
 pytestmark = pytest.mark.e2e
@@ -32,3 +35,9 @@ def test_one_kernel_on_dask(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert kernel.ok and [t.name for t in kernel.subtests] == list(NAMES)
     kcidb_io.schema.V5_0.validate_exactly(json.loads((out / "kcidb.json").read_text()))
     assert (out / "deb_bookworm" / "replay" / "report.json").is_file()
+    words = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dump_dom(out / "report.html")))
+    cell = doc["cells"][0]
+    row = f"deb:bookworm {cell['release']} {cell['origin']} {cell['versions']['qemu']}"
+    assert "PASS rig matrix" in words and row in words
+    assert "href='deb_bookworm/replay/report.html'" in (out / "report.html").read_text()
+    assert read_png(screenshot(out / "report.html", tmp_path / "matrix.png")).variance() > 500

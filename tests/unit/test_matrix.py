@@ -4,6 +4,7 @@ a cell the rig cannot run (a kernel directory that does not exist) through the r
 from __future__ import annotations
 
 import json
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from rig.errors import UsageError
 from rig.jobs.behaviours import ERROR, FAIL, NAMES, PASS, Outcome
 from rig.jobs.matrix import Cell, Matrix, parse_kernels, table, write_outputs
 from rig.jobs.verdict import KernelResult
+from tests.browser import dump_dom, read_png, screenshot
 from tests.unit.ktap_parser import parse
 
 
@@ -115,3 +117,44 @@ def test_a_cell_the_rig_cannot_run_is_exit_2_and_named(
     assert "not a directory" in err and out.splitlines()[-1] == "ERROR"
     doc = json.loads((tmp_path / "run" / "matrix.json").read_text())
     assert doc["exit_status"] == 2 and "not a directory" in doc["cells"][0]["error"]
+    assert "ERROR</span>rig matrix" in (tmp_path / "run" / "report.html").read_text()
+
+
+MATRIX_GREEN, MATRIX_RED = (0x8F, 0xD1, 0x9E), (0xD9, 0x36, 0x3E)  # matrixhtml.COLORS
+
+
+def test_the_page_shows_each_cell_the_versions_and_links_the_replays(tmp_path: Path) -> None:
+    """report.html in headless Chromium: a failing matrix with a cell the rig could not run."""
+    matrix = two()
+    matrix.cells[0].versions = {"qemu": "10.2.2", "kernel": "6.1.0-41-cloud-amd64"}
+    matrix.cells.append(Cell("deb:nope", KernelResult("deb:nope", "deb:nope")))
+    matrix.cells[2].could_not_run("no such Debian release")
+    replay = tmp_path / "deb_bookworm" / "replay"
+    replay.mkdir(parents=True)
+    (replay / "report.html").write_text("<p>replay</p>")
+    write_outputs(matrix, tmp_path)
+    page = tmp_path / "report.html"
+    dom = dump_dom(page)
+    words = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom.split("<body", 1)[1]))
+    assert "ERROR rig matrix" in words and "the rig could not run a cell (exit 2)" in words
+    assert "deb:nope: the rig could not run it: no such Debian release" in words
+    assert "deb:trixie 6.12.57+deb13-cloud-amd64 debian not started" in words
+    assert "deb:bookworm 6.1.0-41-cloud-amd64 debian 10.2.2" in words
+    assert "second-fault on deb:trixie: fail: second-fault broke" in words
+    rows = re.findall(r"<tr><td><b>([a-z-]+)</b>.*?</tr>", dom)
+    assert rows == list(NAMES)
+    html = page.read_text()
+    assert html.count("href='deb_bookworm/replay/report.html'") == 2  # versions and the cell
+    assert "deb_trixie/replay" not in html and "deb_nope/replay" not in html
+    assert not re.search(r"<script|<link|<img|src=|https?://", html)
+    png = read_png(screenshot(page, tmp_path / "page.png", 1200, 1600))
+    assert png.variance() > 500  # a drawn page, not a blank one
+    assert png.count(MATRIX_GREEN) > 2 * len(NAMES) * 1000  # the passing cells' fill
+    assert png.count(MATRIX_RED) > 1000  # trixie's second fault
+
+
+def test_a_passing_matrix_says_pass(tmp_path: Path) -> None:
+    write_outputs(Matrix([cell("deb:bookworm", "6.1.0-41-cloud-amd64")]), tmp_path)
+    words = re.sub(r"<[^>]+>", " ", dump_dom(tmp_path / "report.html"))
+    assert "PASS rig matrix" in re.sub(r"\s+", " ", words)
+    assert "What did not pass" not in words
