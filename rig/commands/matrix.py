@@ -28,9 +28,9 @@ def add_parser(sub: Subparsers) -> None:
         "snapshots against the device truth over CLI and netlink) and one session (probe, "
         "regions, recovery, a second fault, snapshot delete, reload, kernel log), then "
         "print a kernel x behaviour table. Writes matrix.json, junit.xml, matrix.ktap "
-        "(KTAP v1) and kcidb.json (KCIDB v5) into the run directory. Exit status: 0 every "
-        "behaviour passed on every kernel, 1 some behaviour failed, 2 the rig could not "
-        "run a cell (named on stderr).",
+        "(KTAP v1), kcidb.json (KCIDB v5) and report.html into the run directory. Exit "
+        "status: 0 every behaviour passed on every kernel, 1 some behaviour failed, 2 the rig "
+        "could not run a cell (named on stderr).",
     )
     p.add_argument(
         "--kernels",
@@ -117,7 +117,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     else:
         matrix = run_matrix(opts, partial(run_cells, scheduler=args.dask, workers=args.workers))
     print(table(matrix), end="")
-    logger.info(f"results: {out}/matrix.json, junit.xml, matrix.ktap, kcidb.json")
+    logger.info(f"results: {out}/matrix.json, junit.xml, matrix.ktap, kcidb.json, report.html")
     for cell in matrix.rig_failures:
         print(f"rig: error: {cell.kernel}: the rig could not run it: {cell.error}", file=sys.stderr)
     print({0: "PASS", 1: "FAIL"}.get(matrix.exit_status, "ERROR"))
