@@ -38,6 +38,7 @@ from rig.provision.sshkeys import rig_key
 from rig.vm.cmdline import Modprobe
 from rig.vm.console import SerialConsole
 from rig.vm.machine import BootTimes, Machine, MachineConfig, QemuInstall
+from rig.vm.saved import SavedVmError, discard, ensure_saved
 from rig.vm.ssh import Background, Result, Sink, SshIdentity
 from vfio_user.qemu import posts_with_mmap
 
@@ -63,6 +64,12 @@ class RigConfig:
     kernel_args: tuple[str, ...] = ()
     name: str = "rig"
     hang_after: float = 90.0  # s without console output or SSH answer: the guest hung
+    # "fresh": QEMU boots the kernel; "saved": the guest resumes from a saved VM (rig.vm.saved)
+    # and the card is plugged in and the driver loaded after that.
+    boot: str = "fresh"
+
+
+BOOT_MODES = ("fresh", "saved")
 
 
 @dataclass
@@ -88,6 +95,7 @@ class Rig:
         self.qemu_version = ""
         self.kernel_release = ""
         self.kernel_origin = ""
+        self._ssh_identity: SshIdentity | None = None  # after a restore: this rig's key
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -124,11 +132,14 @@ class Rig:
                     # to the auxiliary bus (6.12+): load it before the guest says ready.
                     modprobe += (Modprobe("mlx4_en"),)
             modprobe += self.config.extra_modprobe
+            key = rig_key(self._rundir)
+            saved = self.config.boot == "saved"
             mconfig = MachineConfig.for_guest(
                 qemu,
                 guest,
                 self.log_dir,
-                client_key=rig_key(self._rundir),
+                # A saved VM has the cache's key; this rig's replaces it after the restore.
+                client_key=None if saved else key,
                 vfio_user_sockets=sockets,
                 # The model changes no mapped page on a guest write: doorbells may be posted.
                 posted_writes=posts_with_mmap(qemu.binary),
@@ -138,15 +149,86 @@ class Rig:
                 kernel_args=self._kernel_args(),
                 hang_after=self.config.hang_after,
             )
-            self._machine = Machine(mconfig)
-            if self._device is not None and self._device.pid is not None:
-                self._machine.watch_process("device model", self._device.pid, self._model_fate)
-            with step(f"booting {guest.kernel.release} under QEMU {qemu.version} (TCG)"):
-                self._boot()
+            if saved:
+                self._ssh_identity = SshIdentity(key.private, guest.rootfs.host_key)
+                with step(f"resuming a saved {guest.kernel.release} under QEMU {qemu.version}"):
+                    self._boot_saved(mconfig, key.public, modprobe)
+            else:
+                self._machine = self._new_machine(mconfig)
+                with step(f"booting {guest.kernel.release} under QEMU {qemu.version} (TCG)"):
+                    self._boot()
         except BaseException as e:
             self._stop_after_error(e)
             raise
         return self
+
+    def _new_machine(self, mconfig: MachineConfig) -> Machine:
+        machine = Machine(mconfig)
+        if self._device is not None and self._device.pid is not None:
+            machine.watch_process("device model", self._device.pid, self._model_fate)
+        return machine
+
+    def _boot_saved(
+        self, mconfig: MachineConfig, public_key: str, modprobe: tuple[Modprobe, ...]
+    ) -> None:
+        """Resume the saved VM for `mconfig` (saved now if there is none), give it this rig's
+        key and the time, plug the card in and load the driver. A saved VM that fails its
+        checks or that QEMU refuses is rebuilt once."""
+        saved = ensure_saved(mconfig, self.log_dir, self.config.boot_timeout)
+        t0 = time.monotonic()
+        for attempt in (1, 2):
+            self._machine = machine = self._new_machine(saved.restore_config(mconfig))
+            t0 = time.monotonic()
+            try:
+                verifier = saved.verifier()
+                machine.launch()
+                machine.restore(saved.state, self.config.boot_timeout, verifier.check)
+            except (SavedVmError, MachineError) as e:
+                model_died = self._device is not None and not self._device.alive()
+                if attempt == 2 or model_died:
+                    raise
+                machine.shutdown(graceful=False)
+                self._machine = None
+                discard(saved, str(e).splitlines()[0])
+                saved = ensure_saved(mconfig, self.log_dir, self.config.boot_timeout)
+                continue
+            break
+        # Only this rig's key opens the guest from now on; the guest's clock stopped when
+        # it was saved.
+        self.sh(
+            f"echo {shlex.quote(public_key)} > /root/.ssh/authorized_keys"
+            f" && date -s @{time.time():.3f} > /dev/null"
+        )
+        self._devlink = DevlinkCli(self.machine.ssh)
+        self._netlink = NetlinkAgent(self.machine.ssh)
+        if self._device is not None:
+            self._plug_card(modprobe)
+        self.timings.boot = time.monotonic() - t0
+        self._driver_ready()
+
+    def _plug_card(self, modprobe: tuple[Modprobe, ...]) -> None:
+        """Load the modules (as the guest's init would at boot), plug the card in and wait
+        for the kernel to take it: mlx4_core bound (or its probe failed) when the driver is
+        loaded, else the device added."""
+        assert self._device is not None
+        loads = "".join(
+            f"modprobe {shlex.join((m.module, *m.params))}"
+            f" || echo 'rig: modprobe {m.module} failed' >&2; "
+            for m in modprobe
+        )
+        if self.config.load_driver:
+            want = {"ACTION": "bind", "DRIVER": "mlx4_core"}
+        else:
+            want = {"ACTION": "add", "SUBSYSTEM": "pci", "PCI_ID": "15B3:1003"}
+        waiter = self.spawn(f"{loads}exec {uevent_wait_command(want)}")
+        try:
+            if (line := waiter.readline(self.config.boot_timeout)) != "listening":
+                raise MachineError(f"the guest's hotplug waiter did not start: {line!r}")
+            self.machine.hotplug(0, self._device.socket)
+            seen = waiter.readline(self.config.boot_timeout)
+            logger.debug(f"hotplug: {seen}")
+        finally:
+            waiter.close()
 
     def _model_fate(self) -> RigError:
         assert self._device is not None
@@ -160,6 +242,10 @@ class Rig:
         self.timings.boot = time.monotonic() - t0
         self._devlink = DevlinkCli(self._machine.ssh)
         self._netlink = NetlinkAgent(self._machine.ssh)
+        self._driver_ready()
+
+    def _driver_ready(self) -> None:
+        """Wait for the driver's device (and its netdevs up), as the config asks."""
         if self.config.with_device and self.config.load_driver:
             self.dev_handle = self.mlx4.wait_bound()
             if self.config.mlx4_en and self.config.netdev_up:
@@ -319,7 +405,7 @@ class Rig:
     def ssh_access(self) -> tuple[int, SshIdentity]:
         """The host port of the guest's sshd and the keys to reach it, for another process
         (`rig up` publishes them for `rig sh`)."""
-        return self.machine.ssh_port, self.machine.config.ssh
+        return self.machine.ssh_port, self._ssh_identity or self.machine.config.ssh
 
     def processes(self) -> dict[str, int]:
         """The processes this rig owns, by name: QEMU and the device model."""
@@ -365,6 +451,39 @@ class Rig:
         with (self.log_dir / "device-events.jsonl").open("w") as f:
             for event in page.events:
                 f.write(json.dumps(event) + "\n")
+
+
+def uevent_wait_command(want: dict[str, str]) -> str:
+    """A guest command that prints "listening" once it hears the kernel's uevents, then
+    "found DEVPATH" at the first uevent with all of `want`'s fields, or "failed MESSAGE"
+    when the kernel logs a driver's failed probe (no uevent says that)."""
+    script = (
+        "import os,select,socket\n"
+        "s=socket.socket(socket.AF_NETLINK,socket.SOCK_DGRAM,15)\n"  # NETLINK_KOBJECT_UEVENT
+        "s.bind((0,1))\n"
+        "k=os.open('/dev/kmsg',os.O_RDONLY|os.O_NONBLOCK)\n"
+        "os.lseek(k,0,os.SEEK_END)\n"
+        f"want={want!r}\n"
+        "print('listening',flush=True)\n"
+        "while True:\n"
+        "    r=select.select([s,k],[],[])[0]\n"
+        "    if s in r:\n"
+        "        f=s.recv(65536).decode(errors='replace').split('\\0')\n"
+        "        f=dict(x.split('=',1) for x in f if '=' in x)\n"
+        "        if all(f.get(a)==b for a,b in want.items()):\n"
+        "            print('found',f.get('DEVPATH'),flush=True)\n"
+        "            break\n"
+        "    if k in r:\n"
+        "        try:\n"
+        "            m=os.read(k,65536).decode(errors='replace')\n"
+        "        except (BlockingIOError,BrokenPipeError):\n"
+        "            continue\n"
+        "        m=m.split(';',1)[-1].split('\\n',1)[0]\n"
+        "        if 'probe of' in m and 'failed' in m:\n"
+        "            print('failed',m,flush=True)\n"
+        "            break\n"
+    )
+    return f"python3 -c {shlex.quote(script)}"
 
 
 def kmsg_wait_command(pattern: str, nth: int) -> str:
