@@ -30,7 +30,7 @@ from rig.devicemodel import DeviceModel
 from rig.devlink.agent import NetlinkAgent
 from rig.devlink.channels import CliChannel, NetlinkChannel, open_channel
 from rig.devlink.cli import DevlinkCli
-from rig.errors import DeviceModelError, MachineError, RigError
+from rig.errors import DeviceModelError, MachineError, RigError, UsageError
 from rig.mlx4 import Mlx4
 from rig.process import owned_tempdir, sweep_tempdirs
 from rig.progress import step
@@ -38,11 +38,18 @@ from rig.provision.sshkeys import rig_key
 from rig.vm.cmdline import Modprobe
 from rig.vm.console import SerialConsole
 from rig.vm.machine import BootTimes, Machine, MachineConfig, QemuInstall
-from rig.vm.saved import SavedVmError, discard, ensure_saved
+from rig.vm.saved import SavedVm, SavedVmError, discard, ensure_saved
 from rig.vm.ssh import Background, Result, Sink, SshIdentity
 from vfio_user.qemu import posts_with_mmap
 
 logger = logging.getLogger(__name__)
+
+
+# How a rig's guest starts (RigConfig.boot): "fresh", QEMU boots the kernel; "saved", the
+# guest resumes from a saved VM (rig.vm.saved), then the card is plugged in and the driver
+# loaded.
+BOOT_MODES = ("fresh", "saved")
+DEFAULT_BOOT = "fresh"
 
 
 @dataclass(frozen=True)
@@ -64,12 +71,7 @@ class RigConfig:
     kernel_args: tuple[str, ...] = ()
     name: str = "rig"
     hang_after: float = 90.0  # s without console output or SSH answer: the guest hung
-    # "fresh": QEMU boots the kernel; "saved": the guest resumes from a saved VM (rig.vm.saved)
-    # and the card is plugged in and the driver loaded after that.
-    boot: str = "fresh"
-
-
-BOOT_MODES = ("fresh", "saved")
+    boot: str = DEFAULT_BOOT  # one of BOOT_MODES
 
 
 @dataclass
@@ -77,6 +79,8 @@ class Timings:
     provision: float = 0.0
     device_start: float = 0.0
     boot: float = 0.0  # QEMU launch to SSH ready (includes modprobe at boot)
+    # host monotonic times: "bound" (mlx4_core's devlink device seen), "netdevs_up", and for a
+    # saved boot "card_plugged" (the guest took the hot-plugged card)
     marks: dict[str, float] = field(default_factory=dict)
 
 
@@ -96,6 +100,7 @@ class Rig:
         self.kernel_release = ""
         self.kernel_origin = ""
         self._ssh_identity: SshIdentity | None = None  # after a restore: this rig's key
+        self.saved: SavedVm | None = None  # the saved VM a "saved" boot resumed
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -103,6 +108,8 @@ class Rig:
         from rig.provision.guest import ensure_guest
         from rig.provision.qemu import qemu_for
 
+        if self.config.boot not in BOOT_MODES:
+            raise UsageError(f"boot mode {self.config.boot!r}: want one of {', '.join(BOOT_MODES)}")
         self.log_dir.mkdir(parents=True, exist_ok=True)
         t0 = time.monotonic()
         qemu: QemuInstall = qemu_for(self.config.qemu, self.config.qemu_version)
@@ -175,7 +182,6 @@ class Rig:
         key and the time, plug the card in and load the driver. A saved VM that fails its
         checks or that QEMU refuses is rebuilt once."""
         saved = ensure_saved(mconfig, self.log_dir, self.config.boot_timeout)
-        t0 = time.monotonic()
         for attempt in (1, 2):
             self._machine = machine = self._new_machine(saved.restore_config(mconfig))
             t0 = time.monotonic()
@@ -193,6 +199,7 @@ class Rig:
                 saved = ensure_saved(mconfig, self.log_dir, self.config.boot_timeout)
                 continue
             break
+        self.saved = saved
         # Only this rig's key opens the guest from now on; the guest's clock stopped when
         # it was saved.
         self.sh(
@@ -203,6 +210,8 @@ class Rig:
         self._netlink = NetlinkAgent(self.machine.ssh)
         if self._device is not None:
             self._plug_card(modprobe)
+            self.timings.marks["card_plugged"] = time.monotonic()
+        # As a fresh boot's: launch to SSH with the driver loaded (but here after SSH).
         self.timings.boot = time.monotonic() - t0
         self._driver_ready()
 
@@ -248,6 +257,7 @@ class Rig:
         """Wait for the driver's device (and its netdevs up), as the config asks."""
         if self.config.with_device and self.config.load_driver:
             self.dev_handle = self.mlx4.wait_bound()
+            self.timings.marks["bound"] = time.monotonic()
             if self.config.mlx4_en and self.config.netdev_up:
                 self.mlx4.wait_netdevs_up()
                 self.timings.marks["netdevs_up"] = time.monotonic()
