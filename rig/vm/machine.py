@@ -50,8 +50,10 @@ KERNEL_DONE = re.compile(r"Run /init as init process")
 GUEST_IP = "10.0.2.15"
 # The PCIe root port a card is hot-plugged into after a restore (MachineConfig.hotplug_slot).
 HOTPLUG_BUS = "hp0"
-# A MIGRATION event at each status change: a save or restore is awaited, not polled.
-_MIGRATION_EVENTS = {"capability": "events", "state": True}
+# How a VM is saved to a file and loaded back (both ends must agree): a MIGRATION event at
+# each status change, so a save or restore is awaited, not polled; mapped-ram puts each RAM
+# page at a fixed offset, so a restore reads RAM in large blocks, not page by page.
+SAVE_CAPABILITIES = ("events", "mapped-ram")
 QUIT_TIMEOUT = 3.0  # s for QMP quit at teardown, before SIGTERM
 
 
@@ -501,12 +503,19 @@ class Machine:
             console.tail(),
         )
 
+    def drop_ssh(self) -> None:
+        """Close the SSH session (before a save: a restored guest has no peer for it)."""
+        if self._ssh is not None:
+            self.watch.stop_probing()
+            self._ssh.close()
+            self._ssh = None
+
     def save(self, state: Path, timeout: float = 300.0) -> None:
         """Stop the guest and write its whole state (RAM and devices) to `state`; the VM
         stays paused. Sockets and SSH sessions do not survive: save before connecting."""
         qmp = self.qmp
         qmp.command("stop")
-        qmp.command("migrate-set-capabilities", capabilities=[_MIGRATION_EVENTS])
+        qmp.command("migrate-set-capabilities", capabilities=_save_capabilities())
         qmp.command("migrate", uri=f"file:{state}")
         self._await_migration(timeout)
 
@@ -518,7 +527,7 @@ class Machine:
         there). MachineError if QEMU refuses the state (a corrupt or foreign file)."""
         deadline = time.monotonic() + timeout
         qmp = self.qmp
-        qmp.command("migrate-set-capabilities", capabilities=[_MIGRATION_EVENTS])
+        qmp.command("migrate-set-capabilities", capabilities=_save_capabilities())
         qmp.command("migrate-incoming", uri=f"file:{state}")
         self._await_migration(timeout)
         if check is not None:
@@ -637,6 +646,10 @@ class Machine:
             self.shutdown()
         else:
             self._teardown()
+
+
+def _save_capabilities() -> list[dict[str, object]]:
+    return [{"capability": c, "state": True} for c in SAVE_CAPABILITIES]
 
 
 def _aborts(ssh: GuestSsh) -> Callable[[RigError], None]:

@@ -6,18 +6,24 @@ guest writes to its root disk while it boots, so the saved VM keeps its own copy
 beside the RAM; restored VMs open that copy read-only with a private overlay (snapshot=on).
 
 An entry (<cache>/savedvm/<kernel>-<key>/) is keyed by the QEMU command line that shaped it
-(machine, memory, devices, kernel command line; the rig's own paths and name left out) and by
+(machine, memory, devices, kernel command line with the modules loaded at boot and their
+parameters; the rig's own paths, name and SSH key left out) and by
 the size and time of every file it booted from, so a change to any of them makes a new one.
 Its seal records the state's SHA-256 and both files' size and time: a restore checks the
-cheap half first and the digest while QEMU loads (SavedVm.verifier), and a state that fails
+cheap half first and the digest while QEMU loads and the guest answers SSH (SavedVm.verifier,
+before the card is plugged in), and a state that fails
 either, or that QEMU refuses, is discarded and rebuilt, never trusted.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import logging
+import os
 import re
+import shlex
 import shutil
 import subprocess
 import threading
@@ -25,10 +31,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from rig.cache import CacheEntry, entry, file_digest
+from rig.cache import CacheEntry, entry
 from rig.errors import MachineError, RigError
 from rig.provision.locking import building
-from rig.vm.machine import READY, Machine, MachineConfig, RuntimePaths, qemu_command
+from rig.vm.machine import SAVE_CAPABILITIES, Machine, MachineConfig, RuntimePaths, qemu_command
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +45,26 @@ KIND = "savedvm"
 # The key's stand-in for each VM's private socket directory.
 _RUNTIME = RuntimePaths.under(Path("/run/rig-saved"))
 _SSHKEY_ARG = re.compile(r" rig\.sshkey=\S+")
+# What the saved guest says on its console when the kernel adds the card and when a driver
+# binds it, so that the host waits for the line after the hot-plug, with no guest command
+# to start: a `busybox uevent` started before the save, so it listens in every restored
+# guest. One exec per uevent, but the guest has few once booted.
+_CARD_EVENT = (
+    '[ "$SUBSYSTEM:$PCI_ID" = pci:15B3:1003 ] || exit 0; case $ACTION in add|bind) '
+    'echo "rig-guest: card $ACTION ${DEVPATH##*/} $DRIVER" > /dev/console;; esac'
+)
+
+
+def card_line(action: str, driver: str = "") -> re.Pattern[str]:
+    """The card watcher's line for uevent `action` ("add", "bind") with `driver`."""
+    return re.compile(rf"rig-guest: card {action} \S+ {re.escape(driver)}")
+
+
+CARD_WATCH = (
+    f"setsid busybox uevent sh -c {shlex.quote(_CARD_EVENT)} < /dev/null > /dev/null 2>&1 & "
+    # Saved only once it listens (its netlink socket: uevents, group 1); nothing to await.
+    "until grep -qE '^[0-9a-f]+ +15 +[0-9]+ +00000001 ' /proc/net/netlink; do sleep 0.01; done"
+)
 
 
 class SavedVmError(RigError):
@@ -51,8 +77,9 @@ def _stamp(path: Path) -> dict[str, int]:
 
 
 def shape_of(config: MachineConfig) -> MachineConfig:
-    """The config a saved VM for `config` boots with: no card, a free root port."""
-    return replace(config, vfio_user_sockets=(), modprobe=(), hotplug_slot=True, incoming=False)
+    """The config a saved VM for `config` boots with: no card, a free root port. Its modules
+    are loaded at boot (they find no device), so a plugged card is probed at once."""
+    return replace(config, vfio_user_sockets=(), hotplug_slot=True, incoming=False)
 
 
 def saved_inputs(config: MachineConfig) -> dict[str, Any]:
@@ -64,6 +91,8 @@ def saved_inputs(config: MachineConfig) -> dict[str, Any]:
     files = (config.qemu.binary, config.kernel, config.initrd, config.rootfs)
     return {
         "command": command,
+        "card_watch": CARD_WATCH,
+        "format": list(SAVE_CAPABILITIES),
         "files": {str(p): _stamp(p) for p in files},
         "qemu_version": config.qemu.version,
     }
@@ -111,8 +140,34 @@ class SavedVm:
         return replace(shape_of(config), rootfs=self.disk, incoming=True)
 
 
+def data_digest(path: Path) -> str:
+    """SHA-256 of a sparse file's data extents and their offsets: a mapped-ram state is
+    mostly holes (guest RAM never written), which need not be read."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        fd, end, offset = f.fileno(), os.fstat(f.fileno()).st_size, 0
+        while offset < end:
+            try:
+                offset = os.lseek(fd, offset, os.SEEK_DATA)
+            except OSError as e:  # ENXIO: no data after offset
+                if e.errno == errno.ENXIO:
+                    break
+                raise
+            hole = os.lseek(fd, offset, os.SEEK_HOLE)
+            h.update(offset.to_bytes(8, "little"))
+            f.seek(offset)
+            while offset < hole:
+                block = f.read(min(1 << 20, hole - offset))
+                if not block:
+                    break
+                h.update(block)
+                offset += len(block)
+    return h.hexdigest()
+
+
 class Verifier:
-    """SHA-256 of a saved state in a thread, so it costs no time beside QEMU's loading."""
+    """SHA-256 of a saved state in a thread, so it costs no time beside QEMU's loading and
+    the first SSH connection."""
 
     def __init__(self, path: Path, expected: str) -> None:
         self.path = path
@@ -124,7 +179,7 @@ class Verifier:
 
     def _run(self) -> None:
         try:
-            self._found = file_digest(self.path)
+            self._found = data_digest(self.path)
         except OSError as e:
             self._error = e
 
@@ -172,17 +227,20 @@ def _build(saved: SavedVm, config: MachineConfig, log_dir: Path, timeout: float)
         with Machine(shape) as machine:
             machine.launch()
             try:
-                machine.console.wait_for(READY, timeout)
+                ssh = machine.wait_ready(timeout)
             except MachineError as e:
                 raise MachineError(
                     f"the guest to save did not boot: {e.args[0]}", e.log, e.tail
                 ) from e
+            ssh.run(CARD_WATCH, timeout).checked("the card watcher")
+            # No session survives a restore (the host's end is gone): none is saved.
+            machine.drop_ssh()
             machine.save(stage / STATE, timeout)
             machine.shutdown(graceful=False)
         disk.chmod(0o444)
         (stage / STATE).chmod(0o444)
         seal = {
-            STATE: {"stamp": _stamp(stage / STATE), "sha256": file_digest(stage / STATE)},
+            STATE: {"stamp": _stamp(stage / STATE), "sha256": data_digest(stage / STATE)},
             DISK: {"stamp": _stamp(disk)},
         }
         (stage / SEAL).write_text(json.dumps(seal, indent=2))

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from rig.cache import entry, file_digest
+from rig.cache import entry
 from rig.vm.cmdline import Modprobe
 from rig.vm.machine import HOTPLUG_BUS, MachineConfig, qemu_command
-from rig.vm.saved import DISK, SEAL, STATE, SavedVm, SavedVmError, saved_inputs
+from rig.vm.saved import DISK, SEAL, STATE, SavedVm, SavedVmError, data_digest, saved_inputs
 from rig.vm.ssh import SshIdentity
 from tests.unit.test_machine_command import PATHS, FakeQemu, option
 
@@ -38,6 +38,8 @@ def test_the_key_follows_what_shapes_the_guest(base: MachineConfig) -> None:
     for changed in (
         replace(base, memory_mib=2048),
         replace(base, kernel_args=("rig.netup",)),
+        # The saved guest's init loaded them: msi_x=0 is another saved VM.
+        replace(base, modprobe=(Modprobe("mlx4_core", ("msi_x=0",)),)),
         replace(base, qemu_args=("-icount", "shift=auto")),
         replace(base, qemu=FakeQemu(binary=base.qemu.binary, version="10.2.3")),
     ):
@@ -54,7 +56,6 @@ def test_the_key_leaves_out_what_each_rig_has_of_its_own(base: MachineConfig) ->
         log_dir=Path("/elsewhere"),
         kernel_args=("rig.sshkey=AAAAC3NzaC1lZDI1NTE5AAAAIB",),
         vfio_user_sockets=(Path("/tmp/rig-run-1/cx3.sock"),),
-        modprobe=(Modprobe("mlx4_core", ("msi_x=0",)),),
     )
     assert saved_inputs(own) == key
 
@@ -82,7 +83,7 @@ def sealed(tmp_path: Path) -> SavedVm:
         return {"size": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns}
 
     seal = {
-        STATE: {"stamp": stamp(saved.state), "sha256": file_digest(saved.state)},
+        STATE: {"stamp": stamp(saved.state), "sha256": data_digest(saved.state)},
         DISK: {"stamp": stamp(saved.disk)},
     }
     (saved.entry.path / SEAL).write_text(json.dumps(seal))
@@ -119,3 +120,14 @@ def test_a_missing_seal_is_a_problem(tmp_path: Path) -> None:
     saved = sealed(tmp_path)
     (saved.entry.path / SEAL).unlink()
     assert (saved.problem() or "").startswith("unreadable")
+
+
+def test_the_data_digest_skips_holes_but_sees_where_data_is(tmp_path: Path) -> None:
+    one, two = tmp_path / "one", tmp_path / "two"
+    for path, at in ((one, 1 << 20), (two, 2 << 20)):
+        with path.open("wb") as f:
+            f.truncate(8 << 20)
+            f.seek(at)
+            f.write(b"page" * 1024)
+    assert data_digest(one) != data_digest(two)
+    assert data_digest(one) == data_digest(one)
