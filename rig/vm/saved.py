@@ -1,18 +1,20 @@
 """Saved VMs: a guest booted once, to "ready", and saved; each later VM starts from the save.
 
-QEMU's vfio-user-pci cannot be saved, so a saved VM has no card: it boots with an empty PCIe
-root port (MachineConfig.hotplug_slot) and the rig plugs the card in after the restore. The
+The card's state lives in the device model's process, which no QEMU save holds (QEMU 10.2
+saves a VM with a vfio-user-pci card without complaint, but a restored driver would meet a
+fresh model), so a saved VM has no card: it boots with its modules loaded and an empty PCIe
+root port (MachineConfig.hotplug_slot), and the rig plugs the card in after the restore. The
 guest writes to its root disk while it boots, so the saved VM keeps its own copy of the disk
 beside the RAM; restored VMs open that copy read-only with a private overlay (snapshot=on).
 
 An entry (<cache>/savedvm/<kernel>-<key>/) is keyed by the QEMU command line that shaped it
 (machine, memory, devices, kernel command line with the modules loaded at boot and their
-parameters; the rig's own paths, name and SSH key left out) and by
-the size and time of every file it booted from, so a change to any of them makes a new one.
-Its seal records the state's SHA-256 and both files' size and time: a restore checks the
-cheap half first and the digest while QEMU loads and the guest answers SSH (SavedVm.verifier,
-before the card is plugged in), and a state that fails
-either, or that QEMU refuses, is discarded and rebuilt, never trusted.
+parameters; the rig's own paths, name and SSH key left out), the card watcher, the save
+format, and the size and time of every file it booted from, so a change to any of them makes
+a new one. Its seal records the state's SHA-256 and both files' size and time: a restore
+checks the cheap half first and the digest while QEMU loads and SSH connects (SavedVm.verifier,
+before the card is plugged in); a state that fails either, or that QEMU refuses, is
+discarded and rebuilt, never trusted.
 """
 
 from __future__ import annotations
