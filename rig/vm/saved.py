@@ -33,7 +33,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from rig.cache import CacheEntry, entry
+from rig.cache import MANIFEST, CacheEntry, entry
 from rig.errors import MachineError, RigError
 from rig.provision.locking import building
 from rig.vm.machine import SAVE_CAPABILITIES, Machine, MachineConfig, RuntimePaths, qemu_command
@@ -204,7 +204,26 @@ def ensure_saved(config: MachineConfig, log_dir: Path, timeout: float = 180.0) -
             missing = True
         if missing:
             _build(saved, config, log_dir / "saved-vm", timeout)
+    if missing:
+        prune_stale(saved.entry)
     return saved
+
+
+def prune_stale(current: CacheEntry) -> None:
+    """Remove this kernel's saved VMs whose files have changed since (each would be
+    rebuilt under a new key anyway, and each holds a copy of the root disk)."""
+    for manifest in sorted((current.root / KIND).glob(f"{current.name}-*/{MANIFEST}")):
+        path = manifest.parent
+        if path == current.path:
+            continue
+        try:
+            files = json.loads(manifest.read_text())["inputs"]["files"]
+            stale = any(not Path(f).exists() or _stamp(Path(f)) != st for f, st in files.items())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            stale = True
+        if stale:
+            logger.info(f"removing a stale saved VM: {path}")
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def discard(saved: SavedVm, why: str) -> None:

@@ -12,7 +12,16 @@ import pytest
 from rig.cache import entry
 from rig.vm.cmdline import Modprobe
 from rig.vm.machine import HOTPLUG_BUS, MachineConfig, qemu_command
-from rig.vm.saved import DISK, SEAL, STATE, SavedVm, SavedVmError, data_digest, saved_inputs
+from rig.vm.saved import (
+    DISK,
+    SEAL,
+    STATE,
+    SavedVm,
+    SavedVmError,
+    data_digest,
+    prune_stale,
+    saved_inputs,
+)
 from rig.vm.ssh import SshIdentity
 from tests.unit.test_machine_command import PATHS, FakeQemu, option
 
@@ -131,3 +140,25 @@ def test_the_data_digest_skips_holes_but_sees_where_data_is(tmp_path: Path) -> N
             f.write(b"page" * 1024)
     assert data_digest(one) != data_digest(two)
     assert data_digest(one) == data_digest(one)
+
+
+def test_saved_vms_of_changed_files_are_pruned(tmp_path: Path, base: MachineConfig) -> None:
+    def built(config: MachineConfig) -> Path:
+        e = entry("savedvm", "k", saved_inputs(config), root=tmp_path / "cache")
+        with e.build() as stage:
+            (stage / STATE).write_bytes(b"state")
+        return e.path
+
+    other_shape = built(replace(base, memory_mib=2048))
+    old = built(base)
+    os.utime(base.kernel, ns=(1, 1))  # the kernel rebuilt in place: `old` is stale
+    current = entry("savedvm", "k", saved_inputs(base), root=tmp_path / "cache")
+    with current.build() as stage:
+        (stage / STATE).write_bytes(b"state")
+    prune_stale(current)
+    assert not old.exists()
+    assert not other_shape.exists()  # booted from the same old kernel
+    assert current.path.exists()
+    kept = built(replace(base, memory_mib=2048))  # another shape of the current files
+    prune_stale(current)
+    assert kept.exists() and current.path.exists()
