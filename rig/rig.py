@@ -50,9 +50,9 @@ logger = logging.getLogger(__name__)
 # guest resumes from a saved VM (rig.vm.saved), then the card is plugged in and the driver
 # loaded.
 BOOT_MODES = ("fresh", "saved")
-# The kernel's words when a driver's probe of a device fails (drivers/base/dd.c).
-PROBE_FAILED = r"mlx4_core: probe of \S+ failed"
 DEFAULT_BOOT = "fresh"
+# The kernel's words when mlx4_core's probe of a device fails (drivers/base/dd.c).
+PROBE_FAILED = r"mlx4_core: probe of \S+ failed"
 
 
 @dataclass(frozen=True)
@@ -204,7 +204,7 @@ class Rig:
             break
         self.saved = saved
         # Only this rig's key opens the guest from now on; the guest's clock stopped when
-        # it was saved. (In the same SSH command as the card's waiter: each costs ~0.3 s.)
+        # it was saved. Run while the guest takes the card: each SSH command costs ~0.3 s.
         welcome = (
             f"echo {shlex.quote(public_key)} > /root/.ssh/authorized_keys"
             f" && date -s @{time.time():.3f} > /dev/null"
@@ -216,7 +216,7 @@ class Rig:
             self.timings.marks["card_plugged"] = time.monotonic()
         else:
             self.sh(welcome)
-        # As a fresh boot's: launch to SSH with the driver loaded (but here after SSH).
+        # Launch to the card taken by the driver, as a fresh boot's SSH ready is.
         self.timings.boot = time.monotonic() - t0
         self._driver_ready()
 

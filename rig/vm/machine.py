@@ -512,26 +512,21 @@ class Machine:
 
     def save(self, state: Path, timeout: float = 300.0) -> None:
         """Stop the guest and write its whole state (RAM and devices) to `state`; the VM
-        stays paused. Sockets and SSH sessions do not survive: save before connecting."""
+        stays paused. No SSH session survives a restore: drop_ssh() first."""
         qmp = self.qmp
         qmp.command("stop")
         qmp.command("migrate-set-capabilities", capabilities=_save_capabilities())
         qmp.command("migrate", uri=f"file:{state}")
         self._await_migration(timeout)
 
-    def restore(
-        self, state: Path, timeout: float = 120.0, check: Callable[[], None] | None = None
-    ) -> GuestSsh:
+    def restore(self, state: Path, timeout: float = 120.0) -> GuestSsh:
         """Load `state` (Machine.save) into a VM launched with `incoming`, run it and connect
-        SSH. `check` runs once the state is loaded, before the guest does (it raises to stop
-        there). MachineError if QEMU refuses the state (a corrupt or foreign file)."""
+        SSH. MachineError if QEMU refuses the state (a corrupt or foreign file)."""
         deadline = time.monotonic() + timeout
         qmp = self.qmp
         qmp.command("migrate-set-capabilities", capabilities=_save_capabilities())
         qmp.command("migrate-incoming", uri=f"file:{state}")
         self._await_migration(timeout)
-        if check is not None:
-            check()
         # The state was saved paused (Machine.save): it comes back paused.
         qmp.command("cont")
         self.times.ready = time.monotonic()
