@@ -119,10 +119,10 @@ class Mlx4:
     def pci_device(self) -> tuple[str, str]:
         """The emulated card's PCI address on the guest's bus and the driver bound to it
         ("" when none is); RigError if the guest has no such device."""
+        # `read`, not `cat`: a fork per file cost ~2 s under TCG on a loaded host.
         res = self.rig.sh(
-            "for d in /sys/bus/pci/devices/*; do "
-            '[ "$(cat $d/vendor):$(cat $d/device)" = 0x15b3:0x1003 ] && '
-            "echo ${d##*/} $(readlink $d/driver); done; true"
+            "for d in /sys/bus/pci/devices/*; do read v < $d/vendor; read i < $d/device; "
+            '[ "$v:$i" = 0x15b3:0x1003 ] && echo ${d##*/} $(readlink $d/driver); done; true'
         )
         line = res.stdout.strip().splitlines()[0] if res.stdout.strip() else ""
         bdf, _, driver = line.partition(" ")

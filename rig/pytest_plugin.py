@@ -13,6 +13,8 @@ Options
 --rig-qemu PATH       the qemu-system-x86_64 to use (default: $RIG_QEMU, a new enough system
                       QEMU, or the rig's cached build of its pinned version)
 --rig-qemu-version V  build and use this version of Debian's qemu source instead
+--rig-boot MODE       fresh (QEMU boots the kernel) or saved (the guest resumes from a saved
+                      VM, the card is hot-plugged and the driver loaded); default fresh
 --rig-artifacts DIR   where a failing test's evidence goes (default: test-results/artifacts)
 
 Fixtures
@@ -89,7 +91,7 @@ from cx3.client import ControlClient
 from rig.devlink.channels import CHANNELS, CliChannel, NetlinkChannel, RegionChannel
 from rig.errors import RigError
 from rig.provision.suites import RELEASES
-from rig.rig import Rig, RigConfig
+from rig.rig import BOOT_MODES, DEFAULT_BOOT, Rig, RigConfig
 from rig.traffic import Traffic
 from rig.vm.machine import Machine
 
@@ -132,6 +134,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="VERSION",
         default=None,
         help="build and use this version of Debian's qemu source, not the rig's pinned one",
+    )
+    group.addoption(
+        "--rig-boot",
+        metavar="MODE",
+        default=DEFAULT_BOOT,
+        choices=BOOT_MODES,
+        help=f"how each rig's guest starts: {' or '.join(BOOT_MODES)} (default {DEFAULT_BOOT})",
     )
     group.addoption(
         "--rig-artifacts",
@@ -239,6 +248,7 @@ def rig_config(
         qemu_version=request.config.getoption("rig_qemu_version"),
         msi_x=True,
         name="session",
+        boot=request.config.getoption("rig_boot"),
     )
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import shlex
 import shutil
 import time
@@ -30,7 +31,7 @@ from rig.devicemodel import DeviceModel
 from rig.devlink.agent import NetlinkAgent
 from rig.devlink.channels import CliChannel, NetlinkChannel, open_channel
 from rig.devlink.cli import DevlinkCli
-from rig.errors import DeviceModelError, MachineError, RigError
+from rig.errors import DeviceModelError, MachineError, RigError, UsageError
 from rig.mlx4 import Mlx4
 from rig.process import owned_tempdir, sweep_tempdirs
 from rig.progress import step
@@ -38,10 +39,20 @@ from rig.provision.sshkeys import rig_key
 from rig.vm.cmdline import Modprobe
 from rig.vm.console import SerialConsole
 from rig.vm.machine import BootTimes, Machine, MachineConfig, QemuInstall
+from rig.vm.saved import SavedVm, SavedVmError, card_line, discard, ensure_saved
 from rig.vm.ssh import Background, Result, Sink, SshIdentity
 from vfio_user.qemu import posts_with_mmap
 
 logger = logging.getLogger(__name__)
+
+
+# How a rig's guest starts (RigConfig.boot): "fresh", QEMU boots the kernel; "saved", the
+# guest resumes from a saved VM (rig.vm.saved), then the card is plugged in and the driver
+# loaded.
+BOOT_MODES = ("fresh", "saved")
+DEFAULT_BOOT = "fresh"
+# The kernel's words when mlx4_core's probe of a device fails (drivers/base/dd.c).
+PROBE_FAILED = r"mlx4_core: probe of \S+ failed"
 
 
 @dataclass(frozen=True)
@@ -63,6 +74,7 @@ class RigConfig:
     kernel_args: tuple[str, ...] = ()
     name: str = "rig"
     hang_after: float = 90.0  # s without console output or SSH answer: the guest hung
+    boot: str = DEFAULT_BOOT  # one of BOOT_MODES
 
 
 @dataclass
@@ -70,6 +82,8 @@ class Timings:
     provision: float = 0.0
     device_start: float = 0.0
     boot: float = 0.0  # QEMU launch to SSH ready (includes modprobe at boot)
+    # host monotonic times: "bound" (mlx4_core's devlink device seen), "netdevs_up", and for a
+    # saved boot "card_plugged" (the guest took the hot-plugged card)
     marks: dict[str, float] = field(default_factory=dict)
 
 
@@ -88,6 +102,8 @@ class Rig:
         self.qemu_version = ""
         self.kernel_release = ""
         self.kernel_origin = ""
+        self._ssh_identity: SshIdentity | None = None  # after a restore: this rig's key
+        self.saved: SavedVm | None = None  # the saved VM a "saved" boot resumed
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -95,6 +111,8 @@ class Rig:
         from rig.provision.guest import ensure_guest
         from rig.provision.qemu import qemu_for
 
+        if self.config.boot not in BOOT_MODES:
+            raise UsageError(f"boot mode {self.config.boot!r}: want one of {', '.join(BOOT_MODES)}")
         self.log_dir.mkdir(parents=True, exist_ok=True)
         t0 = time.monotonic()
         qemu: QemuInstall = qemu_for(self.config.qemu, self.config.qemu_version)
@@ -124,11 +142,14 @@ class Rig:
                     # to the auxiliary bus (6.12+): load it before the guest says ready.
                     modprobe += (Modprobe("mlx4_en"),)
             modprobe += self.config.extra_modprobe
+            key = rig_key(self._rundir)
+            saved = self.config.boot == "saved"
             mconfig = MachineConfig.for_guest(
                 qemu,
                 guest,
                 self.log_dir,
-                client_key=rig_key(self._rundir),
+                # A saved VM has the cache's key; this rig's replaces it after the restore.
+                client_key=None if saved else key,
                 vfio_user_sockets=sockets,
                 # The model changes no mapped page on a guest write: doorbells may be posted.
                 posted_writes=posts_with_mmap(qemu.binary),
@@ -138,15 +159,87 @@ class Rig:
                 kernel_args=self._kernel_args(),
                 hang_after=self.config.hang_after,
             )
-            self._machine = Machine(mconfig)
-            if self._device is not None and self._device.pid is not None:
-                self._machine.watch_process("device model", self._device.pid, self._model_fate)
-            with step(f"booting {guest.kernel.release} under QEMU {qemu.version} (TCG)"):
-                self._boot()
+            if saved:
+                self._ssh_identity = SshIdentity(key.private, guest.rootfs.host_key)
+                with step(f"resuming a saved {guest.kernel.release} under QEMU {qemu.version}"):
+                    self._boot_saved(mconfig, key.public)
+            else:
+                self._machine = self._new_machine(mconfig)
+                with step(f"booting {guest.kernel.release} under QEMU {qemu.version} (TCG)"):
+                    self._boot()
         except BaseException as e:
             self._stop_after_error(e)
             raise
         return self
+
+    def _new_machine(self, mconfig: MachineConfig) -> Machine:
+        machine = Machine(mconfig)
+        if self._device is not None and self._device.pid is not None:
+            machine.watch_process("device model", self._device.pid, self._model_fate)
+        return machine
+
+    def _boot_saved(self, mconfig: MachineConfig, public_key: str) -> None:
+        """Resume the saved VM for `mconfig` (saved now if there is none; its modules are
+        loaded), give it this rig's key and the time, and plug the card in. A saved VM that
+        fails its checks or that QEMU refuses is rebuilt once."""
+        saved = ensure_saved(mconfig, self.log_dir, self.config.boot_timeout)
+        for attempt in (1, 2):
+            self._machine = machine = self._new_machine(saved.restore_config(mconfig))
+            t0 = time.monotonic()
+            try:
+                verifier = saved.verifier()
+                machine.launch()
+                machine.restore(saved.state, self.config.boot_timeout)
+                # Before the card meets the guest: a bad state costs only this VM.
+                verifier.check()
+            except (SavedVmError, MachineError) as e:
+                model_died = self._device is not None and not self._device.alive()
+                if attempt == 2 or model_died:
+                    raise
+                machine.shutdown(graceful=False)
+                self._machine = None
+                discard(saved, str(e).splitlines()[0])
+                saved = ensure_saved(mconfig, self.log_dir, self.config.boot_timeout)
+                continue
+            break
+        self.saved = saved
+        # Only this rig's key opens the guest from now on; the guest's clock stopped when
+        # it was saved. Run while the guest takes the card: each SSH command costs ~0.3 s.
+        welcome = (
+            f"echo {shlex.quote(public_key)} > /root/.ssh/authorized_keys"
+            f" && date -s @{time.time():.3f} > /dev/null"
+        )
+        self._devlink = DevlinkCli(self.machine.ssh)
+        self._netlink = NetlinkAgent(self.machine.ssh)
+        if self._device is not None:
+            self._plug_card(welcome)
+            self.timings.marks["card_plugged"] = time.monotonic()
+        else:
+            self.sh(welcome)
+        # Launch to the card taken by the driver, as a fresh boot's SSH ready is.
+        self.timings.boot = time.monotonic() - t0
+        self._driver_ready()
+
+    def _plug_card(self, before: str) -> None:
+        """Plug the card in, run guest command `before` meanwhile, and wait for the kernel
+        to take the card (the saved guest's card watcher says so on the console): mlx4_core
+        bound, or its probe failed, when the driver is loaded, else the device added. A
+        driver that is not bound is wait_bound's to explain."""
+        assert self._device is not None
+        since = len(self.console.text)
+        self.machine.hotplug(0, self._device.socket)
+        loaded = self.sh(
+            f"{before}; r=$?; [ -d /sys/module/mlx4_core ] && echo loaded; exit $r"
+        ).stdout
+        if not self.config.load_driver:
+            wanted = card_line("add")
+        elif "loaded" in loaded:
+            wanted = card_line("bind", "mlx4_core")
+        else:
+            return  # its modprobe at boot failed: the saved guest's console log says why
+        pattern = re.compile(f"{wanted.pattern}|{PROBE_FAILED}")
+        line = self.console.wait_for(pattern, self.config.boot_timeout, start=since)
+        logger.debug(f"hotplug: {line[0]}")
 
     def _model_fate(self) -> RigError:
         assert self._device is not None
@@ -160,8 +253,13 @@ class Rig:
         self.timings.boot = time.monotonic() - t0
         self._devlink = DevlinkCli(self._machine.ssh)
         self._netlink = NetlinkAgent(self._machine.ssh)
+        self._driver_ready()
+
+    def _driver_ready(self) -> None:
+        """Wait for the driver's device (and its netdevs up), as the config asks."""
         if self.config.with_device and self.config.load_driver:
             self.dev_handle = self.mlx4.wait_bound()
+            self.timings.marks["bound"] = time.monotonic()
             if self.config.mlx4_en and self.config.netdev_up:
                 self.mlx4.wait_netdevs_up()
                 self.timings.marks["netdevs_up"] = time.monotonic()
@@ -319,7 +417,7 @@ class Rig:
     def ssh_access(self) -> tuple[int, SshIdentity]:
         """The host port of the guest's sshd and the keys to reach it, for another process
         (`rig up` publishes them for `rig sh`)."""
-        return self.machine.ssh_port, self.machine.config.ssh
+        return self.machine.ssh_port, self._ssh_identity or self.machine.config.ssh
 
     def processes(self) -> dict[str, int]:
         """The processes this rig owns, by name: QEMU and the device model."""

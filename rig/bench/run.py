@@ -5,7 +5,9 @@ Sections, in order (each one's failure is recorded and the others still run):
 * host:     trapped-register round trips with no guest (device model alone, C and Python
             socket ping-pongs as floors; rig.benchhost);
 * boot:     boot to SSH-ready with the device and mlx4_core, with mlx4_en too (to its
-            netdev up), and without the device, interleaved so all see the same load;
+            netdev up), without the device, and from a saved VM (rig.vm.saved: the guest
+            resumed, the card hot-plugged, mlx4_core bound), interleaved so all see the
+            same load;
 * en:       the same catas fault cycle (fault -> snapshots -> reset and re-probe) N times
             with mlx4_core alone and with mlx4_en loaded and its netdev up, one VM each;
 * guest:    one VM booted without the driver: the BAR0 read loop from guest user space
@@ -74,6 +76,11 @@ SPECS = (
     Spec("boot.en", "boot to ready with mlx4_en, its netdev up with carrier", "s"),
     Spec("boot.en_cost", "  mlx4_en's cost to boot (with - without, run by run)", "s", 1.0),
     Spec("boot.device_cost", "device cost: boot with / without", "x"),
+    Spec("boot.bound", "boot to ready with device and driver (mlx4_core bound), fresh", "s"),
+    Spec("boot.saved", "boot to ready with device and driver, saved VM", "s", 2.5),
+    Spec("boot.saved.restore", "  QEMU start + state loaded, guest running", "s"),
+    Spec("boot.saved.ssh", "  SSH connection", "s"),
+    Spec("boot.saved.card", "  card hot-plugged, the rig's key and time set, bound", "s"),
     Spec("probe.modprobe", "modprobe mlx4_core (probe, devlink registered)", "s"),
     Spec("probe.rmmod", "rmmod mlx4_core", "s"),
     Spec("catas.fault_to_snapshots", "catas fault -> both snapshots on the host", "s", 7.0),
@@ -322,11 +329,22 @@ def _boot(opts: BenchOptions, run: BenchRun) -> None:
     with_dev: list[float] = []
     without: list[float] = []
     with_en: list[float] = []
+    # The first saved boot saves the VM (a fresh boot and a save): not a figure.
+    with Rig(_config(opts, opts.log_dir / "boot-saved-first", boot="saved")):
+        pass
     for i in range(opts.runs):
+        with Rig(_config(opts, opts.log_dir / f"boot-saved-{i}", boot="saved")) as rig:
+            t = rig.boot_times
+            assert t.ssh is not None and t.ready is not None
+            r.add("boot.saved", rig.timings.marks["bound"] - t.launched)
+            r.add("boot.saved.restore", t.ready - t.launched)
+            r.add("boot.saved.ssh", t.ssh - t.ready)
+            r.add("boot.saved.card", rig.timings.marks["bound"] - t.ssh)
         with Rig(_config(opts, opts.log_dir / f"boot-device-{i}")) as rig:
             t = rig.boot_times
             assert t.ssh is not None and t.ready is not None
             with_dev.append(t.ssh - t.launched)
+            r.add("boot.bound", rig.timings.marks["bound"] - t.launched)
             r.add("boot.device", with_dev[-1])
             r.add("boot.device_start", rig.timings.device_start)
             if t.first_output is not None and t.kernel_done is not None:

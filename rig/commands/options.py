@@ -13,6 +13,7 @@ from typing import NoReturn, TypeAlias, TypedDict
 from rig.errors import UsageError
 from rig.provision.qemu import PINNED_VERSION
 from rig.provision.suites import DEFAULT_SUITE, RELEASES
+from rig.rig import BOOT_MODES, DEFAULT_BOOT
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
@@ -135,7 +136,7 @@ def add_crspace_options(p: argparse.ArgumentParser, default_help: str) -> None:
 
 
 def add_driver_options(p: argparse.ArgumentParser) -> None:
-    """--no-msi-x, --no-en, --netdev-down: how the driver under test comes up at boot."""
+    """--no-msi-x, --no-en, --netdev-down, --boot: how the driver under test comes up."""
     p.add_argument(
         "--no-msi-x",
         dest="msi_x",
@@ -155,17 +156,30 @@ def add_driver_options(p: argparse.ArgumentParser) -> None:
         help="leave the card's netdevs down (default: up at boot and after every "
         "re-creation, as a production machine has them)",
     )
+    p.add_argument(
+        "--boot",
+        choices=BOOT_MODES,
+        default=DEFAULT_BOOT,
+        help="fresh: boot the kernel; saved: resume a guest saved once after its boot (kept "
+        "in the cache), then plug the card in and load the driver (default: %(default)s)",
+    )
 
 
 class DriverOptions(TypedDict):
     msi_x: bool
     mlx4_en: bool
     netdev_up: bool
+    boot: str
 
 
 def driver_options(args: argparse.Namespace) -> DriverOptions:
     """What add_driver_options parsed, as RigConfig's (and ReplayOptions') fields."""
-    return {"msi_x": args.msi_x, "mlx4_en": args.mlx4_en, "netdev_up": args.netdev_up}
+    return {
+        "msi_x": args.msi_x,
+        "mlx4_en": args.mlx4_en,
+        "netdev_up": args.netdev_up,
+        "boot": args.boot,
+    }
 
 
 def add_ktap_option(p: argparse.ArgumentParser) -> None:

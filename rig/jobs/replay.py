@@ -38,7 +38,7 @@ from rig.formats.report import Comparison, Report, SnapshotReport, sha256
 from rig.jobs.readers import check_mstregdump, snapshot_reader, take_mstregdump
 from rig.mlx4 import FAULTS, REGIONS, FaultCycle
 from rig.progress import step, step_cut_short
-from rig.rig import Rig, RigConfig
+from rig.rig import DEFAULT_BOOT, Rig, RigConfig
 from rig.signals import Interrupted
 from rig.timeline import fault_marks
 from rig.traffic import Traffic, fault_under_traffic
@@ -60,6 +60,7 @@ class ReplayOptions:
     msi_x: bool = True
     mlx4_en: bool = True
     netdev_up: bool = True
+    boot: str = DEFAULT_BOOT
     catas_words: tuple[int, ...] = builtin.CATAS_WORDS
     traffic: bool = False  # a TCP transfer across the card through the fault
     traffic_bytes: int = 64 << 20  # long enough at ~2-5 MB/s to be running at the reset
@@ -160,6 +161,7 @@ def run_replay(opts: ReplayOptions) -> Report:
             msi_x=opts.msi_x,
             mlx4_en=opts.mlx4_en,
             netdev_up=opts.netdev_up,
+            boot=opts.boot,
         )
         with Rig(config) as rig:
             report.versions.update(

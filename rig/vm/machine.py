@@ -15,6 +15,7 @@ guest panicking, oopsing or hanging, and names which.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import select
@@ -47,6 +48,12 @@ READY = re.compile(r"rig-guest: ready")
 # The kernel's last line before it runs the initramfs's /init: splits the boot time.
 KERNEL_DONE = re.compile(r"Run /init as init process")
 GUEST_IP = "10.0.2.15"
+# The PCIe root port a card is hot-plugged into after a restore (MachineConfig.hotplug_slot).
+HOTPLUG_BUS = "hp0"
+# How a VM is saved to a file and loaded back (both ends must agree): a MIGRATION event at
+# each status change, so a save or restore is awaited, not polled; mapped-ram puts each RAM
+# page at a fixed offset, so a restore reads RAM in large blocks, not page by page.
+SAVE_CAPABILITIES = ("events", "mapped-ram")
 QUIT_TIMEOUT = 3.0  # s for QMP quit at teardown, before SIGTERM
 
 
@@ -80,6 +87,12 @@ class MachineConfig:
     posted_writes: bool = False
     qemu_args: tuple[str, ...] = ()
     name: str = "rig"
+    # A free PCIe root port (HOTPLUG_BUS) for a card added after a restore (rig.vm.saved).
+    hotplug_slot: bool = False
+    # Start paused, waiting for Machine.restore's saved state (-incoming defer).
+    incoming: bool = False
+    # The guest writes into `rootfs` itself (a saved VM's own disk), not into an overlay.
+    rootfs_writable: bool = False
     # No console output and no SSH answer for this long is a hang (rig.vm.watch). Above the
     # longest silence of a sound guest: mlx4's crdump under INTx holds the vCPU for 15-30 s.
     hang_after: float = 90.0
@@ -186,10 +199,14 @@ def qemu_command(config: MachineConfig, paths: RuntimePaths) -> list[str]:
         # snapshot=on: writes go to a temporary overlay, the shared base is opened read-only.
         "-drive",
         f"if=none,id=root,driver=raw,file.driver=file,"
-        f"file.filename={_opt(config.rootfs)},snapshot=on",
+        f"file.filename={_opt(config.rootfs)},snapshot={'off' if config.rootfs_writable else 'on'}",
         "-device",
         "virtio-blk-pci,drive=root",
     ]
+    if config.hotplug_slot:
+        argv += ["-device", f"pcie-root-port,id={HOTPLUG_BUS},chassis=1"]
+    if config.incoming:
+        argv += ["-incoming", "defer"]
     for i, sock in enumerate(config.vfio_user_sockets):
         argv += ["-device", vfio_user_device(i, sock, config.posted_writes)]
     return argv + list(config.qemu_args)
@@ -442,6 +459,12 @@ class Machine:
             raise self._with_stderr(e) from e
         self.times.ready = time.monotonic()
         self._note_console_times()
+        return self._connect_ssh(deadline)
+
+    def _connect_ssh(self, deadline: float) -> GuestSsh:
+        """Connect SSH to the running guest, retrying until `deadline`."""
+        console = self.console
+        timeout = deadline - time.monotonic()
         last: MachineError | None = None
         watch = self.watch
         while time.monotonic() < deadline:
@@ -479,6 +502,53 @@ class Machine:
             console.log_path,
             console.tail(),
         )
+
+    def drop_ssh(self) -> None:
+        """Close the SSH session (before a save: a restored guest has no peer for it)."""
+        if self._ssh is not None:
+            self.watch.stop_probing()
+            self._ssh.close()
+            self._ssh = None
+
+    def save(self, state: Path, timeout: float = 300.0) -> None:
+        """Stop the guest and write its whole state (RAM and devices) to `state`; the VM
+        stays paused. No SSH session survives a restore: drop_ssh() first."""
+        qmp = self.qmp
+        qmp.command("stop")
+        qmp.command("migrate-set-capabilities", capabilities=_save_capabilities())
+        qmp.command("migrate", uri=f"file:{state}")
+        self._await_migration(timeout)
+
+    def restore(self, state: Path, timeout: float = 120.0) -> GuestSsh:
+        """Load `state` (Machine.save) into a VM launched with `incoming`, run it and connect
+        SSH. MachineError if QEMU refuses the state (a corrupt or foreign file)."""
+        deadline = time.monotonic() + timeout
+        qmp = self.qmp
+        qmp.command("migrate-set-capabilities", capabilities=_save_capabilities())
+        qmp.command("migrate-incoming", uri=f"file:{state}")
+        self._await_migration(timeout)
+        # The state was saved paused (Machine.save): it comes back paused.
+        qmp.command("cont")
+        self.times.ready = time.monotonic()
+        return self._connect_ssh(deadline)
+
+    def _await_migration(self, timeout: float) -> None:
+        event = self.qmp.wait_event(
+            "MIGRATION", lambda data: data.get("status") in ("completed", "failed"), timeout
+        )
+        if event["data"]["status"] != "completed":
+            info = self.qmp.command("query-migrate")
+            raise self._with_stderr(
+                MachineError(
+                    f"QEMU could not move the VM's state: {info.get('error-desc', info)}",
+                    self.config.log_dir / "qmp.log",
+                )
+            )
+
+    def hotplug(self, index: int, socket_path: Path) -> None:
+        """Plug the vfio-user card `cx<index>` into the free root port (hotplug_slot)."""
+        device = json.loads(vfio_user_device(index, socket_path, self.config.posted_writes))
+        self.qmp.command("device_add", bus=HOTPLUG_BUS, **device)
 
     def _note_console_times(self) -> None:
         lines = self.console.lines()
@@ -571,6 +641,10 @@ class Machine:
             self.shutdown()
         else:
             self._teardown()
+
+
+def _save_capabilities() -> list[dict[str, object]]:
+    return [{"capability": c, "state": True} for c in SAVE_CAPABILITIES]
 
 
 def _aborts(ssh: GuestSsh) -> Callable[[RigError], None]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ class Monitor:
         self._log = log_path.open("w", encoding="utf-8")
         self._qmp = QEMUMonitorProtocol(sock)
         self._open = False
+        self._events: list[dict[str, Any]] = []  # read with a command's reply, not yet awaited
 
     def _write(self, direction: str, message: object) -> None:
         self._log.write(
@@ -53,6 +55,35 @@ class Monitor:
     def _log_events(self) -> None:
         for event in self._qmp.get_events(wait=False):
             self._write("<<< event", event)
+            self._events.append(event)
+        del self._events[:-64]  # only recent ones can be awaited
+
+    def wait_event(
+        self, name: str, match: Callable[[dict[str, Any]], bool], timeout: float
+    ) -> dict[str, Any]:
+        """The first event `name` whose data `match` accepts (also one that came with an
+        earlier reply); MachineError after `timeout` s or if QEMU closes the connection."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for i, event in enumerate(self._events):
+                if event.get("event") == name and match(event.get("data", {})):
+                    del self._events[: i + 1]
+                    return event
+            self._events.clear()
+            remaining = deadline - time.monotonic()
+            try:
+                if remaining <= 0:
+                    raise TimeoutError
+                with signals.deferred():
+                    pulled = self._qmp.pull_event(wait=remaining)
+            except (TimeoutError, QMPError, OSError, EOFError) as e:
+                raise MachineError(
+                    f"QMP: no {name} event within {timeout:.0f} s ({type(e).__name__})",
+                    self.log_path,
+                ) from e
+            if pulled is not None:
+                self._write("<<< event", pulled)
+                self._events.append(pulled)
 
     def command(self, name: str, **arguments: object) -> Any:
         """Execute a command; its "return" value. MachineError on an error reply."""

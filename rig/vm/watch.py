@@ -79,6 +79,11 @@ class Watch:
         self._probe = answers
         self._wake()
 
+    def stop_probing(self) -> None:
+        """End the hang check's SSH probes (the connection is being closed on purpose)."""
+        self._probe = None
+        self._wake()
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="rig-watch", daemon=True)
         self._thread.start()
