@@ -56,7 +56,9 @@ traffic       (function) a `rig.traffic.Traffic` on `rig`: port 1's netdev in na
                          netdevs in the initial namespace). At the end the netdevs go back
                          to the initial namespace, up.
 
-Helpers: `rig_channel(rig, "cli" | "netlink")` gives the same channel objects for any rig
+Helpers: `boot_options(rig_config)` are the `rig` command-line options that boot the same
+kernel, root fs and QEMU (for a test that runs `rig replay` through rig.cli);
+`rig_channel(rig, "cli" | "netlink")` gives the same channel objects for any rig
 (e.g. both at once, to compare them); `rig.channel(name, UNPRIVILEGED)` opens one that runs
 as nobody without capabilities (close() it); `start_rig` starts a rig outside the fixtures
 with the same one-line failure.
@@ -284,6 +286,19 @@ def rig_factory(
     )
     yield factory
     factory.stop_all()
+
+
+def boot_options(config: RigConfig) -> list[str]:
+    """The `rig` command-line options that boot what `config` boots (--kernel, --userspace,
+    --qemu, --qemu-version), for tests that run a command such as `rig replay` through
+    rig.cli on the suite's kernel."""
+    pairs = (
+        ("--kernel", config.kernel),
+        ("--userspace", config.userspace),
+        ("--qemu", config.qemu),
+        ("--qemu-version", config.qemu_version),
+    )
+    return [arg for flag, value in pairs if value is not None for arg in (flag, str(value))]
 
 
 def rig_channel(rig: Rig, name: str) -> CliChannel | NetlinkChannel:

@@ -118,6 +118,27 @@ def dump_done_errno(data: bytes | bytearray, offset: int = 0) -> int:
     return -code if code < 0 else 0
 
 
+NLM_F_ACK_TLVS = 0x200
+NLMSGERR_ATTR_MSG = 1
+
+
+def dump_done_message(data: bytes | bytearray, offset: int = 0) -> str | None:
+    """The extended-ack message ("Requested snapshot does not exist") an NLMSG_DONE at
+    `offset` carries after its status, if any; pyroute2 does not read it from a DONE."""
+    length, _, flags = struct.unpack_from("=IHH", data, offset)
+    if not flags & NLM_F_ACK_TLVS:
+        return None
+    pos, end = offset + NLMSG_HDRLEN + 4, offset + length
+    while pos + 4 <= end:
+        nla_len, nla_type = struct.unpack_from("=HH", data, pos)
+        if nla_len < 4:
+            break
+        if nla_type & 0x3FFF == NLMSGERR_ATTR_MSG:
+            return bytes(data[pos + 4 : pos + nla_len]).rstrip(b"\0").decode(errors="replace")
+        pos += (nla_len + 3) & ~3
+    return None
+
+
 class RegionClient:
     """REGION_GET / READ / NEW / DEL, and REGION_NEW/DEL notifications."""
 
@@ -134,13 +155,13 @@ class RegionClient:
         msg["cmd"] = cmd
         msg["version"] = 1
         msg["attrs"] = attrs
-        failed: list[int] = []
+        failed: list[tuple[int, str | None]] = []
 
         def check_done(m: Any) -> bool:
             if m["header"]["type"] == NLMSG_DONE:
                 code = dump_done_errno(m.data, m.offset)
                 if code:
-                    failed.append(code)
+                    failed.append((code, dump_done_message(m.data, m.offset)))
             return False  # keep the message: pyroute2 still ends the dump on it
 
         try:
@@ -152,7 +173,7 @@ class RegionClient:
         except NetlinkError as e:
             raise DevlinkError(op, e) from e
         if failed:
-            raise DevlinkError(op, NetlinkError(failed[0]))
+            raise DevlinkError(op, NetlinkError(*failed[0]))
         return replies
 
     @staticmethod
@@ -186,11 +207,15 @@ class RegionClient:
         snapshot: int | None,
         addr: int | None = None,
         length: int | None = None,
+        direct: bool = False,
     ) -> list[Chunk]:
-        """REGION_READ as a dump: the kernel answers in chunks (256 bytes in 6.1)."""
+        """REGION_READ as a dump: the kernel answers in chunks (256 bytes in 6.1). direct sets
+        DEVLINK_ATTR_REGION_DIRECT (a read of the live region, kernel >= 6.2)."""
         attrs = self._handle(bus, dev, region)
         if snapshot is not None:
             attrs.append(("DEVLINK_ATTR_REGION_SNAPSHOT_ID", snapshot))
+        if direct:
+            attrs.append(("DEVLINK_ATTR_REGION_DIRECT", True))
         if addr is not None:
             attrs.append(("DEVLINK_ATTR_REGION_CHUNK_ADDR", addr))
         if length is not None:
@@ -282,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         if op == "read":
             sp.add_argument("--addr", type=int)
             sp.add_argument("--length", type=int)
+            sp.add_argument("--direct", action="store_true")
     sub.add_parser("serve", help="answer JSON requests on stdin, one per line")
     sp = sub.add_parser("watch")
     sp.add_argument("--count", type=int, default=1)
@@ -312,7 +338,9 @@ def handle(client: RegionClient, req: dict[str, Any]) -> dict[str, Any]:
         if op == "show":
             return {"result": asdict(client.show(*handle_))}
         if op == "read":
-            chunks = client.read(*handle_, snapshot, req.get("addr"), req.get("length"))
+            chunks = client.read(
+                *handle_, snapshot, req.get("addr"), req.get("length"), bool(req.get("direct"))
+            )
             return {"result": [{"addr": c.addr, "data": c.data.hex()} for c in chunks]}
         if op == "del":
             client.delete(*handle_, snapshot)

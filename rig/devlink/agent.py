@@ -100,15 +100,28 @@ class NetlinkAgent:
         )
 
     def chunks(
-        self, handle: str, snapshot: int | None, addr: int | None = None, length: int | None = None
+        self,
+        handle: str,
+        snapshot: int | None,
+        addr: int | None = None,
+        length: int | None = None,
+        direct: bool = False,
     ) -> list[tuple[int, bytes]]:
-        reply = self.call("read", region=handle, snapshot=snapshot, addr=addr, length=length)
+        """direct: send DEVLINK_ATTR_REGION_DIRECT (a read of the live region, kernel >= 6.2)."""
+        reply = self.call(
+            "read", region=handle, snapshot=snapshot, addr=addr, length=length, direct=direct
+        )
         return [(c["addr"], bytes.fromhex(c["data"])) for c in reply]
 
     def read(
-        self, handle: str, snapshot: int | None, addr: int | None = None, length: int | None = None
+        self,
+        handle: str,
+        snapshot: int | None,
+        addr: int | None = None,
+        length: int | None = None,
+        direct: bool = False,
     ) -> bytes:
-        chunks = self.chunks(handle, snapshot, addr, length)
+        chunks = self.chunks(handle, snapshot, addr, length, direct)
         out = bytearray()
         start = chunks[0][0] if chunks else 0
         for a, data in chunks:

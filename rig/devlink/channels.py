@@ -113,9 +113,13 @@ class NetlinkChannel:
         with self._errors():
             return self.agent.region(handle)
 
-    def read(self, handle: str, snapshot: int | None, addr: int, length: int) -> bytes:
+    def read(
+        self, handle: str, snapshot: int | None, addr: int, length: int, direct: bool = False
+    ) -> bytes:
+        """direct (netlink only: iproute2 >= 6.2 decides it by itself, from whether a snapshot
+        was given) sends DEVLINK_ATTR_REGION_DIRECT."""
         with self._errors():
-            return self.agent.read(handle, snapshot, addr, length)
+            return self.agent.read(handle, snapshot, addr, length, direct)
 
     def dump(self, handle: str, snapshot: int | None) -> bytes:
         with self._errors():

@@ -5,6 +5,7 @@ and the checks for kernel warnings and leaks.
 
 from __future__ import annotations
 
+import errno
 import re
 import struct
 from collections.abc import Sequence
@@ -14,6 +15,7 @@ from typing import Any
 from cx3 import layout as cr
 from cx3.wire import Crdump
 from rig import builtin
+from rig.devlink.channels import ChannelError
 from rig.formats.compare import diff, hexdump_diff
 from rig.kernellog import kernel_trouble
 from rig.mlx4 import (
@@ -70,9 +72,66 @@ class DevlinkRules:
     def reports_max_snapshots(self) -> bool:
         return self.kernel >= (5, 16)  # DEVLINK_ATTR_REGION_MAX_SNAPSHOTS
 
+    @property
+    def direct_read(self) -> bool:
+        # 6.2 ("devlink: support directly reading from region memory"): REGION_READ with
+        # DEVLINK_ATTR_REGION_DIRECT and no snapshot id reads the live region through the
+        # driver's read op. 6.1 does not know the attribute, and its liberal parsing of dump
+        # requests drops it: the read is one without a snapshot id.
+        return self.kernel >= (6, 2)
+
+    @property
+    def read_errors_say_why(self) -> bool:
+        # 6.2 ("devlink: report extended error message in region_read_dumpit()"): a refused
+        # REGION_READ carries the kernel's words; 6.1 answers a bare EINVAL.
+        return self.kernel >= (6, 2)
+
+    def read_refusal(self, snapshot: bool, direct: bool) -> Refusal | None:
+        """How the kernel answers a REGION_READ of a region without a read op (mlx4's, with
+        no snapshot taken yet): None when it reads. `snapshot`: an id was sent (one that
+        exists when it matters); `direct`: DEVLINK_ATTR_REGION_DIRECT was set."""
+        if not self.direct_read:
+            if snapshot:
+                return None  # the flag is dropped: an ordinary read of the snapshot
+            return Refusal(errno.EINVAL, None)
+        if snapshot:
+            return (
+                Refusal(errno.EINVAL, "Direct region read does not use snapshot")
+                if direct
+                else None
+            )
+        if direct:
+            return Refusal(errno.EOPNOTSUPP, "Requested region does not support direct read")
+        return Refusal(errno.EINVAL, "No snapshot id provided")
+
+    @property
+    def unknown_snapshot_message(self) -> str | None:
+        """The kernel's words for a read or dump of a snapshot id the region does not hold."""
+        return "Requested snapshot does not exist" if self.read_errors_say_why else None
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A request the kernel refuses: its errno, and its extended-ack message (None: none)."""
+
+    errno: int
+    message: str | None
+
+    def check(self, err: ChannelError) -> None:
+        assert err.errno == self.errno, f"{err}: expected {errno.errorcode[self.errno]}"
+        if self.message is not None:
+            assert self.message in err.message, f"{err}: expected {self.message!r}"
+
 
 def rules(rig: Rig) -> DevlinkRules:
     return DevlinkRules(kernel_version(rig.kernel_release))
+
+
+def cli_direct_reads(rig: Rig) -> bool:
+    """iproute2 >= 6.2 ("devlink: support direct region read requests") sends a `region
+    read` without a snapshot id to the kernel as a direct read; older ones refuse it
+    themselves ("snapshot id expected"). `region dump` needs an id in every version."""
+    return iproute2_version(rig) >= (6, 2)
 
 
 def iproute2_version(rig: Rig) -> tuple[int, int]:

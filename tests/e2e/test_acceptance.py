@@ -54,7 +54,7 @@ def fault(rig: Rig, taken: list[Snapshot], n: int) -> Snapshot:
 
 
 def test_probe_lists_the_device_and_two_empty_regions(rig: Rig) -> None:
-    assert rig.dev_handle in rig.sh("devlink dev show").stdout.split()
+    assert rig.dev_handle in rig.devlink.devices()
     lines = rig.sh("devlink region show").stdout.splitlines()
     ours = [ln for ln in lines if ln.startswith(rig.dev_handle + "/")]
     max_part = f" max {MAX_SNAPSHOTS}" if rules(rig).reports_max_snapshots else ""

@@ -10,10 +10,10 @@ from collections.abc import Callable
 import pytest
 
 from cx3 import layout as cr
-from rig.devlink.channels import ChannelError, RegionChannel
+from rig.devlink.channels import ChannelError, NetlinkChannel, RegionChannel
 from rig.pytest_plugin import rig_channel
 from rig.rig import Rig
-from tests.e2e.support import MAX_SNAPSHOTS, iproute2_version, regions_of, rules
+from tests.e2e.support import MAX_SNAPSHOTS, Refusal, cli_direct_reads, regions_of, rules
 
 pytestmark = pytest.mark.e2e
 
@@ -74,25 +74,39 @@ def test_region_new_is_not_supported(rig: Rig, devlink: RegionChannel) -> None:
 
 
 def test_read_and_dump_need_a_snapshot_id(rig: Rig, devlink: RegionChannel) -> None:
-    # iproute2 6.2 (a74e7181, "support direct region read requests") sends a read without a
-    # snapshot to the kernel as a direct read, which mlx4's regions do not offer; a dump, and
-    # every request of an older devlink, it refuses itself.
-    direct_reads = devlink.name == "cli" and iproute2_version(rig) >= (6, 2)
-    requests: list[tuple[bool, Callable[[], object]]] = [
-        (direct_reads, lambda: devlink.read(rig.region("fw-health"), None, 0, 4)),
-        (False, lambda: devlink.dump(rig.region("fw-health"), None)),
+    # A read without an id: the CLI asks the kernel for a direct read when it is iproute2
+    # >= 6.2, netlink asks for an ordinary one; mlx4's regions have no read op, so the
+    # kernel's rule decides the answer. A dump, and every request of an older devlink, the
+    # CLI refuses itself.
+    kernel = rules(rig)
+    if devlink.name == "netlink":
+        read = dump = kernel.read_refusal(snapshot=False, direct=False)
+    else:
+        read = kernel.read_refusal(snapshot=False, direct=True) if cli_direct_reads(rig) else None
+        dump = None
+    requests: list[tuple[Refusal | None, Callable[[], object]]] = [
+        (read, lambda: devlink.read(rig.region("fw-health"), None, 0, 4)),
+        (dump, lambda: devlink.dump(rig.region("fw-health"), None)),
     ]
-    for direct, request in requests:
+    for refusal, request in requests:
         with pytest.raises(ChannelError) as err:
             request()
-        if direct:
-            assert err.value.errno == errno.EOPNOTSUPP
-            assert "does not support direct read" in err.value.message
-        elif devlink.name == "cli":
+        if refusal is None:  # the CLI's own refusal: the kernel was never asked
             assert err.value.errno is None and "snapshot id expected" in err.value.message
         else:
-            # No REGION_SNAPSHOT_ID and no REGION_DIRECT: EINVAL on every kernel version.
-            assert err.value.errno == errno.EINVAL
+            refusal.check(err.value)
+
+
+def test_direct_read_follows_the_kernel_rule_over_netlink(rig: Rig) -> None:
+    """DEVLINK_ATTR_REGION_DIRECT on a region without a read op, as the kernel under test
+    answers it (a 6.1 kernel drops the attribute it does not know)."""
+    refusal = rules(rig).read_refusal(snapshot=False, direct=True)
+    assert refusal is not None, "every kernel refuses a read of mlx4's regions without an id"
+    netlink = NetlinkChannel(rig.netlink)
+    for name in ("cr-space", "fw-health"):
+        with pytest.raises(ChannelError) as err:
+            netlink.read(rig.region(name), None, 0, 4, direct=True)
+        refusal.check(err.value)
 
 
 def test_unknown_region_and_snapshot_fail_cleanly(rig: Rig, devlink: RegionChannel) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from rig.formats.mstdump import HW_DEV_ID, parse_address_csv, parse_mstdump
 from rig.formats.regionfile import load_region_file
 from rig.jobs.replay import LIVE_DUMP, ReplayOptions, run_replay
 from rig.provision.mstflint import ensure_connectx3_csv
+from rig.pytest_plugin import boot_options
+from rig.rig import RigConfig
 from tests.browser import dump_dom, read_png, screenshot
 
 pytestmark = pytest.mark.e2e
@@ -26,6 +29,12 @@ pytestmark = pytest.mark.e2e
 READERS = ["devlink CLI", "pyroute2 netlink", "mstregdump"]
 # report.html's map colours (rig.formats.reporthtml.COLORS) and one cell's pixels.
 GREEN, RED, CELL_PIXELS = (0x8F, 0xD1, 0x9E), (0xD9, 0x36, 0x3E), 34 * 34
+
+
+@pytest.fixture
+def replay(rig_config: RigConfig) -> Callable[..., int]:
+    """`rig replay ARGS...` through rig.cli, booting what the suite boots (--rig-kernel...)."""
+    return lambda *args: cli.main(["replay", *boot_options(rig_config), *args])
 
 
 def rendered(out: Path) -> tuple[str, int, int]:
@@ -40,10 +49,10 @@ def rendered(out: Path) -> tuple[str, int, int]:
 
 
 def test_default_replay_passes_over_both_channels(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, replay: Callable[..., int], capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "run"
-    assert cli.main(["replay", "--out", str(out)]) == 0
+    assert replay("--out", str(out)) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["schema"] == "mlx4-rig/replay/1" and report["ok"] and not report["errors"]
     assert sorted(s["region"] for s in report["snapshots"]) == ["cr-space", "fw-health"]
@@ -88,7 +97,7 @@ def register(address: int) -> bool:
     return cr.register_at(address) is not None
 
 
-def test_user_image_and_old_format_health_text(tmp_path: Path) -> None:
+def test_user_image_and_old_format_health_text(tmp_path: Path, rig_config: RigConfig) -> None:
     image = os.urandom(cr.SIZE)
     health = os.urandom(cr.HEALTH_SIZE)
     (tmp_path / "crspace.bin").write_bytes(image)
@@ -101,7 +110,13 @@ def test_user_image_and_old_format_health_text(tmp_path: Path) -> None:
     assert format_dump(health) != old  # really the other layout
     report = run_replay(
         ReplayOptions(
-            out=tmp_path / "run", crspace=tmp_path / "crspace.bin", health=tmp_path / "health.txt"
+            out=tmp_path / "run",
+            crspace=tmp_path / "crspace.bin",
+            health=tmp_path / "health.txt",
+            kernel=rig_config.kernel,
+            userspace=rig_config.userspace,
+            qemu=rig_config.qemu,
+            qemu_version=rig_config.qemu_version,
         )
     )
     assert report.ok, report.errors
@@ -138,7 +153,7 @@ def explained_bytes(snapshot: dict[str, object]) -> set[int]:
 
 
 def test_mstregdump_capture_replays_with_its_coverage(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, replay: Callable[..., int], capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A real card's capture: mstregdump text over ConnectX3.csv's ~14% of CR-space (here a
     random image's dwords, hw_dev_id a ConnectX-3's); the rest comes from the built-in image."""
@@ -150,7 +165,7 @@ def test_mstregdump_capture_replays_with_its_coverage(
     dump.write_text(mstregdump_text(bytes(image), addresses))
     out = tmp_path / "run"
 
-    assert cli.main(["replay", "--crspace", str(dump), "--out", str(out)]) == 0
+    assert replay("--crspace", str(dump), "--out", str(out)) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["ok"] and report["inputs"]["crspace_format"] == "mstregdump"
     snap = next(s for s in report["snapshots"] if s["region"] == "cr-space")
@@ -214,11 +229,15 @@ def tampered_bar0(monkeypatch: pytest.MonkeyPatch) -> int:
 
 
 def test_wrong_expectation_fails_exit_1_and_points_at_the_offset(
-    tmp_path: Path, tampered_truth: int, tampered_bar0: int, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    replay: Callable[..., int],
+    tampered_truth: int,
+    tampered_bar0: int,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     offset = tampered_truth
     out = tmp_path / "run"
-    assert cli.main(["replay", "--out", str(out)]) == 1  # the kernel "failed": not the rig
+    assert replay("--out", str(out)) == 1  # the kernel "failed": not the rig
     report = json.loads((out / "report.json").read_text())
     assert not report["ok"] and report["exit_status"] == 1 and not report["errors"]
     snap = next(s for s in report["snapshots"] if s["region"] == "cr-space")
@@ -247,9 +266,11 @@ def test_wrong_expectation_fails_exit_1_and_points_at_the_offset(
     assert red > 2 * CELL_PIXELS  # both cells on the map
 
 
-def test_missing_input_is_a_clear_error_and_keeps_the_run_directory(tmp_path: Path) -> None:
+def test_missing_input_is_a_clear_error_and_keeps_the_run_directory(
+    tmp_path: Path, replay: Callable[..., int]
+) -> None:
     out = tmp_path / "run"
-    assert cli.main(["replay", "--out", str(out), "--crspace", str(tmp_path / "nope")]) == 2
+    assert replay("--out", str(out), "--crspace", str(tmp_path / "nope")) == 2
     report = json.loads((out / "report.json").read_text())
     assert not report["ok"] and report["exit_status"] == 2
     assert report["errors"] == [

@@ -251,6 +251,7 @@ def test_unknown_snapshot_id_fails_and_changes_nothing(
 ) -> None:
     before = rig.mlx4.snapshot_ids()
     unused = max(before["cr-space"] + before["fw-health"]) + 1
+    said = rules(rig).unknown_snapshot_message  # reads and dumps only: DEL says nothing
     for handle in handles(rig):
         for request in ("read", "dump", "del"):
             with pytest.raises(ChannelError) as err:
@@ -261,7 +262,23 @@ def test_unknown_snapshot_id_fails_and_changes_nothing(
                 else:
                     devlink.delete(handle, unused)
             assert err.value.errno == errno.EINVAL, f"{request} {handle}"
+            if said is not None and request != "del":
+                assert said in err.value.message, f"{request} {handle}: {err.value}"
     assert rig.mlx4.snapshot_ids() == before
+
+
+def test_direct_read_with_a_snapshot_id_follows_the_kernel_rule(rig: Rig, taken: Taken) -> None:
+    """DEVLINK_ATTR_REGION_DIRECT with an id (netlink: the CLI never sends both)."""
+    snap = taken.snapshots[0]
+    netlink = NetlinkChannel(rig.netlink)
+    refusal = rules(rig).read_refusal(snapshot=True, direct=True)
+    for handle, truth in zip(handles(rig), (snap.truth.image, snap.health), strict=True):
+        if refusal is None:  # the kernel dropped the flag: the snapshot's bytes
+            assert netlink.read(handle, snap.id, 0, 64, direct=True) == truth[:64]
+            continue
+        with pytest.raises(ChannelError) as err:
+            netlink.read(handle, snap.id, 0, 64, direct=True)
+        refusal.check(err.value)
 
 
 @pytest.mark.parametrize("channel", ["cli", "netlink"])

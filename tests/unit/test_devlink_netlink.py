@@ -5,7 +5,12 @@ from __future__ import annotations
 import errno
 import struct
 
-from guest.programs.devlink_netlink import NLMSG_HDRLEN, dump_done_errno
+from guest.programs.devlink_netlink import (
+    NLM_F_ACK_TLVS,
+    NLMSG_HDRLEN,
+    dump_done_errno,
+    dump_done_message,
+)
 
 NLMSG_DONE = 3
 NLM_F_MULTI = 2
@@ -32,3 +37,31 @@ def test_the_message_is_found_at_its_offset_in_a_batch() -> None:
 def test_a_done_without_payload_is_success() -> None:
     bare = struct.pack("=IHHII", NLMSG_HDRLEN, NLMSG_DONE, NLM_F_MULTI, 1, 0)
     assert dump_done_errno(bare) == 0
+
+
+def done_with_message(code: int, text: bytes) -> bytes:
+    """An NLMSG_DONE with the extended ack netlink_dump_done() adds: NLMSGERR_ATTR_MSG."""
+    attr = struct.pack("=HH", 4 + len(text) + 1, 1) + text + b"\0"
+    attr += bytes(-len(attr) % 4)
+    return (
+        struct.pack(
+            "=IHHIIi",
+            NLMSG_HDRLEN + 4 + len(attr),
+            NLMSG_DONE,
+            NLM_F_MULTI | NLM_F_ACK_TLVS,
+            7,
+            0,
+            code,
+        )
+        + attr
+    )
+
+
+def test_a_failed_dump_reports_the_kernels_words() -> None:
+    data = b"\xff" * 8 + done_with_message(-errno.EINVAL, b"Requested snapshot does not exist")
+    assert dump_done_errno(data, 8) == errno.EINVAL
+    assert dump_done_message(data, 8) == "Requested snapshot does not exist"
+
+
+def test_a_done_without_tlvs_has_no_message() -> None:
+    assert dump_done_message(done(-errno.EINVAL)) is None
