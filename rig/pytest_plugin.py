@@ -13,6 +13,8 @@ Options
 --rig-qemu PATH       the qemu-system-x86_64 to use (default: $RIG_QEMU, a new enough system
                       QEMU, or the rig's cached build of its pinned version)
 --rig-qemu-version V  build and use this version of Debian's qemu source instead
+--rig-clock CLOCK     the guests' clock, warp or real (default: $RIG_CLOCK, else the rig's
+                      default: rig/vm/clock.py, docs/clock.md)
 --rig-artifacts DIR   where a failing test's evidence goes (default: test-results/artifacts)
 
 Fixtures
@@ -91,6 +93,8 @@ from rig.errors import RigError
 from rig.provision.suites import RELEASES
 from rig.rig import Rig, RigConfig
 from rig.traffic import Traffic
+from rig.vm.clock import CLOCKS
+from rig.vm.clock import ENV as CLOCK_ENV
 from rig.vm.machine import Machine
 
 ARTIFACTS_DEFAULT = "test-results/artifacts"
@@ -134,6 +138,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="build and use this version of Debian's qemu source, not the rig's pinned one",
     )
     group.addoption(
+        "--rig-clock",
+        metavar="CLOCK",
+        default=None,
+        choices=CLOCKS,
+        help="the guests' clock: warp or real (default: $RIG_CLOCK, else the rig's default)",
+    )
+    group.addoption(
         "--rig-artifacts",
         metavar="DIR",
         default=ARTIFACTS_DEFAULT,
@@ -144,6 +155,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[_RIGS] = []
     config.stash[_FAILED_STARTS] = []
+    if clock := config.getoption("rig_clock", None):
+        # The `rig` commands tests run as processes boot on the same clock as the fixtures.
+        os.environ[CLOCK_ENV] = clock
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -237,6 +251,7 @@ def rig_config(
         userspace=request.config.getoption("rig_userspace"),
         qemu=Path(qemu) if qemu else None,
         qemu_version=request.config.getoption("rig_qemu_version"),
+        clock=request.config.getoption("rig_clock"),
         msi_x=True,
         name="session",
     )

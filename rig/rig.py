@@ -35,6 +35,7 @@ from rig.mlx4 import Mlx4
 from rig.process import owned_tempdir, sweep_tempdirs
 from rig.progress import step
 from rig.provision.sshkeys import rig_key
+from rig.vm import clock as vmclock
 from rig.vm.cmdline import Modprobe
 from rig.vm.console import SerialConsole
 from rig.vm.machine import BootTimes, Machine, MachineConfig, QemuInstall
@@ -63,6 +64,7 @@ class RigConfig:
     kernel_args: tuple[str, ...] = ()
     name: str = "rig"
     hang_after: float = 90.0  # s without console output or SSH answer: the guest hung
+    clock: str | None = None  # rig.vm.clock: "warp" or "real"; None: $RIG_CLOCK or the default
 
 
 @dataclass
@@ -88,6 +90,7 @@ class Rig:
         self.qemu_version = ""
         self.kernel_release = ""
         self.kernel_origin = ""
+        self.clock = ""  # "warp" or "real" once started
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -95,6 +98,7 @@ class Rig:
         from rig.provision.guest import ensure_guest
         from rig.provision.qemu import qemu_for
 
+        self.clock = vmclock.resolve(self.config.clock)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         t0 = time.monotonic()
         qemu: QemuInstall = qemu_for(self.config.qemu, self.config.qemu_version)
@@ -130,8 +134,10 @@ class Rig:
                 self.log_dir,
                 client_key=rig_key(self._rundir),
                 vfio_user_sockets=sockets,
-                # The model changes no mapped page on a guest write: doorbells may be posted.
-                posted_writes=posts_with_mmap(qemu.binary),
+                # The model changes no mapped page on a guest write: doorbells may be posted
+                # (not on the warped clock: rig.vm.clock.posts_writes).
+                posted_writes=posts_with_mmap(qemu.binary) and vmclock.posts_writes(self.clock),
+                clock=self.clock,
                 modprobe=modprobe,
                 memory_mib=self.config.memory_mib,
                 name=self.config.name,
@@ -141,7 +147,8 @@ class Rig:
             self._machine = Machine(mconfig)
             if self._device is not None and self._device.pid is not None:
                 self._machine.watch_process("device model", self._device.pid, self._model_fate)
-            with step(f"booting {guest.kernel.release} under QEMU {qemu.version} (TCG)"):
+            what = f"{guest.kernel.release} under QEMU {qemu.version} (TCG, {self.clock} clock)"
+            with step(f"booting {what}"):
                 self._boot()
         except BaseException as e:
             self._stop_after_error(e)
