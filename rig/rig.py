@@ -115,7 +115,8 @@ class Rig:
             sockets: tuple[Path, ...] = ()
             if self.config.with_device:
                 t0 = time.monotonic()
-                self._device = DeviceModel(self._rundir, self.log_dir)
+                inline = vmclock.lockstep(self.clock)
+                self._device = DeviceModel(self._rundir, self.log_dir, inline_work=inline)
                 self._device.start()
                 sockets = (self._device.socket,)
                 self.timings.device_start = time.monotonic() - t0
@@ -135,8 +136,8 @@ class Rig:
                 client_key=rig_key(self._rundir),
                 vfio_user_sockets=sockets,
                 # The model changes no mapped page on a guest write: doorbells may be posted
-                # (not on the warped clock: rig.vm.clock.posts_writes).
-                posted_writes=posts_with_mmap(qemu.binary) and vmclock.posts_writes(self.clock),
+                # (not on the warped clock: rig.vm.clock.lockstep).
+                posted_writes=posts_with_mmap(qemu.binary) and not vmclock.lockstep(self.clock),
                 clock=self.clock,
                 modprobe=modprobe,
                 memory_mib=self.config.memory_mib,

@@ -39,10 +39,12 @@ def qemu_args(clock: str) -> list[str]:
     return ["-icount", f"shift={SHIFT},sleep=off"] if clock == WARP else []
 
 
-def posts_writes(clock: str) -> bool:
-    """Whether the card's writes may be posted on `clock`. Not on warp: a posted write lets
-    the vCPU run on, idle, and jump guest time past a command's timeout while the model is
-    still working on it; a write that waits for the model's answer stops guest time (icount
-    counts instructions) until the model has completed the command and raised its
-    interrupt."""
-    return clock != WARP
+def lockstep(clock: str) -> bool:
+    """Whether the card works in step with the vCPU on `clock`: QEMU's writes to it wait for
+    the model's answer (not posted), and the model finishes a doorbell's work before it
+    answers (cx3-device --inline-work). On warp: icount counts instructions, so a vCPU
+    waiting for an answer spends no guest time, and the model's work (a command, its
+    completion interrupt, a send queue walk) is done when the guest next looks. Otherwise
+    the vCPU runs on, idles, and jumps guest time past a command's timeout or TCP's
+    retransmit timer while the model is still working; docs/clock.md."""
+    return clock == WARP

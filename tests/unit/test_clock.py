@@ -55,6 +55,6 @@ def test_warp_asks_qemu_for_icount_without_sleep_and_real_for_nothing() -> None:
     assert "-icount" not in qemu_command(config(clock="real"), PATHS)
 
 
-def test_writes_wait_for_the_model_on_the_warped_clock_only() -> None:
-    assert not clock.posts_writes("warp")
-    assert clock.posts_writes("real")
+def test_the_card_works_in_step_with_the_vcpu_on_the_warped_clock_only() -> None:
+    assert clock.lockstep("warp")
+    assert not clock.lockstep("real")
