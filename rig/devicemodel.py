@@ -30,7 +30,12 @@ EXIT_GRACE = 1.0  # s a failed control request gives the model to be seen exitin
 class DeviceModel:
     """One emulated ConnectX-3: its vfio-user socket, control socket and log."""
 
-    def __init__(self, rundir: Path, logdir: Path, name: str = "cx3") -> None:
+    def __init__(
+        self, rundir: Path, logdir: Path, name: str = "cx3", inline_work: bool = False
+    ) -> None:
+        """`inline_work`: the model's --inline-work (a doorbell's work done before its write
+        is answered), for a guest on the warped clock (rig.vm.clock.lockstep)."""
+        self.inline_work = inline_work
         self.socket = rundir / f"{name}.sock"
         self.control_socket = rundir / f"{name}.ctl"
         self.log = logdir / f"{name}-device.log"
@@ -54,6 +59,7 @@ class DeviceModel:
             str(self.control_socket),
             "--log",
             str(self.log),
+            *(["--inline-work"] if self.inline_work else []),
         ]
         self.proc = proc = subprocess.Popen(
             [*die_with_parent(), *cmd],

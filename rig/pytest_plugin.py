@@ -15,6 +15,8 @@ Options
 --rig-qemu-version V  build and use this version of Debian's qemu source instead
 --rig-boot MODE       fresh (QEMU boots the kernel) or saved (the guest resumes from a saved
                       VM, the card is hot-plugged and the driver loaded); default fresh
+--rig-clock CLOCK     the guests' clock, warp or real (default: $RIG_CLOCK, else the rig's
+                      default: rig/vm/clock.py, docs/clock.md)
 --rig-artifacts DIR   where a failing test's evidence goes (default: test-results/artifacts)
 
 Fixtures
@@ -95,6 +97,8 @@ from rig.errors import RigError
 from rig.provision.suites import RELEASES
 from rig.rig import BOOT_MODES, DEFAULT_BOOT, Rig, RigConfig
 from rig.traffic import Traffic
+from rig.vm.clock import CLOCKS
+from rig.vm.clock import ENV as CLOCK_ENV
 from rig.vm.machine import Machine
 
 ARTIFACTS_DEFAULT = "test-results/artifacts"
@@ -145,6 +149,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help=f"how each rig's guest starts: {' or '.join(BOOT_MODES)} (default {DEFAULT_BOOT})",
     )
     group.addoption(
+        "--rig-clock",
+        metavar="CLOCK",
+        default=None,
+        choices=CLOCKS,
+        help="the guests' clock: warp or real (default: $RIG_CLOCK, else the rig's default)",
+    )
+    group.addoption(
         "--rig-artifacts",
         metavar="DIR",
         default=ARTIFACTS_DEFAULT,
@@ -155,6 +166,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[_RIGS] = []
     config.stash[_FAILED_STARTS] = []
+    if clock := config.getoption("rig_clock", None):
+        # The `rig` commands tests run as processes boot on the same clock as the fixtures.
+        os.environ[CLOCK_ENV] = clock
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -248,6 +262,7 @@ def rig_config(
         userspace=request.config.getoption("rig_userspace"),
         qemu=Path(qemu) if qemu else None,
         qemu_version=request.config.getoption("rig_qemu_version"),
+        clock=request.config.getoption("rig_clock"),
         msi_x=True,
         name="session",
         boot=request.config.getoption("rig_boot"),

@@ -36,6 +36,7 @@ from rig.mlx4 import Mlx4
 from rig.process import owned_tempdir, sweep_tempdirs
 from rig.progress import step
 from rig.provision.sshkeys import rig_key
+from rig.vm import clock as vmclock
 from rig.vm.cmdline import Modprobe
 from rig.vm.console import SerialConsole
 from rig.vm.machine import BootTimes, Machine, MachineConfig, QemuInstall
@@ -75,6 +76,7 @@ class RigConfig:
     name: str = "rig"
     hang_after: float = 90.0  # s without console output or SSH answer: the guest hung
     boot: str = DEFAULT_BOOT  # one of BOOT_MODES
+    clock: str | None = None  # rig.vm.clock: "warp" or "real"; None: $RIG_CLOCK or the default
 
 
 @dataclass
@@ -104,6 +106,7 @@ class Rig:
         self.kernel_origin = ""
         self._ssh_identity: SshIdentity | None = None  # after a restore: this rig's key
         self.saved: SavedVm | None = None  # the saved VM a "saved" boot resumed
+        self.clock = ""  # "warp" or "real" once started
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -111,6 +114,7 @@ class Rig:
         from rig.provision.guest import ensure_guest
         from rig.provision.qemu import qemu_for
 
+        self.clock = vmclock.resolve(self.config.clock)
         if self.config.boot not in BOOT_MODES:
             raise UsageError(f"boot mode {self.config.boot!r}: want one of {', '.join(BOOT_MODES)}")
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -129,7 +133,8 @@ class Rig:
             sockets: tuple[Path, ...] = ()
             if self.config.with_device:
                 t0 = time.monotonic()
-                self._device = DeviceModel(self._rundir, self.log_dir)
+                inline = vmclock.lockstep(self.clock)
+                self._device = DeviceModel(self._rundir, self.log_dir, inline_work=inline)
                 self._device.start()
                 sockets = (self._device.socket,)
                 self.timings.device_start = time.monotonic() - t0
@@ -151,8 +156,10 @@ class Rig:
                 # A saved VM has the cache's key; this rig's replaces it after the restore.
                 client_key=None if saved else key,
                 vfio_user_sockets=sockets,
-                # The model changes no mapped page on a guest write: doorbells may be posted.
-                posted_writes=posts_with_mmap(qemu.binary),
+                # The model changes no mapped page on a guest write: doorbells may be posted
+                # (not on the warped clock: rig.vm.clock.lockstep).
+                posted_writes=posts_with_mmap(qemu.binary) and not vmclock.lockstep(self.clock),
+                clock=self.clock,
                 modprobe=modprobe,
                 memory_mib=self.config.memory_mib,
                 name=self.config.name,
@@ -161,11 +168,13 @@ class Rig:
             )
             if saved:
                 self._ssh_identity = SshIdentity(key.private, guest.rootfs.host_key)
-                with step(f"resuming a saved {guest.kernel.release} under QEMU {qemu.version}"):
+                what = f"{guest.kernel.release} under QEMU {qemu.version} ({self.clock} clock)"
+                with step(f"resuming a saved {what}"):
                     self._boot_saved(mconfig, key.public)
             else:
                 self._machine = self._new_machine(mconfig)
-                with step(f"booting {guest.kernel.release} under QEMU {qemu.version} (TCG)"):
+                what = f"{guest.kernel.release} under QEMU {qemu.version} (TCG, {self.clock} clock)"
+                with step(f"booting {what}"):
                     self._boot()
         except BaseException as e:
             self._stop_after_error(e)

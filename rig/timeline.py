@@ -8,7 +8,9 @@ Witnesses:
   guest's printk timestamp and the host time it arrived. The console only ever adds delay,
   so the smallest (arrival - printk time) over the lines is the best estimate of the
   guest-to-host clock offset, and printk times are mapped with it (a console burst that
-  arrives late then does not skew the marks);
+  arrives late then does not skew the marks). On the warped clock (rig.vm.clock) the
+  guest's time jumps ahead whenever it idles, so no one offset holds: a line's arrival is
+  its time there (an upper bound, late by the console's delay);
 * the host: the REGION_NEW notifications as the netlink watcher's lines arrive, and a
   `devlink dev reload` returning;
 * the guest's init on the console (no printk time: its arrival time): a netdev up again.
@@ -79,20 +81,37 @@ def clock_offset(lines: Sequence[tuple[float, float, str]]) -> float:
     return min(host - guest for host, guest, _ in lines)
 
 
+def on_host_clock(
+    lines: Sequence[tuple[float, float, str]], warped: bool = False
+) -> list[tuple[float, str]]:
+    """(host time, text) of printk_lines: printk time + clock_offset, or on the warped clock
+    (where the guest's time does not follow the host's) the line's arrival."""
+    if warped:
+        return [(host, text) for host, _, text in lines]
+    offset = clock_offset(lines)
+    return [(guest + offset, text) for _, guest, text in lines]
+
+
 def fault_marks(
     t_fault: float,
     events: Sequence[dict[str, Any]],
     console: Sequence[tuple[float, str]],
     notifications: Sequence[tuple[float, dict[str, Any]]] = (),
     reload_returned: float | None = None,
+    warped: bool = False,
 ) -> list[Mark]:
     """Every witness's marks of one fault, in time order, in seconds from `t_fault`.
 
     `events`: the device's events from just before the injection on; `console`: the console
     lines from just before it on; `notifications`: (host arrival, message) of the REGION_NEW
-    notifications; `reload_returned`: when a `devlink dev reload` returned, for command faults.
+    notifications; `reload_returned`: when a `devlink dev reload` returned, for command faults;
+    `warped`: the guest ran on the warped clock (on_host_clock).
     """
-    marks = [*_device_marks(events), *_kernel_marks(console), *_guest_marks(console, t_fault)]
+    marks = [
+        *_device_marks(events),
+        *_kernel_marks(console, warped),
+        *_guest_marks(console, t_fault),
+    ]
     for t, note in notifications:
         what = f"REGION_NEW {note.get('region')} snapshot {note.get('snapshot')} on the host"
         marks.append(Mark(t, what, "host"))
@@ -127,16 +146,15 @@ def _device_marks(events: Sequence[dict[str, Any]]) -> list[Mark]:
     return marks
 
 
-def _kernel_marks(console: Sequence[tuple[float, str]]) -> list[Mark]:
+def _kernel_marks(console: Sequence[tuple[float, str]], warped: bool) -> list[Mark]:
     lines = printk_lines(console)
     if not lines:
         return []
-    offset = clock_offset(lines)
     marks = []
-    for _, guest, text in lines:
+    for t, text in on_host_clock(lines, warped):
         for pattern, what in KERNEL_MARKS:
             if m := pattern.search(text):
-                marks.append(Mark(guest + offset, what.format(*m.groups()), "kernel"))
+                marks.append(Mark(t, what.format(*m.groups()), "kernel"))
     return marks
 
 

@@ -462,13 +462,19 @@ def fault_under_traffic(
     The transfer starts right before the injection, once the fault's listeners are up: their
     start-up takes seconds under TCG, more with the stream eating the vCPU, and a stream
     started earlier could be over by the time the fault hits."""
-    offset = traffic.clock_offset()
+    # The guest's clock against the host's, once right before the injection and once right
+    # after the recovery: on the warped clock (rig.vm.clock) guest time jumps ahead whenever
+    # the guest idles, during the fault most of all, so one offset cannot place both.
+    offsets: list[float] = []
 
     def start() -> None:
         traffic.start_tcp(nbytes)
+        offsets.append(traffic.clock_offset())
 
     cycle = rig.mlx4.fault(kind, before_inject=start, **fault)
+    offsets.append(traffic.clock_offset())
     traffic.restore()
     result = traffic.wait()
-    gap = FaultGap.of(result.received.gap, cycle.t_fault + offset, cycle.t_recovered + offset)
+    injected, recovered = cycle.t_fault + offsets[0], cycle.t_recovered + offsets[-1]
+    gap = FaultGap.of(result.received.gap, injected, recovered)
     return FaultUnderTraffic(cycle, result, gap)

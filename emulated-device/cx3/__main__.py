@@ -91,6 +91,14 @@ def main(argv: list[str] | None = None) -> int:
         help="stop (exit 0) once QEMU disconnects: a standalone card lives as long as its VM",
     )
     parser.add_argument(
+        "--inline-work",
+        action="store_true",
+        help="finish a doorbell's work (a send queue walk) before answering its write, not a "
+        "frame at a time between later messages: with a QEMU that waits for every write's "
+        "answer and counts guest time in instructions (-icount), the work costs the guest "
+        "no time",
+    )
+    parser.add_argument(
         "--check-qemu",
         type=Path,
         metavar="QEMU",
@@ -113,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     stop = StopSignal()
 
     device = Cx3Device()
-    server = Server(device, args.socket, log=logger.info)
+    server = Server(device, args.socket, log=logger.info, inline_work=args.inline_work)
     control = ControlServer(device, args.control)
     sel = selectors.DefaultSelector()
     server.register(sel)

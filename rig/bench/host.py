@@ -37,16 +37,17 @@ TRAPPED_REGISTER = layout.SEMAPHORE
 
 
 def round_trips(runs: int, log_dir: Path, reads: int = 10000) -> dict[str, list[float]]:
-    """Every host figure, `runs` values each: see the module's docstring."""
+    """Every host figure, `runs` values each: see the module's docstring. One run of each
+    figure after the other (A B C D A B C D ...), so the i-th values of two figures saw the
+    same load and their ratio is fair."""
+    out: dict[str, list[float]] = {"rtt.c": [], "rtt.python": [], "rtt.model": [], "rtt.host": []}
     with tempfile.TemporaryDirectory(prefix="rig-bench-") as tmp:
         exe = str(_compile(Path(tmp)))
-        out = {
-            "rtt.c": _timed_runs([exe, str(2 * reads)], runs, "C ping-pong"),
-            "rtt.python": _timed_runs(
-                [sys.executable, "-c", f"{_PYTHON_PINGPONG}({2 * reads})"], runs, "Python ping-pong"
-            ),
-        }
-        with DeviceModel(Path(tmp), log_dir, name="bench-cx3") as device:
+        python = [sys.executable, "-c", f"{_PYTHON_PINGPONG}({2 * reads})"]
+        with (
+            DeviceModel(Path(tmp), log_dir, name="bench-cx3") as device,
+            _PythonClient(device.socket) as client,
+        ):
             model = [
                 exe,
                 "--vfio-user",
@@ -55,8 +56,11 @@ def round_trips(runs: int, log_dir: Path, reads: int = 10000) -> dict[str, list[
                 hex(TRAPPED_REGISTER),
                 str(reads),
             ]
-            out["rtt.model"] = _timed_runs(model, runs, "C vfio-user client")
-            out["rtt.host"] = _python_client(device.socket, runs, reads)
+            for _ in range(runs):
+                out["rtt.c"].append(_timed_run([exe, str(2 * reads)], "C ping-pong"))
+                out["rtt.python"].append(_timed_run(python, "Python ping-pong"))
+                out["rtt.model"].append(_timed_run(model, "C vfio-user client"))
+                out["rtt.host"].append(client.timed(reads))
         return out
 
 
@@ -100,27 +104,34 @@ def _python_pingpong_child(round_trips: int) -> None:
     print(round_trips, elapsed)
 
 
-def _timed_runs(cmd: list[str], runs: int, what: str) -> list[float]:
-    """Run a ping-pong `runs` times; it prints "<round trips> <ns>": µs per round trip."""
-    out = []
-    for _ in range(runs):
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-        if res.returncode != 0:
-            raise RigError(f"{what} failed: {res.stderr.strip()[-500:]}")
-        n, ns = (int(w) for w in res.stdout.split())
-        out.append(ns / n / 1000)
-    return out
+def _timed_run(cmd: list[str], what: str) -> float:
+    """Run a ping-pong; it prints "<round trips> <ns>": µs per round trip."""
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    if res.returncode != 0:
+        raise RigError(f"{what} failed: {res.stderr.strip()[-500:]}")
+    n, ns = (int(w) for w in res.stdout.split())
+    return ns / n / 1000
 
 
-def _python_client(path: Path, runs: int, reads: int) -> list[float]:
-    with Client(path) as client:
-        client.version()
+class _PythonClient:
+    """vfio_user.client reading the trapped register, warmed up once."""
+
+    def __init__(self, path: Path) -> None:
+        self._client = Client(path)
+
+    def __enter__(self) -> _PythonClient:
+        self._client.__enter__()
+        self._client.version()
         for _ in range(200):  # warm up: first-use costs are not the steady state
-            client.read32(BAR0_REGION, TRAPPED_REGISTER)
-        out = []
-        for _ in range(runs):
-            t0 = time.perf_counter_ns()
-            for _ in range(reads):
-                client.read32(BAR0_REGION, TRAPPED_REGISTER)
-            out.append((time.perf_counter_ns() - t0) / reads / 1000)
-        return out
+            self._client.read32(BAR0_REGION, TRAPPED_REGISTER)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._client.close()
+
+    def timed(self, reads: int) -> float:
+        """µs per round trip over `reads` reads."""
+        t0 = time.perf_counter_ns()
+        for _ in range(reads):
+            self._client.read32(BAR0_REGION, TRAPPED_REGISTER)
+        return (time.perf_counter_ns() - t0) / reads / 1000

@@ -18,7 +18,14 @@ Sections, in order (each one's failure is recorded and the others still run):
             under TCG), interleaved; then catas faults under a transfer: the stream's gap
             (last byte before -> first after) beside the reset and re-probe (rig.traffic);
 * replay:   `rig replay` end to end N times, then two at once N times (throughput);
+* clock:    `rig replay` on the warped and the real clock, alternating (warp, real, warp,
+            real, ...), the ratio of each pair (rig.vm.clock, docs/clock.md);
 * suite, cold (opt-in): `tox -e e2e`; `rig setup` into an empty temporary RIG_CACHE.
+
+Every other section runs on one clock (--clock; the JSON's options.clock says which). Paired
+figures (model vs C ping-pong, device vs no device, card vs veth, warp vs real) take their
+samples alternately, A B A B, and their ratio is taken pair by pair (stats.ratios), so a load
+that comes and goes on a shared machine weighs on both sides of each pair alike.
 
 VMs of the boot and guest sections run in this process, launched from the main thread (which
 outlives them, as rig.machine's PR_SET_PDEATHSIG needs); replays run as `rig replay`
@@ -39,7 +46,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,11 +60,13 @@ from rig.progress import run_logged
 from rig.provision.guestfiles import guest_program
 from rig.rig import Rig, RigConfig
 from rig.traffic import Traffic, fault_under_traffic
+from rig.vm import clock as vmclock
+from rig.vm.clock import REAL, WARP
 
 logger = logging.getLogger(__name__)
 
-SECTIONS = ("host", "boot", "en", "guest", "traffic", "replay", "suite", "cold")
-DEFAULT_SECTIONS = ("host", "boot", "en", "guest", "traffic", "replay", "suite")
+SECTIONS = ("host", "boot", "en", "guest", "traffic", "replay", "clock", "suite", "cold")
+DEFAULT_SECTIONS = ("host", "boot", "en", "guest", "traffic", "replay", "clock", "suite")
 TRAFFIC_BYTES = 32 << 20  # per throughput run: ~10 s across the card under TCG
 TRAFFIC_PINGS = 50
 REPO = Path(__file__).resolve().parents[2]
@@ -124,6 +133,13 @@ SPECS = (
     Spec("replay.fault_to_snapshots", "  fault -> snapshots", "s"),
     Spec("replay.reset_and_reprobe", "  reset + re-probe (as replay waits for it)", "s"),
     Spec("replay.read_and_compare", "  read back and compare", "s"),
+    Spec("clock.warp.replay", "rig replay on the warped clock, warm cache", "s", 8.0),
+    Spec("clock.warp.fault_to_snapshots", "  catas fault -> both snapshots on the host", "s", 0.5),
+    Spec("clock.warp.reset_and_reprobe", "  reset + re-probe", "s", 0.5),
+    Spec("clock.real.replay", "rig replay on the real clock, warm cache", "s"),
+    Spec("clock.real.fault_to_snapshots", "  catas fault -> both snapshots on the host", "s"),
+    Spec("clock.real.reset_and_reprobe", "  reset + re-probe", "s"),
+    Spec("clock.warp_vs_real", "replay warp / real (pair by pair)", "x"),
     Spec("parallel.pair", "two rig replay at once, wall time", "s"),
     Spec("parallel.throughput", "throughput of two at once vs one", "x"),
     Spec("suite.full", "the test suite: tox (lint, types, unit, e2e)", "s", 600.0),
@@ -144,6 +160,7 @@ class BenchOptions:
     userspace: str | None = None
     qemu: Path | None = None
     qemu_version: str | None = None
+    clock: str | None = None  # rig.vm.clock; None: $RIG_CLOCK or the default
 
 
 @dataclass
@@ -167,6 +184,7 @@ def run_bench(opts: BenchOptions) -> BenchRun:
     if unknown:
         raise RigError(f"unknown bench section(s) {sorted(unknown)}; known: {SECTIONS}")
     t0 = time.monotonic()
+    opts = replace(opts, clock=vmclock.resolve(opts.clock))  # one clock for every section
     opts.log_dir.mkdir(parents=True, exist_ok=True)
     run = BenchRun(Results(SPECS), describe_host(), _options(opts))
     run.machine.update(_describe_guest(opts))
@@ -177,6 +195,7 @@ def run_bench(opts: BenchOptions) -> BenchRun:
         "guest": _guest,
         "traffic": _traffic,
         "replay": _replay,
+        "clock": _clock,
         "suite": _suite,
         "cold": _cold,
     }
@@ -275,6 +294,7 @@ def _options(opts: BenchOptions) -> dict[str, Any]:
         "userspace": opts.userspace,
         "qemu": None if opts.qemu is None else str(opts.qemu),
         "qemu_version": opts.qemu_version,
+        "clock": opts.clock,
     }
 
 
@@ -285,6 +305,7 @@ def _guest_flags(opts: BenchOptions) -> list[str]:
         "--userspace": opts.userspace,
         "--qemu": opts.qemu and str(opts.qemu),
         "--qemu-version": opts.qemu_version,
+        "--clock": opts.clock,
     }
     return [word for flag, value in flags.items() if value for word in (flag, value)]
 
@@ -319,6 +340,7 @@ def _config(opts: BenchOptions, log_dir: Path, **kw: Any) -> RigConfig:
         userspace=opts.userspace,
         qemu=opts.qemu,
         qemu_version=opts.qemu_version,
+        clock=opts.clock,
         name="bench",
         **kw,
     )
@@ -480,7 +502,10 @@ def _catas(rig: Rig, timeout: float) -> CatasTimeline:
     # The console reader stamps a line when its newline arrives: wait for that stamp.
     console.wait_for(RESTARTED, 120, start=text_start)
     tl = catas_timeline(
-        rig.device.events(first_event).events, console.lines()[first_line:], cycle.arrivals
+        rig.device.events(first_event).events,
+        console.lines()[first_line:],
+        cycle.arrivals,
+        warped=rig.clock == WARP,
     )
     for region, snapshot in cycle.ids.items():  # the regions hold a few snapshots only
         rig.netlink.delete(rig.region(region), snapshot)
@@ -592,6 +617,27 @@ def _replay(opts: BenchOptions, run: BenchRun) -> None:
         pair = time.monotonic() - t0
         r.add("parallel.pair", pair)
         r.add("parallel.throughput", 2 * one / pair)
+
+
+# --- clock: the same replay on the warped and the real clock -------------------------------
+
+
+def _clock(opts: BenchOptions, run: BenchRun) -> None:
+    """`rig replay` alternately on each clock (A B A B ...), each pair's ratio."""
+    r = run.results
+    totals: dict[str, list[float]] = {WARP: [], REAL: []}
+    for i in range(opts.runs):
+        for clock in (WARP, REAL):
+            out = opts.log_dir / f"clock-{clock}-{i}"
+            t0 = time.monotonic()
+            report = _finish_replay(_start_replay(replace(opts, clock=clock), out), out)
+            totals[clock].append(time.monotonic() - t0)
+            r.add(f"clock.{clock}.replay", totals[clock][-1])
+            for name in ("fault_to_snapshots", "reset_and_reprobe"):
+                if name in report["timings"]:
+                    r.add(f"clock.{clock}.{name}", report["timings"][name])
+    for v in ratios(totals[WARP], totals[REAL]):
+        r.add("clock.warp_vs_real", v)
 
 
 # --- the test suite; opt-in: cold provisioning ---------------------------------------------

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rig import mlx4
-from rig.timeline import TimelineError, clock_offset, printk_lines
+from rig.timeline import TimelineError, clock_offset, on_host_clock, printk_lines
 
 DETECTED = re.compile(r"Internal error detected")
 CRSPACE_ADDED = re.compile(r"crdump: added snapshot \d+ to devlink region cr-space")
@@ -35,12 +35,10 @@ class CatasTimeline:
     clock_offset: float  # host time - guest printk time
 
 
-def _first(
-    lines: Sequence[tuple[float, float, str]], pattern: re.Pattern[str], offset: float, what: str
-) -> float:
-    for _, guest, text in lines:
+def _first(lines: Sequence[tuple[float, str]], pattern: re.Pattern[str], what: str) -> float:
+    for t, text in lines:
         if pattern.search(text):
-            return guest + offset
+            return t
     raise TimelineError(f"the guest never logged {what} ({pattern.pattern!r})")
 
 
@@ -55,25 +53,28 @@ def catas_timeline(
     events: Sequence[dict[str, Any]],
     console: Sequence[tuple[float, str]],
     notifications: Sequence[float],
+    warped: bool = False,
 ) -> CatasTimeline:
     """Phases of one catas fault, from what happened after it was injected.
 
     `events`: the device's events from the injection on; `console`: the console lines from
     just before the injection on; `notifications`: host arrival times of the REGION_NEW
-    notifications for the fault's snapshots.
+    notifications for the fault's snapshots; `warped`: the guest ran on the warped clock
+    (rig.timeline.on_host_clock).
     """
-    lines = printk_lines(console)
-    offset = clock_offset(lines)
+    printk = printk_lines(console)
+    offset = clock_offset(printk)
+    lines = on_host_clock(printk, warped)
     injected = _event(events, "catas injection", kind="fault", fault="catas")
     crdump = _event(events, "crdump start", kind="crdump")
-    detected = _first(lines, DETECTED, offset, "the internal error")
-    crspace = _first(lines, CRSPACE_ADDED, offset, "the cr-space snapshot")
-    health = _first(lines, HEALTH_ADDED, offset, "the fw-health snapshot")
+    detected = _first(lines, DETECTED, "the internal error")
+    crspace = _first(lines, CRSPACE_ADDED, "the cr-space snapshot")
+    health = _first(lines, HEALTH_ADDED, "the fw-health snapshot")
     if not notifications:
         raise TimelineError("no REGION_NEW notification arrived")
     visible = max(notifications)
     try:
-        restarted: float | None = _first(lines, RESTARTED, offset, "the restart")
+        restarted: float | None = _first(lines, RESTARTED, "the restart")
     except TimelineError:
         restarted = None
     return CatasTimeline(

@@ -85,7 +85,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     write_json(run, json_path)
     m = run.machine
     print(
-        f"{m['cores']} cores, {m['cpu_model']}, QEMU {m.get('qemu')} (TCG), guest "
+        f"{m['cores']} cores, {m['cpu_model']}, QEMU {m.get('qemu')} (TCG, "
+        f"{run.options['clock']} clock; the clock section runs both), guest "
         f"{m.get('guest')}, host {m['host_os']}, {m['date']}, load average "
         f"{m['loadavg_start'][0]:.1f} -> {m['loadavg_end'][0]:.1f}"
     )

@@ -14,12 +14,16 @@ from rig.errors import UsageError
 from rig.provision.qemu import PINNED_VERSION
 from rig.provision.suites import DEFAULT_SUITE, RELEASES
 from rig.rig import BOOT_MODES, DEFAULT_BOOT
+from rig.vm import clock as vmclock
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
-def add_guest_options(p: argparse.ArgumentParser, kernel_help: str = "") -> None:
-    """--kernel, --userspace, --qemu, --qemu-version: what a command boots."""
+def add_guest_options(
+    p: argparse.ArgumentParser, kernel_help: str = "", boots: bool = True
+) -> None:
+    """--kernel, --userspace, --qemu, --qemu-version: what a command boots; and --clock, how
+    the guest's time runs, when it `boots` a VM."""
     p.add_argument(
         "--kernel", metavar="SPEC", help=kernel_help or "guest kernel (see `rig setup --help`)"
     )
@@ -39,6 +43,15 @@ def add_guest_options(p: argparse.ArgumentParser, kernel_help: str = "") -> None
         f"instead of the pinned {PINNED_VERSION}: a Debian version or an upstream release "
         "such as 10.2.2",
     )
+    if boots:
+        p.add_argument(
+            "--clock",
+            choices=vmclock.CLOCKS,
+            help="the guest's clock: warp (QEMU -icount shift=0,sleep=off: the guest's "
+            "idle time costs no wall time, so the driver's polls, sleeps and timeouts pass "
+            "as fast as it executes) or real (host time) (default: "
+            f"${vmclock.ENV} or {vmclock.DEFAULT}; docs/clock.md)",
+        )
 
 
 class GuestOptions(TypedDict):
@@ -46,6 +59,7 @@ class GuestOptions(TypedDict):
     userspace: str | None
     qemu: Path | None
     qemu_version: str | None
+    clock: str | None
 
 
 def guest_options(args: argparse.Namespace) -> GuestOptions:
@@ -55,6 +69,7 @@ def guest_options(args: argparse.Namespace) -> GuestOptions:
         "userspace": args.userspace,
         "qemu": args.qemu,
         "qemu_version": args.qemu_version,
+        "clock": args.clock,
     }
 
 

@@ -26,7 +26,7 @@ KERNEL_HELP = (
 
 def add_parser(sub: Subparsers) -> None:
     p = sub.add_parser("setup", help="provision QEMU, the guest kernel, initramfs and root fs")
-    add_guest_options(p, KERNEL_HELP)
+    add_guest_options(p, KERNEL_HELP, boots=False)
     p.set_defaults(func=cmd_setup)
 
 

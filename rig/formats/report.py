@@ -59,6 +59,7 @@ class ReaderReport:
 class Report:
     ok: bool = False
     versions: dict[str, str] = field(default_factory=dict)
+    clock: str = ""  # the guest's clock (rig.vm.clock): "warp" or "real"; "" before the boot
     fault: dict[str, Any] = field(default_factory=dict)
     inputs: dict[str, str] = field(default_factory=dict)
     # The card's netdevs before the fault and after the driver re-created them.

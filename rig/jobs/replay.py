@@ -42,6 +42,7 @@ from rig.rig import DEFAULT_BOOT, Rig, RigConfig
 from rig.signals import Interrupted
 from rig.timeline import fault_marks
 from rig.traffic import Traffic, fault_under_traffic
+from rig.vm.clock import WARP
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ class ReplayOptions:
     userspace: str | None = None
     qemu: Path | None = None
     qemu_version: str | None = None
+    clock: str | None = None  # rig.vm.clock; None: $RIG_CLOCK or the default
     msi_x: bool = True
     mlx4_en: bool = True
     netdev_up: bool = True
@@ -158,6 +160,7 @@ def run_replay(opts: ReplayOptions) -> Report:
             userspace=opts.userspace,
             qemu=opts.qemu,
             qemu_version=opts.qemu_version,
+            clock=opts.clock,
             msi_x=opts.msi_x,
             mlx4_en=opts.mlx4_en,
             netdev_up=opts.netdev_up,
@@ -167,6 +170,7 @@ def run_replay(opts: ReplayOptions) -> Report:
             report.versions.update(
                 qemu=rig.qemu_version, kernel=rig.kernel_release, kernel_origin=rig.kernel_origin
             )
+            report.clock = rig.clock
             report.timings.update(provision=rig.timings.provision, boot=rig.timings.boot)
             _replay(rig, opts, inputs, report, evidence)
     except RigError as e:
@@ -347,7 +351,7 @@ def _record_story(
         t_fault = float(injected[0]) if injected else t_before
     notes = list(zip(cycle.arrivals, cycle.events, strict=False)) if cycle else []
     reload = cycle.t_recovered if cycle and cycle.trigger == "devlink dev reload" else None
-    marks = fault_marks(t_fault, events, console, notes, reload)
+    marks = fault_marks(t_fault, events, console, notes, reload, warped=rig.clock == WARP)
     report.timeline = [m.as_dict() for m in marks]
     printed = [m.groups() for _, line in console if (m := CATAS_PRINTED.search(line))]
     if printed:

@@ -36,6 +36,7 @@ from rig.kernellog import OOPS, PANIC, oops_line, panic_reason, report_from
 from rig.process import Identity, die_with_parent, owned_tempdir
 from rig.provision.guest import GuestImage
 from rig.provision.sshkeys import ClientKey
+from rig.vm import clock as vmclock
 from rig.vm.cmdline import Modprobe, kernel_cmdline
 from rig.vm.console import SerialConsole
 from rig.vm.logcap import STDERR_LIMIT, PipeLog
@@ -85,6 +86,7 @@ class MachineConfig:
     vfio_user_sockets: tuple[Path, ...] = ()  # one vfio-user-pci device (cxN) each
     # The card's writes may be posted although BAR0 is mapped (a QEMU with the rig's patch)
     posted_writes: bool = False
+    clock: str = vmclock.REAL  # rig.vm.clock: "real" or "warp"
     qemu_args: tuple[str, ...] = ()
     name: str = "rig"
     # A free PCIe root port (HOTPLUG_BUS) for a card added after a restore (rig.vm.saved).
@@ -170,6 +172,7 @@ def qemu_command(config: MachineConfig, paths: RuntimePaths) -> list[str]:
         "-display",
         "none",
         "-no-reboot",
+        *vmclock.qemu_args(config.clock),
     ]
     for d in config.qemu.firmware_dirs:
         argv += ["-L", str(d)]

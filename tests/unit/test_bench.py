@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -86,6 +88,9 @@ def test_the_bench_specs_are_unique_and_cover_every_goal_of_the_issue() -> None:
         "boot.en_cost": 1.0,
         "en.reset_cost": 1.0,
         "boot.saved": 2.5,  # issue 16: boot to ready with device and driver, saved VM
+        "clock.warp.replay": 8.0,
+        "clock.warp.fault_to_snapshots": 0.5,
+        "clock.warp.reset_and_reprobe": 0.5,
     }
     floors = {k: f.spec.goal_min for k, f in results.figures.items() if f.spec.goal_min}
     assert floors == {"traffic.card_vs_veth": 0.5}
@@ -261,3 +266,32 @@ def test_cli_registers_bench() -> None:
     assert build_parser().parse_args(["bench"]).suite  # the suite is timed by default
     with pytest.raises(SystemExit):
         build_parser().parse_args(["bench", "--only", "nonsense"])
+
+
+def test_the_clock_section_alternates_clocks_and_pairs_each_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """warp, real, warp, real: each pair's ratio, from the replays' own wall times."""
+    order: list[str | None] = []
+    walls = iter([4.0, 8.0, 6.0, 24.0])  # warp, real, warp, real
+    now = [0.0]
+
+    def start(opts: bench.BenchOptions, out: Path) -> None:
+        order.append(opts.clock)
+        now[0] += next(walls)
+
+    def finish(proc: None, out: Path) -> dict[str, object]:
+        return {"timings": {"fault_to_snapshots": 0.3, "reset_and_reprobe": 0.4}}
+
+    monkeypatch.setattr(bench, "_start_replay", start)
+    monkeypatch.setattr(bench, "_finish_replay", finish)
+    monkeypatch.setattr("rig.bench.run.time", SimpleNamespace(monotonic=lambda: now[0]))
+    opts = bench.BenchOptions(json_path=tmp_path / "b.json", log_dir=tmp_path, runs=2)
+    run = bench.BenchRun(Results(bench.SPECS), {}, {})
+    bench._clock(opts, run)
+    figures = run.results.figures
+    assert order == ["warp", "real", "warp", "real"]
+    assert figures["clock.warp.replay"].samples == [4.0, 6.0]
+    assert figures["clock.real.replay"].samples == [8.0, 24.0]
+    assert figures["clock.warp_vs_real"].samples == [0.5, 0.25]
+    assert figures["clock.warp.reset_and_reprobe"].samples == [0.4, 0.4]

@@ -81,3 +81,20 @@ def test_command_faults_and_a_reload() -> None:
 
 def test_no_console_no_kernel_marks() -> None:
     assert [m.witness for m in fault_marks(T0, events()[:1], [])] == ["device"]
+
+
+def test_on_the_warped_clock_a_kernel_mark_is_its_lines_arrival() -> None:
+    # The guest's clock jumped 40 s while it idled between the two lines, the host's 1.2 s:
+    # no one offset maps both, and the least-delayed line's would put the first 38.8 s early.
+    lines = [
+        (T0 + 1.0, "[  100.000000] mlx4_core 0000:00:03.0: Internal error detected:"),
+        (T0 + 2.2, "[  140.000000] mlx4_core 0000:00:03.0: mlx4_restart_one was ended, ret=0"),
+    ]
+    warped = fault_marks(T0, events()[:1], lines, warped=True)
+    assert [(round(m.t, 3), m.witness) for m in warped] == [
+        (0.0, "device"),
+        (1.0, "kernel"),
+        (2.2, "kernel"),
+    ]
+    real = fault_marks(T0, events()[:1], lines)
+    assert [round(m.t, 3) for m in real] == [-37.8, 0.0, 2.2]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.unit.toy_device import DOORBELL, PAGE, ToyDevice
-from tests.unit.vfio_loop import wait_idle
+from tests.unit.vfio_loop import running_loop, wait_idle
 from vfio_user import CONFIG_REGION, IRQ_INTX, IRQ_MSIX
 from vfio_user import protocol as p
 from vfio_user.client import Client, ClientError
@@ -232,3 +232,18 @@ def test_background_work_runs_between_messages(served: tuple[ToyDevice, Server, 
     assert dev.steps.count(first) == dev.steps.count(second) == 200
     last_of_first = len(dev.steps) - 1 - dev.steps[::-1].index(first)
     assert dev.steps.index(second) < last_of_first  # turns, not one walk after the other
+
+
+def test_inline_work_is_done_when_its_write_is_answered(tmp_path: Path) -> None:
+    """--inline-work: the doorbell's 50 steps all ran before the write returned, with no loop
+    running background work between messages."""
+    dev = ToyDevice()
+    server = Server(dev, tmp_path / "toy.sock", inline_work=True)
+    # No background runner in the loop: only the write itself can run the steps.
+    with running_loop(server.register), Client(tmp_path / "toy.sock") as client:
+        client.version()
+        client.write(0, DOORBELL, (50).to_bytes(4, "little"))
+        assert len(dev.steps) == 50
+        assert server.idle()
+    server.close()
+    dev.close()

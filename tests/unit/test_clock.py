@@ -1,0 +1,60 @@
+"""rig.vm.clock: which clock a rig runs on, what QEMU is told, and a bad choice in one line."""
+
+from __future__ import annotations
+
+import pytest
+
+from rig.cli import build_parser, main
+from rig.errors import UsageError
+from rig.vm import clock
+from rig.vm.machine import qemu_command
+from tests.unit.test_machine_command import PATHS, config, option
+
+
+def test_the_option_the_environment_then_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(clock.ENV, raising=False)
+    assert clock.resolve(None) == clock.DEFAULT
+    assert clock.resolve("real") == "real"
+    monkeypatch.setenv(clock.ENV, "real")
+    assert clock.resolve(None) == "real"
+    assert clock.resolve("warp") == "warp"  # the option wins over the environment
+
+
+def test_a_bad_clock_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(UsageError, match=r"^clock 'fast': choose one of warp, real$"):
+        clock.resolve("fast")
+    monkeypatch.setenv(clock.ENV, "slow")
+    with pytest.raises(UsageError, match=r"^\$RIG_CLOCK 'slow': choose one of warp, real$"):
+        clock.resolve(None)
+
+
+def test_a_bad_rig_clock_ends_a_booting_command_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv(clock.ENV, "slow")
+    assert main(["run", "--", "true"]) == 2
+    err = capsys.readouterr().err
+    assert err == "rig: error: $RIG_CLOCK 'slow': choose one of warp, real\n"
+
+
+def test_every_booting_command_takes_clock_and_setup_does_not() -> None:
+    parser = build_parser()
+    for command in (["run", "--", "true"], ["replay"], ["up"], ["bench"]):
+        args = parser.parse_args([command[0], "--clock", "warp", *command[1:]])
+        assert args.clock == "warp"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["replay", "--clock", "fast"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["setup", "--clock", "warp"])
+
+
+def test_warp_asks_qemu_for_icount_without_sleep_and_real_for_nothing() -> None:
+    warp = qemu_command(config(clock="warp"), PATHS)
+    [icount] = option(warp, "-icount")
+    assert "sleep=off" in icount.split(",")
+    assert "-icount" not in qemu_command(config(clock="real"), PATHS)
+
+
+def test_the_card_works_in_step_with_the_vcpu_on_the_warped_clock_only() -> None:
+    assert clock.lockstep("warp")
+    assert not clock.lockstep("real")
