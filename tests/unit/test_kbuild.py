@@ -201,7 +201,8 @@ def test_newest_series_from_apt_cache_search() -> None:
         "linux-source-6.1 - Linux kernel source for version 6.1 with Debian patches\n"
         "linux-source-6.12 - Linux kernel source for version 6.12 with Debian patches\n"
         "linux-source - Linux kernel source (meta-package)\n"
-        "linux-source-6.9-rc - not a series\n"
+        "linux-source-6.9 - sorted after 6.12 by apt, older by number\n"
+        "linux-source-6.13-rc - not a series\n"
     )
     assert newest_series(search) == "6.12"
     assert newest_series("linux-source-7.2 - Linux kernel source\n") == "7.2"
