@@ -184,7 +184,7 @@ def parse_qemus(text: str | None) -> tuple[QemuChoice, ...]:
         if "/" in e:
             choices.append(QemuChoice(path=Path(e).expanduser().resolve()))
         else:
-            check_requested(e)  # one line, exit 2, before anything is provisioned
+            check_requested(e, "--qemu")  # one line, exit 2, before anything is provisioned
             choices.append(QemuChoice(version=e))
     return tuple(choices)
 

@@ -236,7 +236,7 @@ def test_a_qemu_too_old_is_one_line_exit_2(
     status = main(["matrix", "--kernels", "deb:sid", "--qemu", "10.2.2,8.2", "--list"])
     err = capsys.readouterr().err
     assert status == 2 and len(err.splitlines()) == 1
-    assert "8.2" in err and ">= 10.1" in err
+    assert "--qemu 8.2: " in err and ">= 10.1" in err
 
 
 def test_cells_the_rig_cannot_run_name_their_qemu(
