@@ -11,9 +11,10 @@ from rig.provision.kbuildspec import DEFAULT_SERIES, BuildSpec, parse_source
 from rig.provision.kernel import ensure_kernel
 
 SOURCE_HELP = (
-    f"{DEFAULT_SERIES} (Debian's linux-source-{DEFAULT_SERIES}, the version apt "
-    f"offers), {DEFAULT_SERIES}=VERSION, or a kernel tree DIR (copied, never "
-    f"modified); default: %(default)s"
+    f"a series such as {DEFAULT_SERIES} or 6.12 (Debian's linux-source-SERIES, the newest "
+    f"version any Debian suite offers), SERIES=VERSION, a Debian suite such as trixie "
+    f"(its newest linux-source), or a kernel tree DIR (copied, never modified); "
+    f"default: %(default)s"
 )
 PATCHES_HELP = (
     "a patch series: a directory of *.patch/*.diff (applied in sorted order, or "

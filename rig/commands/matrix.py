@@ -12,7 +12,15 @@ from pathlib import Path
 
 from rig.commands.options import Subparsers, positive_int
 from rig.jobs.cluster import run_cells
-from rig.jobs.matrix import MatrixOptions, parse_kernels, run_matrix, table
+from rig.jobs.matrix import (
+    RIG_QEMU,
+    MatrixOptions,
+    QemuChoice,
+    parse_kernels,
+    parse_qemus,
+    run_matrix,
+    table,
+)
 from rig.provision.suites import RELEASES
 
 logger = logging.getLogger(__name__)
@@ -51,7 +59,14 @@ def add_parser(sub: Subparsers) -> None:
         choices=RELEASES,
         help="one Debian root fs for every kernel (default: each kernel's own)",
     )
-    p.add_argument("--qemu", metavar="PATH", type=Path, help="use this qemu-system-x86_64")
+    p.add_argument(
+        "--qemu",
+        metavar="QEMU,...",
+        help="the QEMU axis: comma-separated QEMUs, each a version of Debian's qemu source "
+        "(built once into the cache, as --qemu-version elsewhere; e.g. 10.2.2,11.1.3) or a "
+        "qemu-system-x86_64 PATH (with a '/'); every kernel runs on each (default: the "
+        "rig's own QEMU)",
+    )
     p.add_argument(
         "--out", metavar="DIR", type=Path, help="run directory (default: runs/matrix-<time>)"
     )
@@ -89,19 +104,32 @@ def add_parser(sub: Subparsers) -> None:
     p.set_defaults(func=cmd_matrix)
 
 
-def ci_matrix(kernels: tuple[str, ...], ci_format: str) -> str:
-    """The cells as a CI system's job matrix: each job runs `rig matrix --kernels $KERNEL`."""
+def ci_matrix(
+    kernels: tuple[str, ...], ci_format: str, qemus: tuple[QemuChoice, ...] = (RIG_QEMU,)
+) -> str:
+    """The cells as a CI system's job matrix: each job runs `rig matrix --kernels $KERNEL`
+    (and `--qemu $QEMU` when the matrix has a QEMU axis)."""
+    axis = [q.label for q in qemus if q.label]
+    cells = [{"kernel": k, "qemu": q} for k in kernels for q in axis] or [
+        {"kernel": k} for k in kernels
+    ]
     if ci_format == "github":
-        return json.dumps({"include": [{"kernel": k} for k in kernels]}) + "\n"
+        return json.dumps({"include": cells}) + "\n"
     # GitLab's parallel:matrix; JSON strings are valid YAML scalars.
-    entries = "".join(f"    - KERNEL: {json.dumps(k)}\n" for k in kernels)
+    entries = "".join(
+        "    - "
+        + "\n      ".join(f"{name.upper()}: {json.dumps(value)}" for name, value in c.items())
+        + "\n"
+        for c in cells
+    )
     return f"parallel:\n  matrix:\n{entries}"
 
 
 def cmd_matrix(args: argparse.Namespace) -> int:
     kernels = parse_kernels(args.kernels, args.patches)
+    qemus = parse_qemus(args.qemu)
     if args.list:
-        print(ci_matrix(kernels, args.ci_format), end="")
+        print(ci_matrix(kernels, args.ci_format, qemus), end="")
         return 0
     # Absolute: a worker process need not share this one's working directory.
     out = (args.out or Path("runs") / time.strftime("matrix-%Y%m%d-%H%M%S")).resolve()
@@ -110,7 +138,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
         out=out,
         patches=args.patches.resolve() if args.patches else None,
         userspace=args.userspace,
-        qemu=args.qemu.resolve() if args.qemu else None,
+        qemus=qemus,
     )
     if args.serial:
         matrix = run_matrix(opts)
@@ -119,6 +147,6 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     print(table(matrix), end="")
     logger.info(f"results: {out}/matrix.json, junit.xml, matrix.ktap, kcidb.json, report.html")
     for cell in matrix.rig_failures:
-        print(f"rig: error: {cell.kernel}: the rig could not run it: {cell.error}", file=sys.stderr)
+        print(f"rig: error: {cell.name}: the rig could not run it: {cell.error}", file=sys.stderr)
     print({0: "PASS", 1: "FAIL"}.get(matrix.exit_status, "ERROR"))
     return matrix.exit_status

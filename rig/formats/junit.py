@@ -8,6 +8,7 @@ patched kernel regressed it).
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from pathlib import Path
 
 from rig.jobs.behaviours import BEHAVIOURS, ERROR, FAIL
@@ -70,13 +71,13 @@ def junit_xml(c: Verdict) -> str:
     return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
 
 
-def kernels_junit_xml(name: str, kernels: list[KernelResult]) -> str:
-    """One suite per kernel, a testcase per behaviour (`rig matrix`)."""
+def kernels_junit_xml(name: str, kernels: Sequence[tuple[str, KernelResult]]) -> str:
+    """One suite per (cell name, kernel), a testcase per behaviour (`rig matrix`)."""
     root = ET.Element("testsuites", name=name)
     names = [b.name for b in BEHAVIOURS]
-    for k in kernels:
-        classname = f"matrix.{k.spec}".replace(" ", "_")
-        _suite(root, f"{k.spec} {k.release}".strip(), _kernel_cases(k, names, classname))
+    for cell, k in kernels:
+        classname = f"matrix.{cell}".replace(" ", "_")
+        _suite(root, f"{cell} {k.release}".strip(), _kernel_cases(k, names, classname))
     ET.indent(root)
     return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
 

@@ -23,6 +23,13 @@ STATUS = {PASS: "PASS", FAIL: "FAIL", ERROR: "ERROR"}
 ENVIRONMENT = {"comment": "QEMU (TCG) with an emulated Mellanox ConnectX-3 (mlx4-rig)"}
 
 
+def environment(qemu: str) -> dict[str, Any]:
+    """Where the tests ran: the QEMU's version too, once known (the matrix's second axis)."""
+    if not qemu:
+        return ENVIRONMENT
+    return {"comment": f"QEMU {qemu} (TCG) with an emulated Mellanox ConnectX-3 (mlx4-rig)"}
+
+
 def _slug(text: str) -> str:
     """A path component KCIDB accepts: [a-zA-Z0-9_-]."""
     return re.sub(r"[^a-zA-Z0-9_-]+", "_", text).strip("_") or "kernel"
@@ -46,7 +53,12 @@ def kcidb(run: str, kernels: Sequence[tuple[str, KernelResult]]) -> dict[str, An
                 "architecture": "x86_64",
                 "comment": f"{k.release} ({k.origin})" if k.release else k.spec,
                 "status": "PASS" if k.release else "ERROR",
-                "misc": {"spec": k.spec, "release": k.release, **k.build},
+                "misc": {
+                    "spec": k.spec,
+                    "release": k.release,
+                    **({"qemu": k.qemu} if k.qemu else {}),
+                    **k.build,
+                },
             }
         )
         for behaviour, summary in summaries.items():
@@ -58,7 +70,7 @@ def kcidb(run: str, kernels: Sequence[tuple[str, KernelResult]]) -> dict[str, An
                 "path": f"{ORIGIN}.{behaviour}",
                 "comment": summary,
                 "status": STATUS[o.status],
-                "environment": ENVIRONMENT,
+                "environment": environment(k.qemu),
                 "duration": round(o.seconds, 3),
             }
             if o.detail:

@@ -20,7 +20,7 @@ COLORS = {"pass": "#8fd19e", "fail": "#d9363e", "error": "#f4c542"}  # a table c
 
 
 def render(matrix: Matrix, pages: Mapping[str, str]) -> str:
-    """The page; `pages` maps a cell's kernel to its replay page, relative to the run
+    """The page; `pages` maps a cell's name to its replay page, relative to the run
     directory (a cell that got no page has none)."""
     v = VERDICTS.get(matrix.exit_status, "ERROR")
     what = {
@@ -35,7 +35,7 @@ def render(matrix: Matrix, pages: Mapping[str, str]) -> str:
     ]
     if matrix.rig_failures:
         items = "".join(
-            f"<li>{escape(c.kernel)}: the rig could not run it: {escape(c.error)}</li>"
+            f"<li>{escape(c.name)}: the rig could not run it: {escape(c.error)}</li>"
             for c in matrix.rig_failures
         )
         body.append(f"<ul class='errors'>{items}</ul>")
@@ -60,13 +60,13 @@ def write(out: Path, matrix: Matrix, pages: Mapping[str, str]) -> Path:
 def _versions(matrix: Matrix, pages: Mapping[str, str]) -> str:
     rows = [
         (
-            f"<b>{escape(c.kernel)}</b>",
+            f"<b>{escape(c.name)}</b>",
             escape(c.result.release) or "<span class='muted'>not provisioned</span>",
             escape(c.result.origin),
             escape(c.versions.get("qemu", "")) or "<span class='muted'>not started</span>",
             escape(c.host),
             f"{c.seconds:.1f} s",
-            _link(pages.get(c.kernel), "report.html"),
+            _link(pages.get(c.name), "report.html"),
         )
         for c in matrix.cells
     ]
@@ -75,11 +75,11 @@ def _versions(matrix: Matrix, pages: Mapping[str, str]) -> str:
 
 
 def _behaviours(matrix: Matrix, pages: Mapping[str, str]) -> str:
-    head = ("behaviour", *(escape(c.kernel) for c in matrix.cells))
+    head = ("behaviour", *(escape(c.name) for c in matrix.cells))
     rows = [
         (
             f"<b>{escape(b.name)}</b><br><span class='muted'>{escape(b.summary)}</span>",
-            *(_cell(c, b.name, pages.get(c.kernel)) for c in matrix.cells),
+            *(_cell(c, b.name, pages.get(c.name)) for c in matrix.cells),
         )
         for b in BEHAVIOURS
     ]
@@ -100,7 +100,7 @@ def _cell(cell: Cell, behaviour: str, replay_page: str | None) -> str:
 
 def _details(matrix: Matrix) -> str:
     items = [
-        f"<li><b>{escape(b.name)}</b> on {escape(c.kernel)}: {escape(o.status)}: "
+        f"<li><b>{escape(b.name)}</b> on {escape(c.name)}: {escape(o.status)}: "
         f"{escape(o.detail)}</li>"
         for c in matrix.cells
         if not c.error

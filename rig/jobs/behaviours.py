@@ -286,13 +286,24 @@ class BehaviourRun:
 
 
 def run_session(
-    kernel: str | None, qemu: Path | None, out: Path, userspace: str | None = None
+    kernel: str | None,
+    qemu: Path | None,
+    out: Path,
+    userspace: str | None = None,
+    qemu_version: str | None = None,
 ) -> dict[str, Outcome]:
     """Boot `kernel` once and check every behaviour but catas-snapshots (see run_replay)."""
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     rig = Rig(
-        RigConfig(log_dir=out, kernel=kernel, userspace=userspace, qemu=qemu, name="validate")
+        RigConfig(
+            log_dir=out,
+            kernel=kernel,
+            userspace=userspace,
+            qemu=qemu,
+            qemu_version=qemu_version,
+            name="validate",
+        )
     )
     try:
         rig.start()

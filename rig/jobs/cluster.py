@@ -15,7 +15,7 @@ import sys
 from typing import Any
 
 from rig.errors import RigError
-from rig.jobs.matrix import Cell, MatrixOptions, run_cell
+from rig.jobs.matrix import Cell, MatrixOptions, QemuChoice, cell_name, run_cell
 from rig.jobs.verdict import KernelResult
 
 logger = logging.getLogger(__name__)
@@ -32,17 +32,20 @@ def local_workers(cells: int, cpus: int | None = None, memory: int | None = None
     return max(1, min(cells, cpus, memory // VM_MEMORY))
 
 
-def _cell_on_worker(kernel: str, opts: MatrixOptions, show_progress: bool) -> Cell:
+def _cell_on_worker(
+    kernel: str, qemu: QemuChoice, opts: MatrixOptions, show_progress: bool
+) -> Cell:
     """run_cell in a worker process: the rig's progress on its stderr, named by the cell."""
     if show_progress:
         # A worker process runs cells one after another: each replaces the last one's name.
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(f"rig [{kernel}]: %(message)s"))
+        name = cell_name(kernel, qemu.label)
+        handler.setFormatter(logging.Formatter(f"rig [{name}]: %(message)s"))
         rig_log = logging.getLogger("rig")
         rig_log.handlers[:] = [handler]
         rig_log.setLevel(logging.INFO)
         rig_log.propagate = False
-    return run_cell(kernel, opts)
+    return run_cell(kernel, opts, qemu)
 
 
 def run_cells(
@@ -58,7 +61,7 @@ def run_cells(
         if scheduler:
             client = Client(scheduler, timeout=CONNECT_TIMEOUT)  # type: ignore[no-untyped-call]
         else:
-            n = workers or local_workers(len(opts.kernels))
+            n = workers or local_workers(len(opts.cells()))
             logger.info(f"a local Dask cluster of {n} worker(s), {VM_RESOURCE}=1 each")
             cluster = LocalCluster(  # type: ignore[no-untyped-call]
                 n_workers=n,
@@ -79,20 +82,22 @@ def run_cells(
     show = logging.getLogger("rig").isEnabledFor(logging.INFO)
     try:
         futures = [
-            client.submit(_cell_on_worker, k, opts, show, resources={VM_RESOURCE: 1}, pure=False)
-            for k in opts.kernels
+            client.submit(_cell_on_worker, k, q, opts, show, resources={VM_RESOURCE: 1}, pure=False)
+            for k, q in opts.cells()
         ]
-        return [_gather(k, f) for k, f in zip(opts.kernels, futures, strict=True)]
+        return [_gather(k, f, q) for (k, q), f in zip(opts.cells(), futures, strict=True)]
     finally:
         client.close()  # type: ignore[no-untyped-call]
         if cluster is not None:
             cluster.close()
 
 
-def _gather(kernel: str, future: Any) -> Cell:
+def _gather(kernel: str, future: Any, qemu: QemuChoice | None = None) -> Cell:
     try:
         cell: Cell = future.result()
         return cell
     except Exception as e:  # the worker died or run_cell raised: this cell, not the matrix
         error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        return Cell(kernel, KernelResult(kernel, kernel)).could_not_run(f"on Dask: {error}")
+        label = qemu.label if qemu is not None else ""
+        result = KernelResult(cell_name(kernel, label), kernel)
+        return Cell(kernel, result, qemu=label).could_not_run(f"on Dask: {error}")

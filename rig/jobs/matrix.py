@@ -1,9 +1,11 @@
 """`rig matrix`: the validate behaviours on each of several kernels, one table.
 
-A cell is one kernel: provisioned (fetched or built), then the same two boots as each of
-`rig validate`'s kernels (rig.jobs.validate.run_kernel). Cells run one after the other or
-on Dask (rig.jobs.cluster); a cell the rig could not run (a kernel that cannot be had, a rig
-failure during the replay) is recorded with its error and the others still run.
+A cell is one kernel on one QEMU: the kernel provisioned (fetched or built), then the same
+two boots as each of `rig validate`'s kernels (rig.jobs.validate.run_kernel). QEMU is the
+second axis: by default one, the rig's (its pinned build); `--qemu` names several, each a
+version of Debian's qemu source (built once into the cache) or a binary. Cells run one after
+the other or on Dask (rig.jobs.cluster); a cell the rig could not run (a kernel that cannot be
+had, a rig failure during the replay) is recorded with its error and the others still run.
 """
 
 from __future__ import annotations
@@ -28,10 +30,27 @@ from rig.jobs.behaviours import BEHAVIOURS, ERROR, PASS, Outcome
 from rig.jobs.validate import prepare, run_kernel
 from rig.jobs.verdict import KernelResult
 from rig.provision.kbuildspec import BuildSpec, is_build_spec, parse_build_spec
+from rig.provision.qemu import check_requested
 
 logger = logging.getLogger(__name__)
 
 SCHEMA = "mlx4-rig/matrix/1"
+
+
+@dataclass(frozen=True)
+class QemuChoice:
+    """One entry of the QEMU axis: a binary, a Debian qemu version, or neither (the rig's)."""
+
+    path: Path | None = None
+    version: str | None = None  # as given: "10.2.2", "1:11.1.3+ds-1"
+
+    @property
+    def label(self) -> str:
+        """How the cell names it: "" for the rig's own QEMU."""
+        return str(self.path) if self.path is not None else self.version or ""
+
+
+RIG_QEMU = QemuChoice()
 
 
 @dataclass(frozen=True)
@@ -40,7 +59,11 @@ class MatrixOptions:
     out: Path
     patches: Path | None = None  # applied to every build: kernel
     userspace: str | None = None  # None: each kernel's own (see rig.provision.guest)
-    qemu: Path | None = None
+    qemus: tuple[QemuChoice, ...] = (RIG_QEMU,)
+
+    def cells(self) -> list[tuple[str, QemuChoice]]:
+        """kernel x QEMU, kernel-major: a kernel's cells sit side by side in the table."""
+        return [(k, q) for k in self.kernels for q in self.qemus]
 
 
 @dataclass
@@ -51,6 +74,12 @@ class Cell:
     seconds: float = 0.0
     host: str = ""  # where it ran: host name and process id
     versions: dict[str, str] = field(default_factory=dict)  # its replay's: rig, QEMU, kernel
+    qemu: str = ""  # the QEMU asked for (QemuChoice.label); "" the rig's own
+
+    @property
+    def name(self) -> str:
+        """The cell's name in every output: its kernel, and its QEMU when one was asked for."""
+        return cell_name(self.kernel, self.qemu)
 
     def could_not_run(self, error: str) -> Cell:
         """The rig failed this cell: every behaviour it did not judge says why."""
@@ -85,7 +114,7 @@ class Matrix:
     def ktap_groups(self) -> list[Group]:
         return [
             Group(
-                f"{c.kernel} {c.result.release}".strip(),
+                f"{c.name} {c.result.release}".strip(),
                 [(b.name, c.result.outcome(b.name)) for b in BEHAVIOURS],
             )
             for c in self.cells
@@ -99,6 +128,8 @@ class Matrix:
             "cells": [
                 {
                     "kernel": c.kernel,
+                    "qemu": c.qemu,
+                    "qemu_version": c.result.qemu,
                     "release": c.result.release,
                     "origin": c.result.origin,
                     "build": c.result.build,
@@ -115,9 +146,13 @@ class Matrix:
         return json.dumps(doc, indent=2) + "\n"
 
 
-def cell_dir(kernel: str) -> str:
-    """A run-directory name for a kernel spec."""
-    return re.sub(r"[^A-Za-z0-9._=-]+", "_", kernel).strip("_") or "kernel"
+def cell_name(kernel: str, qemu: str) -> str:
+    return f"{kernel} qemu={qemu}" if qemu else kernel
+
+
+def cell_dir(name: str) -> str:
+    """A run-directory name for a cell's name."""
+    return re.sub(r"[^A-Za-z0-9._=-]+", "_", name).strip("_") or "kernel"
 
 
 def kernel_spec(text: str, patches: Path | None) -> BuildSpec | str:
@@ -138,27 +173,57 @@ def parse_kernels(text: str, patches: Path | None) -> tuple[str, ...]:
     return kernels
 
 
-def run_cell(kernel: str, opts: MatrixOptions) -> Cell:
+def parse_qemus(text: str | None) -> tuple[QemuChoice, ...]:
+    """--qemu: comma-separated binaries (a path: has a "/") or Debian qemu versions."""
+    if text is None:
+        return (RIG_QEMU,)
+    entries = [e.strip() for e in text.split(",") if e.strip()]
+    if not entries:
+        raise UsageError("--qemu: no QEMU given (e.g. 10.2.2,11.1.3 or /path/to/qemu)")
+    if len(set(entries)) != len(entries):
+        raise UsageError(f"--qemu: a QEMU is named twice: {text}")
+    choices = []
+    for e in entries:
+        if "/" in e:
+            choices.append(QemuChoice(path=Path(e).expanduser().resolve()))
+        else:
+            check_requested(e, "--qemu")  # one line, exit 2, before anything is provisioned
+            choices.append(QemuChoice(version=e))
+    return tuple(choices)
+
+
+def run_cell(kernel: str, opts: MatrixOptions, qemu: QemuChoice = RIG_QEMU) -> Cell:
     t0 = time.monotonic()
-    cell = Cell(kernel, KernelResult(kernel, kernel), host=f"{socket.gethostname()}:{os.getpid()}")
+    name = cell_name(kernel, qemu.label)
+    cell = Cell(
+        kernel,
+        KernelResult(name, kernel),
+        host=f"{socket.gethostname()}:{os.getpid()}",
+        qemu=qemu.label,
+    )
     try:
-        argument, cell.result = prepare(kernel, kernel_spec(kernel, opts.patches), opts.userspace)
+        argument, cell.result = prepare(name, kernel_spec(kernel, opts.patches), opts.userspace)
     except RigError as e:
         cell.could_not_run(str(e).splitlines()[0])
     else:
         report = run_kernel(
-            argument, cell.result, opts.out / cell_dir(kernel), opts.userspace, opts.qemu
+            argument,
+            cell.result,
+            opts.out / cell_dir(name),
+            opts.userspace,
+            qemu.path,
+            qemu.version,
         )
         cell.versions = dict(report.versions)
         if report.exit_status == 2 and report.errors:
             cell.could_not_run(report.errors[0].splitlines()[0])
     cell.seconds = time.monotonic() - t0
-    logger.info(f"{kernel}: {'rig error: ' + cell.error if cell.error else 'done'}")
+    logger.info(f"{name}: {'rig error: ' + cell.error if cell.error else 'done'}")
     return cell
 
 
 def serial_cells(opts: MatrixOptions) -> list[Cell]:
-    return [run_cell(k, opts) for k in opts.kernels]
+    return [run_cell(k, opts, q) for k, q in opts.cells()]
 
 
 def run_matrix(
@@ -176,16 +241,16 @@ def run_matrix(
 
 def write_outputs(matrix: Matrix, out: Path) -> None:
     (out / "matrix.json").write_text(matrix.to_json())
-    kernels = [c.result for c in matrix.cells]
-    (out / "junit.xml").write_text(kernels_junit_xml("rig matrix", kernels))
+    named = [(c.name, c.result) for c in matrix.cells]
+    (out / "junit.xml").write_text(kernels_junit_xml("rig matrix", named))
     write_ktap(matrix.ktap_groups(), out / "matrix.ktap")
-    write_kcidb(out.name, [(c.kernel, c.result) for c in matrix.cells], out / "kcidb.json")
+    write_kcidb(out.name, named, out / "kcidb.json")
     matrixhtml.write(out, matrix, replay_pages(matrix, out))
 
 
 def replay_pages(matrix: Matrix, out: Path) -> dict[str, str]:
-    """Each cell's replay report.html that exists, relative to the run directory."""
-    pages = {c.kernel: f"{cell_dir(c.kernel)}/replay/{reporthtml.NAME}" for c in matrix.cells}
+    """Each cell's replay report.html that exists, relative to the run directory, by cell name."""
+    pages = {c.name: f"{cell_dir(c.name)}/replay/{reporthtml.NAME}" for c in matrix.cells}
     return {k: p for k, p in pages.items() if (out / p).is_file()}
 
 
@@ -195,23 +260,27 @@ def _cell(cell: Cell, behaviour: str) -> str:
 
 
 def table(matrix: Matrix) -> str:
-    """Behaviours down, kernels across; the details of everything that did not pass below."""
+    """Behaviours down, kernels across (and under each its QEMU, when --qemu named any); the
+    details of everything that did not pass below."""
     head = ("behaviour", *(c.kernel for c in matrix.cells))
     releases = ("", *(c.result.release or "-" for c in matrix.cells))
+    # The version that ran (the binary's own), else the one asked for.
+    qemus = ("qemu", *(c.result.qemu or c.qemu or "-" for c in matrix.cells))
     body = [(b.name, *(_cell(c, b.name) for c in matrix.cells)) for b in BEHAVIOURS]
-    rows = [head, releases, *body]
+    axis = [qemus] if any(c.qemu for c in matrix.cells) else []
+    rows = [head, releases, *axis, *body]
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     lines = [
         "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
         for row in rows
     ]
-    lines.insert(2, "  ".join("-" * w for w in widths))
-    notes = [f"  {c.kernel}: the rig could not run it: {c.error}" for c in matrix.rig_failures]
+    lines.insert(2 + len(axis), "  ".join("-" * w for w in widths))
+    notes = [f"  {c.name}: the rig could not run it: {c.error}" for c in matrix.rig_failures]
     for c in matrix.cells:
         for b in BEHAVIOURS:
             o = c.result.outcome(b.name)
             if o.status != PASS and not c.error:
-                notes.append(f"  {b.name} on {c.kernel}: {o.status}: {o.detail}")
+                notes.append(f"  {b.name} on {c.name}: {o.status}: {o.detail}")
     if notes:
         lines += ["", "details:", *notes]
     return "\n".join(lines) + "\n"

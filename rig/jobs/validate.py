@@ -79,17 +79,30 @@ def prepare(role: str, spec: BuildSpec | str, userspace: str | None) -> tuple[st
 
 
 def run_kernel(
-    kernel: str, result: KernelResult, out: Path, userspace: str | None, qemu: Path | None
+    kernel: str,
+    result: KernelResult,
+    out: Path,
+    userspace: str | None,
+    qemu: Path | None,
+    qemu_version: str | None = None,
 ) -> Report:
     """Every behaviour on one kernel (two boots, one after the other), into `result`;
-    returns the replay's report (its exit status tells the rig's failures apart)."""
+    returns the replay's report (its exit status tells the rig's failures apart).
+    `qemu`/`qemu_version`: --qemu/--qemu-version, None for the rig's own QEMU."""
     with step(f"{result.role} kernel {result.release}: rig replay (catas fault)"):
         report = run_replay(
-            ReplayOptions(out=out / "replay", kernel=kernel, userspace=userspace, qemu=qemu)
+            ReplayOptions(
+                out=out / "replay",
+                kernel=kernel,
+                userspace=userspace,
+                qemu=qemu,
+                qemu_version=qemu_version,
+            )
         )
+        result.qemu = str(report.versions.get("qemu") or "")
         result.outcomes["catas-snapshots"] = replay_outcome(report, out / "replay")
     with step(f"{result.role} kernel {result.release}: probe, regions, faults, delete, reload"):
-        result.outcomes.update(run_session(kernel, qemu, out / "session", userspace))
+        result.outcomes.update(run_session(kernel, qemu, out / "session", userspace, qemu_version))
     return report
 
 

@@ -36,6 +36,7 @@ class KernelResult:
     origin: str = ""
     build: dict[str, Any] = field(default_factory=dict)  # kbuild's record, if built
     outcomes: dict[str, Outcome] = field(default_factory=dict)
+    qemu: str = ""  # the version of the QEMU the replay ran on ("" before it ran)
 
     def outcome(self, name: str) -> Outcome:
         return self.outcomes.get(name, Outcome(ERROR, "not run"))

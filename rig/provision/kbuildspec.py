@@ -1,13 +1,17 @@
 """`build:` kernel specs: build the guest kernel from source, optionally with patches.
 
-    build:6.1                  Debian's linux-source-6.1, the version apt offers
-    build:6.1=6.1.192-2        that version of it
+    build:6.1                  Debian's linux-source-6.1, the newest version any suite offers
+    build:6.12=6.12.118-1      that version of it (build:7.2: sid's newest series)
+    build:trixie               the newest linux-source-* of that suite (bookworm, trixie, sid,
+                               *-backports), its newest version
     build:/path/to/linux       a kernel tree of your own (copied; never modified)
     build:SOURCE+PATCHES       SOURCE with a patch series applied (see patchseries.py):
                                a directory of *.patch, a quilt series, an mbox, one patch
 
-Everything after the first "+" is the series path, so a pinned version or a tree path must
-not contain "+". Relative paths are taken from the current directory.
+Debian's sources come through the rig's private apt of each suite (rig.provision.debs), never
+the host's. Everything after the first "+" is the series path, so a pinned version or a tree
+path must not contain "+". Relative paths are taken from the current directory; a suite's name
+wins over a directory of that name (write ./trixie for the directory).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from rig.errors import ProvisionError
+from rig.provision import suites
 
 PREFIX = "build:"
 DEFAULT_SERIES = "6.1"
@@ -27,14 +32,19 @@ _SERIES = re.compile(r"^(\d+\.\d+)(?:=(\S+))?$")
 class DebianSource:
     """Debian's linux-source-<series> package: the packaged kernel's own source."""
 
-    series: str  # "6.1"
+    series: str | None  # "6.1"; None: the newest series `suite` offers
     version: str | None = None  # None: apt's candidate
+    suite: str = suites.ALL  # whose private apt index answers
 
     @property
     def package(self) -> str:
+        if self.series is None:
+            raise ProvisionError(f"linux-source of {self.suite}: series not resolved yet")
         return f"linux-source-{self.series}"
 
     def describe(self) -> str:
+        if self.series is None:
+            return self.suite
         return self.series + (f"={self.version}" if self.version else "")
 
 
@@ -71,16 +81,19 @@ def is_build_spec(text: str | None) -> bool:
 
 
 def parse_source(text: str, cwd: Path | None = None) -> Source:
-    """ "6.1", "6.1=<version>" or a directory."""
+    """ "6.1", "6.1=<version>", a Debian suite or a directory."""
     if m := _SERIES.match(text):
         return DebianSource(m.group(1), m.group(2))
     if not text:
         return DebianSource(DEFAULT_SERIES)
+    if text in suites.SUITES:
+        return DebianSource(None, None, text)
     path = (cwd or Path.cwd()) / Path(text).expanduser()
     if not path.is_dir():
         raise ProvisionError(
             f"kernel source {text!r}: neither a Debian series such as "
-            f"{DEFAULT_SERIES} (or {DEFAULT_SERIES}=<version>) nor a directory"
+            f"{DEFAULT_SERIES} (or {DEFAULT_SERIES}=<version>), a Debian suite "
+            f"({suites.known()}) nor a directory"
         )
     if not (path / "Makefile").is_file() or not (path / "Kconfig").is_file():
         raise ProvisionError(f"kernel source {path}: no Makefile and Kconfig; not a kernel tree")

@@ -1,8 +1,9 @@
 """Kernel sources to build from: identify them (for cache keys) and unpack them (for builds).
 
 Debian's linux-source-<series> package carries the packaged kernel's source, Debian's patches
-applied, as one tarball under /usr/src: it is fetched with `apt-get download` and unpacked
-with dpkg-deb and tar, nothing is installed on the host. A user's tree is identified by its
+applied, as one tarball under /usr/src: it is found in the rig's private apt index of a suite
+(every suite at once unless one is named), fetched with `apt-get download` and unpacked with
+dpkg-deb and tar, nothing is installed on the host. A user's tree is identified by its
 git state (or, outside git, by every file's size and mtime) and copied, so the rig never
 writes into it.
 """
@@ -14,7 +15,7 @@ import os
 import re
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from rig.errors import ProvisionError
@@ -45,13 +46,27 @@ def kernel_version(makefile: str) -> str:
     return f"{fields['VERSION']}.{fields['PATCHLEVEL']}.{sub}"
 
 
+_SOURCE_PACKAGE = re.compile(r"^linux-source-(\d+)\.(\d+)$")
+
+
 def resolve(source: Source, log: Path) -> ResolvedSource:
     if isinstance(source, DebianSource):
-        version = source.version or debs.require_candidate(source.package, log)
-        label = f"{source.package}={version}"
+        archive = debs.DebArchive(source.suite)
+        archive.ensure_index(log)
+        try:
+            pinned = _pin(archive, source)
+        except ProvisionError:
+            age = archive.age()
+            if age is not None and age < debs.INDEX_FRESH:
+                raise
+            # A version superseded since the index was fetched: a fresh index may list it.
+            archive.ensure_index(log, max_age=0)
+            pinned = _pin(archive, source)
+        assert pinned.version is not None
+        label = f"{pinned.package}={pinned.version}"
         # 6.1.192-2 -> 6.1.192: Debian keeps the upstream version in its own.
-        upstream = upstream_version(version)
-        return ResolvedSource(source, label, f"debian:{label}", upstream)
+        upstream = upstream_version(pinned.version)
+        return ResolvedSource(pinned, label, f"debian:{label}", upstream)
     tree = source.path
     return ResolvedSource(
         source,
@@ -59,6 +74,38 @@ def resolve(source: Source, log: Path) -> ResolvedSource:
         f"tree:{tree}:{tree_fingerprint(tree)}",
         kernel_version((tree / "Makefile").read_text(errors="replace")),
     )
+
+
+def _pin(archive: debs.DebArchive, source: DebianSource) -> DebianSource:
+    """`source` with its series and version decided by the archive's index."""
+    where = "Debian's " + ", ".join(dict.fromkeys(line.suite for line in archive.lines))
+    series = source.series or newest_series(
+        archive.query("search", "--names-only", "^linux-source-")
+    )
+    if series is None:
+        raise ProvisionError(f"{where} list no linux-source-<series> package")
+    pinned = replace(source, series=series)
+    version = source.version or archive.candidate(pinned.package)
+    # apt-cache reads a name it does not know as a pattern (linux-source-6.1 matches
+    # linux-source-6.12): only the index stanza of that very package counts.
+    if version is None or archive.fields(pinned.package, version) is None:
+        listed = ", ".join(archive.versions(pinned.package)) or "none"
+        what = pinned.package + (f"={version}" if source.version else "")
+        raise ProvisionError(f"{where} list no {what} (versions listed: {listed})")
+    return replace(pinned, version=version)
+
+
+def newest_series(search: str) -> str | None:
+    """The highest <series> of the linux-source-<series> packages an `apt-cache search` lists."""
+    found = [
+        (int(m.group(1)), int(m.group(2)))
+        for line in search.splitlines()
+        if (m := _SOURCE_PACKAGE.match(line.split(" - ")[0].strip()))
+    ]
+    if not found:
+        return None
+    major, minor = max(found)
+    return f"{major}.{minor}"
 
 
 def tree_fingerprint(tree: Path) -> str:
@@ -107,16 +154,18 @@ def _git_state(tree: Path) -> bytes | None:
 def populate(source: ResolvedSource, dest: Path, log: Path) -> None:
     """Unpack the source into the empty directory `dest`."""
     if isinstance(source.spec, DebianSource):
-        _unpack_debian(source.spec, source.label.partition("=")[2], dest, log)
+        _unpack_debian(source.spec, dest, log)
     else:
         _copy_tree(source.spec, dest, log)
 
 
-def _unpack_debian(spec: DebianSource, version: str, dest: Path, log: Path) -> None:
+def _unpack_debian(spec: DebianSource, dest: Path, log: Path) -> None:
+    version = spec.version
+    assert version is not None  # resolve() pinned it
     scratch = dest.parent / f".{dest.name}.deb"
     shutil.rmtree(scratch, ignore_errors=True)
     try:
-        deb = debs.download(spec.package, version, scratch, log)
+        deb = debs.DebArchive(spec.suite).download(spec.package, version, scratch, log)
         debs.unpack(deb, scratch / "tree", log)
         tarballs = sorted((scratch / "tree" / "usr" / "src").glob("linux-source-*.tar.*"))
         if len(tarballs) != 1:

@@ -146,12 +146,12 @@ def is_version(requested: str, debian_version: str) -> bool:
     return requested in (debian_version, without_epoch, release)
 
 
-def check_requested(requested: str) -> None:
+def check_requested(requested: str, option: str = "--qemu-version") -> None:
     """A --qemu-version the rig can use at all: QEMU >= MIN_VERSION."""
     version = parse_version(requested)
     if version is None or not is_new_enough(version):
         raise UsageError(
-            f"--qemu-version {requested}: the rig needs QEMU >= {version_text(MIN_VERSION)} "
+            f"{option} {requested}: the rig needs QEMU >= {version_text(MIN_VERSION)} "
             f"(vfio-user-pci), e.g. {PINNED_VERSION}"
         )
 

@@ -23,13 +23,16 @@ from rig.provision.kconfig import (
     Fragments,
     Setting,
     Unstuck,
+    applicable,
     kconfig_symbols,
+    kernel_series,
     parse_config,
     parse_fragment,
+    still_defined,
     unstuck,
 )
 from rig.provision.kernel import KernelSpec
-from rig.provision.ksource import ResolvedSource, kernel_version, tree_fingerprint
+from rig.provision.ksource import ResolvedSource, kernel_version, newest_series, tree_fingerprint
 from rig.provision.kworkspace import Workspace, prune, safe_relative
 from rig.provision.patchseries import EMPTY, load_series
 from tests.unit.kbuild_helpers import make_patch, new_file_patch
@@ -53,6 +56,51 @@ def test_fragment_later_lines_override_and_n_means_unset() -> None:
 def test_fragment_rejects_what_kconfig_would_misread(line: str) -> None:
     with pytest.raises(FragmentError, match=r"rig.config:2:"):
         parse_fragment(f"CONFIG_OK=y\n{line}\n", "rig.config")
+
+
+def test_removed_in_directive_marks_the_next_setting() -> None:
+    frag = parse_fragment(
+        "CONFIG_A=y\n# rig: removed in 6.2\nCONFIG_OLD=y\n#  rig:removed in 6.4\n"
+        "# CONFIG_SLOB is not set\n",
+        "rig.config",
+    )
+    assert frag == {
+        "A": Setting("A", "y"),
+        "OLD": Setting("OLD", "y", (6, 2)),
+        "SLOB": Setting("SLOB", None, (6, 4)),
+    }
+    assert set(applicable(frag, (6, 1))) == {"A", "OLD", "SLOB"}
+    assert set(applicable(frag, (6, 2))) == {"A", "SLOB"}
+    assert set(applicable(frag, (6, 12))) == {"A"}
+    assert set(applicable(frag, (7, 2))) == {"A"}
+
+
+def test_a_removed_symbol_still_defined_is_named() -> None:
+    frag = parse_fragment("# rig: removed in 6.2\nCONFIG_OLD=y\nCONFIG_A=y\n")
+    assert still_defined(frag, (6, 12), {"OLD", "A"}) == [Setting("OLD", "y", (6, 2))]
+    assert still_defined(frag, (6, 12), {"A"}) == []
+    assert still_defined(frag, (6, 1), {"OLD", "A"}) == []  # before removal: checked as usual
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("# rig: removed in 6\nCONFIG_A=y\n", "rig.config:1: unknown directive"),
+        ("# rig: only on tuesdays\nCONFIG_A=y\n", "rig.config:1: unknown directive"),
+        ("# rig: removed in 6.2\n", "rig.config:1: directive not followed"),
+        ("# rig: removed in 6.2\n\nCONFIG_A=y\n", "rig.config:1: directive not followed"),
+        ("# rig: removed in 6.2\n# rig: removed in 6.3\nCONFIG_A=y\n", "rig.config:1:"),
+    ],
+)
+def test_bad_directives(text: str, message: str) -> None:
+    with pytest.raises(FragmentError, match=message):
+        parse_fragment(text, "rig.config")
+
+
+def test_kernel_series() -> None:
+    assert kernel_series("6.12.118") == (6, 12)
+    assert kernel_series("7.2.0") == (7, 2)
+    assert kernel_series("6.1.192") < (6, 2) <= kernel_series("6.12.0")
 
 
 def test_unstuck_lists_each_setting_the_config_lost() -> None:
@@ -127,6 +175,38 @@ def test_build_spec_debian_series_and_pinned_version(tmp_path: Path) -> None:
     assert spec.source == DebianSource("6.1", "6.1.192-2") and spec.patches is None
     assert spec.source.package == "linux-source-6.1"
     assert parse_build_spec("build:").source == DebianSource("6.1")
+    assert parse_build_spec("build:7.2").source == DebianSource("7.2")
+    assert parse_build_spec("build:6.12=6.12.118-1").describe() == "build:6.12=6.12.118-1"
+
+
+def test_build_spec_debian_suite(tmp_path: Path) -> None:
+    spec = parse_build_spec("build:trixie", cwd=tmp_path)
+    assert spec.source == DebianSource(None, None, "trixie")
+    assert spec.describe() == "build:trixie"
+    (tmp_path / "p").mkdir()
+    assert parse_build_spec("build:sid+p", cwd=tmp_path).source == DebianSource(None, None, "sid")
+    # A directory of a suite's name is reached by its path.
+    (tmp_path / "trixie").mkdir()
+    (tmp_path / "trixie" / "Makefile").write_text("VERSION = 6\n")
+    (tmp_path / "trixie" / "Kconfig").write_text("")
+    assert parse_build_spec("build:./trixie", cwd=tmp_path).source == TreeSource(
+        tmp_path / "trixie"
+    )
+
+
+def test_newest_series_from_apt_cache_search() -> None:
+    # Recorded from the rig's private index of bookworm (bookworm-security carries 6.12) on
+    # 2026-11-26, plus packages the pattern must not take.
+    search = (
+        "linux-source-6.1 - Linux kernel source for version 6.1 with Debian patches\n"
+        "linux-source-6.12 - Linux kernel source for version 6.12 with Debian patches\n"
+        "linux-source - Linux kernel source (meta-package)\n"
+        "linux-source-6.9 - sorted after 6.12 by apt, older by number\n"
+        "linux-source-6.13-rc - not a series\n"
+    )
+    assert newest_series(search) == "6.12"
+    assert newest_series("linux-source-7.2 - Linux kernel source\n") == "7.2"
+    assert newest_series("") is None
 
 
 def test_build_spec_with_patches_resolves_relative_paths(tmp_path: Path) -> None:
@@ -153,6 +233,7 @@ def test_build_spec_tree_source(tmp_path: Path) -> None:
         ("build:6.1+", "nothing after"),
         ("build:6.1+/no/such/dir", "does not exist"),
         ("build:/no/such/tree", "neither a Debian series"),
+        ("build:forky", "a Debian suite \\(bookworm, "),
     ],
 )
 def test_bad_build_specs(text: str, message: str) -> None:

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from rig.jobs.cluster import local_workers, run_cells
-from rig.jobs.matrix import MatrixOptions, run_matrix, table
+from rig.jobs.matrix import MatrixOptions, parse_qemus, run_matrix, table
 
 
 def test_two_workers_give_the_serial_table(tmp_path: Path) -> None:
@@ -24,6 +24,18 @@ def test_two_workers_give_the_serial_table(tmp_path: Path) -> None:
     pids = {c.host.rpartition(":")[2] for c in dask.cells}
     assert str(os.getpid()) not in pids and len(pids) == 2, pids
     assert (tmp_path / "dask" / "matrix.ktap").is_file()
+
+
+def test_the_qemu_axis_on_two_workers_gives_the_serial_table(tmp_path: Path) -> None:
+    kernels = tuple(str(tmp_path / f"missing-{i}") for i in range(2))
+    qemus = parse_qemus("10.2.2,11.1.3")
+    serial = run_matrix(MatrixOptions(kernels, tmp_path / "serial", qemus=qemus))
+    opts = MatrixOptions(kernels, tmp_path / "dask", qemus=qemus)
+    dask = run_matrix(opts, lambda o: run_cells(o, workers=2))
+    assert table(dask) == table(serial)
+    assert [(c.kernel, c.qemu) for c in dask.cells] == [
+        (k, q) for k in kernels for q in ("10.2.2", "11.1.3")
+    ]
 
 
 def test_local_size_follows_cores_memory_and_cells() -> None:
