@@ -3,8 +3,9 @@
 A rig booted on a coverage kernel (rig.provision.kcoverage) asks the guest for every .gcda
 under /sys/kernel/debug/gcov as it stops, after a failure too while SSH still answers (a
 guest that panicked or hung has nothing to give: its counters are lost). They land in
-<log dir>/gcov/<path in the kernel tree>.gcda with gcov.json naming the kernel, which is
-what `rig coverage` (rig.jobs.coverage) looks for.
+<log dir>/gcov/<path in the kernel tree>.gcda beside gcov.json; with $RIG_GCOV_DIR set
+(`rig coverage` sets it for its whole run), in a directory of their own under it instead, so
+that the VMs of every process of the run (`rig run`'s temporary logs, `rig up`'s) are found.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import binascii
 import io
 import json
 import logging
+import os
 import tarfile
+import tempfile
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
@@ -31,6 +34,16 @@ SCRIPT = guest_program("gcov_guest.py")
 REMOTE = "/tmp/rig-gcov.py"
 COUNTERS = "gcov"  # under a rig's log directory
 INFO = "gcov.json"
+GCOV_ENV = "RIG_GCOV_DIR"
+
+
+def counters_dest(log_dir: Path, name: str) -> Path:
+    """Where a stopping rig named `name` puts its counters (see the module docstring)."""
+    shared = os.environ.get(GCOV_ENV)
+    if not shared:
+        return log_dir / COUNTERS
+    Path(shared).mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"{name}-", dir=shared)) / COUNTERS
 
 
 def save_counters(rig: Rig, build: CoverageBuild, dest: Path, timeout: float = 60.0) -> int:

@@ -31,7 +31,7 @@ from rig.devlink.agent import NetlinkAgent
 from rig.devlink.channels import CliChannel, NetlinkChannel, open_channel
 from rig.devlink.cli import DevlinkCli
 from rig.errors import DeviceModelError, MachineError, RigError
-from rig.gcov import COUNTERS, save_counters
+from rig.gcov import counters_dest, save_counters
 from rig.mlx4 import Mlx4
 from rig.process import owned_tempdir, sweep_tempdirs
 from rig.progress import step
@@ -363,11 +363,12 @@ class Rig:
 
     def _save_counters(self, build: CoverageBuild, graceful: bool) -> None:
         try:
-            n = save_counters(self, build, self.log_dir / COUNTERS, 60 if graceful else 20)
+            dest = counters_dest(self.log_dir, self.config.name)
+            n = save_counters(self, build, dest, 60 if graceful else 20)
         except RigError as e:  # best effort: never mask the run's own outcome
             logger.info(f"could not save the gcov counters: {str(e).splitlines()[0]}")
             return
-        logger.debug(f"saved {n} gcov counter files")
+        logger.debug(f"saved {n} gcov counter files in {dest}")
 
     def _save_device_events(self) -> None:
         assert self._device is not None

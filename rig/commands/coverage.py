@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 from rig.commands.build_kernel import PATCHES_HELP, SOURCE_HELP
 from rig.commands.options import Subparsers, output_dir
 from rig.errors import RigError, UsageError
+from rig.gcov import GCOV_ENV
 from rig.jobs.coverage import COVERAGE_JSON, HTML, build_report, gcovr_available
 from rig.progress import step
 from rig.provision.kbuild import ensure_build
@@ -24,6 +26,7 @@ from rig.provision.kernel import KERNEL_ENV
 logger = logging.getLogger(__name__)
 
 RUNS = "runs"  # under --out: pytest's base temp (each VM's log dir) or the replay's run dir
+COUNTERS = "counters"  # under --out: every VM's gcov counters ($RIG_GCOV_DIR of the run)
 SUITE = ["-m", "e2e and not kbuild and not virtme and not coverage"]
 
 
@@ -58,7 +61,7 @@ def add_parser(sub: Subparsers) -> None:
     p.add_argument(
         "--report-only",
         action="store_true",
-        help="run nothing: merge the counters already under OUT/runs again",
+        help="run nothing: merge the counters already under OUT/counters again",
     )
     p.add_argument("args", nargs=argparse.REMAINDER, help="-- PYTEST ARGS (or REPLAY ARGS)")
     p.set_defaults(func=cmd_coverage)
@@ -71,7 +74,7 @@ def cmd_coverage(args: argparse.Namespace) -> int:
     if not gcovr_available():
         raise UsageError("gcovr is not installed: pip install 'mlx4-rig[coverage]'")
     out = output_dir(args.out, "--out").resolve()
-    runs = out / RUNS
+    runs, counters = out / RUNS, out / COUNTERS
     spec = BuildSpec(
         parse_source(args.source),
         args.patches.resolve() if args.patches else None,
@@ -85,13 +88,14 @@ def cmd_coverage(args: argparse.Namespace) -> int:
     if not args.report_only:
         command = run_command(args.replay, extra, built.path, runs)
         runs.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, **{KERNEL_ENV: str(built.path)})
+        shutil.rmtree(counters, ignore_errors=True)  # an earlier run's must not be merged
+        env = dict(os.environ, **{KERNEL_ENV: str(built.path), GCOV_ENV: str(counters)})
         t0 = time.monotonic()
         with step(f"running {'rig replay' if args.replay else 'pytest'} on {built.release}"):
             status = subprocess.run(command, env=env, cwd=Path.cwd(), check=False).returncode
         logger.info(f"the run exited {status} after {time.monotonic() - t0:.0f} s")
     with step("merging the counters with gcovr"):
-        report = build_report(build, runs, out, out / "gcovr.log")
+        report = build_report(build, counters, out, out / "gcovr.log")
     print(report.table())
     print(f"\n{report.runs} VM(s) merged; report: {out / HTML}; figures: {out / COVERAGE_JSON}")
     return run_status(status, args.replay)

@@ -17,7 +17,7 @@ import pytest
 
 from rig import cli
 from rig.errors import ProvisionError
-from rig.gcov import INFO, counter_dirs, unpack_counters
+from rig.gcov import GCOV_ENV, INFO, counter_dirs, counters_dest, unpack_counters
 from rig.jobs.coverage import COVERAGE_JSON, HTML, Figures, build_report, focus
 from rig.provision.kbuild import build_inputs, entry_name, rig_fragment
 from rig.provision.kbuildspec import TreeSource
@@ -251,3 +251,14 @@ def test_coverage_usage_errors(
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+def test_counters_go_to_the_log_dir_or_the_runs_shared_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(GCOV_ENV, raising=False)
+    assert counters_dest(tmp_path / "logs", "rig") == tmp_path / "logs" / "gcov"
+    monkeypatch.setenv(GCOV_ENV, str(tmp_path / "all"))
+    one, two = counters_dest(tmp_path / "a", "rig"), counters_dest(tmp_path / "b", "rig")
+    assert one != two and one.parent.parent == two.parent.parent == tmp_path / "all"
+    assert one.name == "gcov" and one.parent.name.startswith("rig-")
