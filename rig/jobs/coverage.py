@@ -138,15 +138,18 @@ def build_report(build: CoverageBuild, runs_root: Path, out: Path, log: Path) ->
         d = work / f"{i:04d}"
         shutil.copytree(build.notes, d)
         shutil.copytree(run, d, dirs_exist_ok=True)
+    root = source_root(build, work / "src")
     (out / HTML).parent.mkdir(parents=True, exist_ok=True)
     filters = ["--filter=" + re.escape(p) + ("$" if p.endswith(".c") else "/") for p in build.paths]
     command = [
         sys.executable,
         "-m",
         "gcovr",
-        f"--root={build.sources}",
+        f"--root={root}",
         f"--gcov-executable={GCOV}",
         *filters,
+        # Headers' inline code (include/...) has no source here; it is filtered out anyway.
+        "--gcov-ignore-errors=no_working_dir_found",
         f"--json={out / GCOVR_JSON}",
         f"--html-details={out / HTML}",
         "--html-title=mlx4-rig: kernel coverage",
@@ -155,15 +158,37 @@ def build_report(build: CoverageBuild, runs_root: Path, out: Path, log: Path) ->
     with log.open("a") as f:
         f.write("$ " + " ".join(command) + "\n")
         f.flush()
-        done = subprocess.run(
-            command, cwd=build.sources, stdout=f, stderr=subprocess.STDOUT, check=False
-        )
+        done = subprocess.run(command, cwd=root, stdout=f, stderr=subprocess.STDOUT, check=False)
     if done.returncode != 0:
         raise RigError(f"gcovr failed (exit {done.returncode})", log)
     shutil.rmtree(work, ignore_errors=True)
     report = read_gcovr(json.loads((out / GCOVR_JSON).read_text()), len(runs))
     (out / COVERAGE_JSON).write_text(json.dumps(report.as_dict(), indent=2) + "\n")
     return report
+
+
+def source_root(build: CoverageBuild, root: Path) -> Path:
+    """The profiled sources, plus an empty stand-in for every other file the notes name (the
+    headers' inline code): gcovr drops a .gcda whose files it cannot all find, and the
+    filters leave those out of the report anyway."""
+    shutil.copytree(build.sources, root)
+    for note in build.notes.rglob("*.gcno"):
+        listed = subprocess.run(
+            [GCOV, "--json-format", "--stdout", "--object-directory", str(note.parent), str(note)],
+            cwd=root,
+            capture_output=True,
+            check=False,
+        )
+        try:
+            names = [str(f["file"]) for f in json.loads(listed.stdout)["files"]]
+        except (ValueError, KeyError):
+            continue  # gcov could not read it: gcovr will say so
+        for name in names:
+            path = root / name
+            if not Path(name).is_absolute() and ".." not in Path(name).parts and not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.touch()
+    return root
 
 
 def read_gcovr(data: dict[str, Any], runs: int) -> Report:
