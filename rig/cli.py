@@ -23,6 +23,7 @@ from rig import signals
 from rig.commands import (
     bench,
     build_kernel,
+    coverage,
     interactive,
     matrix,
     replay,
@@ -40,6 +41,7 @@ SUBCOMMANDS = (
     replay.add_parser,
     interactive.add_parsers,
     build_kernel.add_parser,
+    coverage.add_parser,
     validate.add_parser,
     matrix.add_parser,
     bench.add_parser,

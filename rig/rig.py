@@ -32,9 +32,11 @@ from rig.devlink.agent import NetlinkAgent
 from rig.devlink.channels import CliChannel, NetlinkChannel, open_channel
 from rig.devlink.cli import DevlinkCli
 from rig.errors import DeviceModelError, MachineError, RigError, UsageError
+from rig.gcov import counters_dest, save_counters
 from rig.mlx4 import Mlx4
 from rig.process import owned_tempdir, sweep_tempdirs
 from rig.progress import step
+from rig.provision.kcoverage import CoverageBuild, coverage_build
 from rig.provision.sshkeys import rig_key
 from rig.vm import clock as vmclock
 from rig.vm.cmdline import Modprobe
@@ -107,6 +109,7 @@ class Rig:
         self._ssh_identity: SshIdentity | None = None  # after a restore: this rig's key
         self.saved: SavedVm | None = None  # the saved VM a "saved" boot resumed
         self.clock = ""  # "warp" or "real" once started
+        self._coverage: CoverageBuild | None = None  # a coverage kernel's gcov data
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -124,6 +127,7 @@ class Rig:
         self.qemu_version = qemu.version
         self.kernel_release = guest.kernel.release
         self.kernel_origin = guest.kernel.origin
+        self._coverage = coverage_build(guest.kernel.vmlinuz.parent)
         self.timings.provision = time.monotonic() - t0
         # Socket paths must stay short (108 bytes), so not under the caller's log dir. A rig
         # killed outright left its directories behind: its owner file says so.
@@ -297,6 +301,8 @@ class Rig:
                     (self.log_dir / "dmesg.txt").write_text(
                         self.sh("dmesg", timeout=60 if graceful else 10).stdout
                     )
+                if self._coverage is not None:
+                    self._save_counters(self._coverage, graceful)
         finally:
             try:
                 if self._device is not None and self._device.alive():
@@ -461,6 +467,15 @@ class Rig:
         """Block until the guest kernel logs `pattern` (a plain substring) for the nth time."""
         res = self.sh(kmsg_wait_command(pattern, nth), timeout=timeout)
         return res.stdout.strip()
+
+    def _save_counters(self, build: CoverageBuild, graceful: bool) -> None:
+        try:
+            dest = counters_dest(self.log_dir, self.config.name)
+            n = save_counters(self, build, dest, 60 if graceful else 20)
+        except RigError as e:  # best effort: never mask the run's own outcome
+            logger.info(f"could not save the gcov counters: {str(e).splitlines()[0]}")
+            return
+        logger.debug(f"saved {n} gcov counter files in {dest}")
 
     def _save_device_events(self) -> None:
         assert self._device is not None

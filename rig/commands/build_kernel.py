@@ -44,6 +44,12 @@ def add_parser(sub: Subparsers) -> None:
         default=[],
         help="another config fragment, merged after guest/rig.config",
     )
+    p.add_argument(
+        "--coverage",
+        action="store_true",
+        help="the coverage kernel: gcov counters in mlx4 and the devlink core only "
+        "(guest/coverage.config; a cache entry of its own), for `rig coverage`",
+    )
     p.set_defaults(func=cmd_build_kernel)
 
 
@@ -52,6 +58,7 @@ def cmd_build_kernel(args: argparse.Namespace) -> int:
         parse_source(args.source),
         args.patches.resolve() if args.patches else None,
         tuple(f.resolve() for f in args.fragment),
+        coverage=args.coverage,
     )
     built = ensure_build(spec)
     b = built.build

@@ -27,6 +27,7 @@ from typing import Any
 from rig.cache import CacheEntry, cache_root, entry
 from rig.errors import ProvisionError
 from rig.progress import run_logged, step
+from rig.provision import kcoverage
 from rig.provision.apt import ensure_packages
 from rig.provision.guestfiles import guest_asset
 from rig.provision.kbuildspec import BuildSpec
@@ -90,10 +91,14 @@ def compiler_version() -> str:
 
 
 def build_inputs(
-    source: ResolvedSource, series: Series, fragments: Fragments, compiler: str
+    source: ResolvedSource,
+    series: Series,
+    fragments: Fragments,
+    compiler: str,
+    coverage: bool = False,
 ) -> dict[str, object]:
     """What the cache key of a build covers."""
-    return {
+    inputs: dict[str, object] = {
         "recipe": RECIPE,
         "source": source.identity,
         "patches": series.digest,
@@ -102,14 +107,19 @@ def build_inputs(
         "arch": ARCH,
         "localversion": LOCALVERSION,
     }
+    if coverage:  # only then: the other builds keep the keys they have always had
+        inputs["coverage"] = kcoverage.RECIPE
+    return inputs
 
 
-def entry_name(source: ResolvedSource, series: Series) -> str:
-    """<version>-base, or <version>-<series name> for a patched build."""
+def entry_name(source: ResolvedSource, series: Series, coverage: bool = False) -> str:
+    """<version>-base, or <version>-<series name> for a patched build; -coverage after it
+    for the coverage kernel."""
+    suffix = f"-{kcoverage.VARIANT}" if coverage else ""
     if not series.patches:
-        return f"{source.version}-base"
+        return f"{source.version}-base{suffix}"
     stem = Path(series.origin).name
-    return f"{source.version}-{re.sub(r'[^A-Za-z0-9._-]+', '_', stem)[:40]}"
+    return f"{source.version}-{re.sub(r'[^A-Za-z0-9._-]+', '_', stem)[:40]}{suffix}"
 
 
 def origin(source: ResolvedSource, series: Series, extra_fragments: Sequence[Path] = ()) -> str:
@@ -142,17 +152,18 @@ def ensure_build(spec: BuildSpec) -> BuiltKernel:
     resolve_log = cache_root() / "logs" / "kbuild.log"
     source = resolve(spec.source, resolve_log)
     series = load_series(spec.patches) if spec.patches is not None else EMPTY
-    fragments = Fragments.load([rig_fragment(), *spec.fragments])
+    extra = (guest_asset(kcoverage.FRAGMENT),) if spec.coverage else ()
+    fragments = Fragments.load([rig_fragment(), *extra, *spec.fragments])
     e = entry(
         KIND,
-        entry_name(source, series),
-        build_inputs(source, series, fragments, compiler_version()),
+        entry_name(source, series, spec.coverage),
+        build_inputs(source, series, fragments, compiler_version(), spec.coverage),
     )
     cached = True
     with building(e) as missing:
         if missing:
             cached = False
-            _build(e, source, series, fragments)
+            _build(e, source, series, fragments, spec.coverage)
     return read_built(e.path, cached)
 
 
@@ -165,7 +176,13 @@ def build_log(e: CacheEntry) -> Path:
     return cache_root() / "logs" / f"kbuild-{e.name}-{e.key}.log"
 
 
-def _build(e: CacheEntry, source: ResolvedSource, series: Series, fragments: Fragments) -> None:
+def _build(
+    e: CacheEntry,
+    source: ResolvedSource,
+    series: Series,
+    fragments: Fragments,
+    coverage: bool = False,
+) -> None:
     log = build_log(e)
     log.parent.mkdir(parents=True, exist_ok=True)
     made_from = origin(source, series, fragments.paths[1:])
@@ -178,7 +195,7 @@ def _build(e: CacheEntry, source: ResolvedSource, series: Series, fragments: Fra
     t_start = time.monotonic()
     with (
         step(f"building guest kernel {e.name} from {source.label}"),
-        Workspace.open(source, log) as ws,
+        Workspace.open(source, log, variant=kcoverage.VARIANT if coverage else "") as ws,
     ):
         phases["unpack"] = time.monotonic() - t_start
         cold = ws.is_cold()
@@ -189,6 +206,9 @@ def _build(e: CacheEntry, source: ResolvedSource, series: Series, fragments: Fra
             with step(f"applying {series.describe()}"):
                 ws.apply(series, log)
             phases["patch"] = time.monotonic() - t0
+        profiled = kcoverage.profiled(ws.src) if coverage else None
+        if profiled is not None:
+            ws.append(profiled.makefile_lines)
         t0 = time.monotonic()
         with step("configuring (tinyconfig + " + " + ".join(p.name for p in fragments.paths) + ")"):
             config = configure(make_command(ws.src, ws.cfg), ws.src, ws.cfg, fragments, log)
@@ -202,6 +222,8 @@ def _build(e: CacheEntry, source: ResolvedSource, series: Series, fragments: Fra
         t0 = time.monotonic()
         with e.build() as stage:
             release = _install(ws, stage, log)
+            if profiled is not None:
+                kcoverage.keep_notes(profiled, ws.src, ws.obj, stage)
             phases["install"] = time.monotonic() - t0
             total = time.monotonic() - t_start
             build = {

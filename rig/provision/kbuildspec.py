@@ -66,6 +66,7 @@ class BuildSpec:
     source: Source
     patches: Path | None = None
     fragments: tuple[Path, ...] = ()  # merged after guest/rig.config, in order
+    coverage: bool = False  # gcov counters in mlx4 and devlink (rig.provision.kcoverage)
 
     def unpatched(self) -> BuildSpec:
         return replace(self, patches=None)

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import lzma
+import os
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -57,6 +58,9 @@ class GuestKernel:
     origin: str  # "debian:<package>=<version>[,...]", "build:<source>[+<patches>]", "user:<path>"
 
 
+KERNEL_ENV = "RIG_KERNEL"  # the kernel spec of every boot that names none
+
+
 @dataclass(frozen=True)
 class KernelSpec:
     """Where the guest kernel comes from: a Debian suite or package (both None: the default
@@ -76,7 +80,11 @@ class KernelSpec:
     @classmethod
     def parse(cls, text: str | None) -> KernelSpec:
         """None -> Debian default; "deb:<suite>"; "deb:<package>[=<version>]";
-        "build:<source>[+<patches>]" (see rig.provision.kbuildspec); or a kernel directory."""
+        "build:<source>[+<patches>]" (see rig.provision.kbuildspec); or a kernel directory.
+        None takes $RIG_KERNEL when set: `rig coverage` points every boot of a run at its
+        kernel this way, the rigs the tests start through the CLI included."""
+        if text is None:
+            text = os.environ.get(KERNEL_ENV) or None
         if text is None or text in ("", "default", "deb:"):
             return cls()
         if is_build_spec(text):

@@ -46,11 +46,14 @@ def safe_relative(path: str) -> bool:
 
 
 class Workspace:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, variant: str = "") -> None:
         self.root = root
         self.src = root / "src"
-        self.obj = root / "obj"  # O= of the build
-        self.cfg = root / "cfg"  # O= of configuration runs, kept apart so that only a
+        # A variant (the coverage kernel) has object trees of its own: its .config differs,
+        # and sharing obj/ would make every switch a full rebuild.
+        suffix = f"-{variant}" if variant else ""
+        self.obj = root / f"obj{suffix}"  # O= of the build
+        self.cfg = root / f"cfg{suffix}"  # O= of configuration runs, kept apart so that only a
         # changed .config reaches obj/ (an unchanged one must not trigger rebuilds)
         self.saved = root / "saved"
         self.applied = root / APPLIED
@@ -58,7 +61,7 @@ class Workspace:
     @classmethod
     @contextmanager
     def open(
-        cls, source: ResolvedSource, log: Path, base: Path | None = None
+        cls, source: ResolvedSource, log: Path, base: Path | None = None, variant: str = ""
     ) -> Iterator[Workspace]:
         """The workspace for `source`, locked for this process, with a pristine tree."""
         base = base or cache_root() / WORK_DIR
@@ -66,7 +69,7 @@ class Workspace:
         name = workspace_name(source)
         with (base / f".{name}.lock").open("w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            ws = cls(base / name)
+            ws = cls(base / name, variant)
             if not (ws.root / READY).is_file():
                 shutil.rmtree(ws.root, ignore_errors=True)
                 ws.root.mkdir(parents=True)
@@ -105,6 +108,25 @@ class Workspace:
         # Written before the first patch: an interrupted apply is still undone next time.
         self.applied.write_text(json.dumps({"series": series.origin, "files": records}))
         apply_series(series, self.src, log)
+
+    def append(self, additions: dict[str, str]) -> None:
+        """Append text to files of the tree (after apply(), if any), saved and put back at
+        the end like a patch's files."""
+        applied = json.loads(self.applied.read_text()) if self.applied.is_file() else {}
+        records = applied.get("files", [])
+        saved_already = {r["path"] for r in records}
+        for rel in sorted(additions):
+            if not safe_relative(rel) or not (self.src / rel).is_file():
+                raise PatchError(f"cannot append to {rel}: not a file of the tree")
+            if rel not in saved_already:
+                saved = self.saved / rel
+                saved.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(self.src / rel, saved)
+                records.append({"path": rel, "existed": True})
+        self.applied.write_text(json.dumps({"series": applied.get("series", ""), "files": records}))
+        for rel, text in additions.items():
+            with (self.src / rel).open("a") as f:
+                f.write(text)
 
     def restore(self) -> None:
         """Put back every file the applied series touched (no-op when none is applied)."""
