@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,6 +38,19 @@ def qmp(path: Path, command: str) -> object:
             while "return" not in (reply := json.loads(f.readline())):
                 assert "error" not in reply, reply  # events are skipped
         return reply["return"]
+
+
+def pci_ids_once_up(vm: subprocess.Popen[Any], mon: Path) -> list[tuple[int, int]]:
+    """The (vendor, device) ids QEMU lists, once its QMP socket exists (QEMU creates it when
+    it is up; there is no event to wait on before a QMP connection)."""
+    deadline = time.monotonic() + TIMEOUT
+    while not mon.exists():
+        assert vm.poll() is None, f"QEMU exited {vm.returncode}: {vm.args!r}"
+        assert time.monotonic() < deadline, "no QMP socket"
+        time.sleep(0.05)
+    buses = qmp(mon, "query-pci")
+    assert isinstance(buses, list)
+    return [(d["id"]["vendor"], d["id"]["device"]) for bus in buses for d in bus["devices"]]
 
 
 def test_a_plain_qemu_attaches_the_standalone_card(tmp_path: Path) -> None:
@@ -68,14 +82,7 @@ def test_a_plain_qemu_attaches_the_standalone_card(tmp_path: Path) -> None:
             stdin=subprocess.DEVNULL,
         )
         try:
-            deadline = time.monotonic() + TIMEOUT
-            while not mon.exists():  # QEMU creates the QMP socket once it is up
-                assert vm.poll() is None, f"QEMU exited {vm.returncode}"
-                assert time.monotonic() < deadline, "no QMP socket"
-                time.sleep(0.05)
-            buses = qmp(mon, "query-pci")
-            assert isinstance(buses, list)
-            ids = [(d["id"]["vendor"], d["id"]["device"]) for bus in buses for d in bus["devices"]]
+            ids = pci_ids_once_up(vm, mon)
             assert (0x15B3, 0x1003) in ids, ids
             with ControlClient(ctl) as control:
                 assert "counts" in control.state()  # the control socket answers

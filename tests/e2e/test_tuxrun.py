@@ -30,7 +30,7 @@ from tuxlava.devices import Device
 from cx3.client import ControlClient
 from rig.provision.kernel import ensure_kernel
 from rig.provision.qemu import ensure_qemu
-from tests.e2e.test_standalone import TIMEOUT, qmp
+from tests.e2e.test_standalone import TIMEOUT, pci_ids_once_up, qmp
 
 pytestmark = pytest.mark.e2e
 
@@ -100,14 +100,7 @@ def test_a_tuxlava_job_runs_the_card_through_cx3_qemu(tmp_path: Path) -> None:
         env=env,
     )
     try:
-        deadline = time.monotonic() + TIMEOUT
-        while not mon.exists():  # QEMU creates the QMP socket once it is up
-            assert vm.poll() is None, f"QEMU exited {vm.returncode}: {command}"
-            assert time.monotonic() < deadline, "no QMP socket"
-            time.sleep(0.05)
-        buses = qmp(mon, "query-pci")
-        assert isinstance(buses, list)
-        ids = [(d["id"]["vendor"], d["id"]["device"]) for bus in buses for d in bus["devices"]]
+        ids = pci_ids_once_up(vm, mon)
         assert (0x15B3, 0x1003) in ids, ids
         with ControlClient(card_dir / "cx3.ctl") as control:
             assert "counts" in control.state()  # the card's control socket answers
@@ -122,8 +115,9 @@ def test_a_tuxlava_job_runs_the_card_through_cx3_qemu(tmp_path: Path) -> None:
             vm.wait()
     # The card stops with its QEMU: the disconnect or, if QEMU exits first, SIGTERM.
     log = card_dir / "cx3-device.log"
+    deadline = time.monotonic() + TIMEOUT
     while _card_running(card_dir) or "stopped" not in log.read_text():
-        assert time.monotonic() < deadline + TIMEOUT, log.read_text()[-2000:]
+        assert time.monotonic() < deadline, log.read_text()[-2000:]
         time.sleep(0.1)
 
 
