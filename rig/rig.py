@@ -134,11 +134,11 @@ class Rig:
         sweep_tempdirs()
         self._rundir = owned_tempdir("rig-run-")
         try:
+            lockstep = vmclock.lockstep(self.clock)
             sockets: tuple[Path, ...] = ()
             if self.config.with_device:
                 t0 = time.monotonic()
-                inline = vmclock.lockstep(self.clock)
-                self._device = DeviceModel(self._rundir, self.log_dir, inline_work=inline)
+                self._device = DeviceModel(self._rundir, self.log_dir, inline_work=lockstep)
                 self._device.start()
                 sockets = (self._device.socket,)
                 self.timings.device_start = time.monotonic() - t0
@@ -162,7 +162,7 @@ class Rig:
                 vfio_user_sockets=sockets,
                 # The model changes no mapped page on a guest write: doorbells may be posted
                 # (not on the warped clock: rig.vm.clock.lockstep).
-                posted_writes=posts_with_mmap(qemu.binary) and not vmclock.lockstep(self.clock),
+                posted_writes=posts_with_mmap(qemu.binary) and not lockstep,
                 clock=self.clock,
                 modprobe=modprobe,
                 memory_mib=self.config.memory_mib,
