@@ -59,7 +59,7 @@ traffic       (function) a `rig.traffic.Traffic` on `rig`: port 1's netdev in na
                          to the initial namespace, up.
 
 Helpers: `boot_options(rig_config)` are the `rig` command-line options that boot the same
-kernel, root fs and QEMU (for a test that runs `rig replay` through rig.cli);
+kernel, root fs, QEMU, clock and boot mode (for a test that runs `rig replay` through rig.cli);
 `rig_channel(rig, "cli" | "netlink")` gives the same channel objects for any rig
 (e.g. both at once, to compare them); `rig.channel(name, UNPRIVILEGED)` opens one that runs
 as nobody without capabilities (close() it); `start_rig` starts a rig outside the fixtures
@@ -305,13 +305,15 @@ def rig_factory(
 
 def boot_options(config: RigConfig) -> list[str]:
     """The `rig` command-line options that boot what `config` boots (--kernel, --userspace,
-    --qemu, --qemu-version), for tests that run a command such as `rig replay` through
-    rig.cli on the suite's kernel."""
+    --qemu, --qemu-version, --clock, --boot), for tests that run a command such as `rig
+    replay` through rig.cli on the suite's kernel."""
     pairs = (
         ("--kernel", config.kernel),
         ("--userspace", config.userspace),
         ("--qemu", config.qemu),
         ("--qemu-version", config.qemu_version),
+        ("--clock", config.clock),
+        ("--boot", config.boot),
     )
     return [arg for flag, value in pairs if value is not None for arg in (flag, str(value))]
 
