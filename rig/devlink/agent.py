@@ -53,6 +53,10 @@ class NetlinkAgent:
             self._ensure_uploaded()
             self._launching = self.ssh.start(f"{self.as_user} python3 {REMOTE} serve".strip())
 
+    def start(self) -> None:
+        """Launch the agent, if it is not running, and wait until it serves."""
+        self._start()
+
     def _start(self) -> Background:
         if self._server is None:
             self.prestart()
