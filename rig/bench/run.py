@@ -5,9 +5,9 @@ Sections, in order (each one's failure is recorded and the others still run):
 * host:     trapped-register round trips with no guest (device model alone, C and Python
             socket ping-pongs as floors; rig.benchhost);
 * boot:     boot to SSH-ready with the device and mlx4_core, with mlx4_en too (to its
-            netdev up), without the device, and from a saved VM (rig.vm.saved: the guest
-            resumed, the card hot-plugged, mlx4_core bound), interleaved so all see the
-            same load;
+            netdev up), without the device, and from a saved VM on each clock
+            (rig.vm.saved: the guest resumed, the card hot-plugged, mlx4_core bound),
+            interleaved so all see the same load;
 * en:       the same catas fault cycle (fault -> snapshots -> reset and re-probe) N times
             with mlx4_core alone and with mlx4_en loaded and its netdev up, one VM each;
 * guest:    one VM booted without the driver: the BAR0 read loop from guest user space
@@ -18,8 +18,9 @@ Sections, in order (each one's failure is recorded and the others still run):
             under TCG), interleaved; then catas faults under a transfer: the stream's gap
             (last byte before -> first after) beside the reset and re-probe (rig.traffic);
 * replay:   `rig replay` end to end N times, then two at once N times (throughput);
-* clock:    `rig replay` on the warped and the real clock, alternating (warp, real, warp,
-            real, ...), the ratio of each pair (rig.vm.clock, docs/clock.md);
+* clock:    `rig replay` on the warped and the real clock, and on the warped clock from a
+            saved VM, in turn (warp, real, warp saved, warp, ...), the ratio of each
+            warp/real pair (rig.vm.clock, docs/clock.md);
 * suite, cold (opt-in): `tox -e e2e`; `rig setup` into an empty temporary RIG_CACHE.
 
 Every other section runs on one clock (--clock; the JSON's options.clock says which). Paired
@@ -86,10 +87,16 @@ SPECS = (
     Spec("boot.en_cost", "  mlx4_en's cost to boot (with - without, run by run)", "s", 1.0),
     Spec("boot.device_cost", "device cost: boot with / without", "x"),
     Spec("boot.bound", "boot to ready with device and driver (mlx4_core bound), fresh", "s"),
-    Spec("boot.saved", "boot to ready with device and driver, saved VM", "s", 2.5),
+    Spec("boot.saved", "boot to ready with device and driver, saved VM, real clock", "s", 2.5),
     Spec("boot.saved.restore", "  QEMU start + state loaded, guest running", "s"),
     Spec("boot.saved.ssh", "  SSH connection", "s"),
     Spec("boot.saved.card", "  card hot-plugged, the rig's key and time set, bound", "s"),
+    Spec(
+        "boot.saved_warp", "boot to ready with device and driver, saved VM, warped clock", "s", 2.5
+    ),
+    Spec("boot.saved_warp.restore", "  QEMU start + state loaded, guest running", "s"),
+    Spec("boot.saved_warp.ssh", "  SSH connection", "s"),
+    Spec("boot.saved_warp.card", "  card hot-plugged, the rig's key and time set, bound", "s"),
     Spec("probe.modprobe", "modprobe mlx4_core (probe, devlink registered)", "s"),
     Spec("probe.rmmod", "rmmod mlx4_core", "s"),
     Spec("catas.fault_to_snapshots", "catas fault -> both snapshots on the host", "s", 7.0),
@@ -140,6 +147,12 @@ SPECS = (
     Spec("clock.real.fault_to_snapshots", "  catas fault -> both snapshots on the host", "s"),
     Spec("clock.real.reset_and_reprobe", "  reset + re-probe", "s"),
     Spec("clock.warp_vs_real", "replay warp / real (pair by pair)", "x"),
+    Spec(
+        "clock.saved_warp.replay", "rig replay, warped clock and saved VM (--boot saved)", "s", 8.0
+    ),
+    Spec("clock.saved_warp.boot", "  boot (restore, SSH, card hot-plugged and bound)", "s"),
+    Spec("clock.saved_warp.fault_to_snapshots", "  catas fault -> both snapshots", "s", 0.5),
+    Spec("clock.saved_warp.reset_and_reprobe", "  reset + re-probe", "s", 0.5),
     Spec("parallel.pair", "two rig replay at once, wall time", "s"),
     Spec("parallel.throughput", "throughput of two at once vs one", "x"),
     Spec("suite.full", "the test suite: tox (lint, types, unit, e2e)", "s", 600.0),
@@ -161,6 +174,7 @@ class BenchOptions:
     qemu: Path | None = None
     qemu_version: str | None = None
     clock: str | None = None  # rig.vm.clock; None: $RIG_CLOCK or the default
+    boot: str | None = None  # rig.vm.saved: "fresh" or "saved"; only the clock section sets it
 
 
 @dataclass
@@ -306,6 +320,7 @@ def _guest_flags(opts: BenchOptions) -> list[str]:
         "--qemu": opts.qemu and str(opts.qemu),
         "--qemu-version": opts.qemu_version,
         "--clock": opts.clock,
+        "--boot": opts.boot,
     }
     return [word for flag, value in flags.items() if value for word in (flag, value)]
 
@@ -334,13 +349,13 @@ def _config(opts: BenchOptions, log_dir: Path, **kw: Any) -> RigConfig:
     # mlx4_core alone unless a figure asks for mlx4_en: it would load behind every probe of
     # the modprobe/rmmod loop (and make its rmmod fail while it holds mlx4_core).
     kw.setdefault("mlx4_en", False)
+    kw.setdefault("clock", opts.clock)
     return RigConfig(
         log_dir=log_dir,
         kernel=opts.kernel,
         userspace=opts.userspace,
         qemu=opts.qemu,
         qemu_version=opts.qemu_version,
-        clock=opts.clock,
         name="bench",
         **kw,
     )
@@ -351,17 +366,24 @@ def _boot(opts: BenchOptions, run: BenchRun) -> None:
     with_dev: list[float] = []
     without: list[float] = []
     with_en: list[float] = []
-    # The first saved boot saves the VM (a fresh boot and a save): not a figure.
-    with Rig(_config(opts, opts.log_dir / "boot-saved-first", boot="saved")):
-        pass
+    # Saved VMs on both clocks (each its own saved state: the clock is in QEMU's command
+    # line). The first saved boot saves the VM (a fresh boot and a save): not a figure.
+    saved = (("boot.saved", REAL), ("boot.saved_warp", WARP))
+    for _, clock in saved:
+        with Rig(
+            _config(opts, opts.log_dir / f"boot-saved-first-{clock}", boot="saved", clock=clock)
+        ):
+            pass
     for i in range(opts.runs):
-        with Rig(_config(opts, opts.log_dir / f"boot-saved-{i}", boot="saved")) as rig:
-            t = rig.boot_times
-            assert t.ssh is not None and t.ready is not None
-            r.add("boot.saved", rig.timings.marks["bound"] - t.launched)
-            r.add("boot.saved.restore", t.ready - t.launched)
-            r.add("boot.saved.ssh", t.ssh - t.ready)
-            r.add("boot.saved.card", rig.timings.marks["bound"] - t.ssh)
+        for key, clock in saved:
+            log_dir = opts.log_dir / f"boot-saved-{clock}-{i}"
+            with Rig(_config(opts, log_dir, boot="saved", clock=clock)) as rig:
+                t = rig.boot_times
+                assert t.ssh is not None and t.ready is not None
+                r.add(key, rig.timings.marks["bound"] - t.launched)
+                r.add(f"{key}.restore", t.ready - t.launched)
+                r.add(f"{key}.ssh", t.ssh - t.ready)
+                r.add(f"{key}.card", rig.timings.marks["bound"] - t.ssh)
         with Rig(_config(opts, opts.log_dir / f"boot-device-{i}")) as rig:
             t = rig.boot_times
             assert t.ssh is not None and t.ready is not None
@@ -623,19 +645,31 @@ def _replay(opts: BenchOptions, run: BenchRun) -> None:
 
 
 def _clock(opts: BenchOptions, run: BenchRun) -> None:
-    """`rig replay` alternately on each clock (A B A B ...), each pair's ratio."""
+    """`rig replay` alternately on each clock, booted fresh, then on the warped clock from a
+    saved VM (A B C A B C ...); the ratio of each warp/real pair."""
     r = run.results
     totals: dict[str, list[float]] = {WARP: [], REAL: []}
+    variants = (
+        (WARP, replace(opts, clock=WARP, boot="fresh")),
+        (REAL, replace(opts, clock=REAL, boot="fresh")),
+        ("saved_warp", replace(opts, clock=WARP, boot="saved")),
+    )
+    # The first replay from a saved VM saves it (a fresh boot and a save): not a figure.
+    _finish_replay(
+        _start_replay(variants[2][1], opts.log_dir / "clock-saved-first"),
+        opts.log_dir / "clock-saved-first",
+    )
     for i in range(opts.runs):
-        for clock in (WARP, REAL):
-            out = opts.log_dir / f"clock-{clock}-{i}"
+        for key, variant in variants:
+            out = opts.log_dir / f"clock-{key}-{i}"
             t0 = time.monotonic()
-            report = _finish_replay(_start_replay(replace(opts, clock=clock), out), out)
-            totals[clock].append(time.monotonic() - t0)
-            r.add(f"clock.{clock}.replay", totals[clock][-1])
-            for name in ("fault_to_snapshots", "reset_and_reprobe"):
-                if name in report["timings"]:
-                    r.add(f"clock.{clock}.{name}", report["timings"][name])
+            report = _finish_replay(_start_replay(variant, out), out)
+            seconds = time.monotonic() - t0
+            totals.setdefault(key, []).append(seconds)
+            r.add(f"clock.{key}.replay", seconds)
+            for name in ("boot", "fault_to_snapshots", "reset_and_reprobe"):
+                if name in report["timings"] and f"clock.{key}.{name}" in r.figures:
+                    r.add(f"clock.{key}.{name}", report["timings"][name])
     for v in ratios(totals[WARP], totals[REAL]):
         r.add("clock.warp_vs_real", v)
 

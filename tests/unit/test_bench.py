@@ -88,9 +88,13 @@ def test_the_bench_specs_are_unique_and_cover_every_goal_of_the_issue() -> None:
         "boot.en_cost": 1.0,
         "en.reset_cost": 1.0,
         "boot.saved": 2.5,  # issue 16: boot to ready with device and driver, saved VM
+        "boot.saved_warp": 2.5,
         "clock.warp.replay": 8.0,
         "clock.warp.fault_to_snapshots": 0.5,
         "clock.warp.reset_and_reprobe": 0.5,
+        "clock.saved_warp.replay": 8.0,
+        "clock.saved_warp.fault_to_snapshots": 0.5,
+        "clock.saved_warp.reset_and_reprobe": 0.5,
     }
     floors = {k: f.spec.goal_min for k, f in results.figures.items() if f.spec.goal_min}
     assert floors == {"traffic.card_vs_veth": 0.5}
@@ -271,13 +275,15 @@ def test_cli_registers_bench() -> None:
 def test_the_clock_section_alternates_clocks_and_pairs_each_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """warp, real, warp, real: each pair's ratio, from the replays' own wall times."""
-    order: list[str | None] = []
-    walls = iter([4.0, 8.0, 6.0, 24.0])  # warp, real, warp, real
+    """warp, real, warp from a saved VM, twice (after one saved replay that saves the VM):
+    each warp/real pair's ratio, from the replays' own wall times."""
+    order: list[tuple[str | None, str | None]] = []
+    # saving, then warp, real, saved warp, warp, real, saved warp
+    walls = iter([30.0, 4.0, 8.0, 3.0, 6.0, 24.0, 2.0])
     now = [0.0]
 
     def start(opts: bench.BenchOptions, out: Path) -> None:
-        order.append(opts.clock)
+        order.append((opts.clock, opts.boot))
         now[0] += next(walls)
 
     def finish(proc: None, out: Path) -> dict[str, object]:
@@ -290,8 +296,10 @@ def test_the_clock_section_alternates_clocks_and_pairs_each_run(
     run = bench.BenchRun(Results(bench.SPECS), {}, {})
     bench._clock(opts, run)
     figures = run.results.figures
-    assert order == ["warp", "real", "warp", "real"]
+    turn = [("warp", "fresh"), ("real", "fresh"), ("warp", "saved")]
+    assert order == [("warp", "saved"), *turn, *turn]
     assert figures["clock.warp.replay"].samples == [4.0, 6.0]
+    assert figures["clock.saved_warp.replay"].samples == [3.0, 2.0]
     assert figures["clock.real.replay"].samples == [8.0, 24.0]
     assert figures["clock.warp_vs_real"].samples == [0.5, 0.25]
     assert figures["clock.warp.reset_and_reprobe"].samples == [0.4, 0.4]
