@@ -22,6 +22,8 @@ def test_every_repeated_pair_is_a_chunk() -> None:
         ('{"dump":{"data":[0]}}', "data before any address"),
         ('{"dump":{"address":-1,"data":[0]}}', "address -1 is not a non-negative integer"),
         ('{"dump":{"address":0,"data":"00"}}', "data at 0x0 is not a list of numbers"),
+        ('{"dump":{"address":0,"data":[1,true]}}', "data at 0x0 is not a list of numbers"),
+        ('{"dump":{"address":0,"data":[1,2.0]}}', "data at 0x0 is not a list of numbers"),
         ("[1]", "JSON that is not an object"),
         ('{"dump":', "invalid JSON"),
     ],
