@@ -251,7 +251,6 @@ class Mlx4:
         expect_snapshots: bool = True,
         strict: bool = True,
         before_inject: Callable[[], None] | None = None,
-        on_injected: Callable[[], None] | None = None,
     ) -> FaultCycle:
         """Inject a fault, collect the region notifications, take the device's truth and
         wait for the driver to recover.
@@ -270,6 +269,8 @@ class Mlx4:
         restarts = self.kmsg_count(RESTARTED)
         netdevs = self.netdevs()
         console_at = len(rig.console.text)
+        # The watch is the netlink agent's (rig.devlink.agent): started here if it is not
+        # running, before the injection, so its start-up delays no part of the fault.
         watch = rig.netlink.watch(count=len(REGIONS)) if expect_snapshots else None
         reload: Background | None = None
         try:
@@ -282,8 +283,6 @@ class Mlx4:
                 netdevs_before=netdevs,
             )
             reload = self._inject(kind, words, opcode)
-            if on_injected is not None:
-                on_injected()
             if watch is not None:
                 try:
                     for _ in REGIONS:

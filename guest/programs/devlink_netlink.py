@@ -15,8 +15,11 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import os
+import select
 import struct
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -139,6 +142,9 @@ def dump_done_message(data: bytes | bytearray, offset: int = 0) -> str | None:
     return None
 
 
+Answer = Callable[[str], dict[str, Any]]
+
+
 class RegionClient:
     """REGION_GET / READ / NEW / DEL, and REGION_NEW/DEL notifications."""
 
@@ -249,27 +255,90 @@ class RegionClient:
             attrs.append(("DEVLINK_ATTR_REGION_SNAPSHOT_ID", snapshot))
         self._request("region new", DEVLINK_CMD_REGION_NEW, attrs, NLM_F_REQUEST | NLM_F_ACK)
 
-    def watch(self, count: int) -> list[dict[str, Any]]:
-        """Join the `config` group and return the next `count` region notifications."""
-        self.sock.add_membership(DEVLINK_GENL_MCGRP_CONFIG)
-        print(json.dumps({"listening": True}), flush=True)  # tells the host it may act now
-        events: list[dict[str, Any]] = []
-        while len(events) < count:
-            for m in self.sock.get():
-                cmd = m["cmd"]
-                if cmd not in (DEVLINK_CMD_REGION_NEW, DEVLINK_CMD_REGION_DEL):
+    def watch(
+        self, count: int, requests: Lines | None = None, answer: Answer | None = None
+    ) -> list[dict[str, Any]]:
+        """Print the next `count` region notifications, one JSON line each, and return them.
+        While serving, the host's request lines keep being answered meanwhile (`answer`), and
+        {"op": "unwatch"} (or the host's hang-up) ends the watch early.
+
+        On a socket of its own, joined to the `config` group only for the watch: requests
+        on `self.sock` must not meet notifications."""
+        sock = GenericNetlinkSocket()
+        try:
+            sock.bind("devlink", devlinkmsg)
+            sock.add_membership(DEVLINK_GENL_MCGRP_CONFIG)
+            print(json.dumps({"listening": True}), flush=True)  # tells the host it may act now
+            events: list[dict[str, Any]] = []
+            while len(events) < count:
+                if requests is not None and requests.wait_readable(sock):
+                    line = requests.readline()
+                    if line is None or _op(line) == "unwatch":
+                        break
+                    print(json.dumps(answer(line) if answer else {}), flush=True)
                     continue
-                events.append(
-                    {
-                        "cmd": "new" if cmd == DEVLINK_CMD_REGION_NEW else "del",
-                        "dev": f"{m.get_attr('DEVLINK_ATTR_BUS_NAME')}/"
-                        f"{m.get_attr('DEVLINK_ATTR_DEV_NAME')}",
-                        "region": m.get_attr("DEVLINK_ATTR_REGION_NAME"),
-                        "snapshot": m.get_attr("DEVLINK_ATTR_REGION_SNAPSHOT_ID"),
-                    }
-                )
-                print(json.dumps(events[-1]), flush=True)
-        return events
+                for m in sock.get():
+                    cmd = m["cmd"]
+                    if cmd not in (DEVLINK_CMD_REGION_NEW, DEVLINK_CMD_REGION_DEL):
+                        continue
+                    events.append(
+                        {
+                            "cmd": "new" if cmd == DEVLINK_CMD_REGION_NEW else "del",
+                            "dev": f"{m.get_attr('DEVLINK_ATTR_BUS_NAME')}/"
+                            f"{m.get_attr('DEVLINK_ATTR_DEV_NAME')}",
+                            "region": m.get_attr("DEVLINK_ATTR_REGION_NAME"),
+                            "snapshot": m.get_attr("DEVLINK_ATTR_REGION_SNAPSHOT_ID"),
+                        }
+                    )
+                    print(json.dumps(events[-1]), flush=True)
+            return events
+        finally:
+            sock.close()
+
+
+def _op(line: str) -> object:
+    try:
+        req = json.loads(line)
+    except ValueError:
+        return None
+    return req.get("op") if isinstance(req, dict) else None
+
+
+class Lines:
+    """Lines from a file descriptor, read unbuffered by Python so that select() tells the
+    truth about what is left (sys.stdin's buffer would hide a line already read)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buf = b""
+        self.eof = False
+
+    def has_line(self) -> bool:
+        return b"\n" in self.buf or (self.eof and bool(self.buf))
+
+    def _fill(self) -> None:
+        data = os.read(self.fd, 65536)
+        self.buf += data
+        self.eof = not data
+
+    def readline(self) -> str | None:
+        """The next line, None at the end."""
+        while not self.has_line() and not self.eof:
+            self._fill()
+        if not self.buf:
+            return None
+        line, _, self.buf = self.buf.partition(b"\n")
+        return line.decode()
+
+    def wait_readable(self, other: Any) -> bool:
+        """Block until `other` (a socket) or these lines have something; whether a line
+        has come (or the end: the host hung up)."""
+        if self.has_line() or self.eof:
+            return True
+        ready, _, _ = select.select([self.fd, other], [], [])
+        if self.fd in ready:
+            self._fill()
+        return self.has_line() or self.eof
 
 
 def _region(m: Any) -> Region:
@@ -359,19 +428,35 @@ def handle(client: RegionClient, req: dict[str, Any]) -> dict[str, Any]:
 
 def serve(client: RegionClient) -> int:
     """JSON requests on stdin, one reply line each: one Python start-up for many requests
-    (importing pyroute2 takes seconds under TCG)."""
+    (importing pyroute2 takes seconds under TCG).
+
+    {"op": "watch", "count": N} answers {"listening": true}, then prints each notification
+    ({"cmd": ...}) as it comes while requests keep being answered, and ends with
+    {"watched": [...]} after N notifications or at {"op": "unwatch"}. An unwatch that comes
+    after the watch ended (it raced the last notification) is not answered."""
     print(json.dumps({"ready": True}), flush=True)
-    for line in sys.stdin:
+    lines = Lines(sys.stdin.fileno())
+
+    def answer(line: str) -> dict[str, Any]:
         try:
             req = json.loads(line)
         except ValueError as e:
-            reply: dict[str, Any] = {"error": f"bad request: {e}", "errno": errno.EINVAL}
+            return {"error": f"bad request: {e}", "errno": errno.EINVAL}
+        if not isinstance(req, dict):
+            return {"error": "bad request: not an object", "errno": errno.EINVAL}
+        if req.get("op") == "watch":
+            return {"error": "already watching", "errno": errno.EBUSY}
+        return handle(client, req)
+
+    while (line := lines.readline()) is not None:
+        op = _op(line)
+        if op == "unwatch":
+            continue
+        if op == "watch":
+            count = json.loads(line).get("count", 1)
+            reply = {"watched": client.watch(int(count), requests=lines, answer=answer)}
         else:
-            reply = (
-                handle(client, req)
-                if isinstance(req, dict)
-                else {"error": "bad request: not an object", "errno": errno.EINVAL}
-            )
+            reply = answer(line)
         print(json.dumps(reply), flush=True)
     return 0
 

@@ -7,6 +7,7 @@ starting Python and importing pyroute2 takes seconds under TCG.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -39,6 +40,7 @@ class NetlinkAgent:
         self._uploaded = False
         self._server: Background | None = None
         self._launching: Background | None = None  # started, not yet ready
+        self._watch: RegionWatch | None = None  # the server's watch, while it runs
 
     def _ensure_uploaded(self) -> None:
         if not self._uploaded:
@@ -46,20 +48,16 @@ class NetlinkAgent:
             self.ssh.put(SCRIPT, REMOTE)
             self._uploaded = True
 
-    def prestart(self) -> None:
-        """Launch the agent without waiting for it, so its slow start-up (Python and pyroute2
-        under TCG take seconds) overlaps other work; the first request waits for it."""
+    def _launch(self) -> None:
+        """Launch the agent without waiting for it (Python and pyroute2 take seconds to
+        start under TCG); the first request waits for it."""
         if self._server is None and self._launching is None:
             self._ensure_uploaded()
             self._launching = self.ssh.start(f"{self.as_user} python3 {REMOTE} serve".strip())
 
-    def start(self) -> None:
-        """Launch the agent, if it is not running, and wait until it serves."""
-        self._start()
-
     def _start(self) -> Background:
         if self._server is None:
-            self.prestart()
+            self._launch()
             server, self._launching = self._launching, None
             assert server is not None
             line = server.readline(timeout=self.timeout)
@@ -75,15 +73,19 @@ class NetlinkAgent:
             if proc is not None:
                 proc.close()
         self._server = self._launching = None
+        self._watch = None
 
     def call(self, op: str, **args: Any) -> Any:
         server = self._start()
         server.write(json.dumps({"op": op, **args}).encode() + b"\n")
-        line = server.readline(timeout=self.timeout)
-        if line is None:
-            self._server = None
-            raise RigError(f"netlink agent ended: {server.stderr().strip()[-400:]}")
-        reply = json.loads(line)
+        while True:  # a running watch's lines may come before the reply: they are its own
+            line = server.readline(timeout=self.timeout)
+            if line is None:
+                self._drop_server()
+                raise RigError(f"netlink agent ended: {server.stderr().strip()[-400:]}")
+            reply = json.loads(line)
+            if self._watch is None or not self._watch.take(reply):
+                break
         if "error" in reply:
             raise NetlinkError(op, reply["error"], reply.get("errno"))
         return reply["result"]
@@ -153,31 +155,95 @@ class NetlinkAgent:
             watch.close()
 
     def watch(self, count: int) -> RegionWatch:
-        """Start listening for `count` REGION_NEW/DEL notifications; returns once listening."""
-        self._ensure_uploaded()
-        bg = self.ssh.start(f"python3 {REMOTE} watch --count {count}")
+        """Start listening for `count` REGION_NEW/DEL notifications; returns once listening.
+
+        The agent's own server listens, and answers requests meanwhile: no second Python
+        start-up in the guest (seconds of guest CPU that, before a fault, delay it). An agent
+        running as another user watches from a process of its own, as root: joining
+        devlink's multicast group may need privileges that user lacks."""
+        if self.as_user:
+            self._ensure_uploaded()
+            bg = self.ssh.start(f"python3 {REMOTE} watch --count {count}")
+            self._await_listening(bg, "netlink watcher", bg.close)
+            return RegionWatch(bg, count, bg.close)
+        if self._watch is not None:
+            raise RigError("netlink watch: the agent is already watching")
+        server = self._start()
+        server.write(json.dumps({"op": "watch", "count": count}).encode() + b"\n")
+        self._await_listening(server, "netlink agent's watch", self._drop_server)
+        watch = RegionWatch(server, count, lambda: self._end_watch(watch))
+        self._watch = watch
+        return watch
+
+    def _await_listening(self, bg: Background, what: str, fail: Callable[[], None]) -> None:
         line = bg.readline(timeout=self.timeout)
         if line is None or json.loads(line) != {"listening": True}:
             err = bg.stderr()
-            bg.close()
-            raise RigError(f"netlink watcher did not start: {line!r} {err}")
-        return RegionWatch(bg)
+            fail()
+            raise RigError(f"{what} did not start: {line!r} {err.strip()[-400:]}")
+
+    def _end_watch(self, watch: RegionWatch) -> None:
+        """A watch that has not seen all its notifications is ended with a line of its own;
+        the lines up to the watch's end are read past."""
+        server, self._watch = self._server, None
+        if server is None or watch.ended:
+            return
+        try:
+            if not watch.complete():
+                server.write(b'{"op": "unwatch"}\n')
+            while not watch.ended:
+                line = server.readline(timeout=self.timeout)
+                if line is None:
+                    raise RigError(f"netlink agent ended: {server.stderr().strip()[-400:]}")
+                watch.take(json.loads(line))
+        except (RigError, OSError, ValueError):
+            self._drop_server()  # the next request starts a new one
+            raise
+
+    def _drop_server(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        self._server = None
+        self._watch = None
 
 
 class RegionWatch:
-    """Region notifications as the guest's netlink socket receives them."""
+    """Region notifications as the guest's netlink socket receives them: lines of the agent's
+    output ({"cmd": ...} each; {"watched": [...]} at the end), read by `next` or, when they
+    come before a request's reply, kept by `take` for `next`."""
 
-    def __init__(self, bg: Background) -> None:
+    def __init__(self, bg: Background, count: int, end: Callable[[], None]) -> None:
         self._bg = bg
+        self._count = count
+        self._end = end
+        self._pending: list[dict[str, Any]] = []
         self.events: list[dict[str, Any]] = []
+        self.ended = False  # the guest's watch is over
+
+    def take(self, line: dict[str, Any]) -> bool:
+        """Whether `line` is this watch's (and then kept)."""
+        if "cmd" in line:
+            self._pending.append(line)
+        elif "watched" in line:
+            self.ended = True
+        else:
+            return False
+        return True
+
+    def complete(self) -> bool:
+        return len(self.events) + len(self._pending) >= self._count
 
     def next(self, timeout: float) -> dict[str, Any]:
-        line = self._bg.readline(timeout)
-        if line is None:
-            raise RigError(f"netlink watcher ended: {self._bg.stderr().strip()}")
-        event: dict[str, Any] = json.loads(line)
+        deadline = time.monotonic() + timeout
+        while not self._pending:
+            line = None if self.ended else self._bg.readline(max(0.0, deadline - time.monotonic()))
+            if line is None:
+                raise RigError(f"netlink watcher ended: {self._bg.stderr().strip()[-400:]}")
+            if not self.take(json.loads(line)):
+                raise RigError(f"netlink watcher: not a notification: {line.strip()[:200]}")
+        event = self._pending.pop(0)
         self.events.append(event)
         return event
 
     def close(self) -> None:
-        self._bg.close()
+        self._end()

@@ -293,15 +293,9 @@ def _replay(
 
 
 def _take_fault(rig: Rig, opts: ReplayOptions, report: Report) -> FaultCycle:
-    # The netlink agent's start-up (Python and pyroute2: seconds of guest CPU) overlaps the
-    # driver's detection and reset on the real clock. On the warped clock the guest's time
-    # only jumps ahead while it idles, so a guest busy starting the agent would hold the catas
-    # poll back by as long: there it starts, and is waited for, before the injection.
-    if rig.clock == WARP:
-        rig.netlink.start()
-        on_injected = None
-    else:
-        on_injected = rig.netlink.prestart
+    # The netlink agent that reads the snapshots afterwards is the one that listens for them
+    # (rig.mlx4.fault starts its watch): up before the injection, its start-up (Python and
+    # pyroute2, seconds of guest CPU) delays no part of the fault, on either clock.
     if opts.traffic:
         with (
             Traffic(rig) as traffic,
@@ -316,7 +310,6 @@ def _take_fault(rig: Rig, opts: ReplayOptions, report: Report) -> FaultCycle:
                 opts.traffic_bytes,
                 opts.fault,
                 words=opts.catas_words,
-                on_injected=on_injected,
             )
         cycle = run.cycle
         report.traffic = run.as_dict()
@@ -330,7 +323,7 @@ def _take_fault(rig: Rig, opts: ReplayOptions, report: Report) -> FaultCycle:
         )
     else:
         with step(f"injecting fault {opts.fault}, waiting for the driver's snapshots and recovery"):
-            cycle = rig.mlx4.fault(opts.fault, words=opts.catas_words, on_injected=on_injected)
+            cycle = rig.mlx4.fault(opts.fault, words=opts.catas_words)
     return cycle
 
 

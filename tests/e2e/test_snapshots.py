@@ -22,6 +22,7 @@ from rig.devlink.channels import (
     NetlinkChannel,
     RegionChannel,
 )
+from rig.errors import RigError
 from rig.formats.registers import explain
 from rig.mlx4 import REGIONS
 from rig.pytest_plugin import rig_channel
@@ -327,6 +328,23 @@ def test_delete_removes_exactly_that_snapshot(
     assert rig.mlx4.snapshot_ids() == expected
     with pytest.raises(ChannelError):
         devlink.dump(rig.region(region), victim)
+
+
+def test_the_agent_answers_while_it_watches_and_after_a_watch_ends_early(
+    rig: Rig, taken: Taken
+) -> None:
+    """The netlink agent's own process watches (no second Python start-up in the guest
+    before a fault) and answers requests meanwhile; a watch closed before its notifications
+    came leaves nothing of itself among the agent's later replies."""
+    before = rig.netlink.regions()
+    watch = rig.netlink.watch(count=2)
+    try:
+        assert rig.netlink.regions() == before
+        with pytest.raises(RigError, match="already watching"):
+            rig.netlink.watch(count=1)
+    finally:
+        watch.close()
+    assert rig.netlink.regions() == before
 
 
 def test_a_freed_id_is_given_to_the_next_snapshot(rig: Rig, taken: Taken) -> None:

@@ -1,13 +1,17 @@
-"""The guest-side netlink client's handling of dumps the kernel ends with an error."""
+"""The guest-side netlink client's handling of dumps the kernel ends with an error, and the
+agent's request lines while it watches."""
 
 from __future__ import annotations
 
 import errno
+import os
+import socket
 import struct
 
 from guest.programs.devlink_netlink import (
     NLM_F_ACK_TLVS,
     NLMSG_HDRLEN,
+    Lines,
     dump_done_errno,
     dump_done_message,
 )
@@ -65,3 +69,33 @@ def test_a_failed_dump_reports_the_kernels_words() -> None:
 
 def test_a_done_without_tlvs_has_no_message() -> None:
     assert dump_done_message(done(-errno.EINVAL)) is None
+
+
+def test_a_watch_sees_the_hosts_line_or_its_hang_up_and_nothing_else() -> None:
+    """Lines.wait_readable: True only for a whole line (the watch's end) or the end of input;
+    a notification on the socket alone is False. A line already read into the buffer counts,
+    which select() on the descriptor alone would miss."""
+    r, w = os.pipe()
+    sock, peer = socket.socketpair()
+    lines = Lines(r)
+    try:
+        os.write(w, b'{"op": "x"}\n{"op"')
+        assert lines.readline() == '{"op": "x"}'
+        peer.send(b"n")  # a notification: the socket is readable, no line has come
+        assert lines.wait_readable(sock) is False
+        sock.recv(1)
+        os.write(w, b': "unwatch"}\n{"op": "y"}\n')
+        assert lines.wait_readable(sock) is True
+        assert lines.readline() == '{"op": "unwatch"}'
+        assert lines.wait_readable(sock) is True  # buffered: select() would block here
+        assert lines.readline() == '{"op": "y"}'
+        os.close(w)
+        w = -1
+        assert lines.wait_readable(sock) is True  # the host hung up
+        assert lines.readline() is None
+    finally:
+        for fd in (r, w):
+            if fd >= 0:
+                os.close(fd)
+        sock.close()
+        peer.close()
