@@ -4,6 +4,7 @@ a part of it, or one `rig replay`), on the coverage kernel."""
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import shutil
@@ -28,6 +29,9 @@ logger = logging.getLogger(__name__)
 RUNS = "runs"  # under --out: pytest's base temp (each VM's log dir) or the replay's run dir
 COUNTERS = "counters"  # under --out: every VM's gcov counters ($RIG_GCOV_DIR of the run)
 SUITE = ["-m", "e2e and not kbuild and not virtme and not coverage"]
+# As tox's e2e env runs it: one VM per core (module rigs stay on one worker). The counters
+# of every VM are merged, so the parallel run measures the same as a serial one.
+PARALLEL = ["-n", "auto", "--dist", "loadscope"]
 
 
 def default_tests() -> Path:
@@ -114,7 +118,8 @@ def run_command(replay: bool, extra: list[str], kernel: Path, runs: Path) -> lis
             str(runs / "replay"),
             *extra,
         ]
-    selection = extra or [*SUITE, str(default_tests())]
+    parallel = PARALLEL if importlib.util.find_spec("xdist") else []
+    selection = extra or [*SUITE, *parallel, str(default_tests())]
     return [
         sys.executable,
         "-m",

@@ -262,3 +262,15 @@ def test_counters_go_to_the_log_dir_or_the_runs_shared_dir(
     one, two = counters_dest(tmp_path / "a", "rig"), counters_dest(tmp_path / "b", "rig")
     assert one != two and one.parent.parent == two.parent.parent == tmp_path / "all"
     assert one.name == "gcov" and one.parent.name.startswith("rig-")
+
+
+def test_the_default_run_is_tox_e2e_selection_one_vm_per_core(tmp_path: Path) -> None:
+    from rig.commands import coverage as cmd
+
+    run = cmd.run_command(False, [], tmp_path / "k", tmp_path / "runs")
+    marker = "e2e and not kbuild and not virtme and not coverage"  # tox.ini's e2e selection
+    assert run[run.index(marker) - 1] == "-m"
+    assert run[run.index("-n") + 1] == "auto" and "loadscope" in run  # xdist is a test extra
+    assert run[-1] == str(cmd.default_tests())
+    chosen = cmd.run_command(False, ["tests/e2e/test_regions.py"], tmp_path / "k", tmp_path)
+    assert "-n" not in chosen and chosen[-1] == "tests/e2e/test_regions.py"
