@@ -10,7 +10,7 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from rig.devlink.cli import RegionInfo
 from rig.errors import RigError
@@ -19,7 +19,6 @@ from rig.vm.ssh import Background, GuestSsh
 
 SCRIPT = guest_program("devlink_netlink.py")
 REMOTE = "/run/rig/devlink_netlink.py"
-T = TypeVar("T")
 
 
 class NetlinkError(RigError):
@@ -141,18 +140,6 @@ class NetlinkAgent:
 
     def new(self, handle: str, snapshot: int | None = None) -> None:
         self.call("new", region=handle, snapshot=snapshot)
-
-    def notifications_during(
-        self, trigger: Callable[[], T], count: int, timeout: float
-    ) -> tuple[T, list[dict[str, Any]]]:
-        """Listen on devlink's config group, run `trigger`, then collect the next `count`
-        region notifications (listening first, so none can be missed)."""
-        watch = self.watch(count)
-        try:
-            result = trigger()
-            return result, [watch.next(timeout) for _ in range(count)]
-        finally:
-            watch.close()
 
     def watch(self, count: int) -> RegionWatch:
         """Start listening for `count` REGION_NEW/DEL notifications; returns once listening.
