@@ -256,11 +256,11 @@ class RegionClient:
         self._request("region new", DEVLINK_CMD_REGION_NEW, attrs, NLM_F_REQUEST | NLM_F_ACK)
 
     def watch(
-        self, count: int, requests: Lines | None = None, answer: Answer | None = None
+        self, count: int, serving: tuple[Lines, Answer] | None = None
     ) -> list[dict[str, Any]]:
         """Print the next `count` region notifications, one JSON line each, and return them.
-        While serving, the host's request lines keep being answered meanwhile (`answer`), and
-        {"op": "unwatch"} (or the host's hang-up) ends the watch early.
+        While serving (the request lines and how to answer one), requests keep being answered
+        meanwhile, and {"op": "unwatch"} (or the host's hang-up) ends the watch early.
 
         On a socket of its own, joined to the `config` group only for the watch: requests
         on `self.sock` must not meet notifications."""
@@ -271,11 +271,11 @@ class RegionClient:
             print(json.dumps({"listening": True}), flush=True)  # tells the host it may act now
             events: list[dict[str, Any]] = []
             while len(events) < count:
-                if requests is not None and requests.wait_readable(sock):
-                    line = requests.readline()
+                if serving is not None and serving[0].wait_readable(sock):
+                    line = serving[0].readline()
                     if line is None or _op(line) == "unwatch":
                         break
-                    print(json.dumps(answer(line) if answer else {}), flush=True)
+                    print(json.dumps(serving[1](line)), flush=True)
                     continue
                 for m in sock.get():
                     cmd = m["cmd"]
@@ -454,7 +454,7 @@ def serve(client: RegionClient) -> int:
             continue
         if op == "watch":
             count = json.loads(line).get("count", 1)
-            reply = {"watched": client.watch(int(count), requests=lines, answer=answer)}
+            reply = {"watched": client.watch(int(count), serving=(lines, answer))}
         else:
             reply = answer(line)
         print(json.dumps(reply), flush=True)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rig.devlink.cli import RegionInfo
+from rig.devlink.cli import RegionInfo, assemble_chunks
 from rig.errors import RigError
 from rig.provision.guestfiles import guest_program
 from rig.vm.ssh import Background, GuestSsh
@@ -38,7 +38,6 @@ class NetlinkAgent:
         self.as_user = as_user
         self._uploaded = False
         self._server: Background | None = None
-        self._launching: Background | None = None  # started, not yet ready
         self._watch: RegionWatch | None = None  # the server's watch, while it runs
 
     def _ensure_uploaded(self) -> None:
@@ -47,42 +46,37 @@ class NetlinkAgent:
             self.ssh.put(SCRIPT, REMOTE)
             self._uploaded = True
 
-    def _launch(self) -> None:
-        """Launch the agent without waiting for it (Python and pyroute2 take seconds to
-        start under TCG); the first request waits for it."""
-        if self._server is None and self._launching is None:
-            self._ensure_uploaded()
-            self._launching = self.ssh.start(f"{self.as_user} python3 {REMOTE} serve".strip())
-
     def _start(self) -> Background:
+        """The agent's server, started (Python and pyroute2: seconds under TCG) if it is not
+        running."""
         if self._server is None:
-            self._launch()
-            server, self._launching = self._launching, None
-            assert server is not None
-            line = server.readline(timeout=self.timeout)
-            if line is None or json.loads(line) != {"ready": True}:
-                err = server.stderr()
-                server.close()
-                raise RigError(f"netlink agent did not start: {line!r} {err.strip()[-400:]}")
+            self._ensure_uploaded()
+            server = self.ssh.start(f"{self.as_user} python3 {REMOTE} serve".strip())
+            self._await(server, {"ready": True}, "netlink agent", server.close)
             self._server = server
         return self._server
 
     def close(self) -> None:
-        for proc in (self._server, self._launching):
-            if proc is not None:
-                proc.close()
-        self._server = self._launching = None
+        """Stop the server; the next request starts a new one."""
+        if self._server is not None:
+            self._server.close()
+        self._server = None
         self._watch = None
+
+    def _reply(self, server: Background) -> dict[str, Any]:
+        """The server's next line; its end stops it (close) and raises."""
+        line = server.readline(timeout=self.timeout)
+        if line is None:
+            self.close()
+            raise RigError(f"netlink agent ended: {server.stderr().strip()[-400:]}")
+        reply: dict[str, Any] = json.loads(line)
+        return reply
 
     def call(self, op: str, **args: Any) -> Any:
         server = self._start()
         server.write(json.dumps({"op": op, **args}).encode() + b"\n")
         while True:  # a running watch's lines may come before the reply: they are its own
-            line = server.readline(timeout=self.timeout)
-            if line is None:
-                self._drop_server()
-                raise RigError(f"netlink agent ended: {server.stderr().strip()[-400:]}")
-            reply = json.loads(line)
+            reply = self._reply(server)
             if self._watch is None or not self._watch.take(reply):
                 break
         if "error" in reply:
@@ -90,19 +84,11 @@ class NetlinkAgent:
         return reply["result"]
 
     def regions(self) -> list[RegionInfo]:
-        return [
-            RegionInfo(
-                f"{r['bus']}/{r['dev']}/{r['name']}", r["size"], r["snapshots"], r["max_snapshots"]
-            )
-            for r in self.call("regions")
-        ]
+        return [_region_info(r) for r in self.call("regions")]
 
     def region(self, handle: str) -> RegionInfo:
         """REGION_GET of one region: unknown names fail as the kernel says."""
-        r = self.call("show", region=handle)
-        return RegionInfo(
-            f"{r['bus']}/{r['dev']}/{r['name']}", r["size"], r["snapshots"], r["max_snapshots"]
-        )
+        return _region_info(self.call("show", region=handle))
 
     def chunks(
         self,
@@ -127,13 +113,8 @@ class NetlinkAgent:
         direct: bool = False,
     ) -> bytes:
         chunks = self.chunks(handle, snapshot, addr, length, direct)
-        out = bytearray()
         start = chunks[0][0] if chunks else 0
-        for a, data in chunks:
-            if a != start + len(out):
-                raise RigError(f"netlink read of {handle}: chunk at {a:#x} is not contiguous")
-            out += data
-        return bytes(out)
+        return assemble_chunks(chunks, start, f"netlink read of {handle}")
 
     def delete(self, handle: str, snapshot: int | None) -> None:
         self.call("del", region=handle, snapshot=snapshot)
@@ -151,20 +132,23 @@ class NetlinkAgent:
         if self.as_user:
             self._ensure_uploaded()
             bg = self.ssh.start(f"python3 {REMOTE} watch --count {count}")
-            self._await_listening(bg, "netlink watcher", bg.close)
+            self._await(bg, {"listening": True}, "netlink watcher", bg.close)
             return RegionWatch(bg, count, bg.close)
         if self._watch is not None:
             raise RigError("netlink watch: the agent is already watching")
         server = self._start()
         server.write(json.dumps({"op": "watch", "count": count}).encode() + b"\n")
-        self._await_listening(server, "netlink agent's watch", self._drop_server)
+        self._await(server, {"listening": True}, "netlink agent's watch", self.close)
         watch = RegionWatch(server, count, lambda: self._end_watch(watch))
         self._watch = watch
         return watch
 
-    def _await_listening(self, bg: Background, what: str, fail: Callable[[], None]) -> None:
+    def _await(
+        self, bg: Background, first: dict[str, Any], what: str, fail: Callable[[], None]
+    ) -> None:
+        """`bg`'s first line must be `first`; else `fail` is called and RigError raised."""
         line = bg.readline(timeout=self.timeout)
-        if line is None or json.loads(line) != {"listening": True}:
+        if line is None or json.loads(line) != first:
             err = bg.stderr()
             fail()
             raise RigError(f"{what} did not start: {line!r} {err.strip()[-400:]}")
@@ -179,19 +163,17 @@ class NetlinkAgent:
             if not watch.complete():
                 server.write(b'{"op": "unwatch"}\n')
             while not watch.ended:
-                line = server.readline(timeout=self.timeout)
-                if line is None:
-                    raise RigError(f"netlink agent ended: {server.stderr().strip()[-400:]}")
-                watch.take(json.loads(line))
+                watch.take(self._reply(server))
         except (RigError, OSError, ValueError):
-            self._drop_server()  # the next request starts a new one
+            self.close()  # the next request starts a new one
             raise
 
-    def _drop_server(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        self._server = None
-        self._watch = None
+
+def _region_info(r: dict[str, Any]) -> RegionInfo:
+    """A region as the guest agent describes it (devlink_netlink.py's Region)."""
+    return RegionInfo(
+        f"{r['bus']}/{r['dev']}/{r['name']}", r["size"], r["snapshots"], r["max_snapshots"]
+    )
 
 
 class RegionWatch:

@@ -101,7 +101,7 @@ class DevlinkCli:
 
     def dump(self, handle: str, snapshot: int | None) -> bytes:
         """The whole snapshot; snapshot None leaves the id out (the kernel's error path)."""
-        return _assemble(
+        return assemble_chunks(
             self._chunks(f"region dump {shlex.quote(handle)}{_snap(snapshot)}"),
             0,
             f"dump of {handle} snapshot {snapshot}",
@@ -110,7 +110,7 @@ class DevlinkCli:
     def read(self, handle: str, snapshot: int | None, addr: int, length: int) -> bytes:
         # Decimal on purpose: iproute2 6.1 rejects "0x..." addresses and lengths.
         args = f"region read {shlex.quote(handle)}{_snap(snapshot)} address {addr} length {length}"
-        return _assemble(self._chunks(args), addr, f"read of {handle}")
+        return assemble_chunks(self._chunks(args), addr, f"read of {handle}")
 
     def delete(self, handle: str, snapshot: int | None) -> None:
         self.run(f"region del {shlex.quote(handle)}{_snap(snapshot)}")
@@ -132,7 +132,9 @@ def _snap(snapshot: int | None) -> str:
     return "" if snapshot is None else f" snapshot {snapshot}"
 
 
-def _assemble(chunks: list[tuple[int, bytes]], start: int, what: str) -> bytes:
+def assemble_chunks(chunks: list[tuple[int, bytes]], start: int, what: str) -> bytes:
+    """The bytes of `chunks` from `start`; each must follow the one before (RigError names
+    `what` otherwise)."""
     out = bytearray()
     for addr, data in chunks:
         if addr != start + len(out):

@@ -293,9 +293,6 @@ def _replay(
 
 
 def _take_fault(rig: Rig, opts: ReplayOptions, report: Report) -> FaultCycle:
-    # The netlink agent that reads the snapshots afterwards is the one that listens for them
-    # (rig.mlx4.fault starts its watch): up before the injection, its start-up (Python and
-    # pyroute2, seconds of guest CPU) delays no part of the fault, on either clock.
     if opts.traffic:
         with (
             Traffic(rig) as traffic,
