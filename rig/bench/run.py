@@ -648,29 +648,25 @@ def _clock(opts: BenchOptions, run: BenchRun) -> None:
     """`rig replay` alternately on each clock, booted fresh, then on the warped clock from a
     saved VM (A B C A B C ...); the ratio of each warp/real pair."""
     r = run.results
-    totals: dict[str, list[float]] = {WARP: [], REAL: []}
     variants = (
         (WARP, replace(opts, clock=WARP, boot="fresh")),
         (REAL, replace(opts, clock=REAL, boot="fresh")),
         ("saved_warp", replace(opts, clock=WARP, boot="saved")),
     )
     # The first replay from a saved VM saves it (a fresh boot and a save): not a figure.
-    _finish_replay(
-        _start_replay(variants[2][1], opts.log_dir / "clock-saved-first"),
-        opts.log_dir / "clock-saved-first",
-    )
+    first = opts.log_dir / "clock-saved-first"
+    _finish_replay(_start_replay(variants[2][1], first), first)
     for i in range(opts.runs):
         for key, variant in variants:
             out = opts.log_dir / f"clock-{key}-{i}"
             t0 = time.monotonic()
             report = _finish_replay(_start_replay(variant, out), out)
-            seconds = time.monotonic() - t0
-            totals.setdefault(key, []).append(seconds)
-            r.add(f"clock.{key}.replay", seconds)
+            r.add(f"clock.{key}.replay", time.monotonic() - t0)
             for name in ("boot", "fault_to_snapshots", "reset_and_reprobe"):
                 if name in report["timings"] and f"clock.{key}.{name}" in r.figures:
                     r.add(f"clock.{key}.{name}", report["timings"][name])
-    for v in ratios(totals[WARP], totals[REAL]):
+    warp, real = (r.figures[f"clock.{c}.replay"].samples for c in (WARP, REAL))
+    for v in ratios(warp, real):
         r.add("clock.warp_vs_real", v)
 
 
