@@ -82,6 +82,9 @@ class FaultCycle:
     truth: Crdump | None = None  # BAR0 and health buffer as the crdump read them
     recovery: str = ""  # the driver's restart line, or the reload's outcome
     t_recovered: float = 0.0
+    # The driver's recovery line on the guest's CLOCK_REALTIME (a catas: its restart's
+    # printk time); None for a reload, whose end is the host's t_recovered only.
+    guest_recovered: float | None = None
     missing: str = ""  # why notifications are missing (strict=False)
     netdevs_before: list[Netdev] = field(default_factory=list)
     netdevs_after: list[Netdev] = field(default_factory=list)
@@ -327,10 +330,13 @@ class Mlx4:
         self, cycle: FaultCycle, reload: Background | None, restarts: int, timeout: float
     ) -> None:
         if reload is None:
-            line = self.rig.wait_kmsg(RESTARTED, nth=restarts + 1, timeout=RECOVERY_TIMEOUT)
-            if "ret=0" not in line:
-                raise KernelFailure(f"the driver did not recover: {line}")
-            cycle.recovery = line
+            record = self.rig.wait_kmsg_record(
+                RESTARTED, nth=restarts + 1, timeout=RECOVERY_TIMEOUT
+            )
+            if "ret=0" not in record.message:
+                raise KernelFailure(f"the driver did not recover: {record.message}")
+            cycle.recovery = record.message
+            cycle.guest_recovered = record.realtime_s
         else:
             status = reload.wait(RELOAD_TIMEOUT)
             if status != 0:

@@ -164,6 +164,7 @@ class Rig:
                 # (not on the warped clock: rig.vm.clock.lockstep).
                 posted_writes=posts_with_mmap(qemu.binary) and not lockstep,
                 clock=self.clock,
+                paced_warp=self.clock != vmclock.WARP or vmclock.paces_warp(qemu.binary),
                 modprobe=modprobe,
                 memory_mib=self.config.memory_mib,
                 name=self.config.name,
@@ -464,9 +465,14 @@ class Rig:
             raise MachineError("QEMU exited unexpectedly", self.log_dir / "console.log")
 
     def wait_kmsg(self, pattern: str, nth: int = 1, timeout: float = 60.0) -> str:
-        """Block until the guest kernel logs `pattern` (a plain substring) for the nth time."""
-        res = self.sh(kmsg_wait_command(pattern, nth), timeout=timeout)
-        return res.stdout.strip()
+        """Block until the guest kernel logs `pattern` (a plain substring) for the nth time;
+        the message."""
+        return self.wait_kmsg_record(pattern, nth, timeout).message
+
+    def wait_kmsg_record(self, pattern: str, nth: int = 1, timeout: float = 60.0) -> KmsgRecord:
+        """wait_kmsg, with the record's time on the guest's clocks."""
+        out = self.sh(kmsg_wait_command(pattern, nth), timeout=timeout).stdout.strip()
+        return KmsgRecord.parse(out)
 
     def _save_counters(self, build: CoverageBuild, graceful: bool) -> None:
         try:
@@ -489,6 +495,26 @@ class Rig:
                 f.write(json.dumps(event) + "\n")
 
 
+@dataclass(frozen=True)
+class KmsgRecord:
+    """A kernel log record, as the guest's waiter (kmsg_wait_command) saw it."""
+
+    message: str
+    printk_s: float  # its printk time: seconds since boot on the kernel's local_clock
+    realtime_s: float  # the same instant on the guest's CLOCK_REALTIME (the stream gaps' clock)
+
+    @classmethod
+    def parse(cls, line: str) -> KmsgRecord:
+        usec, realtime_minus_monotonic, *message = line.split(" ", 2)
+        try:
+            printk_s = int(usec) / 1e6
+            # local_clock and CLOCK_MONOTONIC both count from boot on the TSC.
+            realtime_s = printk_s + float(realtime_minus_monotonic)
+        except ValueError:
+            raise RigError(f"the guest's kernel log waiter printed {line!r}") from None
+        return cls(message[0] if message else "", printk_s, realtime_s)
+
+
 def kmsg_wait_command(pattern: str, nth: int) -> str:
     """A guest command that blocks until the kernel log holds `pattern` for the nth time.
 
@@ -496,9 +522,11 @@ def kmsg_wait_command(pattern: str, nth: int) -> str:
     the event itself instead of polling dmesg. One read() returns one record and needs a
     large buffer (awk and friends get EINVAL), hence Python. A record is "prefix;message"
     plus continuation lines (" SUBSYSTEM=pci", " DEVICE=+pci:..."): only the message counts.
+    Prints KmsgRecord's line: the prefix's printk time (µs), CLOCK_REALTIME minus
+    CLOCK_MONOTONIC, the message.
     """
     script = (
-        "import os,sys\n"
+        "import os,sys,time\n"
         "fd=os.open('/dev/kmsg',os.O_RDONLY)\n"
         "seen=0\n"
         "while True:\n"
@@ -506,11 +534,13 @@ def kmsg_wait_command(pattern: str, nth: int) -> str:
         "        rec=os.read(fd,65536).decode(errors='replace')\n"
         "    except BrokenPipeError:\n"
         "        continue\n"  # EPIPE: records were overwritten while we read; go on
-        "    msg=rec.split(';',1)[-1].split('\\n',1)[0]\n"
+        "    head,_,body=rec.partition(';')\n"
+        "    msg=body.split('\\n',1)[0]\n"
         f"    if {pattern!r} in msg:\n"
         "        seen+=1\n"
         f"        if seen=={nth}:\n"
-        "            print(msg.strip())\n"
+        "            usec=head.split(',')[2]\n"
+        "            print(usec,'%.6f'%(time.time()-time.monotonic()),msg.strip())\n"
         "            break\n"
     )
     return f"python3 -c {shlex.quote(script)}"

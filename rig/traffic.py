@@ -462,9 +462,12 @@ def fault_under_traffic(
     The transfer starts right before the injection, once the fault's listeners are up: their
     start-up takes seconds under TCG, more with the stream eating the vCPU, and a stream
     started earlier could be over by the time the fault hits."""
-    # The guest's clock against the host's, once right before the injection and once right
-    # after the recovery: on the warped clock (rig.vm.clock) guest time jumps ahead whenever
-    # the guest idles, during the fault most of all, so one offset cannot place both.
+    # The stall is on the guest's clock. The injection (a host event) is placed there with
+    # the guest's offset taken right before it, while the stream keeps the guest busy. The
+    # recovery is the driver's own line, already on the guest's clock (a catas); a reload's
+    # end is the host's, placed with an offset taken right after it: on the warped clock
+    # (rig.vm.clock) guest time runs ahead whenever the guest idles, during the fault most
+    # of all, so one offset cannot place both, and a late one misplaces the recovery.
     offsets: list[float] = []
 
     def start() -> None:
@@ -472,9 +475,11 @@ def fault_under_traffic(
         offsets.append(traffic.clock_offset())
 
     cycle = rig.mlx4.fault(kind, before_inject=start, **fault)
-    offsets.append(traffic.clock_offset())
+    recovered = cycle.guest_recovered
+    if recovered is None:
+        recovered = cycle.t_recovered + traffic.clock_offset()
     traffic.restore()
     result = traffic.wait()
-    injected, recovered = cycle.t_fault + offsets[0], cycle.t_recovered + offsets[-1]
+    injected = cycle.t_fault + offsets[0]
     gap = FaultGap.of(result.received.gap, injected, recovered)
     return FaultUnderTraffic(cycle, result, gap)

@@ -1,16 +1,22 @@
-"""The guest's clock: `real` (host time, TCG's default) or `warp` (idle guest time is free).
+"""The guest's clock: `real` (host time, TCG's default) or `warp` (idle guest time is cheap).
 
-Warp is QEMU's `-icount shift=0,sleep=off`: guest time counts executed instructions (1 ns
-each), and when the vCPU idles with nothing to do, QEMU jumps guest time straight to the
-next timer instead of sleeping until it. mlx4's 5 s catas poll, its reset's sleeps and its
-command timeouts then pass as fast as the guest can execute; host-side waits (SSH, QMP,
-the rig's own timeouts) keep the host's clock. What warp changes for the card, and why its
-writes wait for the model, is in docs/clock.md.
+Warp is QEMU's `-icount shift=0,sleep=on,x-sleep-ratio=RATIO` (the rig's QEMU patch):
+guest time counts executed instructions (1 ns each), and while the vCPU idles its time
+runs RATIO times faster than the host's, never past its next timer. mlx4's 5 s catas poll,
+its reset's sleeps and its command timeouts then pass in 1/RATIO of their time; host-side
+waits (SSH, QMP, the rig's own timeouts) keep the host's clock. A QEMU without the patch
+gets `sleep=off`: idle time free, but an idle guest's periodic work then runs back to back
+and takes a host core. What warp changes for the card, and why its writes wait for the
+model, is in docs/clock.md.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
+import subprocess
+from pathlib import Path
 
 from rig.errors import UsageError
 
@@ -24,6 +30,15 @@ ENV = "RIG_CLOCK"  # the clock when no option names one (tox passes RIG_* throug
 # refuse it with sleep=off (its check reads the option before setting it), and its adaptive
 # shift, chasing a host clock the warps keep leaving behind, falls to 0 anyway.
 SHIFT = 0
+# How much faster than the host's an idle guest's time runs on warp. Not unbounded: with
+# sleep=off mlx4_en's statistics command (every 250 ms of guest time) ran ~290 times a host
+# second and an idle rig took a host core. At 20 the catas poll's 5 s is 0.25 s, a command
+# timeout's 60 s is 3 s, and an idle rig's periodic work costs 20x what it does on the real
+# clock (docs/clock.md has the measurements).
+RATIO = 20
+SLEEP_RATIO = "x-sleep-ratio"  # rig/provision/qemu-patches/0002-icount-x-sleep-ratio.patch
+
+logger = logging.getLogger(__name__)
 
 
 def resolve(clock: str | None) -> str:
@@ -34,9 +49,31 @@ def resolve(clock: str | None) -> str:
     return chosen
 
 
-def qemu_args(clock: str) -> list[str]:
-    """QEMU's options for `clock` (TCG only, as the rig runs)."""
-    return ["-icount", f"shift={SHIFT},sleep=off"] if clock == WARP else []
+def qemu_args(clock: str, paced: bool = True) -> list[str]:
+    """QEMU's options for `clock` (TCG only, as the rig runs); `paced`: the QEMU has
+    SLEEP_RATIO (paces_warp)."""
+    if clock != WARP:
+        return []
+    if not paced:
+        return ["-icount", f"shift={SHIFT},sleep=off"]
+    return ["-icount", f"shift={SHIFT},sleep=on,{SLEEP_RATIO}={RATIO}"]
+
+
+@functools.cache
+def paces_warp(binary: Path) -> bool:
+    """Whether this QEMU has SLEEP_RATIO (its -help lists it); logs once if not."""
+    try:
+        out = subprocess.run(
+            [str(binary), "-help"], capture_output=True, text=True, timeout=30, check=False
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        out = ""
+    if SLEEP_RATIO not in out:
+        logger.warning(
+            f"{binary} has no -icount {SLEEP_RATIO} (the rig's QEMU patch): on warp an idle "
+            "guest's periodic work runs back to back and takes a host core"
+        )
+    return SLEEP_RATIO in out
 
 
 def lockstep(clock: str) -> bool:

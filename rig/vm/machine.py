@@ -87,6 +87,8 @@ class MachineConfig:
     # The card's writes may be posted although BAR0 is mapped (a QEMU with the rig's patch)
     posted_writes: bool = False
     clock: str = vmclock.REAL  # rig.vm.clock: "real" or "warp"
+    # The QEMU paces warp (rig.vm.clock.paces_warp: the rig's patch); else warp is sleep=off.
+    paced_warp: bool = True
     qemu_args: tuple[str, ...] = ()
     name: str = "rig"
     # A free PCIe root port (HOTPLUG_BUS) for a card added after a restore (rig.vm.saved).
@@ -156,7 +158,10 @@ def qemu_command(config: MachineConfig, paths: RuntimePaths) -> list[str]:
         _opt(config.name),
         # vfio-user DMA reaches guest RAM through a shared memfd the device server maps.
         "-machine",
-        "q35,accel=tcg,memory-backend=mem",
+        # No HPET: the guest's clock is the TSC, and QEMU's HPET model kept a timer firing for the
+        # guest's unused broadcast comparator (250 a second on the real clock, 7,300 a host
+        # second on warp: most of an idle warp guest's host time).
+        "q35,accel=tcg,memory-backend=mem,hpet=off",
         "-object",
         f"memory-backend-memfd,id=mem,size={mem},share=on",
         "-m",
@@ -172,7 +177,7 @@ def qemu_command(config: MachineConfig, paths: RuntimePaths) -> list[str]:
         "-display",
         "none",
         "-no-reboot",
-        *vmclock.qemu_args(config.clock),
+        *vmclock.qemu_args(config.clock, config.paced_warp),
     ]
     for d in config.qemu.firmware_dirs:
         argv += ["-L", str(d)]

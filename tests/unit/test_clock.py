@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from rig.cli import build_parser, main
@@ -48,11 +50,33 @@ def test_every_booting_command_takes_clock_and_setup_does_not() -> None:
         parser.parse_args(["setup", "--clock", "warp"])
 
 
-def test_warp_asks_qemu_for_icount_without_sleep_and_real_for_nothing() -> None:
+def test_warp_asks_qemu_for_a_paced_sleep_and_real_for_nothing() -> None:
     warp = qemu_command(config(clock="warp"), PATHS)
     [icount] = option(warp, "-icount")
-    assert "sleep=off" in icount.split(",")
+    assert icount.split(",") == ["shift=0", "sleep=on", f"x-sleep-ratio={clock.RATIO}"]
+    assert clock.RATIO > 1
     assert "-icount" not in qemu_command(config(clock="real"), PATHS)
+
+
+def test_warp_on_a_qemu_without_the_ratio_does_not_sleep_at_all() -> None:
+    [icount] = option(qemu_command(config(clock="warp", paced_warp=False), PATHS), "-icount")
+    assert icount.split(",") == ["shift=0", "sleep=off"]
+
+
+def test_a_qemu_paces_warp_when_its_help_lists_the_ratio(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def qemu(name: str, help_text: str) -> Path:
+        binary = tmp_path / name
+        binary.write_text(f"#!/bin/sh\necho '{help_text}'\n")
+        binary.chmod(0o755)
+        return binary
+
+    assert clock.paces_warp(qemu("patched", "-icount shift=N,sleep=on,x-sleep-ratio=R"))
+    assert not caplog.records
+    assert not clock.paces_warp(qemu("debian", "-icount [shift=N|auto][,sleep=on|off]"))
+    assert "has no -icount x-sleep-ratio" in caplog.text
+    assert not clock.paces_warp(tmp_path / "missing")
 
 
 def test_the_card_works_in_step_with_the_vcpu_on_the_warped_clock_only() -> None:

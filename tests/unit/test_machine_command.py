@@ -51,7 +51,7 @@ def option(argv: list[str], flag: str) -> list[str]:
 def test_fixed_options() -> None:
     argv = qemu_command(config(), PATHS)
     assert argv[0] == "/opt/qemu/bin/qemu-system-x86_64"
-    assert option(argv, "-machine") == ["q35,accel=tcg,memory-backend=mem"]
+    assert option(argv, "-machine") == ["q35,accel=tcg,memory-backend=mem,hpet=off"]
     for flag in ("-nodefaults", "-no-user-config", "-no-reboot"):
         assert flag in argv
     assert option(argv, "-display") == ["none"]
