@@ -47,9 +47,9 @@ def add_guest_options(
         p.add_argument(
             "--clock",
             choices=vmclock.CLOCKS,
-            help="the guest's clock: warp (QEMU -icount shift=0,sleep=off: the guest's "
-            "idle time costs no wall time, so the driver's polls, sleeps and timeouts pass "
-            "as fast as it executes) or real (host time) (default: "
+            help="the guest's clock: warp (QEMU -icount: the guest's idle time runs "
+            f"{vmclock.RATIO}x faster than the host's, so the driver's polls, sleeps and "
+            "timeouts cost little wall time) or real (host time) (default: "
             f"${vmclock.ENV} or {vmclock.DEFAULT}; docs/clock.md)",
         )
 

@@ -26,15 +26,14 @@ CLOCKS = (WARP, REAL)
 DEFAULT = REAL
 ENV = "RIG_CLOCK"  # the clock when no option names one (tox passes RIG_* through)
 # ns of guest time per instruction is 2**SHIFT. 0: TCG runs ~0.75-1 G guest instructions a
-# second here, so busy guest time stays close to host time. Not shift=auto: QEMU means to
-# refuse it with sleep=off (its check reads the option before setting it), and its adaptive
-# shift, chasing a host clock the warps keep leaving behind, falls to 0 anyway.
+# second here, so busy guest time stays close to host time. Not shift=auto: its adaptive
+# shift chases a host clock that warped guest time keeps leaving behind (docs/clock.md).
 SHIFT = 0
 # How much faster than the host's an idle guest's time runs on warp. Not unbounded: with
-# sleep=off mlx4_en's statistics command (every 250 ms of guest time) ran ~290 times a host
-# second and an idle rig took a host core. At 20 the catas poll's 5 s is 0.25 s, a command
-# timeout's 60 s is 3 s, and an idle rig's periodic work costs 20x what it does on the real
-# clock (docs/clock.md has the measurements).
+# sleep=off an idle rig's guest time ran ~70x the host's, mlx4_en's statistics command
+# (every 250 ms of guest time) ~290 times a host second, and the rig took ~90% of a host
+# core doing nothing. At 20 the catas poll's 5 s is 0.25 s, a command timeout's 60 s is 3 s,
+# and an idle rig costs ~30% of a core (docs/clock.md has the measurements).
 RATIO = 20
 SLEEP_RATIO = "x-sleep-ratio"  # rig/provision/qemu-patches/0002-icount-x-sleep-ratio.patch
 
