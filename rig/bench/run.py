@@ -70,6 +70,7 @@ SECTIONS = ("host", "boot", "en", "guest", "traffic", "replay", "clock", "suite"
 DEFAULT_SECTIONS = ("host", "boot", "en", "guest", "traffic", "replay", "clock", "suite")
 TRAFFIC_BYTES = 32 << 20  # per throughput run: ~10 s across the card under TCG
 TRAFFIC_PINGS = 50
+IDLE_WINDOW = 5.0  # s over which an idle rig's CPU is measured
 REPO = Path(__file__).resolve().parents[2]
 GUEST_SCRIPT = guest_program("bench_guest.py")
 GUEST_REMOTE = "/run/rig/bench_guest.py"
@@ -97,6 +98,10 @@ SPECS = (
     Spec("boot.saved_warp.restore", "  QEMU start + state loaded, guest running", "s"),
     Spec("boot.saved_warp.ssh", "  SSH connection", "s"),
     Spec("boot.saved_warp.card", "  card hot-plugged, the rig's key and time set, bound", "s"),
+    # What a rig doing nothing costs the host (QEMU + the model), mlx4_en up: on the warped
+    # clock its idle time runs faster, and with it the driver's periodic work (docs/clock.md).
+    Spec("boot.idle.real", "an idle rig, mlx4_en up: QEMU + model CPU, real clock (cores)", "x"),
+    Spec("boot.idle.warp", "  the same on the warped clock (cores)", "x"),
     Spec("probe.modprobe", "modprobe mlx4_core (probe, devlink registered)", "s"),
     Spec("probe.rmmod", "rmmod mlx4_core", "s"),
     Spec("catas.fault_to_snapshots", "catas fault -> both snapshots on the host", "s", 7.0),
@@ -361,6 +366,14 @@ def _config(opts: BenchOptions, log_dir: Path, **kw: Any) -> RigConfig:
     )
 
 
+def _idle_cpu(rig: Rig) -> float:
+    """QEMU's and the model's CPU (cores) while nothing is asked of the rig."""
+    pids = (rig.machine.pid, rig.device_model.pid)
+    before, t0 = sum(map(_cpu_seconds, pids)), time.monotonic()
+    time.sleep(IDLE_WINDOW)  # a window to measure over, not an event to wait for
+    return (sum(map(_cpu_seconds, pids)) - before) / (time.monotonic() - t0)
+
+
 def _boot(opts: BenchOptions, run: BenchRun) -> None:
     r = run.results
     with_dev: list[float] = []
@@ -384,6 +397,10 @@ def _boot(opts: BenchOptions, run: BenchRun) -> None:
                 r.add(f"{key}.restore", t.ready - t.launched)
                 r.add(f"{key}.ssh", t.ssh - t.ready)
                 r.add(f"{key}.card", rig.timings.marks["bound"] - t.ssh)
+        for clock in (REAL, WARP):
+            log_dir = opts.log_dir / f"boot-idle-{clock}-{i}"
+            with Rig(_config(opts, log_dir, boot="saved", clock=clock, mlx4_en=True)) as rig:
+                r.add(f"boot.idle.{clock}", _idle_cpu(rig))
         with Rig(_config(opts, opts.log_dir / f"boot-device-{i}")) as rig:
             t = rig.boot_times
             assert t.ssh is not None and t.ready is not None
