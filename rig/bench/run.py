@@ -454,15 +454,21 @@ def _en(opts: BenchOptions, run: BenchRun) -> None:
 # --- guest: read loop, probe, catas ---------------------------------------------------------
 
 
+def _real_clock(opts: BenchOptions, run: BenchRun, keys: tuple[str, ...]) -> BenchOptions:
+    """`opts` on the real clock, for a section whose figures the guest times on its own
+    clock: on warp that clock stands still while the vCPU waits for the device (icount), the
+    very latency measured (a trapped read came out at 0.001 us). The clock section times
+    the fault on both clocks."""
+    if opts.clock == REAL:
+        return opts
+    for key in keys:
+        run.results.note(key, "real clock whatever --clock says: timed on the guest's clock")
+    return replace(opts, clock=REAL)
+
+
 def _guest(opts: BenchOptions, run: BenchRun) -> None:
     r = run.results
-    # Its figures are times the guest takes on its own clock, and on warp that clock stands
-    # still while the vCPU waits for the device (icount): the very latency measured here (a
-    # trapped read came out at 0.001 us). The clock section times the fault on both clocks.
-    if opts.clock != REAL:
-        opts = replace(opts, clock=REAL)
-        for key in ("probe.modprobe", "guest.bar_loop", "catas.fault_to_snapshots"):
-            r.note(key, "real clock whatever --clock says: timed on the guest's clock")
+    opts = _real_clock(opts, run, ("probe.modprobe", "guest.bar_loop", "catas.fault_to_snapshots"))
     # No driver at boot: BAR0 can be mapped from user space only while no driver claims it.
     with Rig(_config(opts, opts.log_dir / "guest", load_driver=False)) as rig:
         rig.sh(f"mkdir -p {Path(GUEST_REMOTE).parent}")
@@ -574,6 +580,7 @@ def _cpu_seconds(pid: int | None) -> float:
 
 def _traffic(opts: BenchOptions, run: BenchRun) -> None:
     r = run.results
+    opts = _real_clock(opts, run, ("traffic.card.tcp", "traffic.card.rtt"))
     with Rig(_config(opts, opts.log_dir / "traffic", mlx4_en=True)) as rig:
         rates: dict[bool, list[float]] = {False: [], True: []}
         for _ in range(opts.runs):  # interleaved, so both see the same load
