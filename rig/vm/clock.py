@@ -67,12 +67,13 @@ def paces_warp(binary: Path) -> bool:
         ).stdout
     except (OSError, subprocess.SubprocessError):
         out = ""
-    if SLEEP_RATIO not in out:
+    paces = SLEEP_RATIO in out
+    if not paces:
         logger.warning(
             f"{binary} has no -icount {SLEEP_RATIO} (the rig's QEMU patch): on warp an idle "
             "guest's periodic work runs back to back and takes a host core"
         )
-    return SLEEP_RATIO in out
+    return paces
 
 
 def lockstep(clock: str) -> bool:
