@@ -66,6 +66,9 @@ SLOWEST_RATE = 250_000
 RESET_ALLOWANCE = 300.0  # s: a fault's reset and re-probe (cmd-timeout: 60 s + reload)
 IDLE_LIMIT = 240.0  # s without a byte moving before an end gives up and says where
 PATH_TIMEOUT = 90.0
+# What a sender told to end soon still sends (Traffic.end_soon): a stream cut short after a
+# fault carries this much across the rebuilt path first (~1-2 s under TCG).
+TAIL = 16 << 20
 # What `ethtool -S` shows that the results keep: mlx4_en's software counters (the rings')
 # and the port's (DUMP_ETH_STATS from the model, refreshed by the driver once a second).
 COUNTERS = (
@@ -146,6 +149,7 @@ class End:
     elapsed: float
     gap: Gap
     error: str = ""
+    stopped: bool = False  # the sender ended early, as asked (Traffic.end_soon)
 
     @classmethod
     def parse(cls, line: str, who: str) -> End:
@@ -158,6 +162,7 @@ class End:
                 float(d["elapsed"]),
                 Gap(float(g["s"]), int(g["at_byte"]), float(g["from"]), float(g["to"])),
                 str(d.get("error", "")),
+                bool(d.get("stopped", False)),
             )
         except (ValueError, KeyError, TypeError) as e:
             raise RigError(f"the {who} in the guest said {line!r}, not its result") from e
@@ -186,15 +191,15 @@ class TcpResult:
         for who, end in (("receiver", self.received), ("sender", self.sent)):
             if end.error:
                 return f"the {who} stopped: {end.error}"
-        if self.sent.bytes != self.requested or self.received.bytes != self.requested:
-            return (
-                f"{self.requested} bytes asked, {self.sent.bytes} sent, "
-                f"{self.received.bytes} received"
-            )
+        # A sender asked to end early sets the length; the receiver must have it all.
+        length = self.sent.bytes if self.sent.stopped else self.requested
+        if not (self.sent.bytes == self.received.bytes == length <= self.requested):
+            asked = f"{self.requested} bytes asked" + (" (then fewer)" if self.sent.stopped else "")
+            return f"{asked}, {self.sent.bytes} sent, {self.received.bytes} received"
         if self.sent.sha256 != self.received.sha256:
             return (
                 f"SHA-256 differs: sent {self.sent.sha256}, received {self.received.sha256} "
-                f"({self.requested} bytes each)"
+                f"({length} bytes each)"
             )
         return ""
 
@@ -317,14 +322,20 @@ class Traffic:
         return parse_ping(res.stdout + res.stderr)
 
     def counters(self) -> Counters:
-        """`ethtool -S` of both netdevs, in their namespaces (the COUNTERS kept)."""
+        """`ethtool -S` of both netdevs, in their namespaces (the COUNTERS kept): one command,
+        each netdev's block headed by ethtool's "NIC statistics:" line."""
+        ends = [self._netdev(i) for i in (0, 1)]
+        text = self.guest.sh(
+            " && ".join(f"ip netns exec {ns} ethtool -S {dev}" for ns, dev in ends), timeout=60
+        ).stdout
+        blocks = text.split("NIC statistics:")[1:]
+        if len(blocks) != len(ends):
+            raise RigError(f"ethtool -S printed {len(blocks)} blocks for {len(ends)} netdevs")
         out: Counters = {}
-        for i in (0, 1):
-            ns, dev = self._netdev(i)
-            text = self.guest.sh(f"ip netns exec {ns} ethtool -S {dev}", timeout=60).stdout
+        for (_, dev), block in zip(ends, blocks, strict=True):
             stats = dict(
                 (k.strip(), v.strip())
-                for k, _, v in (line.partition(":") for line in text.splitlines()[1:])
+                for k, _, v in (line.partition(":") for line in block.splitlines()[1:])
             )
             out[dev] = {c: int(stats[c]) for c in COUNTERS if c in stats}
         return out
@@ -347,15 +358,27 @@ class Traffic:
         self._requested, self._timeout = nbytes, deadline + 60
         self._counters_before = self.counters()
         common = f"--port {self.port} --bytes {nbytes} --deadline {deadline} --idle {IDLE_LIMIT}"
+        # Both ends start at once (python3's start-up takes seconds under TCG): the sender
+        # retries its connect until the receiver listens.
         self._recv = self._start(self.netns[1], f"recv {common}")
+        self._send = self._start(
+            self.netns[0], f"send --to {self.addrs[1]} --seed {seed} --tail {TAIL} {common}"
+        )
         line = self._recv.readline(timeout=60)
         if line is None or json.loads(line) != {"listening": True}:
             raise RigError(f"the receiver did not start: {line!r} {self._recv.stderr()[-300:]}")
-        self._send = self._start(self.netns[0], f"send --to {self.addrs[1]} --seed {seed} {common}")
         line = self._recv.readline(timeout=60)
         if line is None or json.loads(line) != {"connected": True}:
             raise RigError(f"the sender did not connect: {line!r} {self._send.stderr()[-300:]}")
         logger.info(f"TCP: {nbytes} bytes {self._netdev(0)[1]} -> {self._netdev(1)[1]}")
+
+    def end_soon(self) -> None:
+        """Tell the sender to send TAIL more bytes and close (SIGUSR1): a stream sized to
+        outlast a fault need not run its whole length once the fault is over. Nothing
+        happens if it has ended already."""
+        if self._send is None or len(self._pids) < 2:
+            raise RigError("no TCP transfer is running; start_tcp() first")
+        self.guest.sh(f"kill -USR1 {self._pids[1]} 2>/dev/null; true", timeout=30)
 
     def _start(self, ns: str, args: str) -> Background:
         # The shell prints its pid, then becomes `ip netns exec`, which becomes python3: the
@@ -455,9 +478,10 @@ class FaultUnderTraffic:
 def fault_under_traffic(
     rig: Rig, traffic: Traffic, nbytes: int, kind: str = "catas", **fault: Any
 ) -> FaultUnderTraffic:
-    """Take a fault through the driver's error flow (rig.mlx4.fault) with a TCP transfer
-    running, restore the path once the driver has recovered, and wait for the transfer to
-    end. Checks nothing about the transfer: the result says how it went.
+    """Take a fault through the driver's error flow (rig.mlx4.fault) with a TCP transfer of
+    at most `nbytes` running, restore the path once the driver has recovered, tell the
+    sender to end TAIL bytes later, and wait for the transfer to end. Checks nothing about
+    the transfer: the result says how it went.
 
     The transfer starts right before the injection, once the fault's listeners are up: their
     start-up takes seconds under TCG, more with the stream eating the vCPU, and a stream
@@ -479,6 +503,7 @@ def fault_under_traffic(
     if recovered is None:
         recovered = cycle.t_recovered + traffic.clock_offset()
     traffic.restore()
+    traffic.end_soon()  # its size outlasts the fault; once the path is back, TAIL bytes prove it
     result = traffic.wait()
     injected = cycle.t_fault + offsets[0]
     gap = FaultGap.of(result.received.gap, injected, recovered)

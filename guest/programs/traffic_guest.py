@@ -4,6 +4,7 @@
     python3 traffic_guest.py unpath --netns A,B [--veth]
     python3 traffic_guest.py recv --port P --bytes N --deadline S [--idle S]
     python3 traffic_guest.py send --to ADDR --port P --bytes N --seed K --deadline S [--idle S]
+                                  [--tail T]
 
 `path` puts the card's netdevs found in the initial namespace (port 1's, port 2's, by
 dev_port) into namespaces A and B, gives each its address and brings it up, then waits until
@@ -21,6 +22,10 @@ guest's CLOCK_REALTIME, so the host can place it against a fault). The receiver 
 {"listening": true} once it accepts connections and {"connected": true} once the sender is
 there.
 
+A stream can end early on purpose: SIGUSR1 tells the sender to send --tail more bytes and
+then close (its result says "stopped"); the receiver ends at the close, and the host, which
+compares the two ends' byte counts and hashes, knows whether an early close was asked for.
+
 Nothing runs unbounded: every wait ends at --deadline (whole run) or --idle (no byte moved for
 that long). A run that ends early still prints its JSON, with "error" saying where it broke;
 the exit status is then 1. The content is a seeded pseudo-random stream, so it is the same on
@@ -37,6 +42,7 @@ import json
 import os
 import random
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -135,9 +141,7 @@ def receive(port: int, nbytes: int, deadline: float, idle: float) -> int:
                     _say(progress.result(digest.hexdigest(), f"recv at byte {progress.bytes}: {e}"))
                     return 1
                 if not data:
-                    error = f"the sender closed the connection at byte {progress.bytes}"
-                    _say(progress.result(digest.hexdigest(), error))
-                    return 1
+                    break  # the sender closed: the host compares the counts (it may be asked)
                 digest.update(data)
                 progress.moved(len(data))
     _say(progress.result(digest.hexdigest()))
@@ -160,10 +164,19 @@ def _connect(addr: str, port: int, deadline: float) -> socket.socket:
             time.sleep(CONNECT_RETRY)
 
 
-def send(addr: str, port: int, nbytes: int, seed: int, deadline: float, idle: float) -> int:
+def send(
+    addr: str, port: int, nbytes: int, seed: int, deadline: float, idle: float, tail: int
+) -> int:
     digest = hashlib.sha256()
     progress = Progress()
     source = random.Random(seed)
+    end = nbytes  # where the stream ends: SIGUSR1 moves it to `tail` bytes from now
+
+    def told(signum: int, frame: object) -> None:
+        nonlocal end
+        end = min(end, progress.bytes + tail)
+
+    signal.signal(signal.SIGUSR1, told)  # before anything: its default action kills
     try:
         sock = _connect(addr, port, deadline)
     except OSError as e:
@@ -171,17 +184,17 @@ def send(addr: str, port: int, nbytes: int, seed: int, deadline: float, idle: fl
         return 1
     progress = Progress()
     with sock:
-        while progress.bytes < nbytes:
+        while progress.bytes < end:
             chunk = source.randbytes(min(CHUNK, nbytes - progress.bytes))
             view = memoryview(chunk)
-            while view:
+            while view and progress.bytes < end:
                 wait = _timeout(deadline, idle, progress)
                 if wait <= 0:
                     _say(progress.result(digest.hexdigest(), _why(deadline, progress, "sent")))
                     return 1
                 sock.settimeout(wait)
                 try:
-                    n = sock.send(view[:PIECE])
+                    n = sock.send(view[: min(PIECE, end - progress.bytes)])
                 except TimeoutError:
                     continue
                 except OSError as e:
@@ -191,7 +204,10 @@ def send(addr: str, port: int, nbytes: int, seed: int, deadline: float, idle: fl
                 view = view[n:]
                 progress.moved(n)
         sock.shutdown(socket.SHUT_WR)
-    _say(progress.result(digest.hexdigest()))
+    result = progress.result(digest.hexdigest())
+    if end < nbytes:
+        result["stopped"] = True
+    _say(result)
     return 0
 
 
@@ -326,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         if name == "send":
             p.add_argument("--to", required=True)
             p.add_argument("--seed", type=int, default=0)
+            p.add_argument("--tail", type=int, default=0, help="bytes sent after SIGUSR1")
     p = sub.add_parser("path")
     ends = p.add_mutually_exclusive_group(required=True)
     ends.add_argument("--bdf", help="the card's PCI address: its ports are the ends")
@@ -345,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         return unpath(args.netns.split(","), deadline, args.veth)
     if args.cmd == "recv":
         return receive(args.port, args.bytes, deadline, args.idle)
-    return send(args.to, args.port, args.bytes, args.seed, deadline, args.idle)
+    return send(args.to, args.port, args.bytes, args.seed, deadline, args.idle, args.tail)
 
 
 if __name__ == "__main__":

@@ -66,7 +66,8 @@ def add_parser(sub: Subparsers) -> None:
         type=byte_count,
         default=64 << 20,
         metavar="N",
-        help="bytes of that transfer, e.g. 64M (default; it must still run at the reset)",
+        help="most bytes of that transfer, e.g. 64M (default; it must still run at the "
+        "reset): once the path is restored it ends 16M later",
     )
     add_guest_options(p)
     add_driver_options(p)

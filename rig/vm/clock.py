@@ -35,17 +35,32 @@ SHIFT = 0
 # core doing nothing. At 20 the catas poll's 5 s is 0.25 s, a command timeout's 60 s is 3 s,
 # and an idle rig costs ~30% of a core (docs/clock.md has the measurements).
 RATIO = 20
+RATIO_ENV = "RIG_WARP_RATIO"  # another ratio, to weigh speed against an idle rig's cost
+MAX_RATIO = 1000
 SLEEP_RATIO = "x-sleep-ratio"  # rig/provision/qemu-patches/0002-icount-x-sleep-ratio.patch
 
 logger = logging.getLogger(__name__)
 
 
 def resolve(clock: str | None) -> str:
-    """`clock`, else $RIG_CLOCK, else DEFAULT; UsageError naming a bad one."""
+    """`clock`, else $RIG_CLOCK, else DEFAULT; UsageError naming a bad one (or, on warp, a
+    bad $RIG_WARP_RATIO: before anything boots)."""
     chosen, origin = (clock, "clock") if clock else (os.environ.get(ENV) or DEFAULT, f"${ENV}")
     if chosen not in CLOCKS:
         raise UsageError(f"{origin} {chosen!r}: choose one of {', '.join(CLOCKS)}")
+    if chosen == WARP:
+        ratio()
     return chosen
+
+
+def ratio() -> int:
+    """$RIG_WARP_RATIO, else RATIO; UsageError naming a bad one."""
+    text = os.environ.get(RATIO_ENV, "").strip()
+    if not text:
+        return RATIO
+    if not text.isdigit() or not 1 <= int(text) <= MAX_RATIO:
+        raise UsageError(f"${RATIO_ENV} {text!r}: a whole number from 1 to {MAX_RATIO}")
+    return int(text)
 
 
 def qemu_args(clock: str, paced: bool = True) -> list[str]:
@@ -55,7 +70,7 @@ def qemu_args(clock: str, paced: bool = True) -> list[str]:
         return []
     if not paced:
         return ["-icount", f"shift={SHIFT},sleep=off"]
-    return ["-icount", f"shift={SHIFT},sleep=on,{SLEEP_RATIO}={RATIO}"]
+    return ["-icount", f"shift={SHIFT},sleep=on,{SLEEP_RATIO}={ratio()}"]
 
 
 @functools.cache

@@ -58,6 +58,21 @@ def test_warp_asks_qemu_for_a_paced_sleep_and_real_for_nothing() -> None:
     assert "-icount" not in qemu_command(config(clock="real"), PATHS)
 
 
+def test_another_ratio_from_the_environment_and_a_bad_one_named(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv(clock.RATIO_ENV, "50")
+    [icount] = option(qemu_command(config(clock="warp"), PATHS), "-icount")
+    assert icount.split(",")[-1] == "x-sleep-ratio=50"
+    for bad in ("0", "1001", "fast", "2.5"):
+        monkeypatch.setenv(clock.RATIO_ENV, bad)
+        assert clock.resolve("real") == "real"  # only warp has a ratio
+        with pytest.raises(UsageError, match=rf"^\$RIG_WARP_RATIO '{bad}': a whole number"):
+            clock.resolve("warp")
+    assert main(["run", "--clock", "warp", "--", "true"]) == 2
+    assert capsys.readouterr().err.startswith("rig: error: $RIG_WARP_RATIO '2.5': a whole")
+
+
 def test_warp_on_a_qemu_without_the_ratio_does_not_sleep_at_all() -> None:
     [icount] = option(qemu_command(config(clock="warp", paced_warp=False), PATHS), "-icount")
     assert icount.split(",") == ["shift=0", "sleep=off"]

@@ -4,6 +4,7 @@ guest program itself running both ends over the host's loopback."""
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -36,8 +37,8 @@ def test_ping_with_no_reply_has_no_rtt_and_garbage_is_one_clear_error() -> None:
         parse_ping("ping: sendto: Network unreachable")
 
 
-def end(n: int, digest: str = "ab", error: str = "") -> End:
-    return End(n, digest, 1.0, Gap(0.5, 10, 100.0, 100.5), error)
+def end(n: int, digest: str = "ab", error: str = "", stopped: bool = False) -> End:
+    return End(n, digest, 1.0, Gap(0.5, 10, 100.0, 100.5), error, stopped)
 
 
 def test_a_transfer_fails_saying_where() -> None:
@@ -47,6 +48,14 @@ def test_a_transfer_fails_saying_where() -> None:
     stalled = TcpResult(20, end(20), end(10, error="no progress for 240.0 s at byte 10"))
     with pytest.raises(KernelFailure, match=r"receiver stopped: no progress .* at byte 10"):
         stalled.check()
+
+
+def test_a_sender_asked_to_end_early_sets_the_length() -> None:
+    assert TcpResult(20, end(12, stopped=True), end(12)).ok
+    assert "20 bytes asked, 12 sent" in TcpResult(20, end(12), end(12)).problem()
+    short = TcpResult(20, end(12, stopped=True), end(10)).problem()
+    assert short == "20 bytes asked (then fewer), 12 sent, 10 received"
+    assert "SHA-256 differs" in TcpResult(20, end(12, stopped=True), end(12, "cd")).problem()
 
 
 def test_gap_around_a_moment() -> None:
@@ -93,6 +102,34 @@ def test_the_guest_program_hashes_what_crossed_at_both_ends() -> None:
         recv.kill()
     assert sent.returncode == 0, sent.stderr
     result = TcpResult(nbytes, End.parse(sent.stdout, "sender"), received)
+    assert result.ok, result.problem()
+
+
+def test_the_guest_program_ends_a_stream_early_when_told() -> None:
+    """The sender starts first (it retries until the receiver listens); SIGUSR1 makes it
+    send its tail and close, and both ends agree on what crossed."""
+    port, nbytes, tail = _free_port(), 64 << 30, 1 << 20
+    common = ["--port", str(port), "--bytes", str(nbytes), "--deadline", "60", "--idle", "30"]
+    script = [sys.executable, str(SCRIPT)]
+    send = subprocess.Popen(
+        [*script, "send", "--to", "127.0.0.1", "--tail", str(tail), *common],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    recv = subprocess.Popen([*script, "recv", *common], stdout=subprocess.PIPE, text=True)
+    try:
+        assert recv.stdout is not None and send.stdout is not None
+        assert json.loads(recv.stdout.readline()) == {"listening": True}
+        assert json.loads(recv.stdout.readline()) == {"connected": True}
+        send.send_signal(signal.SIGUSR1)
+        sent = End.parse(send.stdout.readline(), "sender")
+        received = End.parse(recv.stdout.readline(), "receiver")
+        assert (send.wait(timeout=60), recv.wait(timeout=60)) == (0, 0)
+    finally:
+        send.kill()
+        recv.kill()
+    assert sent.stopped and 0 < sent.bytes < nbytes
+    result = TcpResult(nbytes, sent, received)
     assert result.ok, result.problem()
 
 
