@@ -21,6 +21,7 @@ from typing import Any
 
 from cx3.client import ControlClient
 from cx3.wire import Reply
+from rig.cpus import on_cpu
 from rig.errors import DeviceModelError, tail
 from rig.process import die_with_parent
 
@@ -31,11 +32,18 @@ class DeviceModel:
     """One emulated ConnectX-3: its vfio-user socket, control socket and log."""
 
     def __init__(
-        self, rundir: Path, logdir: Path, name: str = "cx3", inline_work: bool = False
+        self,
+        rundir: Path,
+        logdir: Path,
+        name: str = "cx3",
+        inline_work: bool = False,
+        cpu: int | None = None,
     ) -> None:
         """`inline_work`: the model's --inline-work (a doorbell's work done before its write
-        is answered), for a guest on the warped clock (rig.vm.clock.lockstep)."""
+        is answered), for a guest on the warped clock (rig.vm.clock.lockstep). `cpu`: the
+        one it runs on, its QEMU's (rig.cpus)."""
         self.inline_work = inline_work
+        self.cpu = cpu
         self.socket = rundir / f"{name}.sock"
         self.control_socket = rundir / f"{name}.ctl"
         self.log = logdir / f"{name}-device.log"
@@ -62,7 +70,7 @@ class DeviceModel:
             *(["--inline-work"] if self.inline_work else []),
         ]
         self.proc = proc = subprocess.Popen(
-            [*die_with_parent(), *cmd],
+            [*die_with_parent(), *on_cpu(self.cpu), *cmd],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

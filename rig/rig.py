@@ -26,7 +26,7 @@ from pathlib import Path
 from types import TracebackType
 
 from cx3.client import ControlClient
-from rig import signals
+from rig import cpus, signals
 from rig.devicemodel import DeviceModel
 from rig.devlink.agent import NetlinkAgent
 from rig.devlink.channels import CliChannel, NetlinkChannel, open_channel
@@ -136,10 +136,16 @@ class Rig:
         try:
             lockstep = vmclock.lockstep(self.clock)
             sockets: tuple[Path, ...] = ()
+            cpu: int | None = None
             if self.config.with_device:
                 t0 = time.monotonic()
-                self._device = DeviceModel(self._rundir, self.log_dir, inline_work=lockstep)
-                self._device.start()
+                # In lockstep QEMU and the model share a CPU: a round trip between them
+                # is then a context switch, not a cross-CPU wake-up (rig.cpus).
+                with cpus.claim(lockstep) as cpu:
+                    self._device = DeviceModel(
+                        self._rundir, self.log_dir, inline_work=lockstep, cpu=cpu
+                    )
+                    self._device.start()
                 sockets = (self._device.socket,)
                 self.timings.device_start = time.monotonic() - t0
             modprobe: tuple[Modprobe, ...] = ()
@@ -170,6 +176,7 @@ class Rig:
                 name=self.config.name,
                 kernel_args=self._kernel_args(),
                 hang_after=self.config.hang_after,
+                cpu=cpu,
             )
             if saved:
                 self._ssh_identity = SshIdentity(key.private, guest.rootfs.host_key)

@@ -31,6 +31,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
 
+from rig.cpus import on_cpu
 from rig.errors import GuestOops, GuestPanic, MachineError, QemuExited, RigError, tail
 from rig.kernellog import OOPS, PANIC, oops_line, panic_reason, report_from
 from rig.process import Identity, die_with_parent, owned_tempdir
@@ -100,6 +101,7 @@ class MachineConfig:
     # No console output and no SSH answer for this long is a hang (rig.vm.watch). Above the
     # longest silence of a sound guest: mlx4's crdump under INTx holds the vCPU for 15-30 s.
     hang_after: float = 90.0
+    cpu: int | None = None  # the one QEMU runs on, its device model's (rig.cpus)
 
     @classmethod
     def for_guest(
@@ -362,7 +364,7 @@ class Machine:
             self.times.launched = time.monotonic()
             try:
                 self._proc = subprocess.Popen(
-                    [*die_with_parent(), *self.command],
+                    [*die_with_parent(), *on_cpu(self.config.cpu), *self.command],
                     stdin=subprocess.DEVNULL,
                     stdout=self._stderr.write_fd,
                     stderr=subprocess.STDOUT,
