@@ -10,9 +10,9 @@ the crdump's trapped reads 0.20-0.25 s instead of 0.41-0.55 s (docs/clock.md).
 
 Only where the two take turns: on the warped clock the vCPU waits for every answer
 (rig.vm.clock.lockstep) and a shared CPU also carried the 64 MiB transfer faster (12.8 s
-against 15.6 s, test_traffic.py, one run each). On the real clock the model walks the rings while the
-vCPU runs on (posted doorbells), and a CPU each carries more: 9.8 MB/s against 6.75 MB/s
-pinned (`rig bench --only traffic`), so there the pair is left to the scheduler.
+against 15.6 s, test_traffic.py, one run each). On the real clock the model walks the rings
+while the vCPU runs on (posted doorbells), and a CPU each carries more: 9.8 MB/s against
+6.75 MB/s pinned (`rig bench --only traffic`), so there the pair is left to the scheduler.
 
 A rig picks, under a lock, the allowed CPU that the fewest processes are pinned to (kernel
 threads left out: a rig's pair counts two), and starts its model there; QEMU follows. Rigs

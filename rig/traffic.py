@@ -378,7 +378,11 @@ class Traffic:
         happens if it has ended already."""
         if self._send is None or len(self._pids) < 2:
             raise RigError("no TCP transfer is running; start_tcp() first")
-        self.guest.sh(f"kill -USR1 {self._pids[1]} 2>/dev/null; true", timeout=30)
+        pid = self._pids[1]  # signalled only while it is still the sender, not a reused pid
+        self.guest.sh(
+            f"grep -qs traffic_guest /proc/{pid}/cmdline && kill -USR1 {pid} 2>/dev/null; true",
+            timeout=30,
+        )
 
     def _start(self, ns: str, args: str) -> Background:
         # The shell prints its pid, then becomes `ip netns exec`, which becomes python3: the

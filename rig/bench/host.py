@@ -8,13 +8,17 @@ All use REGION_READ-sized messages (a 32-byte request, a 36-byte reply) over AF_
   share and the model's share can be told apart;
 * `rtt.model`: the same C program as a vfio-user client reading a trapped register (the
   semaphore, as the driver's reset does) from a `python -m cx3`: what QEMU, also C, sees;
-* `rtt.host`: vfio_user.client doing the same, so both ends are Python.
+* `rtt.host`: vfio_user.client doing the same, so both ends are Python;
+* `rtt.model_one_cpu`: `rtt.model` with the client and a second model on one CPU, as a rig
+  on the warped clock runs QEMU and its model (rig.cpus): a context switch a hop instead of
+  a cross-CPU wake-up. Not measured where rig.cpus would not pin (one CPU, RIG_PIN=0).
 
 Each figure is microseconds per round trip, one value per run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -25,6 +29,7 @@ import time
 from pathlib import Path
 
 from cx3 import layout
+from rig import cpus
 from rig.devicemodel import DeviceModel
 from rig.errors import RigError
 from vfio_user.client import Client
@@ -41,25 +46,29 @@ def round_trips(runs: int, log_dir: Path, reads: int = 10000) -> dict[str, list[
     figure after the other (A B C D A B C D ...), so the i-th values of two figures saw the
     same load and their ratio is fair."""
     out: dict[str, list[float]] = {"rtt.c": [], "rtt.python": [], "rtt.model": [], "rtt.host": []}
-    with tempfile.TemporaryDirectory(prefix="rig-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="rig-bench-") as tmp, contextlib.ExitStack() as stack:
         exe = str(_compile(Path(tmp)))
         python = [sys.executable, "-c", f"{_PYTHON_PINGPONG}({2 * reads})"]
-        with (
-            DeviceModel(Path(tmp), log_dir, name="bench-cx3") as device,
-            _PythonClient(device.socket) as client,
-        ):
-            model = [
-                exe,
-                "--vfio-user",
-                str(device.socket),
-                str(BAR0_REGION),
-                hex(TRAPPED_REGISTER),
-                str(reads),
-            ]
-            for _ in range(runs):
-                out["rtt.c"].append(_timed_run([exe, str(2 * reads)], "C ping-pong"))
-                out["rtt.python"].append(_timed_run(python, "Python ping-pong"))
-                out["rtt.model"].append(_timed_run(model, "C vfio-user client"))
+        device = stack.enter_context(DeviceModel(Path(tmp), log_dir, name="bench-cx3"))
+
+        def model(sock: Path) -> list[str]:
+            return [exe, "--vfio-user", str(sock), str(BAR0_REGION), hex(TRAPPED_REGISTER)]
+
+        one_cpu: list[str] = []
+        with cpus.claim() as cpu:
+            if cpu is not None:
+                pinned = DeviceModel(Path(tmp), log_dir, name="bench-cx3-pinned", cpu=cpu)
+                stack.enter_context(pinned)
+                one_cpu = [*cpus.on_cpu(cpu), *model(pinned.socket), str(reads)]
+                out["rtt.model_one_cpu"] = []
+        for _ in range(runs):
+            out["rtt.c"].append(_timed_run([exe, str(2 * reads)], "C ping-pong"))
+            out["rtt.python"].append(_timed_run(python, "Python ping-pong"))
+            out["rtt.model"].append(_timed_run([*model(device.socket), str(reads)], "C client"))
+            if one_cpu:
+                out["rtt.model_one_cpu"].append(_timed_run(one_cpu, "C client on one CPU"))
+            # The model serves one client at a time: this one only while the C ones are not.
+            with _PythonClient(device.socket) as client:
                 out["rtt.host"].append(client.timed(reads))
         return out
 
@@ -77,7 +86,7 @@ def _compile(tmp: Path) -> Path:
     return exe
 
 
-_PYTHON_PINGPONG = "from rig.benchhost import _python_pingpong_child as f; f"
+_PYTHON_PINGPONG = "from rig.bench.host import _python_pingpong_child as f; f"
 
 
 def _python_pingpong_child(round_trips: int) -> None:

@@ -3,7 +3,7 @@
 Sections, in order (each one's failure is recorded and the others still run):
 
 * host:     trapped-register round trips with no guest (device model alone, C and Python
-            socket ping-pongs as floors; rig.benchhost);
+            socket ping-pongs as floors; rig.bench.host);
 * boot:     boot to SSH-ready with the device and mlx4_core, with mlx4_en too (to its
             netdev up), without the device, and from a saved VM on each clock
             (rig.vm.saved: the guest resumed, the card hot-plugged, mlx4_core bound),
@@ -123,6 +123,8 @@ SPECS = (
     Spec("guest.trapped_share", "  trapped pages' share of the loop (4 of 256 pages)", "%"),
     Spec("rtt.guest", "trapped register read from the guest (0xf03fc)", "us"),
     Spec("rtt.model", "trapped register read, C client (as QEMU) -> model", "us"),
+    Spec("rtt.model_one_cpu", "the same, client and model on one CPU (warp's rigs)", "us"),
+    Spec("rtt.one_cpu_vs_two", "one CPU / the scheduler's placement (run by run)", "x"),
     Spec("rtt.host", "trapped register read, Python client (vfio_user.client)", "us"),
     Spec("rtt.python", "Python socketpair ping-pong, REGION_READ sizes", "us"),
     Spec("rtt.c", "C socketpair ping-pong, REGION_READ sizes", "us"),
@@ -345,6 +347,8 @@ def _host(opts: BenchOptions, run: BenchRun) -> None:
     ):
         for v in ratios(values, figures["rtt.c"]):
             r.add(key, v)
+    for v in ratios(figures.get("rtt.model_one_cpu", []), figures["rtt.model"]):
+        r.add("rtt.one_cpu_vs_two", v)
 
 
 # --- boot ----------------------------------------------------------------------------------
