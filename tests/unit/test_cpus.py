@@ -37,16 +37,23 @@ def pinned_sleeper(cpu: int) -> subprocess.Popen[bytes]:
 
 
 @needs_two
-def test_the_prefix_pins_and_the_least_used_cpu_moves_away(
+def test_the_prefix_pins_every_thread_a_process_starts(
     sleepers: list[subprocess.Popen[bytes]],
 ) -> None:
-    first = cpus.least_used(ALLOWED)
-    for _ in range(64):  # enough to outweigh whatever else this machine pinned
-        sleepers.append(pinned_sleeper(first))
-        if cpus.least_used(ALLOWED) != first:
-            break
-    assert cpus.least_used(ALLOWED) != first
-    assert cpus.pinned_to(str(sleepers[0].pid)) == first
+    for cpu in ALLOWED[:2]:
+        sleepers.append(pinned_sleeper(cpu))
+    assert [cpus.pinned_to(str(p.pid)) for p in sleepers] == ALLOWED[:2]
+
+
+def test_the_least_used_cpu_is_chosen_lowest_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Other rigs come and go on this machine: the choice is checked on a fixed /proc."""
+    placed = {"100": 0, "101": 0, "102": 1, "103": None, "104": 3}
+    monkeypatch.setattr("rig.cpus.os.listdir", lambda _: [*placed, "self", "sys"])
+    monkeypatch.setattr(cpus, "pinned_to", placed.get)
+    assert cpus.least_used([0, 1]) == 1
+    assert cpus.least_used([0, 1, 2]) == 2
+    placed["105"] = 1
+    assert cpus.least_used([0, 1]) == 0  # a tie: the lowest
 
 
 def test_unpinned_processes_and_kernel_threads_count_for_no_cpu() -> None:
