@@ -25,7 +25,7 @@ from rig.devlink.cli import RegionInfo
 from rig.errors import KernelFailure, RigError
 
 if TYPE_CHECKING:
-    from rig.rig import Rig
+    from rig.rig import KmsgWaiter, Rig
     from rig.vm.ssh import Background
 
 CX3_PCI_ID = "15b3:1003"
@@ -269,14 +269,18 @@ class Mlx4:
         rig = self.rig
         timeout = timeout or SNAPSHOT_TIMEOUT[kind]
         crdumps = rig.device.state()["crdumps"]  # the index the next crdump gets
-        restarts = self.kmsg_count(RESTARTED)
         netdevs = self.netdevs()
         console_at = len(rig.console.text)
         # The watch is the netlink agent's (rig.devlink.agent): started here if it is not
         # running, before the injection, so its start-up delays no part of the fault.
         watch = rig.netlink.watch(count=len(REGIONS)) if expect_snapshots else None
+        # So is the catas recovery's kernel log waiter: started after the snapshots it ran
+        # (python3 under TCG) during the reset's msleep, and made the guest busy there.
+        recovery: KmsgWaiter | None = None
         reload: Background | None = None
         try:
+            if kind == "catas":
+                recovery = rig.kmsg_waiter(RESTARTED)
             if before_inject is not None:
                 before_inject()
             cycle = FaultCycle(
@@ -297,8 +301,10 @@ class Mlx4:
                     )
                     if strict:
                         raise KernelFailure(cycle.missing) from e
-            self._await_recovery(cycle, reload, restarts, timeout)
+            self._await_recovery(cycle, reload, recovery)
         finally:
+            if recovery is not None:
+                recovery.close()
             if watch is not None:
                 watch.close()
             if reload is not None:
@@ -327,17 +333,15 @@ class Mlx4:
         return self.rig.spawn(f"devlink dev reload {self.rig.dev_handle}")
 
     def _await_recovery(
-        self, cycle: FaultCycle, reload: Background | None, restarts: int, timeout: float
+        self, cycle: FaultCycle, reload: Background | None, recovery: KmsgWaiter | None
     ) -> None:
-        if reload is None:
-            record = self.rig.wait_kmsg_record(
-                RESTARTED, nth=restarts + 1, timeout=RECOVERY_TIMEOUT
-            )
+        if recovery is not None:
+            record = recovery.wait(RECOVERY_TIMEOUT)
             if "ret=0" not in record.message:
                 raise KernelFailure(f"the driver did not recover: {record.message}")
             cycle.recovery = record.message
             cycle.guest_recovered = record.realtime_s
-        else:
+        elif reload is not None:
             status = reload.wait(RELOAD_TIMEOUT)
             if status != 0:
                 raise KernelFailure(

@@ -481,6 +481,18 @@ class Rig:
         out = self.sh(kmsg_wait_command(pattern, nth), timeout=timeout).stdout.strip()
         return KmsgRecord.parse(out)
 
+    def kmsg_waiter(self, pattern: str) -> KmsgWaiter:
+        """Listen for the next kernel log record holding `pattern`; returns once listening.
+        Start it before the event: its Python start-up then costs the guest no CPU while
+        the event runs (a catas's reset sleeps, and on the warped clock an idle guest's
+        sleep is cheap, a busy one's is not: docs/clock.md)."""
+        proc = self.spawn(kmsg_wait_command(pattern, 1, from_now=True))
+        line = proc.readline(timeout=60)
+        if line != "listening":
+            proc.close()
+            raise RigError(f"the guest's kernel log waiter said {line!r}: {proc.stderr()[-300:]}")
+        return KmsgWaiter(proc)
+
     def _save_counters(self, build: CoverageBuild, graceful: bool) -> None:
         try:
             dest = counters_dest(self.log_dir, self.config.name)
@@ -522,7 +534,23 @@ class KmsgRecord:
         return cls(message[0] if message else "", printk_s, realtime_s)
 
 
-def kmsg_wait_command(pattern: str, nth: int) -> str:
+class KmsgWaiter:
+    """A guest's kernel log waiter listening for one record (Rig.kmsg_waiter)."""
+
+    def __init__(self, proc: Background) -> None:
+        self._proc = proc
+
+    def wait(self, timeout: float) -> KmsgRecord:
+        line = self._proc.readline(timeout)
+        if line is None:
+            raise RigError(f"the guest's kernel log waiter ended: {self._proc.stderr()[-300:]}")
+        return KmsgRecord.parse(line.strip())
+
+    def close(self) -> None:
+        self._proc.close()
+
+
+def kmsg_wait_command(pattern: str, nth: int, from_now: bool = False) -> str:
     """A guest command that blocks until the kernel log holds `pattern` for the nth time.
 
     /dev/kmsg replays the log from boot and then blocks for new records, so this waits for
@@ -530,11 +558,14 @@ def kmsg_wait_command(pattern: str, nth: int) -> str:
     large buffer (awk and friends get EINVAL), hence Python. A record is "prefix;message"
     plus continuation lines (" SUBSYSTEM=pci", " DEVICE=+pci:..."): only the message counts.
     Prints KmsgRecord's line: the prefix's printk time (µs), CLOCK_REALTIME minus
-    CLOCK_MONOTONIC, the message.
+    CLOCK_MONOTONIC, the message. from_now: skip the log so far, print "listening", and
+    count from there.
     """
+    skip = "os.lseek(fd,0,os.SEEK_END)\nprint('listening',flush=True)\n" if from_now else ""
     script = (
         "import os,sys,time\n"
         "fd=os.open('/dev/kmsg',os.O_RDONLY)\n"
+        f"{skip}"
         "seen=0\n"
         "while True:\n"
         "    try:\n"

@@ -49,11 +49,23 @@ _RUNTIME = RuntimePaths.under(Path("/run/rig-saved"))
 _SSHKEY_ARG = re.compile(r" rig\.sshkey=\S+")
 # What the saved guest says on its console when the kernel adds the card and when a driver
 # binds it, so that the host waits for the line after the hot-plug, with no guest command
-# to start: a `busybox uevent` started before the save, so it listens in every restored
-# guest. One exec per uevent, but the guest has few once booted.
-_CARD_EVENT = (
-    '[ "$SUBSYSTEM:$PCI_ID" = pci:15B3:1003 ] || exit 0; case $ACTION in add|bind) '
-    'echo "rig-guest: card $ACTION ${DEVPATH##*/} $DRIVER" > /dev/console;; esac'
+# to start: one python3 reading the kernel's uevent socket, started before the save, so it
+# listens in every restored guest. Not `busybox uevent sh -c ...`: a shell forked for each
+# of a catas reset's dozen uevents kept the guest busy during the reset's sleep (~50 ms of
+# host time on the warped clock, docs/clock.md).
+_CARD_WATCHER = (
+    "import socket\n"
+    "s=socket.socket(socket.AF_NETLINK,socket.SOCK_DGRAM,15)\n"  # NETLINK_KOBJECT_UEVENT
+    "s.bind((0,1))\n"
+    "con=open('/dev/console','w')\n"
+    "while True:\n"
+    "    f=s.recv(65536).split(b'\\0')\n"  # ACTION@DEVPATH, then KEY=VALUE fields
+    "    e=dict(x.decode(errors='replace').split('=',1) for x in f[1:] if b'=' in x)\n"
+    "    a=e.get('ACTION')\n"
+    "    if (e.get('SUBSYSTEM'),e.get('PCI_ID'))==('pci','15B3:1003') and a in ('add','bind'):\n"
+    "        d=e.get('DEVPATH','').rsplit('/',1)[-1]\n"
+    "        con.write('rig-guest: card %s %s %s\\n'%(a,d,e.get('DRIVER','')))\n"
+    "        con.flush()\n"
 )
 
 
@@ -63,7 +75,7 @@ def card_line(action: str, driver: str = "") -> re.Pattern[str]:
 
 
 CARD_WATCH = (
-    f"setsid busybox uevent sh -c {shlex.quote(_CARD_EVENT)} < /dev/null > /dev/null 2>&1 & "
+    f"setsid python3 -c {shlex.quote(_CARD_WATCHER)} < /dev/null > /dev/null 2>&1 & "
     # Saved only once it listens (its netlink socket: uevents, group 1); nothing to await.
     "until grep -qE '^[0-9a-f]+ +15 +[0-9]+ +00000001 ' /proc/net/netlink; do sleep 0.01; done"
 )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shlex
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -21,15 +20,31 @@ RECORDS = [
 
 
 def run_waiter(
-    pattern: str, nth: int, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    pattern: str,
+    nth: int,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    from_now: bool = False,
 ) -> str:
-    script = shlex.split(kmsg_wait_command(pattern, nth))[2]  # python3 -c SCRIPT
-    records: Iterator[bytes] = iter(RECORDS)
+    script = shlex.split(kmsg_wait_command(pattern, nth, from_now))[2]  # python3 -c SCRIPT
+    log = list(RECORDS)
+    at = [0]  # the reader's place in the log
+
+    def read(fd: int, size: int) -> bytes:
+        at[0] += 1
+        return log[at[0] - 1]
+
+    def lseek(fd: int, pos: int, whence: int) -> int:
+        assert (pos, whence) == (0, os.SEEK_END)
+        at[0] = len(log) - 1  # as if the last record came after the waiter listened
+        return 0
+
     with monkeypatch.context() as m:
         m.setattr(time, "time", lambda: 1000.0)
         m.setattr(time, "monotonic", lambda: 10.0)
         m.setattr(os, "open", lambda *args: 99)
-        m.setattr(os, "read", lambda fd, size: next(records))
+        m.setattr(os, "read", read)
+        m.setattr(os, "lseek", lseek)
         exec(script, {})
     return capsys.readouterr().out
 
@@ -52,3 +67,13 @@ def test_the_nth_match_is_printed_without_its_dictionary(
 def test_a_line_that_is_not_a_record_is_named() -> None:
     with pytest.raises(RigError, match="waiter printed 'Traceback"):
         KmsgRecord.parse("Traceback (most recent call last):")
+
+
+def test_a_waiter_from_now_skips_the_log_so_far_and_says_it_listens(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = run_waiter("mlx4_core", 1, monkeypatch, capsys, from_now=True)
+    assert out.splitlines() == [
+        "listening",
+        "2250000 990.000000 mlx4_core 0000:00:03.0: crdump: err -28",
+    ]
