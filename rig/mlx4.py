@@ -274,8 +274,8 @@ class Mlx4:
         # The watch is the netlink agent's (rig.devlink.agent): started here if it is not
         # running, before the injection, so its start-up delays no part of the fault.
         watch = rig.netlink.watch(count=len(REGIONS)) if expect_snapshots else None
-        # So is the catas recovery's kernel log waiter: started after the snapshots it ran
-        # (python3 under TCG) during the reset's msleep, and made the guest busy there.
+        # So is the catas recovery's kernel-log waiter (python3 under TCG): started after the
+        # snapshots, it ran during the reset's msleep and kept the guest busy there.
         recovery: KmsgWaiter | None = None
         reload: Background | None = None
         try:
