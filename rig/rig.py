@@ -28,6 +28,7 @@ from types import TracebackType
 from cx3.client import ControlClient
 from rig import cpus, signals
 from rig.devicemodel import DeviceModel
+from rig.devlink import agent
 from rig.devlink.agent import NetlinkAgent
 from rig.devlink.channels import CliChannel, NetlinkChannel, open_channel
 from rig.devlink.cli import DevlinkCli
@@ -203,7 +204,8 @@ class Rig:
         """Resume the saved VM for `mconfig` (saved now if there is none; its modules are
         loaded), give it this rig's key and the time, and plug the card in. A saved VM that
         fails its checks or that QEMU refuses is rebuilt once."""
-        saved = ensure_saved(mconfig, self.log_dir, self.config.boot_timeout)
+        services = (agent.saved_service(),)
+        saved = ensure_saved(mconfig, self.log_dir, self.config.boot_timeout, services)
         for attempt in (1, 2):
             self._machine = machine = self._new_machine(saved.restore_config(mconfig))
             t0 = time.monotonic()
@@ -220,7 +222,7 @@ class Rig:
                 machine.shutdown(graceful=False)
                 self._machine = None
                 discard(saved, str(e).splitlines()[0])
-                saved = ensure_saved(mconfig, self.log_dir, self.config.boot_timeout)
+                saved = ensure_saved(mconfig, self.log_dir, self.config.boot_timeout, services)
                 continue
             break
         self.saved = saved
@@ -231,7 +233,7 @@ class Rig:
             f" && date -s @{time.time():.3f} > /dev/null"
         )
         self._devlink = DevlinkCli(self.machine.ssh)
-        self._netlink = NetlinkAgent(self.machine.ssh)
+        self._netlink = NetlinkAgent(self.machine.ssh, port=agent.PORT)
         if self._device is not None:
             self._plug_card(welcome)
             self.timings.marks["card_plugged"] = time.monotonic()

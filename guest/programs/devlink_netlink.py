@@ -18,12 +18,14 @@ import importlib.util
 import json
 import os
 import select
+import signal
+import socket
 import struct
 import sys
 import types
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TextIO
 
 
 def _without_package_init(package: str) -> None:
@@ -280,7 +282,7 @@ class RegionClient:
         self._request("region new", DEVLINK_CMD_REGION_NEW, attrs, NLM_F_REQUEST | NLM_F_ACK)
 
     def watch(
-        self, count: int, serving: tuple[Lines, Answer] | None = None
+        self, count: int, serving: tuple[Lines, Answer] | None = None, out: TextIO | None = None
     ) -> list[dict[str, Any]]:
         """Print the next `count` region notifications, one JSON line each, and return them.
         While serving (the request lines and how to answer one), requests keep being answered
@@ -292,14 +294,14 @@ class RegionClient:
         try:
             sock.bind("devlink", devlinkmsg)
             sock.add_membership(DEVLINK_GENL_MCGRP_CONFIG)
-            print(json.dumps({"listening": True}), flush=True)  # tells the host it may act now
+            _say(out, {"listening": True})  # tells the host it may act now
             events: list[dict[str, Any]] = []
             while len(events) < count:
                 if serving is not None and serving[0].wait_readable(sock):
                     line = serving[0].readline()
                     if line is None or _op(line) == "unwatch":
                         break
-                    print(json.dumps(serving[1](line)), flush=True)
+                    _say(out, serving[1](line))
                     continue
                 for m in sock.get():
                     cmd = m["cmd"]
@@ -314,10 +316,17 @@ class RegionClient:
                             "snapshot": m.get_attr("DEVLINK_ATTR_REGION_SNAPSHOT_ID"),
                         }
                     )
-                    print(json.dumps(events[-1]), flush=True)
+                    _say(out, events[-1])
             return events
         finally:
             sock.close()
+
+
+def _say(out: TextIO | None, reply: dict[str, Any]) -> None:
+    """One JSON line to the host (stdout unless `out`), at once."""
+    out = out or sys.stdout
+    out.write(json.dumps(reply) + "\n")
+    out.flush()
 
 
 def _op(line: str) -> object:
@@ -402,10 +411,14 @@ def main(argv: list[str] | None = None) -> int:
             sp.add_argument("--length", type=int)
             sp.add_argument("--direct", action="store_true")
     sub.add_parser("serve", help="answer JSON requests on stdin, one per line")
+    sp = sub.add_parser("listen", help="serve each connection to 127.0.0.1:PORT (a fork each)")
+    sp.add_argument("--port", type=int, required=True)
     sp = sub.add_parser("watch")
     sp.add_argument("--count", type=int, default=1)
     args = ap.parse_args(argv)
 
+    if args.op == "listen":
+        return listen(args.port)
     client = RegionClient()
     try:
         if args.op == "serve":
@@ -450,16 +463,16 @@ def handle(client: RegionClient, req: dict[str, Any]) -> dict[str, Any]:
         return {"error": str(e), "errno": None}
 
 
-def serve(client: RegionClient) -> int:
-    """JSON requests on stdin, one reply line each: one Python start-up for many requests
-    (Python's start under TCG).
+def serve(client: RegionClient, lines: Lines | None = None, out: TextIO | None = None) -> int:
+    """JSON requests on stdin (or `lines`), one reply line each on stdout (or `out`): one
+    Python start-up, seconds of guest CPU under TCG, for many requests.
 
     {"op": "watch", "count": N} answers {"listening": true}, then prints each notification
     ({"cmd": ...}) as it comes while requests keep being answered, and ends with
     {"watched": [...]} after N notifications or at {"op": "unwatch"}. An unwatch that comes
     after the watch ended (it raced the last notification) is not answered."""
-    print(json.dumps({"ready": True}), flush=True)
-    lines = Lines(sys.stdin.fileno())
+    _say(out, {"ready": True})
+    lines = lines or Lines(sys.stdin.fileno())
 
     def answer(line: str) -> dict[str, Any]:
         try:
@@ -478,11 +491,37 @@ def serve(client: RegionClient) -> int:
             continue
         if op == "watch":
             count = json.loads(line).get("count", 1)
-            reply = {"watched": client.watch(int(count), serving=(lines, answer))}
+            reply = {"watched": client.watch(int(count), serving=(lines, answer), out=out)}
         else:
             reply = answer(line)
-        print(json.dumps(reply), flush=True)
+        _say(out, reply)
     return 0
+
+
+def listen(port: int) -> int:
+    """Serve each connection to 127.0.0.1:`port` as `serve` serves stdin, in a child forked
+    from this already started Python: a saved VM starts this before it is saved, and the
+    host reaches it through SSH (a direct-tcpip channel), so that no rig restored from the
+    save waits for an agent to start."""
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the children are reaped by the kernel
+    with socket.create_server(("127.0.0.1", port)) as server:
+        while True:
+            conn, _ = server.accept()
+            if os.fork() == 0:
+                server.close()
+                status = 1
+                try:
+                    with conn, conn.makefile("w", encoding="utf-8") as out:
+                        client = RegionClient()
+                        try:
+                            status = serve(client, Lines(conn.fileno()), out)
+                        finally:
+                            client.close()
+                except OSError:  # the host hung up
+                    pass
+                finally:
+                    os._exit(status)
+            conn.close()
 
 
 if __name__ == "__main__":

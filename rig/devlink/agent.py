@@ -1,12 +1,15 @@
 """The host side of `netlink.py`: upload it into the guest, run it there, parse its JSON.
 
 One agent process serves a whole session (requests on its stdin, one JSON reply line each):
-starting Python and importing pyroute2 take about a second of guest CPU under TCG.
+starting Python and importing pyroute2 take seconds of guest CPU under TCG. A saved VM has
+its agent already listening (`saved_service`): a rig restored from it connects to it through
+SSH instead, and starts one only if that fails.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,10 +18,25 @@ from typing import Any
 from rig.devlink.cli import RegionInfo, assemble_chunks
 from rig.errors import RigError
 from rig.provision.guestfiles import guest_program
+from rig.vm.saved import GuestService
 from rig.vm.ssh import Background, GuestSsh
+
+logger = logging.getLogger(__name__)
 
 SCRIPT = guest_program("devlink_netlink.py")
 REMOTE = "/run/rig/devlink_netlink.py"
+PORT = 7011  # the saved guest's listening agent, on its loopback
+
+
+def saved_service() -> GuestService:
+    """The agent as a saved VM runs it: listening on PORT from before the save."""
+    return GuestService(
+        "netlink agent",
+        SCRIPT,
+        REMOTE,
+        f"setsid python3 {REMOTE} listen --port {PORT} < /dev/null > /dev/null 2>&1 &",
+        PORT,
+    )
 
 
 class NetlinkError(RigError):
@@ -30,12 +48,16 @@ class NetlinkError(RigError):
 class NetlinkAgent:
     """devlink regions through pyroute2 generic netlink, running inside the guest."""
 
-    def __init__(self, ssh: GuestSsh, timeout: float = 120.0, as_user: str = "") -> None:
+    def __init__(
+        self, ssh: GuestSsh, timeout: float = 120.0, as_user: str = "", port: int | None = None
+    ) -> None:
         """as_user: a command prefix that drops privileges (e.g. `setpriv --reuid=65534 ...`)
-        to run the agent as another user."""
+        to run the agent as another user. port: where in the guest an agent listens (a
+        saved VM's), tried before one is started."""
         self.ssh = ssh
         self.timeout = timeout
         self.as_user = as_user
+        self.port = port
         self._uploaded = False
         self._server: Background | None = None
         self._watch: RegionWatch | None = None  # the server's watch, while it runs
@@ -47,14 +69,30 @@ class NetlinkAgent:
             self._uploaded = True
 
     def _start(self) -> Background:
-        """The agent's server, started (Python and pyroute2: seconds under TCG) if it is not
-        running."""
+        """The agent's server: the listening one's if there is one, else started (Python and
+        pyroute2: seconds under TCG)."""
         if self._server is None:
-            self._ensure_uploaded()
-            server = self.ssh.start(f"{self.as_user} python3 {REMOTE} serve".strip())
-            self._await(server, {"ready": True}, "netlink agent", server.close)
+            server = self._connect() if self.port is not None and not self.as_user else None
+            if server is None:
+                self._ensure_uploaded()
+                server = self.ssh.start(f"{self.as_user} python3 {REMOTE} serve".strip())
+                self._await(server, {"ready": True}, "netlink agent", server.close)
             self._server = server
         return self._server
+
+    def _connect(self) -> Background | None:
+        """A session of the guest's listening agent, or None (logged) if it does not answer."""
+        assert self.port is not None
+        try:
+            server = self.ssh.forward(self.port)
+            self._await(server, {"ready": True}, "listening netlink agent", server.close)
+        except RigError as e:
+            if not self.ssh.connected:
+                raise
+            logger.info(f"{str(e).splitlines()[0]}; starting an agent")
+            self.port = None  # it is gone for good: the next sessions start their own
+            return None
+        return server
 
     def close(self) -> None:
         """Stop the server; the next request starts a new one."""

@@ -9,12 +9,12 @@ beside the RAM; restored VMs open that copy read-only with a private overlay (sn
 
 An entry (<cache>/savedvm/<kernel>-<key>/) is keyed by the QEMU command line that shaped it
 (machine, memory, devices, kernel command line with the modules loaded at boot and their
-parameters; the rig's own paths, name and SSH key left out), the card watcher, the save
-format, and the size and time of every file it booted from, so a change to any of them makes
-a new one. Its seal records the state's SHA-256 and both files' size and time: a restore
-checks the cheap half first and the digest while QEMU loads and SSH connects (SavedVm.verifier,
-before the card is plugged in); a state that fails either, or that QEMU refuses, is
-discarded and rebuilt, never trusted.
+parameters; the rig's own paths, name and SSH key left out), the card watcher, the guest
+services it runs (GuestService: the netlink agent), the save format, and the size and time of
+every file it booted from, so a change to any of them makes a new one. Its seal records the
+state's SHA-256 and both files' size and time: a restore checks the cheap half first and the
+digest while QEMU loads and SSH connects (SavedVm.verifier, before the card is plugged in); a
+state that fails either, or that QEMU refuses, is discarded and rebuilt, never trusted.
 """
 
 from __future__ import annotations
@@ -81,6 +81,29 @@ CARD_WATCH = (
 )
 
 
+@dataclass(frozen=True)
+class GuestService:
+    """A program a saved guest runs from before its save, so that no restored rig waits for
+    it to start: uploaded to `remote`, started by `start` (which returns at once), and saved
+    only once it listens on 127.0.0.1:`port`. Its file and command are part of the key."""
+
+    name: str
+    program: Path
+    remote: str
+    start: str
+    port: int
+
+    def key(self) -> dict[str, Any]:
+        digest = hashlib.sha256(self.program.read_bytes()).hexdigest()
+        return {"name": self.name, "sha256": digest, "remote": self.remote, "start": self.start}
+
+    def listening(self) -> str:
+        """A guest command that returns once the service listens (/proc/net/tcp: its
+        loopback address and port, state 0A, LISTEN)."""
+        entry = f"0100007F:{self.port:04X} 00000000:0000 0A"
+        return f"until grep -q ' {entry} ' /proc/net/tcp; do sleep 0.01; done"
+
+
 class SavedVmError(RigError):
     """A saved VM that cannot be used (corrupt, stale or refused by QEMU)."""
 
@@ -96,8 +119,8 @@ def shape_of(config: MachineConfig) -> MachineConfig:
     return replace(config, vfio_user_sockets=(), hotplug_slot=True, incoming=False)
 
 
-def saved_inputs(config: MachineConfig) -> dict[str, Any]:
-    """What shapes a saved VM for `config` (shape_of): its key."""
+def saved_inputs(config: MachineConfig, services: tuple[GuestService, ...] = ()) -> dict[str, Any]:
+    """What shapes a saved VM for `config` (shape_of) running `services`: its key."""
     shape = replace(shape_of(config), name="saved")
     command = qemu_command(shape, _RUNTIME)
     # A rig's own SSH key is installed after the restore (Rig), not baked into the save.
@@ -106,14 +129,15 @@ def saved_inputs(config: MachineConfig) -> dict[str, Any]:
     return {
         "command": command,
         "card_watch": CARD_WATCH,
+        "services": [s.key() for s in services],
         "format": list(SAVE_CAPABILITIES),
         "files": {str(p): _stamp(p) for p in files},
         "qemu_version": config.qemu.version,
     }
 
 
-def saved_entry(config: MachineConfig) -> CacheEntry:
-    return entry(KIND, config.kernel.parent.name, saved_inputs(config))
+def saved_entry(config: MachineConfig, services: tuple[GuestService, ...] = ()) -> CacheEntry:
+    return entry(KIND, config.kernel.parent.name, saved_inputs(config, services))
 
 
 @dataclass(frozen=True)
@@ -206,16 +230,21 @@ class Verifier:
             raise SavedVmError(f"saved VM state {self.path} is corrupt (SHA-256 mismatch)")
 
 
-def ensure_saved(config: MachineConfig, log_dir: Path, timeout: float = 180.0) -> SavedVm:
-    """The saved VM for `config`, booted and saved now if the cache has none (or only a
-    stale or damaged one). Boot logs of a build go to `log_dir`/saved-vm."""
-    saved = SavedVm(saved_entry(config))
+def ensure_saved(
+    config: MachineConfig,
+    log_dir: Path,
+    timeout: float = 180.0,
+    services: tuple[GuestService, ...] = (),
+) -> SavedVm:
+    """The saved VM for `config` running `services`, booted and saved now if the cache has
+    none (or only a stale or damaged one). Boot logs of a build go to `log_dir`/saved-vm."""
+    saved = SavedVm(saved_entry(config, services))
     with building(saved.entry) as missing:
         if not missing and (why := saved.problem()) is not None:
             logger.info(f"saved VM {saved.entry.path}: {why}; rebuilding it")
             missing = True
         if missing:
-            _build(saved, config, log_dir / "saved-vm", timeout)
+            _build(saved, config, log_dir / "saved-vm", timeout, services)
     if missing:
         prune_stale(saved.entry)
     return saved
@@ -245,7 +274,13 @@ def discard(saved: SavedVm, why: str) -> None:
         shutil.rmtree(saved.entry.path, ignore_errors=True)
 
 
-def _build(saved: SavedVm, config: MachineConfig, log_dir: Path, timeout: float) -> None:
+def _build(
+    saved: SavedVm,
+    config: MachineConfig,
+    log_dir: Path,
+    timeout: float,
+    services: tuple[GuestService, ...],
+) -> None:
     logger.info(f"saving a booted guest for later rigs: {saved.entry.path}")
     with saved.entry.build() as stage:
         disk = stage / DISK
@@ -266,6 +301,10 @@ def _build(saved: SavedVm, config: MachineConfig, log_dir: Path, timeout: float)
                     f"the guest to save did not boot: {e.args[0]}", e.log, e.tail
                 ) from e
             ssh.run(CARD_WATCH, timeout).checked("the card watcher")
+            for service in services:
+                ssh.run(f"mkdir -p {shlex.quote(str(Path(service.remote).parent))}", timeout)
+                ssh.put(service.program, service.remote)
+                ssh.run(f"{service.start} {service.listening()}", timeout).checked(service.name)
             # No session survives a restore (the host's end is gone): none is saved.
             machine.drop_ssh()
             machine.save(stage / STATE, timeout)

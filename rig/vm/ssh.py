@@ -203,6 +203,24 @@ class GuestSsh:
         chan = self._exec(command, timeout)
         return Background(chan, command, self)
 
+    def forward(self, port: int, timeout: float = 30.0) -> Background:
+        """A TCP connection to the guest's 127.0.0.1:`port` through this connection (sshd's
+        direct-tcpip), read and written as a started command's output and input; MachineError
+        if nothing listens there."""
+        transport = self._client.get_transport()
+        what = f"127.0.0.1:{port} in the guest"
+        if transport is None or not transport.is_active():
+            raise self.lost(f"connecting to {what}")
+        try:
+            chan = transport.open_channel(
+                "direct-tcpip", ("127.0.0.1", port), ("127.0.0.1", 0), timeout=timeout
+            )
+        except (paramiko.SSHException, OSError, EOFError) as e:
+            if not self._active():
+                raise self.lost(f"connecting to {what}") from e
+            raise MachineError(f"ssh {self.where}: cannot connect to {what}: {e}") from e
+        return Background(chan, what, self)
+
     def put(self, local: Path, remote: str) -> None:
         """Copy a file to the guest over SFTP (mode preserved)."""
         try:

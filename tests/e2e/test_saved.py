@@ -11,6 +11,7 @@ import time
 import pytest
 
 from rig import builtin
+from rig.devlink.agent import REMOTE
 from rig.errors import MachineError
 from rig.provision.guest import ensure_guest
 from rig.pytest_plugin import RigFactory, rig_channel
@@ -43,7 +44,31 @@ def test_a_saved_rig_takes_a_fault_and_opens_to_its_own_key_only(
         snap = catas_snapshot(rig, 1)
         image = rig_channel(rig, "cli").dump(rig.region("cr-space"), snap.id)
         assert_same_bytes(image, snap.truth.image, "cr-space")
+        # The netlink reader was the saved guest's listening agent: no agent was started.
+        assert rig.sh(f"pgrep -f '[{REMOTE[0]}]{REMOTE[1:]} listen'", check=False).status == 0
+        assert rig.sh(f"pgrep -f '[{REMOTE[0]}]{REMOTE[1:]} serve'", check=False).status == 1
+        netlink = rig_channel(rig, "netlink").dump(rig.region("cr-space"), snap.id)
+        assert_same_bytes(netlink, snap.truth.image, "cr-space over netlink")
         assert_no_kernel_trouble(rig)
+    finally:
+        rig_factory.stop(rig)
+
+
+def test_without_the_saved_agent_the_rig_starts_one(
+    rig_factory: RigFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A saved guest whose listening agent died (a test killed it, the OOM killer did): the
+    netlink channel starts an agent of its own, as on a fresh boot, and says so."""
+    rig = rig_factory(boot="saved", name="saved-agentless", mlx4_en=False)
+    try:
+        rig.sh(f"pkill -f '{REMOTE} listen'")
+        handle = rig.region("cr-space")
+        with caplog.at_level(logging.INFO, logger="rig.devlink.agent"):
+            assert handle in {r.handle for r in rig.netlink.regions()}
+        said = [r.getMessage() for r in caplog.records]
+        assert any("starting an agent" in m for m in said), said
+        assert rig.netlink.port is None, "the listening agent is no longer tried"
+        assert rig.sh(f"pgrep -f '[{REMOTE[0]}]{REMOTE[1:]} serve'", check=False).status == 0
     finally:
         rig_factory.stop(rig)
 

@@ -16,6 +16,7 @@ from rig.vm.saved import (
     DISK,
     SEAL,
     STATE,
+    GuestService,
     SavedVm,
     SavedVmError,
     data_digest,
@@ -55,6 +56,17 @@ def test_the_key_follows_what_shapes_the_guest(base: MachineConfig) -> None:
         assert saved_inputs(changed) != key, changed
     os.utime(base.initrd, ns=(1, 1))  # the same path, rebuilt
     assert saved_inputs(base) != key
+
+
+def test_the_key_follows_the_services_the_guest_runs(base: MachineConfig, tmp_path: Path) -> None:
+    program = tmp_path / "agent.py"
+    program.write_text("print('v1')\n")
+    service = GuestService("agent", program, "/run/rig/agent.py", "agent &", 7011)
+    key = saved_inputs(base, (service,))
+    assert key != saved_inputs(base)
+    assert saved_inputs(base, (replace(service, start="agent --other &"),)) != key
+    program.write_text("print('v2')\n")  # a new agent: a new save, not the old one's agent
+    assert saved_inputs(base, (service,)) != key
 
 
 def test_the_key_leaves_out_what_each_rig_has_of_its_own(base: MachineConfig) -> None:
