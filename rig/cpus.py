@@ -27,14 +27,17 @@ import fcntl
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+
+from rig.cache import cache_root
 
 logger = logging.getLogger(__name__)
 
 PIN_ENV = "RIG_PIN"
-LOCK = "rig-cpu.lock"  # in tempfile.gettempdir(), beside the rigs' own directories
+# In the cache, which every rig of the user shares: not in $TMPDIR, which differs between
+# rigs that should see each other (tests give each rig its own) and must be left empty.
+LOCK = ".rig-cpu.lock"
 
 
 def pinned_to(pid: str) -> int | None:
@@ -74,7 +77,9 @@ def claim(lockstep: bool = True) -> Iterator[int | None]:
         logger.debug("no taskset: QEMU and the device model run unpinned")
         yield None
         return
-    with open(Path(tempfile.gettempdir()) / LOCK, "a") as lock:
+    root = cache_root()
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / LOCK, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         cpu = least_used(allowed)
         logger.debug(f"QEMU and the device model on CPU {cpu}")
