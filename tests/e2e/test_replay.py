@@ -117,6 +117,8 @@ def test_user_image_and_old_format_health_text(tmp_path: Path, rig_config: RigCo
             userspace=rig_config.userspace,
             qemu=rig_config.qemu,
             qemu_version=rig_config.qemu_version,
+            clock=rig_config.clock,
+            boot=rig_config.boot,  # --rig-boot saved: resumed, as the suite's other rigs
         )
     )
     assert report.ok, report.errors
