@@ -11,12 +11,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from guest.programs.devlink_netlink import (
     NLM_F_ACK_TLVS,
     NLMSG_HDRLEN,
+    Chunk,
     Lines,
     dump_done_errno,
     dump_done_message,
+    error_message,
+    region_chunks,
 )
 
 NLMSG_DONE = 3
@@ -72,6 +77,59 @@ def test_a_failed_dump_reports_the_kernels_words() -> None:
 
 def test_a_done_without_tlvs_has_no_message() -> None:
     assert dump_done_message(done(-errno.EINVAL)) is None
+
+
+def nla(kind: int, payload: bytes) -> bytes:
+    attr = struct.pack("=HH", 4 + len(payload), kind) + payload
+    return attr + bytes(-len(attr) % 4)
+
+
+NESTED = 0x8000  # NLA_F_NESTED, as nla_nest_start() sets it
+
+
+def read_reply(*chunks: tuple[int, bytes]) -> bytes:
+    """A REGION_READ reply's attributes as devlink_nl_cmd_region_read_chunk_fill() puts
+    them: the handle, then CHUNKS { CHUNK { DATA, ADDR } ... }."""
+    inner = b"".join(
+        nla(94 | NESTED, nla(95, data) + nla(96, struct.pack("=Q", addr))) for addr, data in chunks
+    )
+    return nla(1, b"pci\0") + nla(2, b"0000:01:00.0\0") + nla(93 | NESTED, inner)
+
+
+def test_a_read_reply_gives_its_chunks_in_order() -> None:
+    body = read_reply((0x100, bytes(range(7))), (0x107, b"\xaa" * 256))
+    data = b"\xee" * 20 + body  # the netlink and genetlink headers
+    assert region_chunks(data, 20, len(data)) == [
+        Chunk(0x100, bytes(range(7))),
+        Chunk(0x107, b"\xaa" * 256),
+    ]
+
+
+def test_a_chunk_without_its_address_is_an_error() -> None:
+    body = nla(93 | NESTED, nla(94 | NESTED, nla(95, b"\x01\x02\x03\x04")))
+    with pytest.raises(LookupError, match="without its address"):
+        region_chunks(body, 0, len(body))
+
+
+def test_an_attribute_overrunning_its_message_is_an_error() -> None:
+    body = read_reply((0, b"\x00" * 16))
+    with pytest.raises(LookupError, match="overruns"):
+        region_chunks(body, 0, len(body) - 8)
+
+
+NLMSG_ERROR = 2
+NLM_F_CAPPED = 0x100
+
+
+@pytest.mark.parametrize("capped", [False, True])
+def test_an_error_reports_the_kernels_words_after_the_echoed_request(capped: bool) -> None:
+    request = struct.pack("=IHHII", NLMSG_HDRLEN + 8, 20, 0x301, 1, 0) + b"\x2e\x01\0\0zzzz"
+    echoed = request[:NLMSG_HDRLEN] if capped else request
+    tlv = nla(1, b"Requested region does not exist\0")
+    flags = NLM_F_ACK_TLVS | (NLM_F_CAPPED if capped else 0)
+    body = struct.pack("=i", -errno.EINVAL) + echoed + tlv
+    msg = struct.pack("=IHHII", NLMSG_HDRLEN + len(body), NLMSG_ERROR, flags, 1, 0) + body
+    assert error_message(msg) == "Requested region does not exist"
 
 
 def test_a_watch_sees_the_hosts_line_or_its_hang_up_and_nothing_else() -> None:
