@@ -107,7 +107,6 @@ class GuestSsh:
                 auth_timeout=timeout,
                 look_for_keys=False,
                 allow_agent=False,
-                compress=True,
             )
         except paramiko.BadHostKeyException as e:
             client.close()
