@@ -14,7 +14,8 @@ Options
                       QEMU, or the rig's cached build of its pinned version)
 --rig-qemu-version V  build and use this version of Debian's qemu source instead
 --rig-boot MODE       fresh (QEMU boots the kernel) or saved (the guest resumes from a saved
-                      VM, the card is hot-plugged and the driver loaded); default fresh
+                      VM, the card is hot-plugged and the driver loaded); default: $RIG_BOOT,
+                      else the rig's default (rig.rig.DEFAULT_BOOT)
 --rig-clock CLOCK     the guests' clock, warp or real (default: $RIG_CLOCK, else the rig's
                       default: rig/vm/clock.py, docs/clock.md)
 --rig-artifacts DIR   where a failing test's evidence goes (default: test-results/artifacts)
@@ -95,7 +96,7 @@ from cx3.client import ControlClient
 from rig.devlink.channels import CHANNELS, CliChannel, NetlinkChannel, RegionChannel
 from rig.errors import RigError
 from rig.provision.suites import RELEASES
-from rig.rig import BOOT_MODES, DEFAULT_BOOT, Rig, RigConfig
+from rig.rig import BOOT_ENV, BOOT_MODES, DEFAULT_BOOT, Rig, RigConfig
 from rig.traffic import Traffic
 from rig.vm.clock import CLOCKS
 from rig.vm.clock import ENV as CLOCK_ENV
@@ -144,9 +145,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--rig-boot",
         metavar="MODE",
-        default=DEFAULT_BOOT,
+        default=None,
         choices=BOOT_MODES,
-        help=f"how each rig's guest starts: {' or '.join(BOOT_MODES)} (default {DEFAULT_BOOT})",
+        help=f"how each rig's guest starts: {' or '.join(BOOT_MODES)} "
+        f"(default: ${BOOT_ENV}, else {DEFAULT_BOOT})",
     )
     group.addoption(
         "--rig-clock",
@@ -169,6 +171,8 @@ def pytest_configure(config: pytest.Config) -> None:
     if clock := config.getoption("rig_clock", None):
         # The `rig` commands tests run as processes boot on the same clock as the fixtures.
         os.environ[CLOCK_ENV] = clock
+    if boot := config.getoption("rig_boot", None):
+        os.environ[BOOT_ENV] = boot  # and so do the `rig matrix`/`validate` runs' rigs
 
 
 @pytest.hookimpl(optionalhook=True)

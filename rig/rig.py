@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import re
 import shlex
 import shutil
@@ -55,6 +56,19 @@ logger = logging.getLogger(__name__)
 # loaded.
 BOOT_MODES = ("fresh", "saved")
 DEFAULT_BOOT = "fresh"
+BOOT_ENV = "RIG_BOOT"  # the boot mode when no option names one, as RIG_CLOCK is the clock
+
+
+def resolve_boot(boot: str | None) -> str:
+    """`boot`, else $RIG_BOOT, else DEFAULT_BOOT; UsageError naming a bad one."""
+    chosen, origin = (
+        (boot, "boot mode") if boot else (os.environ.get(BOOT_ENV) or DEFAULT_BOOT, f"${BOOT_ENV}")
+    )
+    if chosen not in BOOT_MODES:
+        raise UsageError(f"{origin} {chosen!r}: choose one of {', '.join(BOOT_MODES)}")
+    return chosen
+
+
 # The kernel's words when mlx4_core's probe of a device fails (drivers/base/dd.c).
 PROBE_FAILED = r"mlx4_core: probe of \S+ failed"
 
@@ -78,7 +92,7 @@ class RigConfig:
     kernel_args: tuple[str, ...] = ()
     name: str = "rig"
     hang_after: float = 90.0  # s without console output or SSH answer: the guest hung
-    boot: str = DEFAULT_BOOT  # one of BOOT_MODES
+    boot: str | None = None  # one of BOOT_MODES; None: $RIG_BOOT or DEFAULT_BOOT
     clock: str | None = None  # rig.vm.clock: "warp" or "real"; None: $RIG_CLOCK or the default
 
 
@@ -110,6 +124,7 @@ class Rig:
         self._ssh_identity: SshIdentity | None = None  # after a restore: this rig's key
         self.saved: SavedVm | None = None  # the saved VM a "saved" boot resumed
         self.clock = ""  # "warp" or "real" once started
+        self.boot = ""  # "fresh" or "saved" once started
         self._coverage: CoverageBuild | None = None  # a coverage kernel's gcov data
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -119,8 +134,7 @@ class Rig:
         from rig.provision.qemu import qemu_for
 
         self.clock = vmclock.resolve(self.config.clock)
-        if self.config.boot not in BOOT_MODES:
-            raise UsageError(f"boot mode {self.config.boot!r}: want one of {', '.join(BOOT_MODES)}")
+        self.boot = resolve_boot(self.config.boot)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         t0 = time.monotonic()
         qemu: QemuInstall = qemu_for(self.config.qemu, self.config.qemu_version)
@@ -159,7 +173,7 @@ class Rig:
                     modprobe += (Modprobe("mlx4_en"),)
             modprobe += self.config.extra_modprobe
             key = rig_key(self._rundir)
-            saved = self.config.boot == "saved"
+            saved = self.boot == "saved"
             mconfig = MachineConfig.for_guest(
                 qemu,
                 guest,

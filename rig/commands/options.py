@@ -13,7 +13,7 @@ from typing import NoReturn, TypeAlias, TypedDict
 from rig.errors import UsageError
 from rig.provision.qemu import PINNED_VERSION
 from rig.provision.suites import DEFAULT_SUITE, RELEASES
-from rig.rig import BOOT_MODES, DEFAULT_BOOT
+from rig.rig import BOOT_ENV, BOOT_MODES, DEFAULT_BOOT
 from rig.vm import clock as vmclock
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
@@ -174,9 +174,10 @@ def add_driver_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--boot",
         choices=BOOT_MODES,
-        default=DEFAULT_BOOT,
+        default=None,
         help="fresh: boot the kernel; saved: resume a guest saved once after its boot (kept "
-        "in the cache), then plug the card in and load the driver (default: %(default)s)",
+        "in the cache), then plug the card in and load the driver (default: "
+        f"${BOOT_ENV} or {DEFAULT_BOOT})",
     )
 
 
@@ -184,7 +185,7 @@ class DriverOptions(TypedDict):
     msi_x: bool
     mlx4_en: bool
     netdev_up: bool
-    boot: str
+    boot: str | None
 
 
 def driver_options(args: argparse.Namespace) -> DriverOptions:

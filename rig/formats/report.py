@@ -60,6 +60,7 @@ class Report:
     ok: bool = False
     versions: dict[str, str] = field(default_factory=dict)
     clock: str = ""  # the guest's clock (rig.vm.clock): "warp" or "real"; "" before the boot
+    boot: str = ""  # how the guest started (rig.rig.BOOT_MODES): "fresh" or "saved"
     fault: dict[str, Any] = field(default_factory=dict)
     inputs: dict[str, str] = field(default_factory=dict)
     # The card's netdevs before the fault and after the driver re-created them.

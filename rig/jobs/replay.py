@@ -38,7 +38,7 @@ from rig.formats.report import Comparison, Report, SnapshotReport, sha256
 from rig.jobs.readers import check_mstregdump, snapshot_reader, take_mstregdump
 from rig.mlx4 import FAULTS, REGIONS, FaultCycle
 from rig.progress import step, step_cut_short
-from rig.rig import DEFAULT_BOOT, Rig, RigConfig
+from rig.rig import Rig, RigConfig
 from rig.signals import Interrupted
 from rig.timeline import fault_marks
 from rig.traffic import Traffic, fault_under_traffic
@@ -62,7 +62,7 @@ class ReplayOptions:
     msi_x: bool = True
     mlx4_en: bool = True
     netdev_up: bool = True
-    boot: str = DEFAULT_BOOT
+    boot: str | None = None  # None: $RIG_BOOT or rig.rig.DEFAULT_BOOT
     catas_words: tuple[int, ...] = builtin.CATAS_WORDS
     traffic: bool = False  # a TCP transfer across the card through the fault
     traffic_bytes: int = 64 << 20  # long enough at ~2-5 MB/s to be running at the reset
@@ -171,6 +171,7 @@ def run_replay(opts: ReplayOptions) -> Report:
                 qemu=rig.qemu_version, kernel=rig.kernel_release, kernel_origin=rig.kernel_origin
             )
             report.clock = rig.clock
+            report.boot = rig.boot
             report.timings.update(provision=rig.timings.provision, boot=rig.timings.boot)
             _replay(rig, opts, inputs, report, evidence)
     except RigError as e:

@@ -15,13 +15,16 @@ import pytest
 
 from rig.cli import main
 from rig.jobs.behaviours import NAMES
+from rig.rig import RigConfig, resolve_boot
 from tests.browser import dump_dom, read_png, screenshot
 from tests.unit.ktap_parser import parse
 
 pytestmark = pytest.mark.e2e
 
 
-def test_one_kernel_on_dask(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_one_kernel_on_dask(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], rig_config: RigConfig
+) -> None:
     out = tmp_path / "run"
     status = main(["matrix", "--kernels", "deb:bookworm", "--workers", "1", "--out", str(out)])
     printed = capsys.readouterr().out.splitlines()
@@ -34,7 +37,8 @@ def test_one_kernel_on_dask(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     (kernel,) = parse((out / "matrix.ktap").read_text()).subtests
     assert kernel.ok and [t.name for t in kernel.subtests] == list(NAMES)
     kcidb_io.schema.V5_0.validate_exactly(json.loads((out / "kcidb.json").read_text()))
-    assert (out / "deb_bookworm" / "replay" / "report.json").is_file()
+    replay = json.loads((out / "deb_bookworm" / "replay" / "report.json").read_text())
+    assert replay["boot"] == resolve_boot(rig_config.boot)  # --rig-boot reaches its rigs
     words = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dump_dom(out / "report.html")))
     cell = doc["cells"][0]
     row = f"deb:bookworm {cell['release']} {cell['origin']} {cell['versions']['qemu']}"
