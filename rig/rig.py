@@ -27,6 +27,7 @@ from pathlib import Path
 from types import TracebackType
 
 from cx3.client import ControlClient
+from cx3.pci import GATEWAY_ADDRESS
 from rig import cpus, signals
 from rig.devicemodel import DeviceModel
 from rig.devlink import agent
@@ -46,7 +47,7 @@ from rig.vm.console import SerialConsole
 from rig.vm.machine import BootTimes, Machine, MachineConfig, QemuInstall
 from rig.vm.saved import SavedVm, SavedVmError, card_line, discard, ensure_saved
 from rig.vm.ssh import Background, Result, Sink, SshIdentity
-from vfio_user.qemu import posts_with_mmap
+from vfio_user.qemu import posts_config_dword, posts_with_mmap
 
 logger = logging.getLogger(__name__)
 
@@ -184,6 +185,9 @@ class Rig:
                 # The model changes no mapped page on a guest write: doorbells may be posted
                 # (not on the warped clock: rig.vm.clock.lockstep).
                 posted_writes=posts_with_mmap(qemu.binary) and not lockstep,
+                # The gateway address only selects the dword that the data register's
+                # access reaches: mstregdump's dword reads need one round trip, not two.
+                posted_config_dword=GATEWAY_ADDRESS if posts_config_dword(qemu.binary) else 0,
                 clock=self.clock,
                 paced_warp=self.clock != vmclock.WARP or vmclock.paces_warp(qemu.binary),
                 modprobe=modprobe,

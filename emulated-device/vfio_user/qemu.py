@@ -16,14 +16,19 @@ MIN_VERSION = (10, 1)
 DEVICE = "vfio-user-pci"
 
 
-# mlx4-rig's QEMU patch (rig/provision/qemu-patches): posted writes although a region is mapped.
+# mlx4-rig's QEMU patches (rig/provision/qemu-patches): posted writes although a region is
+# mapped; posted writes of one config dword the device only latches.
 POSTED_WITH_MMAP = "x-posted-writes-with-mmap"
+POSTED_CONFIG_DWORD = "x-posted-config-dword"
 
 
-def device_arg(socket_path: Path | str, dev_id: str = "cx0", posted: bool = False) -> str:
+def device_arg(
+    socket_path: Path | str, dev_id: str = "cx0", posted: bool = False, config_dword: int = 0
+) -> str:
     """`-device`'s value: JSON, so a socket path needs no escaping. `posted`: the device
     promises that no write changes a mapped region, so QEMU may post writes (a QEMU with
-    POSTED_WITH_MMAP only: see posts_with_mmap)."""
+    POSTED_WITH_MMAP only: see has_property). `config_dword`: the offset of a config dword
+    the device only latches on a write, which QEMU may post (POSTED_CONFIG_DWORD; 0: none)."""
     arg: dict[str, object] = {
         "driver": DEVICE,
         "id": dev_id,
@@ -31,14 +36,26 @@ def device_arg(socket_path: Path | str, dev_id: str = "cx0", posted: bool = Fals
     }
     if posted:
         arg[POSTED_WITH_MMAP] = True
+    if config_dword:
+        arg[POSTED_CONFIG_DWORD] = config_dword
     return json.dumps(arg, separators=(",", ":"))
 
 
-@functools.cache
 def posts_with_mmap(binary: Path) -> bool:
     """Whether this QEMU's vfio-user-pci has POSTED_WITH_MMAP."""
+    return POSTED_WITH_MMAP in _device_help(binary)
+
+
+def posts_config_dword(binary: Path) -> bool:
+    """Whether this QEMU's vfio-user-pci has POSTED_CONFIG_DWORD."""
+    return POSTED_CONFIG_DWORD in _device_help(binary)
+
+
+@functools.cache
+def _device_help(binary: Path) -> str:
+    """`-device vfio-user-pci,help`: the device's properties ("" if QEMU cannot say)."""
     try:
-        out = subprocess.run(
+        return subprocess.run(
             [str(binary), "-device", f"{DEVICE},help"],
             capture_output=True,
             text=True,
@@ -46,8 +63,7 @@ def posts_with_mmap(binary: Path) -> bool:
             check=False,
         ).stdout
     except (OSError, subprocess.SubprocessError):
-        return False
-    return POSTED_WITH_MMAP in out
+        return ""
 
 
 def shared_memory_args(size: str) -> list[str]:

@@ -87,6 +87,9 @@ class MachineConfig:
     vfio_user_sockets: tuple[Path, ...] = ()  # one vfio-user-pci device (cxN) each
     # The card's writes may be posted although BAR0 is mapped (a QEMU with the rig's patch)
     posted_writes: bool = False
+    # A config dword the card only latches (its CR-space gateway's address): QEMU may post
+    # writes to it (a QEMU with the rig's patch; 0: none)
+    posted_config_dword: int = 0
     clock: str = vmclock.REAL  # rig.vm.clock: "real" or "warp"
     # The QEMU paces warp (rig.vm.clock.paces_warp: the rig's patch); else warp is sleep=off.
     paced_warp: bool = True
@@ -147,8 +150,10 @@ def _opt(value: object) -> str:
     return str(value).replace(",", ",,")
 
 
-def vfio_user_device(index: int, socket_path: Path, posted: bool = False) -> str:
-    return device_arg(socket_path, f"cx{index}", posted)
+def vfio_user_device(
+    index: int, socket_path: Path, posted: bool = False, config_dword: int = 0
+) -> str:
+    return device_arg(socket_path, f"cx{index}", posted, config_dword)
 
 
 def qemu_command(config: MachineConfig, paths: RuntimePaths) -> list[str]:
@@ -218,7 +223,10 @@ def qemu_command(config: MachineConfig, paths: RuntimePaths) -> list[str]:
     if config.incoming:
         argv += ["-incoming", "defer"]
     for i, sock in enumerate(config.vfio_user_sockets):
-        argv += ["-device", vfio_user_device(i, sock, config.posted_writes)]
+        argv += [
+            "-device",
+            vfio_user_device(i, sock, config.posted_writes, config.posted_config_dword),
+        ]
     return argv + list(config.qemu_args)
 
 
@@ -557,7 +565,10 @@ class Machine:
 
     def hotplug(self, index: int, socket_path: Path) -> None:
         """Plug the vfio-user card `cx<index>` into the free root port (hotplug_slot)."""
-        device = json.loads(vfio_user_device(index, socket_path, self.config.posted_writes))
+        config = self.config
+        device = json.loads(
+            vfio_user_device(index, socket_path, config.posted_writes, config.posted_config_dword)
+        )
         self.qmp.command("device_add", bus=HOTPLUG_BUS, **device)
 
     def _note_console_times(self) -> None:

@@ -13,6 +13,7 @@ from tests.unit.model_proc import Model
 from vfio_user import CONFIG_REGION
 from vfio_user.client import Client
 from vfio_user.device import BAR0_REGION
+from vfio_user.protocol import REGION_RW, Command, Flags
 
 ADDRESS, DATA = 0x58, 0x5C
 
@@ -83,3 +84,19 @@ def test_the_config_gateway_reads_and_writes_cr_space(model: Model) -> None:
         header = client.read(CONFIG_REGION, 0, 256)
         assert struct.unpack_from("<HH", header, 0) == (0x15B3, 0x1003)
         assert struct.unpack_from("<I", header, DATA)[0] == 0xBADACCE5  # address still 0x40002
+
+
+def test_a_posted_address_write_is_seen_by_the_next_data_read(model: Model) -> None:
+    """QEMU with x-posted-config-dword=0x58 (the rig's patch) sends the address write with
+    NO_REPLY and does not wait: the model must take it, answer nothing, and serve the data
+    read that follows on the same socket from the new address."""
+    image = bytearray(layout.SIZE)
+    for address in (0x40000, 0x40004, 0x7FFFC):
+        image[address : address + 4] = address.to_bytes(4, "big")
+    with Client(model.socket) as client, ControlClient(model.control) as control:
+        client.version()
+        control.load_crspace(bytes(image))
+        for address in (0x40000, 0x7FFFC, 0x40004):
+            payload = REGION_RW.pack(ADDRESS, CONFIG_REGION, 4) + struct.pack("<I", address)
+            assert client.request(Command.REGION_WRITE, payload, flags=Flags.NO_REPLY) == (b"", [])
+            assert client.read32(CONFIG_REGION, DATA) == address  # the reply to the read

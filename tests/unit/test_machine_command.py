@@ -124,6 +124,16 @@ def test_posted_writes_ask_qemu_to_post_despite_the_mapped_bar() -> None:
     assert device["x-posted-writes-with-mmap"] is True
 
 
+def test_the_gateway_address_is_a_posted_config_dword() -> None:
+    argv = qemu_command(
+        config(vfio_user_sockets=(Path("/s/a.sock"),), posted_config_dword=0x58), PATHS
+    )
+    (device,) = [json.loads(d) for d in option(argv, "-device") if d.startswith("{")]
+    assert device["x-posted-config-dword"] == 0x58
+    bare = qemu_command(config(vfio_user_sockets=(Path("/s/a.sock"),)), PATHS)
+    assert "x-posted-config-dword" not in option(bare, "-device")[-1]
+
+
 def test_extra_qemu_args_come_last() -> None:
     argv = qemu_command(config(qemu_args=("-cpu", "max")), PATHS)
     assert argv[-2:] == ["-cpu", "max"]
