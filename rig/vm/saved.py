@@ -19,7 +19,9 @@ state that fails either, or that QEMU refuses, is discarded and rebuilt, never t
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import logging
@@ -34,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from rig.cache import MANIFEST, CacheEntry, entry
-from rig.errors import MachineError, RigError
+from rig.errors import MachineError, RigError, UsageError
 from rig.provision.locking import building
 from rig.vm.machine import SAVE_CAPABILITIES, Machine, MachineConfig, RuntimePaths, qemu_command
 
@@ -44,6 +46,11 @@ STATE = "state.bin"
 DISK = "disk.img"
 SEAL = "seal.json"
 KIND = "savedvm"
+# Saved VMs kept, the most recently used: each holds a copy of the root disk and the guest's
+# RAM, ~0.5 GB, and every change to QEMU, the kernel, its parameters or the guest's programs
+# makes a new one. The e2e suite uses a handful.
+KEEP = 10
+KEEP_ENV = "RIG_SAVED_VMS"
 # The key's stand-in for each VM's private socket directory.
 _RUNTIME = RuntimePaths.under(Path("/run/rig-saved"))
 _SSHKEY_ARG = re.compile(r" rig\.sshkey=\S+")
@@ -238,6 +245,7 @@ def ensure_saved(
 ) -> SavedVm:
     """The saved VM for `config` running `services`, booted and saved now if the cache has
     none (or only a stale or damaged one). Boot logs of a build go to `log_dir`/saved-vm."""
+    keep = kept()  # a bad $RIG_SAVED_VMS is named before a build, not after
     saved = SavedVm(saved_entry(config, services))
     with building(saved.entry) as missing:
         if not missing and (why := saved.problem()) is not None:
@@ -245,8 +253,11 @@ def ensure_saved(
             missing = True
         if missing:
             _build(saved, config, log_dir / "saved-vm", timeout, services)
+    with contextlib.suppress(OSError):  # a cache this user cannot write keeps everything
+        os.utime(saved.entry.path)  # its last use, for evict()
     if missing:
         prune_stale(saved.entry)
+        evict(saved.entry, keep)
     return saved
 
 
@@ -264,6 +275,38 @@ def prune_stale(current: CacheEntry) -> None:
             stale = True
         if stale:
             logger.info(f"removing a stale saved VM: {path}")
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def kept() -> int:
+    """How many saved VMs the cache keeps: $RIG_SAVED_VMS, else KEEP; UsageError if bad."""
+    text = os.environ.get(KEEP_ENV, "").strip()
+    if not text:
+        return KEEP
+    if not text.isdigit() or int(text) < 1:
+        raise UsageError(f"${KEEP_ENV} {text!r}: want a whole number of saved VMs, at least 1")
+    return int(text)
+
+
+def evict(current: CacheEntry, keep: int) -> None:
+    """Remove the least recently used saved VMs (of every kernel) beyond the `keep` most
+    recent. Each one's directory time is its last use (ensure_saved). Never `current`, and
+    never one whose build lock is held: a rig is building or checking it."""
+    root = current.root / KIND
+    entries = sorted(
+        (m.parent for m in root.glob(f"*/{MANIFEST}")),
+        key=lambda p: p.stat().st_mtime if p.exists() else 0.0,
+        reverse=True,
+    )
+    for path in entries[keep:]:
+        if path == current.path:
+            continue
+        with (root / f".{path.name}.lock").open("w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+            logger.info(f"removing the least recently used saved VM (keeping {keep}): {path}")
             shutil.rmtree(path, ignore_errors=True)
 
 

@@ -10,16 +10,22 @@ from pathlib import Path
 import pytest
 
 from rig.cache import entry
+from rig.errors import UsageError
+from rig.provision.locking import building
 from rig.vm.cmdline import Modprobe
 from rig.vm.machine import HOTPLUG_BUS, MachineConfig, qemu_command
 from rig.vm.saved import (
     DISK,
+    KEEP,
+    KEEP_ENV,
     SEAL,
     STATE,
     GuestService,
     SavedVm,
     SavedVmError,
     data_digest,
+    evict,
+    kept,
     prune_stale,
     saved_inputs,
 )
@@ -174,3 +180,39 @@ def test_saved_vms_of_changed_files_are_pruned(tmp_path: Path, base: MachineConf
     kept = built(replace(base, memory_mib=2048))  # another shape of the current files
     prune_stale(current)
     assert kept.exists() and current.path.exists()
+
+
+def test_the_least_recently_used_saved_vms_go_beyond_the_budget(
+    tmp_path: Path, base: MachineConfig
+) -> None:
+    """Six saved VMs, a budget of three: the three used longest ago go, except one a rig
+    holds the build lock of; the current one stays whatever its time."""
+    paths = []
+    for n, memory in enumerate((512, 640, 768, 896, 1024, 1152)):
+        e = entry(
+            "savedvm",
+            f"k{n % 2}",
+            saved_inputs(replace(base, memory_mib=memory)),
+            root=tmp_path / "cache",
+        )
+        with e.build() as stage:
+            (stage / STATE).write_bytes(b"state")
+        os.utime(e.path, (1000 + n, 1000 + n))  # used in this order
+        paths.append(e)
+    current = paths[0]  # the oldest, but the one this rig uses
+    locked = paths[1]
+    with building(locked):
+        evict(current, keep=3)
+    assert [e.path.exists() for e in paths] == [True, True, False, True, True, True]
+    evict(current, keep=3)  # the lock is free now: 1 goes, 0 stays
+    assert [e.path.exists() for e in paths] == [True, False, False, True, True, True]
+
+
+def test_a_bad_budget_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(KEEP_ENV, "0")
+    with pytest.raises(UsageError, match=r"^\$RIG_SAVED_VMS '0': want a whole number"):
+        kept()
+    monkeypatch.setenv(KEEP_ENV, "4")
+    assert kept() == 4
+    monkeypatch.delenv(KEEP_ENV)
+    assert kept() == KEEP
