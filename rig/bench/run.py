@@ -359,6 +359,8 @@ def _config(opts: BenchOptions, log_dir: Path, **kw: Any) -> RigConfig:
     # the modprobe/rmmod loop (and make its rmmod fail while it holds mlx4_core).
     kw.setdefault("mlx4_en", False)
     kw.setdefault("clock", opts.clock)
+    # Fresh boots unless a figure asks for a saved VM: the boot figures are of both, by name.
+    kw.setdefault("boot", opts.boot or "fresh")
     return RigConfig(
         log_dir=log_dir,
         kernel=opts.kernel,
