@@ -23,15 +23,17 @@ from pathlib import Path
 import pytest
 
 from rig.instance import Instance
+from rig.rig import resolve_boot
 from tests.chaos.rigproc import RigProcess
 
 pytestmark = pytest.mark.chaos
 
 PHASES = {
-    "boot": "booting",
+    "boot": "",  # the rig's line for its boot mode: BOOT_LINES
     "fault": "injecting fault",
     "reads": "reading the snapshots",
 }
+BOOT_LINES = {"fresh": "booting", "saved": "resuming a saved"}
 EXIT_WITHIN = 2.0  # s from a kill to the rig's exit
 FIGURES: dict[str, object] = {}  # this test's figures, recorded by the `record` fixture
 
@@ -79,7 +81,9 @@ def test_a_signal_at_each_phase_tears_the_replay_down(
     tmp_path: Path, procs: list[RigProcess], record: None, signum: int, phase: str
 ) -> None:
     p, out = replay(tmp_path, procs)
-    step = p.await_line(PHASES[phase]).removeprefix("rig: ").removesuffix(" ...")
+    # The rig's boot mode: --rig-boot (exported as $RIG_BOOT), else the default.
+    text = PHASES[phase] or BOOT_LINES[resolve_boot(None)]
+    step = p.await_line(text).removeprefix("rig: ").removesuffix(" ...")
     children = p.children()  # QEMU and the model run (at boot: QEMU is booting)
     t0 = time.monotonic()
     p.send(signum)
