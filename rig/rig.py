@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import re
 import shlex
 import shutil
@@ -28,13 +27,13 @@ from types import TracebackType
 
 from cx3.client import ControlClient
 from cx3.pci import GATEWAY_ADDRESS
-from rig import cpus, signals
+from rig import cpus, settings, signals
 from rig.devicemodel import DeviceModel
 from rig.devlink import agent
 from rig.devlink.agent import NetlinkAgent
 from rig.devlink.channels import CliChannel, NetlinkChannel, open_channel
 from rig.devlink.cli import DevlinkCli
-from rig.errors import DeviceModelError, MachineError, RigError, UsageError
+from rig.errors import DeviceModelError, MachineError, RigError
 from rig.gcov import counters_dest, save_counters
 from rig.mlx4 import Mlx4
 from rig.process import owned_tempdir, sweep_tempdirs
@@ -66,12 +65,7 @@ BOOT_ENV = "RIG_BOOT"  # the boot mode when no option names one, as RIG_CLOCK is
 
 def resolve_boot(boot: str | None) -> str:
     """`boot`, else $RIG_BOOT, else DEFAULT_BOOT; UsageError naming a bad one."""
-    chosen, origin = (
-        (boot, "boot mode") if boot else (os.environ.get(BOOT_ENV) or DEFAULT_BOOT, f"${BOOT_ENV}")
-    )
-    if chosen not in BOOT_MODES:
-        raise UsageError(f"{origin} {chosen!r}: choose one of {', '.join(BOOT_MODES)}")
-    return chosen
+    return settings.choice(boot, "boot mode", BOOT_ENV, DEFAULT_BOOT, BOOT_MODES)
 
 
 # The kernel's words when mlx4_core's probe of a device fails (drivers/base/dd.c).

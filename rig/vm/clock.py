@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import subprocess
 from pathlib import Path
 
-from rig.errors import UsageError
+from rig import settings
 
 WARP = "warp"
 REAL = "real"
@@ -48,9 +47,7 @@ logger = logging.getLogger(__name__)
 def resolve(clock: str | None) -> str:
     """`clock`, else $RIG_CLOCK, else DEFAULT; UsageError naming a bad one (or, on warp, a
     bad $RIG_WARP_RATIO: before anything boots)."""
-    chosen, origin = (clock, "clock") if clock else (os.environ.get(ENV) or DEFAULT, f"${ENV}")
-    if chosen not in CLOCKS:
-        raise UsageError(f"{origin} {chosen!r}: choose one of {', '.join(CLOCKS)}")
+    chosen = settings.choice(clock, "clock", ENV, DEFAULT, CLOCKS)
     if chosen == WARP:
         ratio()
     return chosen
@@ -58,12 +55,7 @@ def resolve(clock: str | None) -> str:
 
 def ratio() -> int:
     """$RIG_WARP_RATIO, else RATIO; UsageError naming a bad one."""
-    text = os.environ.get(RATIO_ENV, "").strip()
-    if not text:
-        return RATIO
-    if not text.isdigit() or not 1 <= int(text) <= MAX_RATIO:
-        raise UsageError(f"${RATIO_ENV} {text!r}: a whole number from 1 to {MAX_RATIO}")
-    return int(text)
+    return settings.count(RATIO_ENV, RATIO, MAX_RATIO)
 
 
 def qemu_args(clock: str, paced: bool = True) -> list[str]:

@@ -35,8 +35,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from rig import settings
 from rig.cache import MANIFEST, CacheEntry, entry
-from rig.errors import MachineError, RigError, UsageError
+from rig.errors import MachineError, RigError
 from rig.provision.locking import building
 from rig.vm.machine import SAVE_CAPABILITIES, Machine, MachineConfig, RuntimePaths, qemu_command
 
@@ -280,12 +281,7 @@ def prune_stale(current: CacheEntry) -> None:
 
 def kept() -> int:
     """How many saved VMs the cache keeps: $RIG_SAVED_VMS, else KEEP; UsageError if bad."""
-    text = os.environ.get(KEEP_ENV, "").strip()
-    if not text:
-        return KEEP
-    if not text.isdigit() or int(text) < 1:
-        raise UsageError(f"${KEEP_ENV} {text!r}: want a whole number of saved VMs, at least 1")
-    return int(text)
+    return settings.count(KEEP_ENV, KEEP)
 
 
 def evict(current: CacheEntry, keep: int) -> None:

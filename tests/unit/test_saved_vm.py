@@ -210,7 +210,7 @@ def test_the_least_recently_used_saved_vms_go_beyond_the_budget(
 
 def test_a_bad_budget_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(KEEP_ENV, "0")
-    with pytest.raises(UsageError, match=r"^\$RIG_SAVED_VMS '0': want a whole number"):
+    with pytest.raises(UsageError, match=r"^\$RIG_SAVED_VMS '0': a whole number of at least 1$"):
         kept()
     monkeypatch.setenv(KEEP_ENV, "4")
     assert kept() == 4
