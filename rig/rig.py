@@ -38,6 +38,7 @@ from rig.gcov import counters_dest, save_counters
 from rig.mlx4 import Mlx4
 from rig.process import owned_tempdir, sweep_tempdirs
 from rig.progress import step
+from rig.provision.guestfiles import STDLIB_PYTHON
 from rig.provision.kcoverage import CoverageBuild, coverage_build
 from rig.provision.sshkeys import rig_key
 from rig.vm import clock as vmclock
@@ -599,4 +600,4 @@ def kmsg_wait_command(pattern: str, nth: int, from_now: bool = False) -> str:
         "            print(usec,'%.6f'%(time.time()-time.monotonic()),msg.strip())\n"
         "            break\n"
     )
-    return f"python3 -c {shlex.quote(script)}"
+    return f"{STDLIB_PYTHON} -c {shlex.quote(script)}"

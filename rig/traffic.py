@@ -41,7 +41,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from rig.errors import KernelFailure, MachineError, RigError
-from rig.provision.guestfiles import guest_program
+from rig.provision.guestfiles import STDLIB_PYTHON, guest_program
 from rig.vm.ssh import Background, Result
 
 if TYPE_CHECKING:
@@ -255,7 +255,7 @@ class Traffic:
             self.guest.sh(f"mkdir -p {Path(REMOTE).parent}", timeout=30)
             self.guest.put(SCRIPT, REMOTE)
             self._uploaded = True
-        res = self.guest.sh(f"python3 {REMOTE} {args}", timeout=timeout, check=False)
+        res = self.guest.sh(f"{STDLIB_PYTHON} {REMOTE} {args}", timeout=timeout, check=False)
         if res.status != 0:
             raise RigError(f"traffic_guest.py {args.split()[0]}: {res.stderr.strip()[-400:]}")
         reply: dict[str, Any] = json.loads(res.stdout.strip().splitlines()[-1])
@@ -388,7 +388,7 @@ class Traffic:
         # The shell prints its pid, then becomes `ip netns exec`, which becomes python3: the
         # pid to kill if the host gives up first.
         proc = self.guest.spawn(
-            f"echo $$; exec ip netns exec {ns} python3 {REMOTE} {args}",
+            f"echo $$; exec ip netns exec {ns} {STDLIB_PYTHON} {REMOTE} {args}",
         )
         pid = proc.readline(timeout=30)
         if pid is None or not pid.strip().isdigit():

@@ -26,7 +26,8 @@ def run_waiter(
     capsys: pytest.CaptureFixture[str],
     from_now: bool = False,
 ) -> str:
-    script = shlex.split(kmsg_wait_command(pattern, nth, from_now))[2]  # python3 -c SCRIPT
+    words = shlex.split(kmsg_wait_command(pattern, nth, from_now))  # python3 -S -c SCRIPT
+    script = words[words.index("-c") + 1]
     log = list(RECORDS)
     at = [0]  # the reader's place in the log
 
