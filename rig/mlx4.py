@@ -229,7 +229,7 @@ class Mlx4:
         patterns = [re.compile(re.escape(NETDEV_UP.format(name=n.name))) for n in netdevs]
         # Up lines that were on the console before that listing: the listing is the check.
         seen = self.rig.console.text[since:console_at]
-        if all(p.search(seen) for p in patterns) and self._all_up(netdevs):
+        if all(p.search(seen) for p in patterns) and not self._down(netdevs):
             return netdevs
         for n, pattern in zip(netdevs, patterns, strict=True):
             try:
@@ -237,14 +237,14 @@ class Mlx4:
             except RigError as e:
                 raise KernelFailure(f"{n.name} did not come up: {e}") from e
         netdevs = self.netdevs()
-        if not self._all_up(netdevs):
-            down = [n.name for n in netdevs if n.operstate != "up" or not n.carrier]
+        if down := self._down(netdevs):
             raise KernelFailure(f"netdevs not up with carrier: {down} ({netdevs})")
         return netdevs
 
     @staticmethod
-    def _all_up(netdevs: list[Netdev]) -> bool:
-        return all(n.operstate == "up" and n.carrier for n in netdevs)
+    def _down(netdevs: list[Netdev]) -> list[str]:
+        """The names of those not up with carrier."""
+        return [n.name for n in netdevs if n.operstate != "up" or not n.carrier]
 
     # --- regions -------------------------------------------------------------------------
 

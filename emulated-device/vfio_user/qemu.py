@@ -27,7 +27,7 @@ def device_arg(
 ) -> str:
     """`-device`'s value: JSON, so a socket path needs no escaping. `posted`: the device
     promises that no write changes a mapped region, so QEMU may post writes (a QEMU with
-    POSTED_WITH_MMAP only: see has_property). `config_dword`: the offset of a config dword
+    POSTED_WITH_MMAP only: see posts_with_mmap). `config_dword`: the offset of a config dword
     the device only latches on a write, which QEMU may post (POSTED_CONFIG_DWORD; 0: none)."""
     arg: dict[str, object] = {
         "driver": DEVICE,

@@ -172,28 +172,16 @@ def _ack_message(data: bytes | bytearray, offset: int, pos: int) -> str | None:
     length, _, flags = struct.unpack_from("=IHH", data, offset)
     if not flags & NLM_F_ACK_TLVS:
         return None
-    end = offset + length
-    while pos + 4 <= end:
-        nla_len, nla_type = struct.unpack_from("=HH", data, pos)
-        if nla_len < 4:
-            break
-        if nla_type & 0x3FFF == NLMSGERR_ATTR_MSG:
-            return bytes(data[pos + 4 : pos + nla_len]).rstrip(b"\0").decode(errors="replace")
-        pos += (nla_len + 3) & ~3
+    try:
+        for kind, start, stop in _attrs(data, pos, offset + length):
+            if kind == NLMSGERR_ATTR_MSG:
+                return bytes(data[start:stop]).rstrip(b"\0").decode(errors="replace")
+    except LookupError:  # a malformed TLV: the status alone still tells the error
+        pass
     return None
 
 
-NETLINK_GENERIC = 16
-SOL_NETLINK = 270
-NETLINK_EXT_ACK = 11
-NLMSG_ERROR = 2
-GENL_HDRLEN = 4
 NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED and NLA_F_NET_BYTEORDER
-RECV_BUFFER = 1 << 16  # netlink_dump() fills at most 32 KiB a recv
-DEVLINK_ATTR_REGION_CHUNKS = 93  # uapi positions, as in devlinkmsg.nla_map
-DEVLINK_ATTR_REGION_CHUNK = 94
-DEVLINK_ATTR_REGION_CHUNK_DATA = 95
-DEVLINK_ATTR_REGION_CHUNK_ADDR = 96
 
 
 def _attrs(data: bytes | bytearray, pos: int, end: int) -> Iterator[tuple[int, int, int]]:
@@ -204,6 +192,18 @@ def _attrs(data: bytes | bytearray, pos: int, end: int) -> Iterator[tuple[int, i
             raise LookupError(f"a netlink attribute of length {nla_len} at {pos} overruns")
         yield nla_type & NLA_TYPE_MASK, pos + 4, pos + nla_len
         pos += (nla_len + 3) & ~3
+
+
+NETLINK_GENERIC = 16
+SOL_NETLINK = 270
+NETLINK_EXT_ACK = 11
+NLMSG_ERROR = 2
+GENL_HDRLEN = 4
+RECV_BUFFER = 1 << 16  # netlink_dump() fills at most 32 KiB a recv
+DEVLINK_ATTR_REGION_CHUNKS = 93  # uapi positions, as in devlinkmsg.nla_map
+DEVLINK_ATTR_REGION_CHUNK = 94
+DEVLINK_ATTR_REGION_CHUNK_DATA = 95
+DEVLINK_ATTR_REGION_CHUNK_ADDR = 96
 
 
 def region_chunks(data: bytes | bytearray, pos: int, end: int) -> list[Chunk]:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import json
 import logging
@@ -38,7 +37,7 @@ from typing import Any
 from rig import settings
 from rig.cache import MANIFEST, CacheEntry, entry
 from rig.errors import MachineError, RigError
-from rig.provision.locking import building
+from rig.provision.locking import building, unless_building
 from rig.vm.machine import SAVE_CAPABILITIES, Machine, MachineConfig, RuntimePaths, qemu_command
 
 logger = logging.getLogger(__name__)
@@ -297,13 +296,10 @@ def evict(current: CacheEntry, keep: int) -> None:
     for path in entries[keep:]:
         if path == current.path:
             continue
-        with (root / f".{path.name}.lock").open("w") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue
-            logger.info(f"removing the least recently used saved VM (keeping {keep}): {path}")
-            shutil.rmtree(path, ignore_errors=True)
+        with unless_building(path) as held:
+            if held:
+                logger.info(f"removing the least recently used saved VM (keeping {keep}): {path}")
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def discard(saved: SavedVm, why: str) -> None:
