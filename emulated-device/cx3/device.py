@@ -158,7 +158,7 @@ class Cx3Device(Device):
             "intx_asserted": self.intx_asserted,
             "msix_enabled": self._ctx.msix_enabled(),
             "faults": self.faults.describe(),
-            "counts": dict(self.counts),
+            "counts": {**self.counts, "gateway_reads": self.pci.gateway_reads},
             "datapath": dict(self.datapath.counts),
             "crdumps": self.crdumps.next_index,
             "events": self.events.next_index,

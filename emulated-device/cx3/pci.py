@@ -91,6 +91,7 @@ class PciConfig:
     def __init__(self, cr: CrAccess) -> None:
         self._cfg, self._wmask = _initial_header()
         self._cr = cr
+        self.gateway_reads = 0  # CR-space dwords read through the gateway (mstflint's pciconf)
 
     def read(self, offset: int, size: int) -> bytes:
         self._check(offset, size)
@@ -114,6 +115,7 @@ class PciConfig:
         return value
 
     def _gateway_read(self) -> int:
+        self.gateway_reads += 1
         address = self.gateway_address
         if address % 4 or address + 4 > self._cr.size:
             return GATEWAY_BAD_ACCESS

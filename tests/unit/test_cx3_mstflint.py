@@ -84,6 +84,10 @@ def test_the_config_gateway_reads_and_writes_cr_space(model: Model) -> None:
         header = client.read(CONFIG_REGION, 0, 256)
         assert struct.unpack_from("<HH", header, 0) == (0x15B3, 0x1003)
         assert struct.unpack_from("<I", header, DATA)[0] == 0xBADACCE5  # address still 0x40002
+        # Each data read counted (the header read above covers the data dword too), so a test
+        # can tell which way mstflint came in; a BAR0 read does not count.
+        client.read(BAR0_REGION, 0xF0014, 4)
+        assert control.state()["counts"]["gateway_reads"] == 6
 
 
 def test_a_posted_address_write_is_seen_by_the_next_data_read(model: Model) -> None:
