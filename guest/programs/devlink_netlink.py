@@ -13,6 +13,7 @@ guest and runs it there (`python3 netlink.py regions`), printing JSON on stdout.
 from __future__ import annotations
 
 import argparse
+import base64
 import errno
 import importlib.util
 import json
@@ -23,6 +24,7 @@ import socket
 import struct
 import sys
 import types
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
@@ -227,6 +229,18 @@ def region_chunks(data: bytes | bytearray, pos: int, end: int) -> list[Chunk]:
                 raise LookupError("a region chunk without its address or its data")
             chunks.append(Chunk(addr, payload))
     return chunks
+
+
+def encode_chunks(chunks: list[Chunk]) -> dict[str, Any]:
+    """A READ reply for the host: each chunk's address and size, and their data joined and
+    deflated. The guest's sshd carries ~10 MB/s under TCG: a 1 MiB snapshot as hex took it
+    ~0.3 s, deflated it is a fraction (a dump is mostly zeros and repeats)."""
+    data = zlib.compress(b"".join(c.data for c in chunks), 1)
+    return {
+        "addrs": [c.addr for c in chunks],
+        "sizes": [len(c.data) for c in chunks],
+        "deflated": base64.b64encode(data).decode(),
+    }
 
 
 Answer = Callable[[str], dict[str, Any]]
@@ -533,7 +547,7 @@ def handle(client: RegionClient, req: dict[str, Any]) -> dict[str, Any]:
             chunks = client.read(
                 *handle_, snapshot, req.get("addr"), req.get("length"), bool(req.get("direct"))
             )
-            return {"result": [{"addr": c.addr, "data": c.data.hex()} for c in chunks]}
+            return {"result": encode_chunks(chunks)}
         if op == "del":
             client.delete(*handle_, snapshot)
             return {"result": {"deleted": snapshot}}

@@ -8,9 +8,11 @@ SSH instead, and starts one only if that fails.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -140,7 +142,7 @@ class NetlinkAgent:
         reply = self.call(
             "read", region=handle, snapshot=snapshot, addr=addr, length=length, direct=direct
         )
-        return [(c["addr"], bytes.fromhex(c["data"])) for c in reply]
+        return decode_chunks(reply)
 
     def read(
         self,
@@ -205,6 +207,25 @@ class NetlinkAgent:
         except (RigError, OSError, ValueError):
             self.close()  # the next request starts a new one
             raise
+
+
+def decode_chunks(reply: dict[str, Any]) -> list[tuple[int, bytes]]:
+    """The chunks of the agent's READ reply (devlink_netlink.encode_chunks)."""
+    try:
+        data = zlib.decompress(base64.b64decode(reply["deflated"], validate=True))
+        addrs, sizes = reply["addrs"], reply["sizes"]
+    except (KeyError, TypeError, ValueError, zlib.error) as e:
+        raise RigError(f"netlink agent: a read reply that does not decode: {e}") from None
+    if len(addrs) != len(sizes) or sum(sizes) != len(data):
+        raise RigError(
+            f"netlink agent: a read reply of {len(data)} bytes for {len(addrs)} addresses and "
+            f"{len(sizes)} sizes summing to {sum(sizes)}"
+        )
+    chunks, at = [], 0
+    for addr, size in zip(addrs, sizes, strict=True):
+        chunks.append((addr, data[at : at + size]))
+        at += size
+    return chunks
 
 
 def _region_info(r: dict[str, Any]) -> RegionInfo:

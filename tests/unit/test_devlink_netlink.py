@@ -20,9 +20,12 @@ from guest.programs.devlink_netlink import (
     Lines,
     dump_done_errno,
     dump_done_message,
+    encode_chunks,
     error_message,
     region_chunks,
 )
+from rig.devlink.agent import decode_chunks
+from rig.errors import RigError
 
 NLMSG_DONE = 3
 NLM_F_MULTI = 2
@@ -103,6 +106,17 @@ def test_a_read_reply_gives_its_chunks_in_order() -> None:
         Chunk(0x100, bytes(range(7))),
         Chunk(0x107, b"\xaa" * 256),
     ]
+
+
+def test_a_read_reply_crosses_to_the_host_chunk_for_chunk() -> None:
+    chunks = [Chunk(0x100, bytes(range(7))), Chunk(0x107, b""), Chunk(0x2000, os.urandom(256))]
+    reply = encode_chunks(chunks)
+    assert decode_chunks(reply) == [(c.addr, c.data) for c in chunks]
+    # The sizes must account for every byte.
+    with pytest.raises(RigError, match="7 bytes for 3 addresses and 3 sizes summing to 264"):
+        decode_chunks(encode_chunks(chunks[:2]) | {"sizes": [7, 0, 257], "addrs": [1, 2, 3]})
+    with pytest.raises(RigError, match="does not decode"):
+        decode_chunks({"addrs": [], "sizes": [], "deflated": "not base64!"})
 
 
 def test_a_chunk_without_its_address_is_an_error() -> None:
