@@ -70,6 +70,21 @@ class Netdev:
         }
 
 
+@dataclass(frozen=True)
+class CardState:
+    """The card as one guest command saw it (Mlx4._scan)."""
+
+    bdf: str
+    driver: str  # "" when none is bound
+    registered: bool  # devlink knows pci/<bdf> (when asked)
+    netdevs: list[Netdev] | None  # when asked
+    console_at: int  # the console's length before the command ran
+
+    @property
+    def handle(self) -> str:
+        return f"pci/{self.bdf}"
+
+
 @dataclass
 class FaultCycle:
     """One fault taken through the driver's error flow, as the rig saw it."""
@@ -122,39 +137,54 @@ class Mlx4:
     def pci_device(self) -> tuple[str, str]:
         """The emulated card's PCI address on the guest's bus and the driver bound to it
         ("" when none is); RigError if the guest has no such device."""
-        bdf, driver, _ = self._scan()
-        return bdf, driver
+        state = self._scan()
+        return state.bdf, state.driver
 
-    def _scan(self, devlink: bool = False) -> tuple[str, str, bool]:
-        """pci_device(), and with `devlink` whether devlink knows pci/<bdf>, in one command:
-        each SSH command costs ~0.15 s under TCG."""
-        # `read`, not `cat`: a fork per file cost ~2 s under TCG on a loaded host.
-        registered = (
-            ' && { devlink dev show "pci/${d##*/}" > /dev/null 2>&1 && echo devlink; }'
-            if devlink
-            else ""
-        )
+    def _scan(self, devlink: bool = False, netdevs: bool = False) -> CardState:
+        """The card, with whether devlink knows it and its netdevs as asked, in one command:
+        each SSH command costs ~0.1-0.3 s under TCG."""
+        # Shell builtins only (`read`, `cd -P`), no `cat` or `readlink`: under TCG a fork and
+        # exec costs ~20-50 ms, and a fork per file cost ~2 s on a loaded host.
+        then = ""
+        if devlink:
+            then += '; devlink dev show "pci/$b" > /dev/null 2>&1 && echo devlink'
+        if netdevs:
+            then += f"; {_listing('$b')}"
+        console_at = len(self.rig.console.text)
         res = self.rig.sh(
             "for d in /sys/bus/pci/devices/*; do read v < $d/vendor; read i < $d/device; "
-            '[ "$v:$i" = 0x15b3:0x1003 ] && echo ${d##*/} $(readlink $d/driver)'
-            f"{registered}; done; true"
+            '[ "$v:$i" = 0x15b3:0x1003 ] || continue; b=${d##*/}; drv=; '
+            'cd -P "$d/driver" 2>/dev/null && drv=${PWD##*/} && cd /; '
+            f"echo card $b $drv{then}; done; true"
         )
-        lines = res.stdout.strip().splitlines()
-        bdf, _, driver = (lines[0] if lines else "").partition(" ")
-        if not bdf:
+        lines = res.stdout.splitlines()
+        cards = [ln.split() for ln in lines if ln.startswith("card ")]
+        if not cards:
             raise RigError(f"no {CX3_PCI_ID} device on the guest's PCI bus")
-        return bdf, driver.rsplit("/", 1)[-1], lines[1:2] == ["devlink"]
+        bdf, driver = cards[0][1], (cards[0][2:] or [""])[0]
+        return CardState(
+            bdf,
+            driver,
+            "devlink" in lines,
+            _netdevs(lines) if netdevs else None,
+            console_at,
+        )
 
     def wait_bound(self) -> str:
-        """The devlink handle of the emulated device, which mlx4_core must have registered.
+        """The devlink handle of the emulated device, which mlx4_core must have registered."""
+        return self.bound().handle
+
+    def bound(self, netdevs: bool = False) -> CardState:
+        """The card, which mlx4_core must have bound and registered with devlink; with
+        `netdevs`, listed in the same command.
 
         modprobe probes synchronously: by the time it returns (at boot, the guest's init runs
         it before reporting ready) the driver has either bound the device or given up.
         """
-        bdf, driver, registered = self._scan(devlink=True)
-        if driver == "mlx4_core" and registered:
-            return f"pci/{bdf}"
-        raise KernelFailure(f"mlx4_core did not bind {bdf}: {self.complaint()}")
+        state = self._scan(devlink=True, netdevs=netdevs)
+        if state.driver == "mlx4_core" and state.registered:
+            return state
+        raise KernelFailure(f"mlx4_core did not bind {state.bdf}: {self.complaint()}")
 
     def complaint(self) -> str:
         """The driver's own words about why it is not working, from the kernel log."""
@@ -182,19 +212,21 @@ class Mlx4:
         rig.sh(f"modprobe mlx4_core {params}", timeout=180)
         if rig.config.mlx4_en:
             rig.sh("modprobe mlx4_en", timeout=180)  # as at boot: not left to the probe
-        self._bound_again()
-        self._netdevs_back(before, since)
+        self._netdevs_back(before, since, self._bound_again())
 
     def reload(self) -> None:
         before, since = self.netdevs(), len(self.rig.console.text)
         self.rig.sh(f"devlink dev reload {self.rig.dev_handle}", timeout=RELOAD_TIMEOUT)
-        self._bound_again()
-        self._netdevs_back(before, since)
+        self._netdevs_back(before, since, self._bound_again())
 
-    def _bound_again(self) -> None:
-        handle = self.wait_bound()
-        if handle != self.rig.dev_handle:
-            raise KernelFailure(f"the device came back as {handle}, was {self.rig.dev_handle}")
+    def _bound_again(self) -> CardState:
+        """bound() at the same address, its netdevs listed (for _netdevs_back)."""
+        state = self.bound(netdevs=True)
+        if state.handle != self.rig.dev_handle:
+            raise KernelFailure(
+                f"the device came back as {state.handle}, was {self.rig.dev_handle}"
+            )
+        return state
 
     # --- netdevs (mlx4_en) ----------------------------------------------------------------
 
@@ -203,27 +235,20 @@ class Mlx4:
         namespace they are: rig.traffic moves them into named ones (`ip netns`), where
         sysfs shows them only to a process that mounts it there (`ip netns exec` does)."""
         bdf = self.rig.dev_handle.split("/", 1)[1]
-        listing = shlex.quote(
-            f"cd /sys/bus/pci/devices/{bdf}/net 2>/dev/null && for n in *; do "
-            '[ -e "$n" ] && echo "$n $(cat $n/address) $(cat $n/operstate) '
-            '$(cat $n/carrier 2>/dev/null || echo 0) $0"; done; true'
-        )
-        out = self.rig.sh(
-            f'sh -c {listing} -; for p in /run/netns/*; do [ -e "$p" ] && '
-            f'ip netns exec "${{p##*/}}" sh -c {listing} "${{p##*/}}"; done; true'
-        ).stdout
-        found = [
-            Netdev(name, mac, state, carrier == "1", "" if ns == "-" else ns)
-            for name, mac, state, carrier, ns in (line.split() for line in out.splitlines())
-        ]
-        return sorted(found, key=lambda n: n.name)
+        return _netdevs(self.rig.sh(_listing(bdf)).stdout.splitlines())
 
-    def wait_netdevs_up(self, since: int = 0, timeout: float = RECOVERY_TIMEOUT) -> list[Netdev]:
+    def wait_netdevs_up(
+        self, since: int = 0, timeout: float = RECOVERY_TIMEOUT, listed: CardState | None = None
+    ) -> list[Netdev]:
         """Wait until every netdev of the card is up with carrier, as the guest's netup
         watcher reports it on the console (after console offset `since`; RigConfig.netdev_up
-        starts the watcher); KernelFailure if one is not."""
-        console_at = len(self.rig.console.text)
-        netdevs = self.netdevs()
+        starts the watcher); KernelFailure if one is not. `listed`: a scan that listed them
+        already (one SSH command fewer)."""
+        if listed is not None and listed.netdevs is not None:
+            console_at, netdevs = listed.console_at, listed.netdevs
+        else:
+            console_at = len(self.rig.console.text)
+            netdevs = self.netdevs()
         if not netdevs:
             raise KernelFailure(f"mlx4_en created no netdev: {self.complaint()}")
         patterns = [re.compile(re.escape(NETDEV_UP.format(name=n.name))) for n in netdevs]
@@ -322,7 +347,7 @@ class Mlx4:
                     )
                     if strict:
                         raise KernelFailure(cycle.missing) from e
-            self._await_recovery(cycle, reload, recovery)
+            listed = self._await_recovery(cycle, reload, recovery)
         finally:
             if recovery is not None:
                 recovery.close()
@@ -332,7 +357,7 @@ class Mlx4:
                 reload.close()
         if rig.device.state()["crdumps"] > crdumps:
             cycle.truth = rig.device.crdump(crdumps)
-        cycle.netdevs_after = self._netdevs_back(netdevs, console_at)
+        cycle.netdevs_after = self._netdevs_back(netdevs, console_at, listed)
         if expect_snapshots and strict:
             cycle.snapshot_id()
             if cycle.truth is None:
@@ -355,7 +380,7 @@ class Mlx4:
 
     def _await_recovery(
         self, cycle: FaultCycle, reload: Background | None, recovery: KmsgWaiter | None
-    ) -> None:
+    ) -> CardState:
         if recovery is not None:
             record = recovery.wait(RECOVERY_TIMEOUT)
             if "ret=0" not in record.message:
@@ -371,15 +396,17 @@ class Mlx4:
                 )
             cycle.recovery = "devlink dev reload: exit 0"
         cycle.t_recovered = time.monotonic()
-        self._bound_again()
+        return self._bound_again()
 
-    def _netdevs_back(self, before: list[Netdev], since: int) -> list[Netdev]:
+    def _netdevs_back(self, before: list[Netdev], since: int, listed: CardState) -> list[Netdev]:
         """After a reset the driver re-creates its netdevs: the same names and MACs must come
-        back, and those that were up must be up again with carrier."""
+        back, and those that were up must be up again with carrier. `listed`: the scan that
+        found the driver bound again, with its netdevs."""
         if self.rig.config.netdev_up and any(n.operstate == "up" for n in before):
-            after = self.wait_netdevs_up(since)
+            after = self.wait_netdevs_up(since, listed=listed)
         else:
-            after = self.netdevs()
+            assert listed.netdevs is not None
+            after = listed.netdevs
         was = [(n.name, n.mac) for n in before]
         now = [(n.name, n.mac) for n in after]
         if was != now:
@@ -401,3 +428,32 @@ class Mlx4:
 def regions_of(regions: list[RegionInfo], dev: str) -> dict[str, RegionInfo]:
     """The regions of device `dev` (a devlink handle), by name."""
     return {r.handle.rsplit("/", 1)[-1]: r for r in regions if r.handle.startswith(dev + "/")}
+
+
+def _listing(bdf: str) -> str:
+    """A guest command listing the netdevs of the card at `bdf` (a word the shell expands,
+    e.g. "$b"), one "netdev NAME MAC OPERSTATE CARRIER NETNS" line each ("-": the initial
+    namespace), in every namespace. Builtins only in the initial namespace (no fork)."""
+    listing = (
+        'cd "/sys/bus/pci/devices/$bdf/net" 2>/dev/null && for n in *; do '
+        '[ -e "$n" ] || continue; read a < $n/address; read o < $n/operstate; '
+        # carrier cannot be read while the netdev is down (EINVAL)
+        "read c < $n/carrier 2>/dev/null || c=0; "
+        'echo "netdev $n $a $o $c $ns"; done; cd /'
+    )
+    in_netns = shlex.quote(f"ns=$0 bdf=$1; {listing}")
+    return (
+        f'ns=- bdf="{bdf}"; {listing}; for p in /run/netns/*; do [ -e "$p" ] && '
+        f'ip netns exec "${{p##*/}}" sh -c {in_netns} "${{p##*/}}" "{bdf}"; done; true'
+    )
+
+
+def _netdevs(lines: list[str]) -> list[Netdev]:
+    """The netdevs in _listing's lines, in name order."""
+    found = [
+        Netdev(name, mac, state, carrier == "1", "" if ns == "-" else ns)
+        for _, name, mac, state, carrier, ns in (
+            ln.split() for ln in lines if ln.startswith("netdev ")
+        )
+    ]
+    return sorted(found, key=lambda n: n.name)

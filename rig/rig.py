@@ -298,10 +298,12 @@ class Rig:
     def _driver_ready(self) -> None:
         """Wait for the driver's device (and its netdevs up), as the config asks."""
         if self.config.with_device and self.config.load_driver:
-            self.dev_handle = self.mlx4.wait_bound()
+            up = self.config.mlx4_en and self.config.netdev_up
+            state = self.mlx4.bound(netdevs=up)  # listed in the same command
+            self.dev_handle = state.handle
             self.timings.marks["bound"] = time.monotonic()
-            if self.config.mlx4_en and self.config.netdev_up:
-                self.mlx4.wait_netdevs_up()
+            if up:
+                self.mlx4.wait_netdevs_up(listed=state)
                 self.timings.marks["netdevs_up"] = time.monotonic()
 
     def _kernel_args(self) -> tuple[str, ...]:
