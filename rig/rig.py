@@ -315,8 +315,9 @@ class Rig:
         return args
 
     def stop(self, graceful: bool = True) -> None:
-        """Save the guest's and the device's logs, then tear everything down (always). Not
-        `graceful`: no power-off first (after an error or a signal, QEMU is told to quit).
+        """Save the guest's and the device's logs, then tear everything down (always): QEMU
+        is told to quit (the guest's disk is a throw-away overlay: Machine.shutdown). Not
+        `graceful` (after an error or a signal): shorter waits for the logs.
         A signal that comes meanwhile is held until the teardown is done (rig.signals)."""
         with signals.deferred():
             self._stop(graceful)
