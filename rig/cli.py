@@ -1,7 +1,7 @@
 """The `rig` command: the parser, and one exit policy for every subcommand.
 
-Each subcommand lives in rig/commands/<name>.py with an `add_parser(sub)` registered in
-SUBCOMMANDS. Exit status, the same everywhere: 0 the kernel under test passed, 1 it failed,
+Each subcommand lives in rig/commands/<name>.py with an `add_parser(sub)`, named in
+COMMANDS. Exit status, the same everywhere: 0 the kernel under test passed, 1 it failed,
 2 the rig or its input failed (rig.errors documents the tree), 128 + N when signal N ended it
 (130 SIGINT, 143 SIGTERM, 129 SIGHUP: rig.signals; the VM and the device model are torn down
 and a replay's report.json written first); a command that runs a guest command (`rig run`,
@@ -12,6 +12,7 @@ follow), never a traceback (RIG_DEBUG=1 shows one for errors the rig did not for
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -20,36 +21,36 @@ from collections.abc import Sequence
 
 from cx3.client import ControlError
 from rig import signals
-from rig.commands import (
-    bench,
-    build_kernel,
-    coverage,
-    interactive,
-    matrix,
-    replay,
-    run,
-    setup,
-    traffic,
-    validate,
-)
 from rig.commands.options import Parser
 from rig.errors import RigError
 
-SUBCOMMANDS = (
-    setup.add_parser,
-    run.add_parser,
-    replay.add_parser,
-    interactive.add_parsers,
-    build_kernel.add_parser,
-    coverage.add_parser,
-    validate.add_parser,
-    matrix.add_parser,
-    bench.add_parser,
-    traffic.add_parser,
-)
+# Each subcommand by the module in rig/commands/ that registers it (its add_parser or
+# add_parsers), in `rig --help`'s order. Only the module of the command asked for is imported:
+# all of them cost every run ~0.15 s (bench, matrix, kbuild). tests/unit/test_cli_table.py
+# keeps this table and the modules in step.
+COMMANDS = {
+    "setup": "setup",
+    "run": "run",
+    "replay": "replay",
+    "up": "interactive",
+    "down": "interactive",
+    "sh": "interactive",
+    "devlink": "interactive",
+    "link": "interactive",
+    "load": "interactive",
+    "truth": "interactive",
+    "fault": "interactive",
+    "build-kernel": "build_kernel",
+    "coverage": "coverage",
+    "validate": "validate",
+    "matrix": "matrix",
+    "bench": "bench",
+    "traffic": "traffic",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with `command` (a subcommand's name), only that command's module's."""
     # Subcommands' parsers are of the same class: each usage error is one line.
     parser: argparse.ArgumentParser = Parser(
         prog="rig",
@@ -59,9 +60,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
     sub = parser.add_subparsers(dest="subcommand", required=True, metavar="COMMAND")
-    for add in SUBCOMMANDS:
-        add(sub)
+    modules = [COMMANDS[command]] if command in COMMANDS else dict.fromkeys(COMMANDS.values())
+    for name in modules:
+        module = importlib.import_module(f"rig.commands.{name}")
+        (getattr(module, "add_parsers", None) or module.add_parser)(sub)
     return parser
+
+
+def _command(argv: Sequence[str]) -> str | None:
+    """The subcommand named in `argv` (after the global options), if any."""
+    for arg in argv:
+        if arg not in ("-q", "--quiet"):
+            return None if arg.startswith("-") else arg
+    return None
 
 
 def _show_progress(quiet: bool) -> None:
@@ -84,7 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    args = build_parser().parse_args(argv)  # usage errors: argparse's line, exit 2
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(_command(argv)).parse_args(argv)  # usage errors: one line, exit 2
     _show_progress(args.quiet)
     try:
         status: int = args.func(args)
