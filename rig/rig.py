@@ -30,7 +30,7 @@ from cx3.pci import GATEWAY_ADDRESS
 from rig import cpus, settings, signals
 from rig.devicemodel import DeviceModel
 from rig.devlink import agent
-from rig.devlink.agent import NetlinkAgent
+from rig.devlink.agent import KmsgRecord, NetlinkAgent
 from rig.devlink.channels import CliChannel, NetlinkChannel, open_channel
 from rig.devlink.cli import DevlinkCli
 from rig.errors import DeviceModelError, MachineError, RigError
@@ -38,7 +38,6 @@ from rig.gcov import counters_dest, save_counters
 from rig.mlx4 import Mlx4
 from rig.process import owned_tempdir, sweep_tempdirs
 from rig.progress import step
-from rig.provision.guestfiles import STDLIB_PYTHON
 from rig.provision.kcoverage import CoverageBuild, coverage_build
 from rig.provision.sshkeys import rig_key
 from rig.vm import clock as vmclock
@@ -496,24 +495,13 @@ class Rig:
     def wait_kmsg(self, pattern: str, nth: int = 1, timeout: float = 60.0) -> str:
         """Block until the guest kernel logs `pattern` (a plain substring) for the nth time;
         the message."""
-        return self.wait_kmsg_record(pattern, nth, timeout).message
+        message: str = self.wait_kmsg_record(pattern, nth, timeout).message
+        return message
 
     def wait_kmsg_record(self, pattern: str, nth: int = 1, timeout: float = 60.0) -> KmsgRecord:
-        """wait_kmsg, with the record's time on the guest's clocks."""
-        out = self.sh(kmsg_wait_command(pattern, nth), timeout=timeout).stdout.strip()
-        return KmsgRecord.parse(out)
-
-    def kmsg_waiter(self, pattern: str) -> KmsgWaiter:
-        """Listen for the next kernel log record holding `pattern`; returns once listening.
-        Start it before the event: its Python start-up then costs the guest no CPU while
-        the event runs (a catas's reset sleeps, and on the warped clock an idle guest's
-        sleep is cheap, a busy one's is not: docs/clock.md)."""
-        proc = self.spawn(kmsg_wait_command(pattern, 1, from_now=True))
-        line = proc.readline(timeout=60)
-        if line != "listening":
-            proc.close()
-            raise RigError(f"the guest's kernel log waiter said {line!r}: {proc.stderr()[-300:]}")
-        return KmsgWaiter(proc)
+        """wait_kmsg, with the record's time on the guest's clocks (the netlink agent reads
+        the guest's /dev/kmsg)."""
+        return self.netlink.kmsg(pattern, nth, timeout)
 
     def _save_counters(self, build: CoverageBuild, graceful: bool) -> None:
         try:
@@ -534,73 +522,3 @@ class Rig:
         with (self.log_dir / "device-events.jsonl").open("w") as f:
             for event in page.events:
                 f.write(json.dumps(event) + "\n")
-
-
-@dataclass(frozen=True)
-class KmsgRecord:
-    """A kernel log record, as the guest's waiter (kmsg_wait_command) saw it."""
-
-    message: str
-    printk_s: float  # its printk time: seconds since boot on the kernel's local_clock
-    realtime_s: float  # the same instant on the guest's CLOCK_REALTIME (the stream gaps' clock)
-
-    @classmethod
-    def parse(cls, line: str) -> KmsgRecord:
-        usec, realtime_minus_monotonic, *message = line.split(" ", 2)
-        try:
-            printk_s = int(usec) / 1e6
-            # local_clock and CLOCK_MONOTONIC both count from boot on the TSC.
-            realtime_s = printk_s + float(realtime_minus_monotonic)
-        except ValueError:
-            raise RigError(f"the guest's kernel log waiter printed {line!r}") from None
-        return cls(message[0] if message else "", printk_s, realtime_s)
-
-
-class KmsgWaiter:
-    """A guest's kernel log waiter listening for one record (Rig.kmsg_waiter)."""
-
-    def __init__(self, proc: Background) -> None:
-        self._proc = proc
-
-    def wait(self, timeout: float) -> KmsgRecord:
-        line = self._proc.readline(timeout)
-        if line is None:
-            raise RigError(f"the guest's kernel log waiter ended: {self._proc.stderr()[-300:]}")
-        return KmsgRecord.parse(line.strip())
-
-    def close(self) -> None:
-        self._proc.close()
-
-
-def kmsg_wait_command(pattern: str, nth: int, from_now: bool = False) -> str:
-    """A guest command that blocks until the kernel log holds `pattern` for the nth time.
-
-    /dev/kmsg replays the log from boot and then blocks for new records, so this waits for
-    the event itself instead of polling dmesg. One read() returns one record and needs a
-    large buffer (awk and friends get EINVAL), hence Python. A record is "prefix;message"
-    plus continuation lines (" SUBSYSTEM=pci", " DEVICE=+pci:..."): only the message counts.
-    Prints KmsgRecord's line: the prefix's printk time (µs), CLOCK_REALTIME minus
-    CLOCK_MONOTONIC, the message. from_now: skip the log so far, print "listening", and
-    count from there.
-    """
-    skip = "os.lseek(fd,0,os.SEEK_END)\nprint('listening',flush=True)\n" if from_now else ""
-    script = (
-        "import os,sys,time\n"
-        "fd=os.open('/dev/kmsg',os.O_RDONLY)\n"
-        f"{skip}"
-        "seen=0\n"
-        "while True:\n"
-        "    try:\n"
-        "        rec=os.read(fd,65536).decode(errors='replace')\n"
-        "    except BrokenPipeError:\n"
-        "        continue\n"  # EPIPE: records were overwritten while we read; go on
-        "    head,_,body=rec.partition(';')\n"
-        "    msg=body.split('\\n',1)[0]\n"
-        f"    if {pattern!r} in msg:\n"
-        "        seen+=1\n"
-        f"        if seen=={nth}:\n"
-        "            usec=head.split(',')[2]\n"
-        "            print(usec,'%.6f'%(time.time()-time.monotonic()),msg.strip())\n"
-        "            break\n"
-    )
-    return f"{STDLIB_PYTHON} -c {shlex.quote(script)}"

@@ -23,6 +23,7 @@ import signal
 import socket
 import struct
 import sys
+import time
 import types
 import zlib
 from collections.abc import Callable, Iterator
@@ -246,6 +247,68 @@ def encode_chunks(chunks: list[Chunk]) -> dict[str, Any]:
 Answer = Callable[[str], dict[str, Any]]
 
 
+def kmsg_line(record: bytes, pattern: str) -> str | None:
+    """The rig's line for a /dev/kmsg record whose message holds `pattern` (else None):
+    its printk time in µs, the guest's CLOCK_REALTIME minus CLOCK_MONOTONIC now, the message
+    (rig.rig.KmsgRecord parses it). A record is "prefix;message" plus dictionary lines
+    (" SUBSYSTEM=pci", " DEVICE=+pci:..."): only the message counts."""
+    head, _, body = record.decode(errors="replace").partition(";")
+    message = body.split("\n", 1)[0]
+    if pattern not in message:
+        return None
+    usec = head.split(",")[2]
+    return f"{usec} {time.time() - time.monotonic():.6f} {message.strip()}"
+
+
+class KernelLog:
+    """/dev/kmsg, for the nth record holding a pattern: from boot (the device replays the
+    log, then blocks for new records), or from now. One read() returns one record and needs
+    a large buffer (hence not a line reader)."""
+
+    def __init__(self, pattern: str, nth: int = 1, from_now: bool = True) -> None:
+        self.pattern = pattern
+        self.left = nth
+        self.fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
+        if from_now:
+            os.lseek(self.fd, 0, os.SEEK_END)  # the records before do not count
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def found(self) -> str | None:
+        """kmsg_line of the nth matching record, once it has come (else None: select on
+        this for more)."""
+        while True:
+            try:
+                record = os.read(self.fd, 65536)
+            except BlockingIOError:
+                return None
+            except BrokenPipeError:  # EPIPE: records were overwritten while we read; go on
+                continue
+            if (line := kmsg_line(record, self.pattern)) is not None:
+                self.left -= 1
+                if not self.left:
+                    return line
+
+    def wait(self) -> str:
+        """Block until found()."""
+        while (line := self.found()) is None:
+            select.select([self], [], [])
+        return line
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def kmsg_wait(pattern: str, nth: int) -> str:
+    """kmsg_line of the nth record since boot holding `pattern`, once the kernel logs it."""
+    log = KernelLog(pattern, nth, from_now=False)
+    try:
+        return log.wait()
+    finally:
+        log.close()
+
+
 class RegionClient:
     """REGION_GET / READ / NEW / DEL, and REGION_NEW/DEL notifications."""
 
@@ -382,26 +445,46 @@ class RegionClient:
         self._request("region new", DEVLINK_CMD_REGION_NEW, attrs, NLM_F_REQUEST | NLM_F_ACK)
 
     def watch(
-        self, count: int, serving: tuple[Lines, Answer] | None = None, out: TextIO | None = None
+        self,
+        count: int,
+        serving: tuple[Lines, Answer] | None = None,
+        out: TextIO | None = None,
+        kmsg: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Print the next `count` region notifications, one JSON line each, and return them.
+        """Print the next `count` region notifications, one JSON line each, and return them;
+        with `kmsg`, also the first kernel log record from now that holds it, as
+        {"kmsg": kmsg_line(...)} (the driver's recovery line after a catas: no second
+        program to start in the guest), and go on until both have come.
         While serving (the request lines and how to answer one), requests keep being answered
         meanwhile, and {"op": "unwatch"} (or the host's hang-up) ends the watch early.
 
         On a socket of its own, joined to the `config` group only for the watch: requests
         on `self.sock` must not meet notifications."""
         sock = GenericNetlinkSocket()
+        log = KernelLog(kmsg) if kmsg is not None else None
         try:
             sock.bind("devlink", devlinkmsg)
             sock.add_membership(DEVLINK_GENL_MCGRP_CONFIG)
             _say(out, {"listening": True})  # tells the host it may act now
             events: list[dict[str, Any]] = []
-            while len(events) < count:
-                if serving is not None and serving[0].wait_readable(sock):
-                    line = serving[0].readline()
-                    if line is None or _op(line) == "unwatch":
-                        break
-                    _say(out, serving[1](line))
+            while len(events) < count or log is not None:
+                sources: list[Any] = [sock] if len(events) < count else []
+                if log is not None:
+                    sources.append(log)
+                if serving is not None:
+                    if serving[0].wait_readable(*sources):
+                        line = serving[0].readline()
+                        if line is None or _op(line) == "unwatch":
+                            break
+                        _say(out, serving[1](line))
+                        continue
+                else:
+                    select.select(sources, [], [])
+                if log is not None and (found := log.found()) is not None:
+                    _say(out, {"kmsg": found})
+                    log.close()
+                    log = None
+                if len(events) >= count or not _readable(sock):
                     continue
                 for m in sock.get():
                     cmd = m["cmd"]
@@ -420,6 +503,13 @@ class RegionClient:
             return events
         finally:
             sock.close()
+            if log is not None:
+                log.close()
+
+
+def _readable(sock: Any) -> bool:
+    """Whether `sock` has something to read now."""
+    return bool(select.select([sock], [], [], 0)[0])
 
 
 def _say(out: TextIO | None, reply: dict[str, Any]) -> None:
@@ -463,12 +553,12 @@ class Lines:
         line, _, self.buf = self.buf.partition(b"\n")
         return line.decode()
 
-    def wait_readable(self, other: Any) -> bool:
-        """Block until `other` (a socket) or these lines have something; whether a line
-        has come (or the end: the host hung up)."""
+    def wait_readable(self, *others: Any) -> bool:
+        """Block until one of `others` (sockets, files) or these lines have something;
+        whether a line has come (or the end: the host hung up)."""
         if self.has_line() or self.eof:
             return True
-        ready, _, _ = select.select([self.fd, other], [], [])
+        ready, _, _ = select.select([self.fd, *others], [], [])
         if self.fd in ready:
             self._fill()
         return self.has_line() or self.eof
@@ -515,6 +605,7 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--port", type=int, required=True)
     sp = sub.add_parser("watch")
     sp.add_argument("--count", type=int, default=1)
+    sp.add_argument("--kmsg", help="also the first kernel log record from now holding this")
     args = ap.parse_args(argv)
 
     if args.op == "listen":
@@ -524,7 +615,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.op == "serve":
             return serve(client)
         if args.op == "watch":
-            client.watch(args.count)
+            client.watch(args.count, kmsg=args.kmsg)
             return 0
         reply = handle(client, vars(args))
     finally:
@@ -539,6 +630,8 @@ def handle(client: RegionClient, req: dict[str, Any]) -> dict[str, Any]:
     try:
         if op == "regions":
             return {"result": [asdict(r) for r in client.regions()]}
+        if op == "kmsg":
+            return {"result": kmsg_wait(str(req["pattern"]), int(req.get("nth", 1)))}
         handle_ = _split(str(req.get("region", "")))
         snapshot = req.get("snapshot")
         if op == "show":
@@ -569,8 +662,10 @@ def serve(client: RegionClient, lines: Lines | None = None, out: TextIO | None =
 
     {"op": "watch", "count": N} answers {"listening": true}, then prints each notification
     ({"cmd": ...}) as it comes while requests keep being answered, and ends with
-    {"watched": [...]} after N notifications or at {"op": "unwatch"}. An unwatch that comes
-    after the watch ended (it raced the last notification) is not answered."""
+    {"watched": [...]} after N notifications or at {"op": "unwatch"}. With "kmsg": TEXT it
+    also prints {"kmsg": ...} for the first kernel log record holding TEXT, and ends only once
+    that has come too. An unwatch that comes after the watch ended (it raced the last
+    notification) is not answered."""
     _say(out, {"ready": True})
     lines = lines or Lines(sys.stdin.fileno())
 
@@ -590,8 +685,11 @@ def serve(client: RegionClient, lines: Lines | None = None, out: TextIO | None =
         if op == "unwatch":
             continue
         if op == "watch":
-            count = json.loads(line).get("count", 1)
-            reply = {"watched": client.watch(int(count), serving=(lines, answer), out=out)}
+            req = json.loads(line)
+            events = client.watch(
+                int(req.get("count", 1)), serving=(lines, answer), out=out, kmsg=req.get("kmsg")
+            )
+            reply = {"watched": events}
         else:
             reply = answer(line)
         _say(out, reply)

@@ -11,9 +11,11 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import shlex
 import time
 import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,26 @@ def saved_service() -> GuestService:
         f"setsid python3 {REMOTE} listen --port {PORT} < /dev/null > /dev/null 2>&1 &",
         PORT,
     )
+
+
+@dataclass(frozen=True)
+class KmsgRecord:
+    """A kernel log record, as the agent's watch saw it (devlink_netlink.kmsg_line)."""
+
+    message: str
+    printk_s: float  # its printk time: seconds since boot on the kernel's local_clock
+    realtime_s: float  # the same instant on the guest's CLOCK_REALTIME (the stream gaps' clock)
+
+    @classmethod
+    def parse(cls, line: str) -> KmsgRecord:
+        usec, realtime_minus_monotonic, *message = line.split(" ", 2)
+        try:
+            printk_s = int(usec) / 1e6
+            # local_clock and CLOCK_MONOTONIC both count from boot on the TSC.
+            realtime_s = printk_s + float(realtime_minus_monotonic)
+        except ValueError:
+            raise RigError(f"the netlink agent's kernel log line is {line!r}") from None
+        return cls(message[0] if message else "", printk_s, realtime_s)
 
 
 class NetlinkError(RigError):
@@ -103,20 +125,20 @@ class NetlinkAgent:
         self._server = None
         self._watch = None
 
-    def _reply(self, server: Background) -> dict[str, Any]:
+    def _reply(self, server: Background, timeout: float | None = None) -> dict[str, Any]:
         """The server's next line; its end stops it (close) and raises."""
-        line = server.readline(timeout=self.timeout)
+        line = server.readline(timeout=self.timeout if timeout is None else timeout)
         if line is None:
             self.close()
             raise RigError(f"netlink agent ended: {server.stderr().strip()[-400:]}")
         reply: dict[str, Any] = json.loads(line)
         return reply
 
-    def call(self, op: str, **args: Any) -> Any:
+    def call(self, op: str, _timeout: float | None = None, **args: Any) -> Any:
         server = self._start()
         server.write(json.dumps({"op": op, **args}).encode() + b"\n")
         while True:  # a running watch's lines may come before the reply: they are its own
-            reply = self._reply(server)
+            reply = self._reply(server, _timeout)
             if self._watch is None or not self._watch.take(reply):
                 break
         if "error" in reply:
@@ -125,6 +147,11 @@ class NetlinkAgent:
 
     def regions(self) -> list[RegionInfo]:
         return [_region_info(r) for r in self.call("regions")]
+
+    def kmsg(self, pattern: str, nth: int = 1, timeout: float | None = None) -> KmsgRecord:
+        """The nth kernel log record since boot holding `pattern` (a plain substring), once
+        the guest's kernel has logged it."""
+        return KmsgRecord.parse(self.call("kmsg", _timeout=timeout, pattern=pattern, nth=nth))
 
     def region(self, handle: str) -> RegionInfo:
         """REGION_GET of one region: unknown names fail as the kernel says."""
@@ -162,8 +189,10 @@ class NetlinkAgent:
     def new(self, handle: str, snapshot: int | None = None) -> None:
         self.call("new", region=handle, snapshot=snapshot)
 
-    def watch(self, count: int) -> RegionWatch:
-        """Start listening for `count` REGION_NEW/DEL notifications; returns once listening.
+    def watch(self, count: int, kmsg: str | None = None) -> RegionWatch:
+        """Start listening for `count` REGION_NEW/DEL notifications and, with `kmsg`, the
+        first kernel log record from now that holds it (RegionWatch.kmsg); returns once
+        listening.
 
         The agent's own server listens, and answers requests meanwhile: no second Python
         start-up in the guest (seconds of guest CPU that, before a fault, delay it). An agent
@@ -171,15 +200,17 @@ class NetlinkAgent:
         devlink's multicast group may need privileges that user lacks."""
         if self.as_user:
             self._ensure_uploaded()
-            bg = self.ssh.start(f"python3 {REMOTE} watch --count {count}")
+            also = f" --kmsg {shlex.quote(kmsg)}" if kmsg is not None else ""
+            bg = self.ssh.start(f"python3 {REMOTE} watch --count {count}{also}")
             self._await(bg, {"listening": True}, "netlink watcher", bg.close)
-            return RegionWatch(bg, count, bg.close)
+            return RegionWatch(bg, count, bg.close, kmsg is not None)
         if self._watch is not None:
             raise RigError("netlink watch: the agent is already watching")
         server = self._start()
-        server.write(json.dumps({"op": "watch", "count": count}).encode() + b"\n")
+        request = {"op": "watch", "count": count, "kmsg": kmsg}
+        server.write(json.dumps(request).encode() + b"\n")
         self._await(server, {"listening": True}, "netlink agent's watch", self.close)
-        watch = RegionWatch(server, count, lambda: self._end_watch(watch))
+        watch = RegionWatch(server, count, lambda: self._end_watch(watch), kmsg is not None)
         self._watch = watch
         return watch
 
@@ -236,15 +267,20 @@ def _region_info(r: dict[str, Any]) -> RegionInfo:
 
 
 class RegionWatch:
-    """Region notifications as the guest's netlink socket receives them: lines of the agent's
-    output ({"cmd": ...} each; {"watched": [...]} at the end), read by `next` or, when they
-    come before a request's reply, kept by `take` for `next`."""
+    """Region notifications as the guest's netlink socket receives them, and the kernel log
+    record asked for: lines of the agent's output ({"cmd": ...} each, {"kmsg": ...} once;
+    {"watched": [...]} at the end), read by `next` and `kmsg` or, when they come before a
+    request's reply, kept by `take` for them."""
 
-    def __init__(self, bg: Background, count: int, end: Callable[[], None]) -> None:
+    def __init__(
+        self, bg: Background, count: int, end: Callable[[], None], kmsg: bool = False
+    ) -> None:
         self._bg = bg
         self._count = count
         self._end = end
         self._pending: list[dict[str, Any]] = []
+        self._kmsg_wanted = kmsg
+        self._kmsg: str | None = None
         self.events: list[dict[str, Any]] = []
         self.ended = False  # the guest's watch is over
 
@@ -252,6 +288,8 @@ class RegionWatch:
         """Whether `line` is this watch's (and then kept)."""
         if "cmd" in line:
             self._pending.append(line)
+        elif "kmsg" in line:
+            self._kmsg = str(line["kmsg"])
         elif "watched" in line:
             self.ended = True
         else:
@@ -259,19 +297,30 @@ class RegionWatch:
         return True
 
     def complete(self) -> bool:
-        return len(self.events) + len(self._pending) >= self._count
+        have = len(self.events) + len(self._pending) >= self._count
+        return have and (self._kmsg is not None or not self._kmsg_wanted)
 
     def next(self, timeout: float) -> dict[str, Any]:
+        """The next notification."""
+        self._until(lambda: bool(self._pending), timeout)
+        event = self._pending.pop(0)
+        self.events.append(event)
+        return event
+
+    def kmsg(self, timeout: float) -> KmsgRecord:
+        """The kernel log record asked for (watch(kmsg=...))."""
+        self._until(lambda: self._kmsg is not None, timeout)
+        assert self._kmsg is not None
+        return KmsgRecord.parse(self._kmsg)
+
+    def _until(self, done: Callable[[], bool], timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        while not self._pending:
+        while not done():
             line = None if self.ended else self._bg.readline(max(0.0, deadline - time.monotonic()))
             if line is None:
                 raise RigError(f"netlink watcher ended: {self._bg.stderr().strip()[-400:]}")
             if not self.take(json.loads(line)):
-                raise RigError(f"netlink watcher: not a notification: {line.strip()[:200]}")
-        event = self._pending.pop(0)
-        self.events.append(event)
-        return event
+                raise RigError(f"netlink watcher: not its line: {line.strip()[:200]}")
 
     def close(self) -> None:
         self._end()

@@ -1,15 +1,17 @@
-"""The guest-side kernel-log waiter: it counts kernel messages, never their dictionaries."""
+"""The netlink agent's kernel-log reader (guest/programs/devlink_netlink.py's KernelLog): it
+counts kernel messages, never their dictionaries; and the host's reading of its line."""
 
 from __future__ import annotations
 
 import os
-import shlex
+import select
 import time
 
 import pytest
 
+from guest.programs import devlink_netlink as agent
+from rig.devlink.agent import KmsgRecord
 from rig.errors import RigError
-from rig.rig import KmsgRecord, kmsg_wait_command
 
 RECORDS = [
     # /dev/kmsg records: "prefix;message", then dictionary lines that start with a space
@@ -19,62 +21,52 @@ RECORDS = [
 ]
 
 
-def run_waiter(
-    pattern: str,
-    nth: int,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    from_now: bool = False,
-) -> str:
-    words = shlex.split(kmsg_wait_command(pattern, nth, from_now))  # python3 -S -c SCRIPT
-    script = words[words.index("-c") + 1]
+@pytest.fixture
+def kmsg(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """A fake /dev/kmsg holding RECORDS: each read() one record, then EAGAIN; after
+    lseek(END) only the last record is still to come."""
     log = list(RECORDS)
-    at = [0]  # the reader's place in the log
+    at = [0]
 
     def read(fd: int, size: int) -> bytes:
+        assert fd == 99 and size >= 4096
+        if at[0] == len(log):
+            raise BlockingIOError
         at[0] += 1
         return log[at[0] - 1]
 
     def lseek(fd: int, pos: int, whence: int) -> int:
         assert (pos, whence) == (0, os.SEEK_END)
-        at[0] = len(log) - 1  # as if the last record came after the waiter listened
+        at[0] = len(log) - 1  # as if the last record came after the reader listened
         return 0
 
-    with monkeypatch.context() as m:
-        m.setattr(time, "time", lambda: 1000.0)
-        m.setattr(time, "monotonic", lambda: 10.0)
-        m.setattr(os, "open", lambda *args: 99)
-        m.setattr(os, "read", read)
-        m.setattr(os, "lseek", lseek)
-        exec(script, {})
-    return capsys.readouterr().out
+    monkeypatch.setattr(time, "time", lambda: 1000.0)
+    monkeypatch.setattr(time, "monotonic", lambda: 10.0)
+    monkeypatch.setattr(os, "open", lambda *args: 99)
+    monkeypatch.setattr(os, "close", lambda fd: None)
+    monkeypatch.setattr(os, "read", read)
+    monkeypatch.setattr(os, "lseek", lseek)
+    monkeypatch.setattr(select, "select", lambda *a: pytest.fail("waited past the log"))
+    return log
 
 
-def test_dictionary_lines_do_not_count(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    out = run_waiter("pci", 1, monkeypatch, capsys)
-    assert KmsgRecord.parse(out.strip()) == KmsgRecord("a pci message", 1.5, 991.5)
+def test_dictionary_lines_do_not_count(kmsg: list[bytes]) -> None:
+    line = agent.kmsg_wait("pci", 1)
+    assert KmsgRecord.parse(line) == KmsgRecord("a pci message", 1.5, 991.5)
 
 
-def test_the_nth_match_is_printed_without_its_dictionary(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    out = run_waiter("mlx4_core", 2, monkeypatch, capsys)
-    assert out == "2250000 990.000000 mlx4_core 0000:00:03.0: crdump: err -28\n"
-    assert KmsgRecord.parse(out.strip()).realtime_s == 992.25
+def test_the_nth_match_is_given_without_its_dictionary(kmsg: list[bytes]) -> None:
+    line = agent.kmsg_wait("mlx4_core", 2)
+    assert line == "2250000 990.000000 mlx4_core 0000:00:03.0: crdump: err -28"
+    assert KmsgRecord.parse(line).realtime_s == 992.25
+
+
+def test_from_now_skips_the_log_so_far(kmsg: list[bytes]) -> None:
+    log = agent.KernelLog("mlx4_core")
+    assert log.found() == "2250000 990.000000 mlx4_core 0000:00:03.0: crdump: err -28"
+    assert log.found() is None  # nothing more has come
 
 
 def test_a_line_that_is_not_a_record_is_named() -> None:
-    with pytest.raises(RigError, match="waiter printed 'Traceback"):
+    with pytest.raises(RigError, match="kernel log line is 'Traceback"):
         KmsgRecord.parse("Traceback (most recent call last):")
-
-
-def test_a_waiter_from_now_skips_the_log_so_far_and_says_it_listens(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    out = run_waiter("mlx4_core", 1, monkeypatch, capsys, from_now=True)
-    assert out.splitlines() == [
-        "listening",
-        "2250000 990.000000 mlx4_core 0000:00:03.0: crdump: err -28",
-    ]
