@@ -147,15 +147,20 @@ SPECS = (
     Spec("replay.fault_to_snapshots", "  fault -> snapshots", "s"),
     Spec("replay.reset_and_reprobe", "  reset + re-probe (as replay waits for it)", "s"),
     Spec("replay.read_and_compare", "  read back and compare", "s"),
-    Spec("clock.warp.replay", "rig replay on the warped clock, warm cache", "s", 8.0),
+    # Issue 16's "rig replay warm <= 8 s" is the default replay on a warm cache, whose saved
+    # VM is a cache entry: clock.saved_warp.replay. These two boot the kernel (~10 s of TCG).
+    Spec("clock.warp.replay", "rig replay on the warped clock, fresh boot", "s"),
     Spec("clock.warp.fault_to_snapshots", "  catas fault -> both snapshots on the host", "s", 0.5),
     Spec("clock.warp.reset_and_reprobe", "  reset + re-probe", "s", 0.5),
-    Spec("clock.real.replay", "rig replay on the real clock, warm cache", "s"),
+    Spec("clock.real.replay", "rig replay on the real clock, fresh boot", "s"),
     Spec("clock.real.fault_to_snapshots", "  catas fault -> both snapshots on the host", "s"),
     Spec("clock.real.reset_and_reprobe", "  reset + re-probe", "s"),
     Spec("clock.warp_vs_real", "replay warp / real (pair by pair)", "x"),
     Spec(
-        "clock.saved_warp.replay", "rig replay, warped clock and saved VM (--boot saved)", "s", 8.0
+        "clock.saved_warp.replay",
+        "rig replay as by default (warped clock, saved VM), warm cache",
+        "s",
+        8.0,
     ),
     Spec("clock.saved_warp.boot", "  boot (restore, SSH, card hot-plugged and bound)", "s"),
     Spec("clock.saved_warp.fault_to_snapshots", "  catas fault -> both snapshots", "s", 0.5),

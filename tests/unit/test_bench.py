@@ -89,7 +89,6 @@ def test_the_bench_specs_are_unique_and_cover_every_goal_of_the_issue() -> None:
         "en.reset_cost": 1.0,
         "boot.saved": 2.5,  # issue 16: boot to ready with device and driver, saved VM
         "boot.saved_warp": 2.5,
-        "clock.warp.replay": 8.0,
         "clock.warp.fault_to_snapshots": 0.5,
         "clock.warp.reset_and_reprobe": 0.5,
         "clock.saved_warp.replay": 8.0,
