@@ -30,7 +30,7 @@ from cx3.pci import GATEWAY_ADDRESS
 from rig import cpus, settings, signals
 from rig.devicemodel import DeviceModel
 from rig.devlink import agent
-from rig.devlink.agent import KmsgRecord, NetlinkAgent
+from rig.devlink.agent import NetlinkAgent
 from rig.devlink.channels import CliChannel, NetlinkChannel, open_channel
 from rig.devlink.cli import DevlinkCli
 from rig.errors import DeviceModelError, MachineError, RigError
@@ -493,15 +493,9 @@ class Rig:
             raise MachineError("QEMU exited unexpectedly", self.log_dir / "console.log")
 
     def wait_kmsg(self, pattern: str, nth: int = 1, timeout: float = 60.0) -> str:
-        """Block until the guest kernel logs `pattern` (a plain substring) for the nth time;
-        the message."""
-        message: str = self.wait_kmsg_record(pattern, nth, timeout).message
-        return message
-
-    def wait_kmsg_record(self, pattern: str, nth: int = 1, timeout: float = 60.0) -> KmsgRecord:
-        """wait_kmsg, with the record's time on the guest's clocks (the netlink agent reads
-        the guest's /dev/kmsg)."""
-        return self.netlink.kmsg(pattern, nth, timeout)
+        """Block until the guest kernel logs `pattern` (a plain substring) for the nth time
+        since boot; the message (the netlink agent reads the guest's /dev/kmsg)."""
+        return self.netlink.kmsg(pattern, nth, timeout).message
 
     def _save_counters(self, build: CoverageBuild, graceful: bool) -> None:
         try:
