@@ -109,7 +109,15 @@ def card(tmp_path: Path) -> Iterator[Card]:
             model.wait()
 
 
+# The guest's root is the host's: virtme-ng-init runs the host's udevd to name its script's
+# virtio-serial ports. Without it the script's output goes to the console, which vng sends
+# to /dev/null: the guest said nothing for 6 minutes (a host without Debian's udev).
+UDEVD = ("/lib/systemd/systemd-udevd", "/usr/lib/systemd/systemd-udevd", "/sbin/udevd")
+
+
 def test_virtme_ng_boots_the_card_and_reads_a_catas_snapshot(tmp_path: Path, card: Card) -> None:
+    if not any(Path(p).exists() for p in UDEVD):
+        pytest.fail("virtme-ng needs the host's udevd: apt-get install udev (as .ci/run does)")
     qemu = ensure_qemu()
     help_text = subprocess.run(
         [str(qemu.binary), "-machine", "none", "-device", "help"],
