@@ -93,7 +93,7 @@ class DevlinkCli:
         show = "gzip -1 -c $f" if deflate else "cat $f"
         cmd = f"f=$(mktemp) && {self.devlink} -j {args} > $f; s=$?; {show}; rm -f $f; exit $s"
         raw = bytearray()
-        res = self.runner.run(cmd, timeout=self.timeout, on_stdout=raw.extend)
+        res = self.runner.run(cmd, timeout=self.timeout, on_stdout=raw.extend if deflate else None)
         out = res.stdout
         if deflate:
             try:
