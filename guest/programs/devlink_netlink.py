@@ -250,7 +250,7 @@ Answer = Callable[[str], dict[str, Any]]
 def kmsg_line(record: bytes, pattern: str) -> str | None:
     """The rig's line for a /dev/kmsg record whose message holds `pattern` (else None):
     its printk time in µs, the guest's CLOCK_REALTIME minus CLOCK_MONOTONIC now, the message
-    (rig.rig.KmsgRecord parses it). A record is "prefix;message" plus dictionary lines
+    (rig.devlink.agent.KmsgRecord parses it). A record is "prefix;message" plus dictionary lines
     (" SUBSYSTEM=pci", " DEVICE=+pci:..."): only the message counts."""
     head, _, body = record.decode(errors="replace").partition(";")
     message = body.split("\n", 1)[0]
