@@ -67,8 +67,9 @@ RESET_ALLOWANCE = 300.0  # s: a fault's reset and re-probe (cmd-timeout: 60 s + 
 IDLE_LIMIT = 240.0  # s without a byte moving before an end gives up and says where
 PATH_TIMEOUT = 90.0
 # What a sender told to end soon still sends (Traffic.end_soon): a stream cut short after a
-# fault carries this much across the rebuilt path first (~1-2 s under TCG).
-TAIL = 16 << 20
+# fault carries this much across the rebuilt path first: ~2,900 full-size frames after the
+# retransmits, ~0.5-1 s under TCG (16 MiB until session 12 took 2-4 s of every such fault).
+TAIL = 4 << 20
 # What `ethtool -S` shows that the results keep: mlx4_en's software counters (the rings')
 # and the port's (DUMP_ETH_STATS from the model, refreshed by the driver once a second).
 COUNTERS = (

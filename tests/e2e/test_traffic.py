@@ -5,7 +5,7 @@ the path is restored the transfer completes with the SHA-256 it started with (TC
 across the reset); five such faults in a row leave no warning and leak nothing.
 
 Run time: one boot, a ping, a 64 MiB transfer (about 15-30 s under TCG), two catas faults of
-the single kind and five in a row, each under a stream that ends 16 MiB after the recovery
+the single kind and five in a row, each under a stream that ends 4 MiB after the recovery
 (~13 s a cycle on the warped clock), and the 60 s command timeout (slow): 140 s in one worker
 on the warped clock from a saved VM, on an idle 2-core machine.
 """
@@ -33,7 +33,7 @@ pytestmark = pytest.mark.e2e
 BIG = 64 << 20
 # Per fault of the five, at most: long enough to be running when the driver's 5 s catas poll
 # fires (with posted doorbells the card carries ~10 MB/s under TCG: 40 MiB once ended first);
-# once the path is back the sender ends 16 MiB later (rig.traffic.Traffic.end_soon).
+# once the path is back the sender ends 4 MiB later (rig.traffic.Traffic.end_soon).
 PER_CYCLE = 96 << 20
 # Each full-size frame carries the payload plus Ethernet (14), IPv4 (20) and TCP with
 # timestamps (32) headers: what mlx4_en counts in tx_bytes and rx_bytes (no FCS).
