@@ -26,7 +26,8 @@ rig_config    (session)  `RigConfig` built from the options; the base of every r
                          Each rig gets its own log directory under pytest's tmp_path_factory.
 rig_session   (session)  a started `Rig` (msi_x=1) shared by every test that does not need a
                          clean device. Tests that change driver state must leave it usable
-                         (or reprobe the driver themselves).
+                         (or reprobe the driver themselves). Paused (Rig.pause) while tests
+                         that do not ask for it run, so it costs them no host CPU.
 rig           (function) the rig under test: `rig_session`, unless a module overrides the
                          `rig` fixture (e.g. with a module-scoped rig from `rig_factory`).
 rig_machine   (function) `rig.machine`: the QEMU VM (SSH, QMP, console).
@@ -111,6 +112,7 @@ WORKER_MEMORY_MIB = 3 * 1024
 
 _RIGS = pytest.StashKey[list[Rig]]()  # running rigs, for artifacts and the final cleanup
 _FAILED_STARTS = pytest.StashKey[list[Rig]]()  # rigs whose start failed in this setup
+_SESSION = pytest.StashKey[Rig]()  # rig_session's rig, once started
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -276,6 +278,7 @@ def rig_config(
 @pytest.fixture(scope="session")
 def rig_session(request: pytest.FixtureRequest, rig_config: RigConfig) -> Iterator[Rig]:
     rig = start_rig(request.config, rig_config)
+    request.config.stash[_SESSION] = rig
     yield rig
     _stop(request.config, rig)
 
@@ -367,8 +370,28 @@ def _guarded(config: pytest.Config) -> list[Rig]:
     return [r for r in config.stash[_RIGS] if r.config.with_device and _device_alive(r)]
 
 
+def session_rig(config: pytest.Config) -> Rig | None:
+    """rig_session's rig, if this process started it."""
+    return config.stash.get(_SESSION, None)
+
+
+def _park_session_rig(item: pytest.Item) -> None:
+    """The session rig runs only for tests that ask for it: a module with rigs of its own
+    (or none) would leave it idling beside them, still taking ~0.2 of a host core on warp
+    (mlx4_en's statistics), so it is paused (Rig.pause) until a test wants it again."""
+    rig = session_rig(item.config)
+    if rig is None or rig not in item.config.stash[_RIGS] or rig.machine.failure is not None:
+        return
+    wanted = "rig_session" in getattr(item, "fixturenames", ())
+    if wanted and rig.paused:
+        rig.resume()
+    elif not wanted and not rig.paused:
+        rig.pause()
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_setup(item: pytest.Item) -> Generator[None, Any, None]:
+    _park_session_rig(item)
     item.stash[_GUARD_FROM] = {id(r): r.device.events(1 << 62).next for r in _guarded(item.config)}
     yield
 

@@ -324,6 +324,9 @@ class Rig:
     def _stop(self, graceful: bool) -> None:
         try:
             machine = self._machine
+            if machine is not None and machine.paused and machine.failure is None:
+                with contextlib.suppress(RigError):
+                    machine.resume()  # for its dmesg
             if machine is not None and machine.failure is None and self._ssh_up(machine):
                 # A dead guest has no dmesg to give; the console log has it all then.
                 with contextlib.suppress(RigError):
@@ -382,6 +385,18 @@ class Rig:
         failure = self.machine.watch.wait()
         assert failure is not None
         return failure
+
+    def pause(self) -> None:
+        """Stop the guest until resume() (Machine.pause): a rig kept for later costs the
+        host nothing meanwhile. The device model runs on; nothing in the guest does."""
+        self.machine.pause()
+
+    def resume(self) -> None:
+        self.machine.resume()
+
+    @property
+    def paused(self) -> bool:
+        return self._machine is not None and self._machine.paused
 
     # --- parts --------------------------------------------------------------------------------
 

@@ -201,9 +201,9 @@ class Watch:
             threading.Thread(target=self._keepalive, name="rig-keepalive", daemon=True).start()
 
     def _keepalive(self) -> None:
-        assert self._probe is not None
+        probe = self._probe  # stop_probing() may clear it meanwhile
         try:
-            if self._probe():
+            if probe is not None and probe():
                 self._answered = time.monotonic()
         finally:
             self._probing = False
