@@ -5,6 +5,7 @@
     python3 traffic_guest.py recv --port P --bytes N --deadline S [--idle S]
     python3 traffic_guest.py send --to ADDR --port P --bytes N --seed K --deadline S [--idle S]
                                   [--tail T]
+    python3 traffic_guest.py serve
 
 `path` puts the card's netdevs found in the initial namespace (port 1's, port 2's, by
 dev_port) into namespaces A and B, gives each its address and brings it up, then waits until
@@ -25,6 +26,15 @@ there.
 A stream can end early on purpose: SIGUSR1 tells the sender to send --tail more bytes and
 then close (its result says "stopped"); the receiver ends at the close, and the host, which
 compares the two ends' byte counts and hashes, knows whether an early close was asked for.
+
+`serve` does all of the above for a rig's whole use of the path in one process: python3's
+start-up costs ~0.4 s of host time under TCG, and a fault under traffic started three (two
+ends and the path's restore) per fault. Requests come on stdin, one JSON object a line with
+an "id" and an "op" (path, unpath, recv, send, end_soon, stop, time) and the subcommand's
+arguments; every line it prints carries the id of the request it answers. A stream runs in
+a child forked into its namespace (setns: it only needs sockets there), which prints what
+the subcommand prints under the request's id; `end_soon` names that id and is its SIGUSR1.
+At the end of stdin the streams still running are stopped (SIGTERM) and it exits.
 
 Nothing runs unbounded: every wait ends at --deadline (whole run) or --idle (no byte moved for
 that long). A run that ends early still prints its JSON, with "error" saying where it broke;
@@ -47,6 +57,7 @@ import socket
 import subprocess
 import sys
 import time
+from typing import Any
 
 CHUNK = 1 << 20  # generated and hashed per MiB; sent and received in smaller pieces
 PIECE = 64 * 1024
@@ -95,8 +106,16 @@ class Progress:
         return out
 
 
+_ID: object = None  # under `serve`: the request this process answers
+
+
 def _say(obj: dict[str, object]) -> None:
-    print(json.dumps(obj), flush=True)
+    if _ID is not None:
+        obj = {"id": _ID, **obj}
+    # One write per line, each shorter than PIPE_BUF: a stream's child and the server share
+    # stdout without tearing each other's lines.
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
 
 
 def _timeout(deadline: float, idle: float, progress: Progress) -> float:
@@ -330,6 +349,94 @@ def unpath(netns: list[str], deadline: float, veth: bool) -> int:
     return 0
 
 
+# --- serve: one process for all of it ------------------------------------------------------
+
+CLONE_NEWNET = 0x40000000
+
+
+def _enter_netns(name: str) -> None:
+    """What `ip netns exec` does that a stream needs: this process's sockets in `name`."""
+    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        if hasattr(os, "setns"):  # Python 3.12
+            os.setns(fd, CLONE_NEWNET)
+            return
+        import ctypes  # only here: the guest's bookworm has Python 3.11
+
+        if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns {name}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+def _fork_stream(op: str, req: dict[str, Any]) -> int:
+    """Fork a child that runs receive() or send() in req["netns"] (None: this namespace)."""
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        os.close(0)  # the requests are the server's
+        netns = req.pop("netns", None)
+        if netns is not None:
+            _enter_netns(str(netns))
+        deadline = time.monotonic() + float(req.pop("deadline"))
+        run = receive if op == "recv" else send
+        code = run(deadline=deadline, **req)
+    except BaseException as e:  # the child must end here, never in the server's loop
+        _say({"error": f"{op}: {type(e).__name__}: {e}"})
+    finally:
+        os._exit(code)
+
+
+def serve() -> int:
+    global _ID
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # until send() takes it: early is not fatal
+    streams: dict[object, int] = {}  # request id -> the child running it
+    for line in sys.stdin:
+        req = json.loads(line)
+        _ID, op = req.pop("id"), req.pop("op")
+        for rid, pid in list(streams.items()):  # reaped only here: a pid is never reused
+            if os.waitpid(pid, os.WNOHANG)[0]:  # while end_soon may still name it
+                del streams[rid]
+        try:
+            if op in ("recv", "send"):  # the child's own lines are its only answer
+                streams[_ID] = _fork_stream(op, req)
+            elif op == "end_soon":
+                sender = streams.get(req["stream"])
+                if sender is not None:
+                    os.kill(sender, signal.SIGUSR1)
+                _say({"signalled": sender is not None})
+            elif op == "stop":
+                _stop(streams)
+                _say({"stopped": True})
+            elif op == "time":
+                _say({"time": time.time()})
+            elif op == "path":
+                deadline = time.monotonic() + float(req["deadline"])
+                path(req["bdf"], req["netns"], req["addrs"], deadline)
+            elif op == "unpath":
+                deadline = time.monotonic() + float(req["deadline"])
+                unpath(req["netns"], deadline, bool(req["veth"]))
+            else:
+                _say({"error": f"unknown op {op!r}"})
+        except SystemExit as e:  # path()'s and unpath()'s way of saying what failed
+            _say({"error": str(e.code)})
+        except (OSError, KeyError, TypeError, ValueError) as e:
+            _say({"error": f"{op}: {type(e).__name__}: {e}"})
+        _ID = None
+    _stop(streams)
+    return 0
+
+
+def _stop(streams: dict[object, int]) -> None:
+    for pid in streams.values():  # not reaped yet, so still theirs (maybe as zombies)
+        os.kill(pid, signal.SIGTERM)
+        os.waitpid(pid, 0)
+    streams.clear()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="traffic_guest.py")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -354,7 +461,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--netns", required=True)
     p.add_argument("--veth", action="store_true")
     p.add_argument("--deadline", type=float, default=60.0)
+    sub.add_parser("serve")
     args = parser.parse_args(argv)
+    if args.cmd == "serve":
+        return serve()
     deadline = time.monotonic() + args.deadline
     if args.cmd == "path":
         return path(args.bdf or "", args.netns.split(","), args.addrs.split(","), deadline)

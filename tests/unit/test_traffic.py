@@ -4,16 +4,20 @@ guest program itself running both ends over the host's loopback."""
 from __future__ import annotations
 
 import json
+import os
+import select
 import signal
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 
 import pytest
 
 from rig.commands.options import byte_count as _size
-from rig.errors import KernelFailure, RigError
-from rig.traffic import SCRIPT, End, Gap, TcpResult, parse_ping
+from rig.errors import KernelFailure, MachineError, RigError
+from rig.traffic import SCRIPT, End, Gap, TcpResult, _Server, parse_ping
 
 BUSYBOX = """PING 10.99.0.2 (10.99.0.2): 56 data bytes
 
@@ -144,3 +148,91 @@ def test_the_guest_program_gives_up_on_its_deadline_and_says_so() -> None:
     assert res.returncode == 1
     last = End.parse(res.stdout.splitlines()[-1], "receiver")
     assert "no sender connected" in last.error
+
+
+class Served:
+    """`traffic_guest.py serve` as a local process, with the few calls of an SSH Background
+    that rig.traffic._Server makes."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(SCRIPT), "serve"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        self._buf = b""
+
+    def readline(self, timeout: float) -> str | None:
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buf:
+            if not select.select([self.proc.stdout], [], [], max(0.0, deadline - time.monotonic()))[
+                0
+            ]:
+                raise MachineError(f"no output within {timeout} s")
+            data = os.read(self.proc.stdout.fileno(), 65536)
+            if not data:
+                return None
+            self._buf += data
+        line, self._buf = self._buf.split(b"\n", 1)
+        return line.decode()
+
+    def write(self, data: bytes) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(data)
+        self.proc.stdin.flush()
+
+    def stderr(self) -> str:
+        return ""
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[_Server, Served]]:
+    local = Served()
+    try:
+        yield _Server(local), local  # type: ignore[arg-type]
+    finally:
+        local.proc.kill()
+        local.proc.wait()
+
+
+def test_one_guest_process_serves_a_stream_told_to_end_early(
+    served: tuple[_Server, Served],
+) -> None:
+    """The ends are forked children whose lines interleave with the server's answers; each
+    reaches its own request, and end_soon is the sender's SIGUSR1."""
+    server, _ = served
+    port, nbytes, tail = _free_port(), 64 << 30, 1 << 20
+    common = {"port": port, "nbytes": nbytes, "deadline": 60, "idle": 30}
+    recv = server.send("recv", **common)
+    send = server.send("send", addr="127.0.0.1", seed=3, tail=tail, **common)
+    assert server.reply(recv, 30, "listening") == {"listening": True}
+    assert server.reply(recv, 30, "connected") == {"connected": True}
+    assert abs(server.call("time", 30)["time"] - time.time()) < 5
+    assert server.call("end_soon", 30, stream=send) == {"signalled": True}
+    sent = End.parse(json.dumps(server.reply(send, 60, "sent")), "sender")
+    received = End.parse(json.dumps(server.reply(recv, 60, "received")), "receiver")
+    assert sent.stopped and 0 < sent.bytes < nbytes
+    assert TcpResult(nbytes, sent, received).ok
+
+
+def test_the_server_says_what_it_cannot_do_and_stops_its_streams_at_the_end(
+    served: tuple[_Server, Served],
+) -> None:
+    server, local = served
+    with pytest.raises(RigError, match="unknown op 'fly'"):
+        server.call("fly", 30)
+    lost = server.send("recv", netns="no-such-ns", port=0, nbytes=1, deadline=5, idle=5)
+    assert "no-such-ns" in server.reply(lost, 30, "its error")["error"]
+    port = _free_port()
+    recv = server.send("recv", port=port, nbytes=1 << 30, deadline=600, idle=600)
+    assert server.reply(recv, 30, "listening") == {"listening": True}
+    local.close()  # end of requests: the receiver still waits for a sender
+    assert local.proc.wait(timeout=30) == 0
+    with pytest.raises(ConnectionRefusedError):  # it was stopped, not left to its deadline
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
