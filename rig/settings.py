@@ -17,12 +17,13 @@ def choice(value: str | None, what: str, env: str, default: str, choices: tuple[
     return chosen
 
 
-def count(env: str, default: int, most: int | None = None) -> int:
-    """$`env` as a whole number from 1 (to `most`), else `default`; UsageError if bad."""
+def count(env: str, default: int, most: int | None = None, least: int = 1) -> int:
+    """$`env` as a whole number from `least` (to `most`), else `default`; UsageError if
+    bad."""
     text = os.environ.get(env, "").strip()
     if not text:
         return default
-    if not text.isdigit() or int(text) < 1 or (most is not None and int(text) > most):
-        span = f"from 1 to {most}" if most is not None else "of at least 1"
+    if not text.isdigit() or int(text) < least or (most is not None and int(text) > most):
+        span = f"from {least} to {most}" if most is not None else f"of at least {least}"
         raise UsageError(f"${env} {text!r}: a whole number {span}")
     return int(text)

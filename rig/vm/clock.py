@@ -28,9 +28,13 @@ CLOCKS = (WARP, REAL)
 DEFAULT = WARP
 ENV = "RIG_CLOCK"  # the clock when no option names one (tox passes RIG_* through)
 # ns of guest time per instruction is 2**SHIFT. 0: TCG runs ~0.75-1 G guest instructions a
-# second here, so busy guest time stays close to host time. Not shift=auto: its adaptive
+# second here, so busy guest time stays close to host time. A larger shift makes a busy
+# guest's timers pass faster too (at 2, a catas poll under a TCP stream took ~1 s, not ~5 s)
+# with a guest CPU of ~250 MHz; $RIG_WARP_SHIFT tries one. Not shift=auto: its adaptive
 # shift chases a host clock that warped guest time keeps leaving behind (docs/clock.md).
 SHIFT = 0
+SHIFT_ENV = "RIG_WARP_SHIFT"
+MAX_SHIFT = 10
 # How much faster than the host's an idle guest's time runs on warp. Not unbounded: with
 # sleep=off an idle rig's guest time ran ~70x the host's, mlx4_en's statistics command
 # (every 250 ms of guest time) ~290 times a host second, and the rig took ~90% of a host
@@ -50,6 +54,7 @@ def resolve(clock: str | None) -> str:
     chosen = settings.choice(clock, "clock", ENV, DEFAULT, CLOCKS)
     if chosen == WARP:
         ratio()
+        shift()
     return chosen
 
 
@@ -58,14 +63,19 @@ def ratio() -> int:
     return settings.count(RATIO_ENV, RATIO, MAX_RATIO)
 
 
+def shift() -> int:
+    """$RIG_WARP_SHIFT, else SHIFT; UsageError naming a bad one."""
+    return settings.count(SHIFT_ENV, SHIFT, MAX_SHIFT, least=0)
+
+
 def qemu_args(clock: str, paced: bool = True) -> list[str]:
     """QEMU's options for `clock` (TCG only, as the rig runs); `paced`: the QEMU has
     SLEEP_RATIO (paces_warp)."""
     if clock != WARP:
         return []
     if not paced:
-        return ["-icount", f"shift={SHIFT},sleep=off"]
-    return ["-icount", f"shift={SHIFT},sleep=on,{SLEEP_RATIO}={ratio()}"]
+        return ["-icount", f"shift={shift()},sleep=off"]
+    return ["-icount", f"shift={shift()},sleep=on,{SLEEP_RATIO}={ratio()}"]
 
 
 @functools.cache

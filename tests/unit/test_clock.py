@@ -53,7 +53,11 @@ def test_every_booting_command_takes_clock_and_setup_does_not() -> None:
 def test_warp_asks_qemu_for_a_paced_sleep_and_real_for_nothing() -> None:
     warp = qemu_command(config(clock="warp"), PATHS)
     [icount] = option(warp, "-icount")
-    assert icount.split(",") == ["shift=0", "sleep=on", f"x-sleep-ratio={clock.RATIO}"]
+    assert icount.split(",") == [
+        f"shift={clock.SHIFT}",
+        "sleep=on",
+        f"x-sleep-ratio={clock.RATIO}",
+    ]
     assert clock.RATIO > 1
     assert "-icount" not in qemu_command(config(clock="real"), PATHS)
 
@@ -73,9 +77,22 @@ def test_another_ratio_from_the_environment_and_a_bad_one_named(
     assert capsys.readouterr().err.startswith("rig: error: $RIG_WARP_RATIO '2.5': a whole")
 
 
+def test_another_shift_from_the_environment_and_a_bad_one_named(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(clock.SHIFT_ENV, "0")
+    [icount] = option(qemu_command(config(clock="warp"), PATHS), "-icount")
+    assert icount.split(",")[0] == "shift=0"
+    for bad in ("-1", "11", "auto"):
+        monkeypatch.setenv(clock.SHIFT_ENV, bad)
+        assert clock.resolve("real") == "real"
+        with pytest.raises(UsageError, match=rf"^\$RIG_WARP_SHIFT '{bad}': a whole number from 0"):
+            clock.resolve("warp")
+
+
 def test_warp_on_a_qemu_without_the_ratio_does_not_sleep_at_all() -> None:
     [icount] = option(qemu_command(config(clock="warp", paced_warp=False), PATHS), "-icount")
-    assert icount.split(",") == ["shift=0", "sleep=off"]
+    assert icount.split(",") == [f"shift={clock.SHIFT}", "sleep=off"]
 
 
 def test_a_qemu_paces_warp_when_its_help_lists_the_ratio(
