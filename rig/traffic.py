@@ -331,15 +331,17 @@ class Traffic:
     def close(self) -> None:
         """Stop what still runs, move the netdevs back to the initial namespace, up."""
         try:
-            self._stop()
-            self.server.call(
-                "unpath",
-                PATH_TIMEOUT + 30,
-                netns=list(self.netns),
-                veth=self.veth,
-                deadline=PATH_TIMEOUT,
-            )
-            self.path = {}
+            try:
+                self._stop()
+            finally:
+                self.server.call(
+                    "unpath",
+                    PATH_TIMEOUT + 30,
+                    netns=list(self.netns),
+                    veth=self.veth,
+                    deadline=PATH_TIMEOUT,
+                )
+                self.path = {}
         finally:
             if self._server is not None:
                 self._server.close()
