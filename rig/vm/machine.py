@@ -56,6 +56,9 @@ HOTPLUG_BUS = "hp0"
 # each status change, so a save or restore is awaited, not polled; mapped-ram puts each RAM
 # page at a fixed offset, so a restore reads RAM in large blocks, not page by page.
 SAVE_CAPABILITIES = ("events", "mapped-ram")
+# A save is not a live migration: nothing competes for the link, so QEMU's default cap of
+# 128 MiB/s (max-bandwidth) only makes it slower. Bytes per second.
+SAVE_BANDWIDTH = 64 << 30
 QUIT_TIMEOUT = 3.0  # s for QMP quit at teardown, before SIGTERM
 
 
@@ -555,6 +558,7 @@ class Machine:
         qmp = self.qmp
         qmp.command("stop")
         qmp.command("migrate-set-capabilities", capabilities=_save_capabilities())
+        qmp.command("migrate-set-parameters", **{"max-bandwidth": SAVE_BANDWIDTH})
         qmp.command("migrate", uri=f"file:{state}")
         self._await_migration(timeout)
 
