@@ -46,7 +46,7 @@ from rig.vm.console import SerialConsole
 from rig.vm.machine import BootTimes, Machine, MachineConfig, QemuInstall
 from rig.vm.saved import SavedVm, SavedVmError, card_line, discard, ensure_saved
 from rig.vm.ssh import Background, Result, Sink, SshIdentity
-from vfio_user.qemu import posts_config_dword, posts_with_mmap
+from vfio_user.qemu import posts_config_dword, posts_with_mmap, remaps_after_intx
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +70,10 @@ def resolve_boot(boot: str | None) -> str:
 
 # The kernel's words when mlx4_core's probe of a device fails (drivers/base/dd.c).
 PROBE_FAILED = r"mlx4_core: probe of \S+ failed"
+# ms of guest time after an answered INTx before QEMU maps the card's BARs again (vfio-pci's
+# default is 1100; vfio-user-pci's, without the rig's patch, never): at 1 an INTx rig's
+# crdump reads BAR0 as memory, not as 262,144 trapped round trips (~15 s under TCG).
+INTX_REMAP_MS = 1
 
 
 @dataclass(frozen=True)
@@ -186,6 +190,9 @@ class Rig:
                 # The gateway address only selects the dword that the data register's
                 # access reaches: mstregdump's dword reads need one round trip, not two.
                 posted_config_dword=GATEWAY_ADDRESS if posts_config_dword(qemu.binary) else 0,
+                # After each INTx QEMU traps the BARs until the guest answers it (the first
+                # trapped access is the EOI); then they are mapped again, not kept trapped.
+                intx_remap_ms=INTX_REMAP_MS if remaps_after_intx(qemu.binary) else 0,
                 clock=self.clock,
                 paced_warp=self.clock != vmclock.WARP or vmclock.paces_warp(qemu.binary),
                 modprobe=modprobe,

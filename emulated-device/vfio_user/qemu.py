@@ -17,18 +17,26 @@ DEVICE = "vfio-user-pci"
 
 
 # mlx4-rig's QEMU patches (rig/provision/qemu-patches): posted writes although a region is
-# mapped; posted writes of one config dword the device only latches.
+# mapped; posted writes of one config dword the device only latches; the BARs mapped again
+# after an INTx once the guest has answered it (as vfio-pci's own property of that name).
 POSTED_WITH_MMAP = "x-posted-writes-with-mmap"
 POSTED_CONFIG_DWORD = "x-posted-config-dword"
+INTX_MMAP_TIMEOUT = "x-intx-mmap-timeout-ms"
 
 
 def device_arg(
-    socket_path: Path | str, dev_id: str = "cx0", posted: bool = False, config_dword: int = 0
+    socket_path: Path | str,
+    dev_id: str = "cx0",
+    posted: bool = False,
+    config_dword: int = 0,
+    intx_remap_ms: int = 0,
 ) -> str:
     """`-device`'s value: JSON, so a socket path needs no escaping. `posted`: the device
     promises that no write changes a mapped region, so QEMU may post writes (a QEMU with
     POSTED_WITH_MMAP only: see posts_with_mmap). `config_dword`: the offset of a config dword
-    the device only latches on a write, which QEMU may post (POSTED_CONFIG_DWORD; 0: none)."""
+    the device only latches on a write, which QEMU may post (POSTED_CONFIG_DWORD; 0: none).
+    `intx_remap_ms`: INTX_MMAP_TIMEOUT (0: QEMU's default, which for vfio-user-pci is never:
+    after the first INTx every BAR access traps)."""
     arg: dict[str, object] = {
         "driver": DEVICE,
         "id": dev_id,
@@ -38,6 +46,8 @@ def device_arg(
         arg[POSTED_WITH_MMAP] = True
     if config_dword:
         arg[POSTED_CONFIG_DWORD] = config_dword
+    if intx_remap_ms:
+        arg[INTX_MMAP_TIMEOUT] = intx_remap_ms
     return json.dumps(arg, separators=(",", ":"))
 
 
@@ -49,6 +59,11 @@ def posts_with_mmap(binary: Path) -> bool:
 def posts_config_dword(binary: Path) -> bool:
     """Whether this QEMU's vfio-user-pci has POSTED_CONFIG_DWORD."""
     return POSTED_CONFIG_DWORD in _device_help(binary)
+
+
+def remaps_after_intx(binary: Path) -> bool:
+    """Whether this QEMU's vfio-user-pci has INTX_MMAP_TIMEOUT."""
+    return INTX_MMAP_TIMEOUT in _device_help(binary)
 
 
 @functools.cache

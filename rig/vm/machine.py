@@ -93,6 +93,9 @@ class MachineConfig:
     # A config dword the card only latches (its CR-space gateway's address): QEMU may post
     # writes to it (a QEMU with the rig's patch; 0: none)
     posted_config_dword: int = 0
+    # ms of guest time after an answered INTx before the card's BARs are mapped again (a
+    # QEMU with the rig's patch; 0: QEMU's default, never again)
+    intx_remap_ms: int = 0
     clock: str = vmclock.REAL  # rig.vm.clock: "real" or "warp"
     # The QEMU paces warp (rig.vm.clock.paces_warp: the rig's patch); else warp is sleep=off.
     paced_warp: bool = True
@@ -153,10 +156,14 @@ def _opt(value: object) -> str:
     return str(value).replace(",", ",,")
 
 
-def vfio_user_device(
-    index: int, socket_path: Path, posted: bool = False, config_dword: int = 0
-) -> str:
-    return device_arg(socket_path, f"cx{index}", posted, config_dword)
+def vfio_user_device(index: int, socket_path: Path, config: MachineConfig) -> str:
+    return device_arg(
+        socket_path,
+        f"cx{index}",
+        config.posted_writes,
+        config.posted_config_dword,
+        config.intx_remap_ms,
+    )
 
 
 def qemu_command(config: MachineConfig, paths: RuntimePaths) -> list[str]:
@@ -228,7 +235,7 @@ def qemu_command(config: MachineConfig, paths: RuntimePaths) -> list[str]:
     for i, sock in enumerate(config.vfio_user_sockets):
         argv += [
             "-device",
-            vfio_user_device(i, sock, config.posted_writes, config.posted_config_dword),
+            vfio_user_device(i, sock, config),
         ]
     return argv + list(config.qemu_args)
 
@@ -590,10 +597,7 @@ class Machine:
 
     def hotplug(self, index: int, socket_path: Path) -> None:
         """Plug the vfio-user card `cx<index>` into the free root port (hotplug_slot)."""
-        config = self.config
-        device = json.loads(
-            vfio_user_device(index, socket_path, config.posted_writes, config.posted_config_dword)
-        )
+        device = json.loads(vfio_user_device(index, socket_path, self.config))
         self.qmp.command("device_add", bus=HOTPLUG_BUS, **device)
 
     def _note_console_times(self) -> None:

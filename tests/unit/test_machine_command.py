@@ -113,7 +113,7 @@ def test_vfio_user_devices_in_order_as_json() -> None:
         {"driver": "vfio-user-pci", "id": "cx0", "socket": {"path": "/s/a.sock", "type": "unix"}},
         {"driver": "vfio-user-pci", "id": "cx1", "socket": {"path": "/s/b.sock", "type": "unix"}},
     ]
-    assert vfio_user_device(3, Path("/x")) == (
+    assert vfio_user_device(3, Path("/x"), config()) == (
         '{"driver":"vfio-user-pci","id":"cx3","socket":{"path":"/x","type":"unix"}}'
     )
 
@@ -132,6 +132,14 @@ def test_the_gateway_address_is_a_posted_config_dword() -> None:
     assert device["x-posted-config-dword"] == 0x58
     bare = qemu_command(config(vfio_user_sockets=(Path("/s/a.sock"),)), PATHS)
     assert "x-posted-config-dword" not in option(bare, "-device")[-1]
+
+
+def test_an_intx_card_is_mapped_again_after_its_interrupt_is_answered() -> None:
+    argv = qemu_command(config(vfio_user_sockets=(Path("/s/a.sock"),), intx_remap_ms=1), PATHS)
+    (device,) = [json.loads(d) for d in option(argv, "-device") if d.startswith("{")]
+    assert device["x-intx-mmap-timeout-ms"] == 1
+    bare = qemu_command(config(vfio_user_sockets=(Path("/s/a.sock"),)), PATHS)
+    assert "x-intx-mmap-timeout-ms" not in option(bare, "-device")[-1]
 
 
 def test_extra_qemu_args_come_last() -> None:
