@@ -22,10 +22,11 @@ BASE_ARGS = (
     "console=ttyS0",
     # A panic ends QEMU at once (-no-reboot) instead of leaving the host to time out.
     "panic=-1",
-    # Soft lockups are reported after 2 x this many seconds (default 10). Under INTx QEMU traps
-    # every BAR0 read (~55 us each under TCG), so mlx4's crdump loop of 262,144 readl()s with
-    # no cond_resched holds the only vCPU for 15-30 s: a default "soft lockup" splat would
-    # report the emulator's speed, not a kernel bug. 120 s still catches real hangs.
+    # Soft lockups are reported after 2 x this many seconds (default 10). Under INTx a QEMU
+    # without the rig's patch 0004 (x-intx-mmap-timeout-ms) traps every BAR0 read (~55 us
+    # each under TCG), so mlx4's crdump loop of 262,144 readl()s with no cond_resched holds
+    # the only vCPU for 15-30 s: a default "soft lockup" splat would report the emulator's
+    # speed, not a kernel bug. 120 s still catches real hangs.
     "watchdog_thresh=60",
     # And RCU's CPU stall warning, for the same loop: at the default 21 s it fired when the
     # INTx crdump took 21.3 s on the real clock with CI's other worker busy (the warped
