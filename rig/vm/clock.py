@@ -27,12 +27,13 @@ CLOCKS = (WARP, REAL)
 # for host time; tox's e2e env keeps the real clock tested.
 DEFAULT = WARP
 ENV = "RIG_CLOCK"  # the clock when no option names one (tox passes RIG_* through)
-# ns of guest time per instruction is 2**SHIFT. 0: TCG runs ~0.75-1 G guest instructions a
-# second here, so busy guest time stays close to host time. A larger shift makes a busy
-# guest's timers pass faster too (at 2, a catas poll under a TCP stream took ~1 s, not ~5 s)
-# with a guest CPU of ~250 MHz; $RIG_WARP_SHIFT tries one. Not shift=auto: its adaptive
-# shift chases a host clock that warped guest time keeps leaving behind (docs/clock.md).
-SHIFT = 0
+# ns of guest time per instruction is 2**SHIFT. TCG runs ~0.75-1 G guest instructions a
+# second here: at 2 a busy guest's time runs ~3x the host's, so the driver's timers pass
+# faster while the guest works too (a catas poll under a TCP stream waits ~1 s, not ~5 s as
+# at 0), and the guest sees a CPU of ~250 MHz (docs/clock.md, session 12); $RIG_WARP_SHIFT
+# picks another. Not shift=auto: its adaptive shift chases a host clock that warped guest
+# time keeps leaving behind (docs/clock.md).
+SHIFT = 2
 SHIFT_ENV = "RIG_WARP_SHIFT"
 MAX_SHIFT = 10
 # How much faster than the host's an idle guest's time runs on warp. Not unbounded: with
