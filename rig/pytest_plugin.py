@@ -99,8 +99,9 @@ from rig.errors import RigError
 from rig.provision.suites import RELEASES
 from rig.rig import BOOT_ENV, BOOT_MODES, DEFAULT_BOOT, Rig, RigConfig
 from rig.traffic import Traffic
-from rig.vm.clock import CLOCKS
+from rig.vm.clock import CLOCKS, WARP
 from rig.vm.clock import ENV as CLOCK_ENV
+from rig.vm.clock import resolve as resolve_clock
 from rig.vm.machine import Machine
 
 ARTIFACTS_DEFAULT = "test-results/artifacts"
@@ -109,6 +110,9 @@ ARTIFACT_BUDGET_S = 90.0
 
 # What one xdist worker may need at once: two 1 GiB guests with their QEMUs and device models.
 WORKER_MEMORY_MIB = 3 * 1024
+# The e2e suite on this repo's 2-core machine (warp, saved VMs, one run each, session 12):
+# 227 s with 2 workers (35% of the CPUs idle), 185 s with 3, 168 s with 4 (3% idle).
+WARP_WORKERS_PER_CORE = 2
 
 _RIGS = pytest.StashKey[list[Rig]]()  # running rigs, for artifacts and the final cleanup
 _FAILED_STARTS = pytest.StashKey[list[Rig]]()  # rigs whose start failed in this setup
@@ -179,19 +183,33 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
-    """`-n auto` (pytest-xdist): a worker per core, as far as memory goes.
-
-    Each worker boots its own VMs (one TCG vCPU each, up to two at a time in a module that
-    compares rigs), so the cores bound the speed-up and MemAvailable bounds the count.
-    """
-    cores = len(os.sched_getaffinity(0))
+    """`-n auto` (pytest-xdist): auto_workers() for this machine and the suite's clock."""
     try:
         found = re.search(r"^MemAvailable:\s+(\d+) kB", Path("/proc/meminfo").read_text(), re.M)
     except OSError:
         found = None
-    if found is None:
-        return cores
-    return max(1, min(cores, int(found[1]) // (WORKER_MEMORY_MIB * 1024)))
+    try:
+        warp = resolve_clock(config.getoption("rig_clock", None)) == WARP
+    except RigError:
+        warp = False  # the bad $RIG_CLOCK is named when the first rig starts
+    cores = len(os.sched_getaffinity(0))
+    return auto_workers(cores, int(found[1]) if found else None, warp)
+
+
+def auto_workers(cores: int, mem_available_kib: int | None, warp: bool) -> int:
+    """A worker per core, WARP_WORKERS_PER_CORE on the warped clock, as far as memory goes
+    (WORKER_MEMORY_MIB each).
+
+    Each worker boots its own VMs (one TCG vCPU each, up to two at a time in a module that
+    compares rigs). A worker is not always busy: it waits for the guest's timers, for `rig`
+    commands it started, for SSH; with one worker a core the e2e suite on warp left a fifth
+    to a third of the CPUs idle, with two almost none. On warp the guest's time counts its
+    instructions, so a busier host makes a test slower but no guest timeout fire sooner; on
+    the real clock a starved guest's timeouts run on, so it keeps one worker a core."""
+    wanted = cores * (WARP_WORKERS_PER_CORE if warp else 1)
+    if mem_available_kib is None:
+        return wanted
+    return max(1, min(wanted, mem_available_kib // (WORKER_MEMORY_MIB * 1024)))
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

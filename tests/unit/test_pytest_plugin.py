@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from rig.pytest_plugin import auto_workers
+
 pytest_plugins = ("pytester",)
 
 
@@ -81,3 +83,12 @@ def test_devlink_fixture_runs_a_test_once_per_channel(pytester: pytest.Pytester)
     result = pytester.runpytest("-v")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["*test_channel?cli? PASSED*", "*test_channel?netlink? PASSED*"])
+
+
+def test_auto_workers_two_a_core_on_warp_one_on_the_real_clock_as_memory_allows() -> None:
+    gib = 1024 * 1024
+    assert auto_workers(2, 24 * gib, warp=True) == 4
+    assert auto_workers(2, 24 * gib, warp=False) == 2
+    assert auto_workers(2, None, warp=True) == 4
+    assert auto_workers(8, 10 * gib, warp=True) == 3  # 3 GiB a worker
+    assert auto_workers(2, 1 * gib, warp=True) == 1
