@@ -321,6 +321,8 @@ def _options(opts: BenchOptions) -> dict[str, Any]:
         "qemu": None if opts.qemu is None else str(opts.qemu),
         "qemu_version": opts.qemu_version,
         "clock": opts.clock,
+        # What "warp" meant in this run ($RIG_WARP_SHIFT and $RIG_WARP_RATIO change it).
+        "warp": " ".join(vmclock.qemu_args(vmclock.WARP)),
     }
 
 

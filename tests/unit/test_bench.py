@@ -179,6 +179,16 @@ def test_json_document_shape() -> None:
     assert doc["errors"] == [{"section": "guest", "error": "RigError: no snapshot"}]
 
 
+def test_the_options_say_what_warp_meant(monkeypatch: pytest.MonkeyPatch) -> None:
+    opts = bench.BenchOptions(Path("/x.json"), Path("/logs"))
+    monkeypatch.delenv("RIG_WARP_SHIFT", raising=False)
+    monkeypatch.delenv("RIG_WARP_RATIO", raising=False)
+    warp = f"shift={bench.vmclock.SHIFT},sleep=on,x-sleep-ratio={bench.vmclock.RATIO}"
+    assert warp in bench._options(opts)["warp"]
+    monkeypatch.setenv("RIG_WARP_SHIFT", "0")
+    assert "shift=0," in bench._options(opts)["warp"]
+
+
 # --- catas timeline -------------------------------------------------------------------------
 
 OFFSET = 1000.0  # host time - guest time
