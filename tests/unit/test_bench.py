@@ -27,6 +27,7 @@ from rig.bench.stats import (
 from rig.bench.timeline import catas_timeline
 from rig.cli import build_parser
 from rig.timeline import TimelineError, clock_offset, printk_lines
+from rig.vm import clock as vmclock
 
 # --- statistics ---------------------------------------------------------------------------
 
@@ -183,7 +184,7 @@ def test_the_options_say_what_warp_meant(monkeypatch: pytest.MonkeyPatch) -> Non
     opts = bench.BenchOptions(Path("/x.json"), Path("/logs"))
     monkeypatch.delenv("RIG_WARP_SHIFT", raising=False)
     monkeypatch.delenv("RIG_WARP_RATIO", raising=False)
-    warp = f"shift={bench.vmclock.SHIFT},sleep=on,x-sleep-ratio={bench.vmclock.RATIO}"
+    warp = f"shift={vmclock.SHIFT},sleep=on,x-sleep-ratio={vmclock.RATIO}"
     assert warp in bench._options(opts)["warp"]
     monkeypatch.setenv("RIG_WARP_SHIFT", "0")
     assert "shift=0," in bench._options(opts)["warp"]
