@@ -97,6 +97,9 @@ class RigConfig:
     hang_after: float = 90.0  # s without console output or SSH answer: the guest hung
     boot: str | None = None  # one of BOOT_MODES; None: $RIG_BOOT or DEFAULT_BOOT
     clock: str | None = None  # rig.vm.clock: "warp" or "real"; None: $RIG_CLOCK or the default
+    # On warp, icount's shift (rig.vm.clock.BUSY_SHIFT for a guest busy while it waits for
+    # the driver's timers); None: $RIG_WARP_SHIFT or rig.vm.clock.SHIFT
+    warp_shift: int | None = None
 
 
 @dataclass
@@ -195,6 +198,7 @@ class Rig:
                 intx_remap_ms=INTX_REMAP_MS if remaps_after_intx(qemu.binary) else 0,
                 clock=self.clock,
                 paced_warp=self.clock != vmclock.WARP or vmclock.paces_warp(qemu.binary),
+                warp_shift=self.config.warp_shift,
                 modprobe=modprobe,
                 memory_mib=self.config.memory_mib,
                 name=self.config.name,

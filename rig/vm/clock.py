@@ -27,13 +27,17 @@ CLOCKS = (WARP, REAL)
 # for host time; tox's e2e env keeps the real clock tested.
 DEFAULT = WARP
 ENV = "RIG_CLOCK"  # the clock when no option names one (tox passes RIG_* through)
-# ns of guest time per instruction is 2**SHIFT. TCG runs ~0.75-1 G guest instructions a
-# second here: at 2 a busy guest's time runs ~3x the host's, so the driver's timers pass
-# faster while the guest works too (a catas poll under a TCP stream waits ~1 s, not ~5 s as
-# at 0), and the guest sees a CPU of ~250 MHz (docs/clock.md, session 12); $RIG_WARP_SHIFT
-# picks another. Not shift=auto: its adaptive shift chases a host clock that warped guest
-# time keeps leaving behind (docs/clock.md).
-SHIFT = 2
+# ns of guest time per instruction is 2**SHIFT. 0: TCG runs ~0.75-1 G guest instructions a
+# second here, so busy guest time stays close to host time. Not shift=auto: its adaptive
+# shift chases a host clock that warped guest time keeps leaving behind (docs/clock.md).
+SHIFT = 0
+# For a rig whose guest is busy while it waits for the driver's timers (a TCP stream under a
+# catas: the 5 s poll at the stream's pace): at 2 a busy guest's time runs ~3x the host's,
+# so that wait is ~1 s, not ~5 s. Not the default: a guest timer then fires 4x as often per
+# instruction (mlx4_en's statistics commands, each a dozen round trips in lockstep), which
+# made the default replay 7.7 -> 8.1-8.6 s, and it moves the catas poll's phase in a saved
+# VM (fault -> snapshots 0.30 -> 0.52 s). docs/clock.md, session 12.
+BUSY_SHIFT = 2
 SHIFT_ENV = "RIG_WARP_SHIFT"
 MAX_SHIFT = 10
 # How much faster than the host's an idle guest's time runs on warp. Not unbounded: with
@@ -69,14 +73,15 @@ def shift() -> int:
     return settings.count(SHIFT_ENV, SHIFT, MAX_SHIFT, least=0)
 
 
-def qemu_args(clock: str, paced: bool = True) -> list[str]:
+def qemu_args(clock: str, paced: bool = True, warp_shift: int | None = None) -> list[str]:
     """QEMU's options for `clock` (TCG only, as the rig runs); `paced`: the QEMU has
-    SLEEP_RATIO (paces_warp)."""
+    SLEEP_RATIO (paces_warp); `warp_shift`: this rig's shift (None: shift())."""
     if clock != WARP:
         return []
+    n = shift() if warp_shift is None else warp_shift
     if not paced:
-        return ["-icount", f"shift={shift()},sleep=off"]
-    return ["-icount", f"shift={shift()},sleep=on,{SLEEP_RATIO}={ratio()}"]
+        return ["-icount", f"shift={n},sleep=off"]
+    return ["-icount", f"shift={n},sleep=on,{SLEEP_RATIO}={ratio()}"]
 
 
 @functools.cache

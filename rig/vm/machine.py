@@ -99,6 +99,7 @@ class MachineConfig:
     clock: str = vmclock.REAL  # rig.vm.clock: "real" or "warp"
     # The QEMU paces warp (rig.vm.clock.paces_warp: the rig's patch); else warp is sleep=off.
     paced_warp: bool = True
+    warp_shift: int | None = None  # rig.vm.clock.qemu_args; None: $RIG_WARP_SHIFT or SHIFT
     qemu_args: tuple[str, ...] = ()
     name: str = "rig"
     # A free PCIe root port (HOTPLUG_BUS) for a card added after a restore (rig.vm.saved).
@@ -194,7 +195,7 @@ def qemu_command(config: MachineConfig, paths: RuntimePaths) -> list[str]:
         "-display",
         "none",
         "-no-reboot",
-        *vmclock.qemu_args(config.clock, config.paced_warp),
+        *vmclock.qemu_args(config.clock, config.paced_warp, config.warp_shift),
     ]
     for d in config.qemu.firmware_dirs:
         argv += ["-L", str(d)]

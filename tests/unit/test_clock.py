@@ -80,14 +80,20 @@ def test_another_ratio_from_the_environment_and_a_bad_one_named(
 def test_another_shift_from_the_environment_and_a_bad_one_named(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv(clock.SHIFT_ENV, "0")
+    monkeypatch.setenv(clock.SHIFT_ENV, "1")
     [icount] = option(qemu_command(config(clock="warp"), PATHS), "-icount")
-    assert icount.split(",")[0] == "shift=0"
+    assert icount.split(",")[0] == "shift=1"
     for bad in ("-1", "11", "auto"):
         monkeypatch.setenv(clock.SHIFT_ENV, bad)
         assert clock.resolve("real") == "real"
         with pytest.raises(UsageError, match=rf"^\$RIG_WARP_SHIFT '{bad}': a whole number from 0"):
             clock.resolve("warp")
+
+
+def test_a_rig_may_ask_for_its_own_shift() -> None:
+    [icount] = option(qemu_command(config(clock="warp", warp_shift=2), PATHS), "-icount")
+    assert icount.split(",")[0] == "shift=2"
+    assert "-icount" not in qemu_command(config(clock="real", warp_shift=2), PATHS)
 
 
 def test_warp_on_a_qemu_without_the_ratio_does_not_sleep_at_all() -> None:
