@@ -24,6 +24,7 @@ from rig.formats.coverage import Coverage
 from rig.formats.ktap import replay_group, write_ktap
 from rig.jobs.replay import ReplayOptions, run_replay
 from rig.mlx4 import FAULTS
+from rig.traffic import TAIL
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def add_parser(sub: Subparsers) -> None:
         default=64 << 20,
         metavar="N",
         help="most bytes of that transfer, e.g. 64M (default; it must still run at the "
-        "reset): once the path is restored it ends 16M later",
+        f"reset): once the path is restored it ends {TAIL >> 20}M later",
     )
     add_guest_options(p)
     add_driver_options(p)
