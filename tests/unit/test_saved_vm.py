@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 from rig.cache import entry
 from rig.errors import UsageError
 from rig.provision.locking import building
+from rig.vm import saved as saved_module
 from rig.vm.cmdline import Modprobe
 from rig.vm.machine import HOTPLUG_BUS, MachineConfig, qemu_command
 from rig.vm.saved import (
@@ -141,6 +143,50 @@ def test_a_flipped_byte_with_the_same_size_and_time_fails_the_digest(tmp_path: P
     assert saved.problem() is None  # the cheap check cannot see it ...
     with pytest.raises(SavedVmError, match="corrupt"):
         saved.verifier().check()  # ... the digest does
+
+
+def test_a_verified_state_is_not_hashed_again_until_it_changes(tmp_path: Path) -> None:
+    saved = sealed(tmp_path)
+    first = saved.verifier()
+    assert not first.verified
+    first.check()
+    again = saved.verifier()
+    assert again.verified  # the same file, untouched since its digest matched
+    again.check()
+    st = saved.state.stat()
+    with saved.state.open("r+b") as f:  # a flipped byte, its size and mtime put back
+        f.seek(1000)
+        f.write(b"\x02")
+    os.utime(saved.state, ns=(st.st_atime_ns, st.st_mtime_ns))
+    after = saved.verifier()
+    assert not after.verified  # its ctime moved: the digest runs again ...
+    with pytest.raises(SavedVmError, match="corrupt"):
+        after.check()  # ... and sees it
+    assert not saved.verifier().verified  # a mismatch records nothing
+
+
+def test_a_state_replaced_by_a_copy_of_itself_is_hashed_again(tmp_path: Path) -> None:
+    saved = sealed(tmp_path)
+    saved.verifier().check()
+    copy = tmp_path / "copy"
+    shutil.copy2(saved.state, copy)
+    os.replace(copy, saved.state)  # same bytes, size and mtime; another file
+    again = saved.verifier()
+    assert not again.verified
+    again.check()
+
+
+def test_a_cache_it_cannot_write_still_checks_every_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    saved = sealed(tmp_path)
+
+    def refused(path: Path, text: str) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(saved_module, "_write_atomically", refused)
+    saved.verifier().check()  # the record is refused, the check is not
+    assert not saved.verifier().verified
 
 
 def test_a_missing_seal_is_a_problem(tmp_path: Path) -> None:
