@@ -71,9 +71,14 @@ def resolve_boot(boot: str | None) -> str:
 # The kernel's words when mlx4_core's probe of a device fails (drivers/base/dd.c).
 PROBE_FAILED = r"mlx4_core: probe of \S+ failed"
 # ms of guest time after an answered INTx before QEMU maps the card's BARs again (vfio-pci's
-# default is 1100; vfio-user-pci's, without the rig's patch, never): at 1 an INTx rig's
-# crdump reads BAR0 as memory, not as 262,144 trapped round trips (~15 s under TCG).
-INTX_REMAP_MS = 1
+# default is 1100; vfio-user-pci's, without the rig's patch 0004, never). 0: never, so an
+# INTx rig's crdump reads BAR0 as 262,144 trapped round trips (~15 s under TCG), not as
+# memory. Not 1 (session 12): every INTx then changes the memory map twice, and QEMU 10.2's
+# TCG looks a stale MMIO TLB entry's section index up in the new map until the vCPU's
+# queued TLB flush runs (system/physmem.c iotlb_to_section); an INTx rig's QEMU aborted on
+# `section_index < d->map.sections_nb` during a reload in the 18th run of a loop, and a
+# smaller new map could as well send the access to another section (docs/clock.md).
+INTX_REMAP_MS = 0
 
 
 @dataclass(frozen=True)
