@@ -6,11 +6,13 @@ so an interrupted build never leaves a half entry that a later run would trust.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,6 +34,18 @@ def cache_key(inputs: dict[str, Any]) -> str:
     """A short stable hash of an entry's inputs (order of keys does not matter)."""
     blob = json.dumps(inputs, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """`text` into `path` whole or not at all: rigs side by side read and write the same
+    cache files. OSError if it cannot be written (the temporary file is not left)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
 
 
 def file_digest(path: Path) -> str:

@@ -11,14 +11,13 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
-import os
 import re
 import subprocess
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from rig.cache import cache_root
+from rig.cache import cache_root, write_atomically
 from rig.errors import ProvisionError
 from rig.progress import run_logged, step
 from rig.provision.apt import PrivateApt, parse_stanzas
@@ -63,9 +62,7 @@ def remembered(memo_path: Path, stamp: str, key: str, ask: Callable[[], str]) ->
     if answer.strip():  # an empty answer may be missing lists: do not remember it
         memo["answers"][key] = answer
         memo_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo_path.with_name(f".{memo_path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(memo))
-        tmp.replace(memo_path)
+        write_atomically(memo_path, json.dumps(memo))
     return answer
 
 

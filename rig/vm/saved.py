@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from rig import settings
-from rig.cache import MANIFEST, CacheEntry, entry
+from rig.cache import MANIFEST, CacheEntry, entry, write_atomically
 from rig.errors import MachineError, RigError
 from rig.provision.locking import building, unless_building
 from rig.vm.machine import SAVE_CAPABILITIES, Machine, MachineConfig, RuntimePaths, qemu_command
@@ -245,12 +245,17 @@ class Verifier:
         self.path = path
         self.expected = expected
         self.record = record
-        self.verified = verified
         self._found: str | None = None
         self._error: OSError | None = None
-        self._thread = threading.Thread(target=self._run, name="saved-vm-digest", daemon=True)
+        self._thread: threading.Thread | None = None
         if not verified:
+            self._thread = threading.Thread(target=self._run, name="saved-vm-digest", daemon=True)
             self._thread.start()
+
+    @property
+    def verified(self) -> bool:
+        """Whether the state was known good without a digest (SavedVm.verifier)."""
+        return self._thread is None
 
     def _run(self) -> None:
         try:
@@ -262,28 +267,17 @@ class Verifier:
         if self.record is not None and self._found == self.expected:
             with contextlib.suppress(OSError):  # a cache this user cannot write: no record
                 if _identity(self.path) == before:
-                    _write_atomically(self.record, json.dumps(before))
+                    write_atomically(self.record, json.dumps(before))
 
     def check(self) -> None:
         """SavedVmError unless the state is the one that was sealed."""
-        if self.verified:
+        if self._thread is None:
             return
         self._thread.join()
         if self._error is not None:
             raise SavedVmError(f"saved VM state {self.path} unreadable: {self._error}")
         if self._found != self.expected:
             raise SavedVmError(f"saved VM state {self.path} is corrupt (SHA-256 mismatch)")
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """`text` into `path` whole or not at all: rigs verify the same save side by side."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
 
 
 def ensure_saved(

@@ -184,7 +184,7 @@ def test_a_cache_it_cannot_write_still_checks_every_time(
     def refused(path: Path, text: str) -> None:
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(saved_module, "_write_atomically", refused)
+    monkeypatch.setattr(saved_module, "write_atomically", refused)
     saved.verifier().check()  # the record is refused, the check is not
     assert not saved.verifier().verified
 
