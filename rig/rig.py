@@ -39,6 +39,7 @@ from rig.mlx4 import Mlx4
 from rig.process import owned_tempdir, sweep_tempdirs
 from rig.progress import step
 from rig.provision.kcoverage import CoverageBuild, coverage_build
+from rig.provision.qemu import built_with
 from rig.provision.sshkeys import rig_key
 from rig.vm import clock as vmclock
 from rig.vm.cmdline import Modprobe
@@ -63,6 +64,12 @@ DEFAULT_BOOT = "saved"
 BOOT_ENV = "RIG_BOOT"  # the boot mode when no option names one, as RIG_CLOCK is the clock
 
 
+def remaps_safely(binary: Path) -> bool:
+    """Whether this QEMU maps BAR0 again after an INTx (patch 0004) without the TLB race
+    that INTX_REMAP_NEEDS fixes."""
+    return remaps_after_intx(binary) and built_with(binary, INTX_REMAP_NEEDS)
+
+
 def resolve_boot(boot: str | None) -> str:
     """`boot`, else $RIG_BOOT, else DEFAULT_BOOT; UsageError naming a bad one."""
     return settings.choice(boot, "boot mode", BOOT_ENV, DEFAULT_BOOT, BOOT_MODES)
@@ -71,14 +78,14 @@ def resolve_boot(boot: str | None) -> str:
 # The kernel's words when mlx4_core's probe of a device fails (drivers/base/dd.c).
 PROBE_FAILED = r"mlx4_core: probe of \S+ failed"
 # ms of guest time after an answered INTx before QEMU maps the card's BARs again (vfio-pci's
-# default is 1100; vfio-user-pci's, without the rig's patch 0004, never). 0: never, so an
-# INTx rig's crdump reads BAR0 as 262,144 trapped round trips (~15 s under TCG), not as
-# memory. Not 1 (session 12): every INTx then changes the memory map twice, and QEMU 10.2's
-# TCG looks a stale MMIO TLB entry's section index up in the new map until the vCPU's
-# queued TLB flush runs (system/physmem.c iotlb_to_section); an INTx rig's QEMU aborted on
-# `section_index < d->map.sections_nb` during a reload in the 18th run of a loop, and a
-# smaller new map could as well send the access to another section (docs/clock.md).
-INTX_REMAP_MS = 0
+# default is 1100; vfio-user-pci's, without the rig's patch 0004, never). 0 would leave an
+# INTx rig's crdump reading BAR0 as 262,144 trapped round trips (~15 s under TCG), not as
+# memory. Only on a QEMU built with patch 0007 (INTX_REMAP_NEEDS): every INTx changes the
+# memory map twice, and QEMU 10.2's TCG without it looks a stale MMIO TLB entry's section
+# index up in the new map until the vCPU's queued TLB flush runs: an INTx rig's QEMU aborted
+# on `section_index < d->map.sections_nb` in the 18th run of a suite loop (docs/clock.md).
+INTX_REMAP_MS = 1
+INTX_REMAP_NEEDS = "0007-tcg-io-tlb-entry-keeps-its-section.patch"
 
 
 @dataclass(frozen=True)
@@ -200,7 +207,7 @@ class Rig:
                 posted_config_dword=GATEWAY_ADDRESS if posts_config_dword(qemu.binary) else 0,
                 # After each INTx QEMU traps the BARs until the guest answers it (the first
                 # trapped access is the EOI); then they are mapped again, not kept trapped.
-                intx_remap_ms=INTX_REMAP_MS if remaps_after_intx(qemu.binary) else 0,
+                intx_remap_ms=INTX_REMAP_MS if remaps_safely(qemu.binary) else 0,
                 clock=self.clock,
                 paced_warp=self.clock != vmclock.WARP or vmclock.paces_warp(qemu.binary),
                 warp_shift=self.config.warp_shift,

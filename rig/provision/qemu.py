@@ -182,6 +182,16 @@ def patches() -> list[Path]:
     return sorted(PATCH_DIR.glob("*.patch"))
 
 
+def built_with(binary: Path, patch: str) -> bool:
+    """Whether `binary` is a build of this cache whose manifest lists `patch` (a file name in
+    PATCH_DIR): for a fix that adds no option the binary could be asked about."""
+    try:
+        inputs = json.loads((binary.parent.parent / MANIFEST).read_text())["inputs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return isinstance(inputs, dict) and patch in inputs.get("patches", {})
+
+
 def firmware_dirs() -> tuple[Path, ...]:
     return tuple(d for d in FIRMWARE_DIRS if d.is_dir())
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -11,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import rig.provision.qemu as qemu_mod
-from rig.cache import cache_key, entry
+from rig.cache import MANIFEST, cache_key, entry
 from rig.errors import ProvisionError, UsageError
 from rig.provision.apt import (
     DEBIAN_KEYRING,
@@ -27,6 +28,7 @@ from rig.provision.qemu import (
     Qemu,
     _fetch_source,
     build_inputs,
+    built_with,
     candidate_versions,
     check_requested,
     find_qemu,
@@ -212,6 +214,21 @@ def test_build_inputs_key_follows_the_patches(
     one = cache_key(build_inputs("1:10.2.2+ds-1"))
     (tmp_path / "0001-x.patch").write_text("two\n")
     assert cache_key(build_inputs("1:10.2.2+ds-1")) != one
+
+
+def test_built_with_reads_the_builds_manifest(tmp_path: Path) -> None:
+    """A fix that adds no option is known by the patch list of the build's cache entry."""
+    binary = tmp_path / "entry" / "bin" / "qemu-system-x86_64"
+    binary.parent.mkdir(parents=True)
+    binary.write_bytes(b"")
+    assert not built_with(binary, "0007-x.patch"), "no manifest: not a build of ours"
+    manifest = tmp_path / "entry" / MANIFEST
+    manifest.write_text(json.dumps({"inputs": build_inputs("1:10.2.2+ds-1")}))
+    listed = sorted(p.name for p in qemu_mod.patches())
+    assert built_with(binary, listed[-1])
+    assert not built_with(binary, "0099-not-applied.patch")
+    manifest.write_text("{not json")
+    assert not built_with(binary, listed[-1])
 
 
 def test_mirrors_in_sources_both_formats() -> None:
