@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from guest.programs.traffic_guest import CHUNK, POOL, Payload
 from rig.commands.options import byte_count as _size
 from rig.errors import KernelFailure, MachineError, RigError
 from rig.traffic import SCRIPT, End, Gap, TcpResult, _Server, parse_ping
@@ -25,6 +26,18 @@ BUSYBOX = """PING 10.99.0.2 (10.99.0.2): 56 data bytes
 100 packets transmitted, 97 packets received, 3% packet loss
 round-trip min/avg/max = 1.805/3.337/12.939 ms
 """
+
+
+def test_the_payload_repeats_no_chunk_and_depends_on_its_seed() -> None:
+    """A misplaced or repeated MiB must change the stream's hash: no two chunks alike, even
+    those that share a random MiB of the pool."""
+    payload = Payload(7)
+    chunks = [payload.chunk(i) for i in range(3 * POOL)]
+    assert all(len(c) == CHUNK for c in chunks)
+    assert len(set(chunks)) == len(chunks)
+    assert chunks == [Payload(7).chunk(i) for i in range(3 * POOL)]  # the same on every run
+    assert Payload(8).chunk(0) != chunks[0]
+    assert payload.chunk(POOL + 1, 100) == chunks[POOL + 1][:100]
 
 
 def test_busybox_ping_summary() -> None:
