@@ -182,14 +182,21 @@ def patches() -> list[Path]:
     return sorted(PATCH_DIR.glob("*.patch"))
 
 
+def _build_inputs_of(entry_dir: Path) -> dict[str, object] | None:
+    """The build inputs a cache entry's manifest records; None if it has none readable."""
+    try:
+        inputs = json.loads((entry_dir / MANIFEST).read_text())["inputs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return inputs if isinstance(inputs, dict) else None
+
+
 def built_with(binary: Path, patch: str) -> bool:
     """Whether `binary` is a build of this cache whose manifest lists `patch` (a file name in
     PATCH_DIR): for a fix that adds no option the binary could be asked about."""
-    try:
-        inputs = json.loads((binary.parent.parent / MANIFEST).read_text())["inputs"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-    return isinstance(inputs, dict) and patch in inputs.get("patches", {})
+    inputs = _build_inputs_of(binary.parent.parent)
+    patches = inputs.get("patches") if inputs is not None else None
+    return isinstance(patches, dict) and patch in patches
 
 
 def firmware_dirs() -> tuple[Path, ...]:
@@ -265,9 +272,8 @@ def _cached_entries(root: Path) -> list[tuple[str, Path]]:
     """(Debian source version, entry dir) of complete builds made by this recipe and flags."""
     found = []
     for manifest in (root / "qemu").glob(f"*/{MANIFEST}"):
-        try:
-            inputs = json.loads(manifest.read_text())["inputs"]
-        except (OSError, ValueError, KeyError):
+        inputs = _build_inputs_of(manifest.parent)
+        if inputs is None:
             continue
         source = str(inputs.get("source", ""))
         package, _, version = source.partition("=")
