@@ -40,6 +40,26 @@ def screenshot(page: Path, png: Path, width: int = 1200, height: int = 3000) -> 
     return png
 
 
+def render(page: Path, png: Path, width: int = 1200, height: int = 3000) -> str:
+    """The page's DOM (dump_dom) and its screenshot at `png` (screenshot) from one Chromium
+    start: each start costs ~1 s of CPU, a suite's worth of them a few seconds."""
+    res = subprocess.run(
+        [
+            chromium(),
+            *FLAGS,
+            f"--window-size={width},{height}",
+            f"--screenshot={png}",
+            "--dump-dom",
+            page.resolve().as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    return res.stdout
+
+
 def dump_dom(page: Path) -> str:
     """The page's DOM as Chromium built it (what a reader sees, markup included)."""
     res = subprocess.run(

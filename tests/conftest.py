@@ -1,35 +1,70 @@
-"""The order the e2e modules go out to pytest-xdist workers: the longest first.
+"""How the e2e tests go out to pytest-xdist workers (`--dist loadscope`): in work units, the
+costliest first.
 
-With `--dist loadscope` each module is one unit of work (its rigs stay in one worker), and
-xdist hands the units out largest test count first. test_traffic.py has five tests and runs
-longest, so it went out late and its worker was still busy long after the other had
-finished. Here the modules are ordered by what they take (MODULE_SECONDS, test time measured
-on the defaults: warp, saved VMs, two workers on this repo's 2-core machine) and xdist told to
-keep the collection's order; a module not listed goes after them, in its usual order.
+A unit's tests run in one worker, one after the other, so the tests that share a rig share a
+unit. By default a unit is a module (its module-scoped rigs stay in one worker). Two kinds of
+change to that (UNITS):
+
+* The modules that use the session rig (`rig_session`, or `rig` left at it) go to two units:
+  every worker that runs one of them restores a session rig of its own (~2 CPU-s a rig
+  under TCG), and with four workers that was four.
+* The longest modules are split where the split costs at most one rig start: test_traffic.py's
+  five fault cycles get their own traffic rig, test_replay.py's replays boot one each anyway.
+  On two busy cores a worker gets about half of one, so the longest unit bounds the run.
+
+Then the units go out by what they take (SECONDS: CPU-s of a serial run, session 15; a unit not
+listed goes after them) and xdist keeps that order.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-# Test seconds per tests/e2e module, one run of the suite on the defaults (session 12).
-MODULE_SECONDS = {
-    "test_traffic.py": 76,
-    "test_snapshots.py": 60,
-    "test_replay.py": 49,
-    "test_saved.py": 44,
-    "test_en.py": 37,
-    "test_fault_paths.py": 30,
-    "test_acceptance.py": 28,
-    "test_matrix.py": 25,
-    "test_verdicts.py": 23,
-    "test_params.py": 14,
-    "test_boot.py": 12,
-    "test_regions.py": 9,
-    "test_mstflint.py": 5,
+SESSION_A = "session rig (snapshots, regions)"
+SESSION_B = "session rig (fault paths, params, mstflint)"
+UNITS = {
+    "test_snapshots.py": SESSION_A,
+    "test_regions.py": SESSION_A,
+    "test_placement.py": SESSION_A,
+    "test_fault_paths.py": SESSION_B,
+    "test_params.py": SESSION_B,
+    "test_mstflint.py": SESSION_B,
+    "test_pause.py": SESSION_B,
+    "test_traffic.py::test_five_catas_under_traffic_leave_no_warning_and_leak_nothing": (
+        "test_traffic.py (five cycles)"
+    ),
+    "test_replay.py::test_mstregdump_capture_replays_with_its_coverage": "test_replay.py (2)",
+    "test_replay.py::test_wrong_expectation_fails_exit_1_and_points_at_the_offset": (
+        "test_replay.py (2)"
+    ),
 }
+SECONDS = {
+    SESSION_A: 31,
+    "test_traffic.py": 33,
+    "test_saved.py": 31,
+    "test_matrix.py": 30,
+    "test_en.py": 24,
+    "test_replay.py": 22,
+    "test_traffic.py (five cycles)": 21,
+    "test_replay.py (2)": 20,
+    "test_acceptance.py": 20,
+    "test_verdicts.py": 20,
+    SESSION_B: 20,
+    "test_boot.py": 15,
+}
+
+
+def unit(nodeid: str) -> str:
+    """The work unit of an e2e test, by its node id (tests/e2e/MODULE::NAME[PARAMS])."""
+    path, _, name = nodeid.partition("::")
+    module = Path(path).name
+    if Path(path).parent.name != "e2e":
+        return path
+    test = f"{module}::{name.split('[', 1)[0]}"
+    return UNITS.get(test) or UNITS.get(module) or module
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -37,11 +72,23 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.loadscopereorder = False
 
 
-def _cost(item: pytest.Item) -> int:
-    path = Path(str(item.path))
-    return MODULE_SECONDS.get(path.name, 0) if path.parent.name == "e2e" else 0
+@pytest.hookimpl(optionalhook=True)  # only xdist knows it (-p no:xdist)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """loadscope with the units above; every other --dist mode as xdist has it."""
+    if config.getoption("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class UnitScheduling(LoadScopeScheduling):  # type: ignore[misc]  # xdist has no types
+        def _split_scope(self, nodeid: str) -> str:
+            return unit(nodeid)
+
+    return UnitScheduling(config, log)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Longest e2e module first; the tests of a module keep their order (a stable sort)."""
-    items.sort(key=lambda item: -_cost(item))
+    """The costliest unit first, each unit's tests together and in their order (stable)."""
+    units = [unit(item.nodeid) for item in items]
+    first = {u: i for i, u in reversed(list(enumerate(units)))}
+    order = {id(item): (-SECONDS.get(u, 0), first[u]) for item, u in zip(items, units, strict=True)}
+    items.sort(key=lambda item: order[id(item)])

@@ -23,7 +23,7 @@ from rig.rig import Rig
 from rig.vm.ssh import Background
 from tests.e2e.support import (
     assert_no_kernel_trouble,
-    assert_same_bytes,
+    assert_snapshot_holds,
     health_buffer,
     leak_counters,
 )
@@ -61,7 +61,7 @@ def check_fault(rig: Rig, cycle: FaultCycle, devlink: RegionChannel, since: int)
     """What every fault taken with the interface up must leave behind."""
     snap = cycle.snapshot_id()
     for region in REGIONS:
-        assert_same_bytes(devlink.dump(rig.region(region), snap), cycle.expected(region), region)
+        assert_snapshot_holds(rig, devlink, snap, region, cycle.expected(region))
     assert cycle.netdevs_before == cycle.netdevs_after == up(rig)
     assert_no_kernel_trouble(rig, failed_commands=cycle.kind != "closing-cmd", since=since)
 

@@ -22,7 +22,7 @@ from rig.jobs.replay import LIVE_DUMP, ReplayOptions, run_replay
 from rig.provision.mstflint import ensure_connectx3_csv
 from rig.pytest_plugin import boot_options
 from rig.rig import RigConfig
-from tests.browser import dump_dom, read_png, screenshot
+from tests.browser import read_png, render
 
 pytestmark = pytest.mark.e2e
 
@@ -41,9 +41,9 @@ def rendered(out: Path) -> tuple[str, int, int]:
     """report.html through headless Chromium: its text, and the map's equal and unexplained
     pixels in a screenshot that must not be blank. The PNG stays beside the page."""
     page = out / "report.html"
-    body = dump_dom(page).split("<body", 1)[1]
+    body = render(page, out / "report.png", 1200, 2400).split("<body", 1)[1]
     text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", "<body" + body)).strip()
-    png = read_png(screenshot(page, out / "report.png", 1200, 2400))
+    png = read_png(out / "report.png")
     assert png.variance() > 500, "a blank page"
     return text, png.count(GREEN), png.count(RED)
 

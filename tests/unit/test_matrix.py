@@ -27,7 +27,7 @@ from rig.jobs.matrix import (
     write_outputs,
 )
 from rig.jobs.verdict import KernelResult
-from tests.browser import dump_dom, read_png, screenshot
+from tests.browser import dump_dom, read_png, render
 from tests.unit.ktap_parser import parse
 
 
@@ -144,7 +144,7 @@ def test_the_page_shows_each_cell_the_versions_and_links_the_replays(tmp_path: P
     (replay / "report.html").write_text("<p>replay</p>")
     write_outputs(matrix, tmp_path)
     page = tmp_path / "report.html"
-    dom = dump_dom(page)
+    dom = render(page, tmp_path / "page.png", 1200, 1600)
     words = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom.split("<body", 1)[1]))
     assert "ERROR rig matrix" in words and "the rig could not run a cell (exit 2)" in words
     assert "deb:nope: the rig could not run it: no such Debian release" in words
@@ -157,7 +157,7 @@ def test_the_page_shows_each_cell_the_versions_and_links_the_replays(tmp_path: P
     assert html.count("href='deb_bookworm/replay/report.html'") == 2  # versions and the cell
     assert "deb_trixie/replay" not in html and "deb_nope/replay" not in html
     assert not re.search(r"<script|<link|<img|src=|https?://", html)
-    png = read_png(screenshot(page, tmp_path / "page.png", 1200, 1600))
+    png = read_png(tmp_path / "page.png")
     assert png.variance() > 500  # a drawn page, not a blank one
     assert png.count(MATRIX_GREEN) > 2 * len(NAMES) * 1000  # the passing cells' fill
     assert png.count(MATRIX_RED) > 1000  # trixie's second fault

@@ -13,7 +13,7 @@ from rig.formats import crmap, reporthtml
 from rig.formats.crmap import Pair
 from rig.formats.report import ReaderReport, Report, SnapshotReport
 from rig.timeline import Mark
-from tests.browser import dump_dom, read_png, screenshot
+from tests.browser import read_png, render, screenshot
 
 GREEN, RED = (0x8F, 0xD1, 0x9E), (0xD9, 0x36, 0x3E)  # reporthtml.COLORS: equal, unexplained
 CELL_PIXELS = 34 * 34  # a map cell; the legend's swatch of each colour is far smaller
@@ -70,7 +70,7 @@ def text_of(dom: str) -> str:
 
 def test_a_passing_run_renders_its_verdict_timeline_and_map(tmp_path: Path) -> None:
     page = run(tmp_path, tamper=None)
-    dom = dump_dom(page)
+    dom = render(page, tmp_path / "pass.png", 1200, 2200)
     words = text_of(dom)
     assert re.search(r"id=\"verdict\".*PASS", dom)
     assert "Timeline of the fault" in words and "eth1 up again with carrier" in words
@@ -82,21 +82,21 @@ def test_a_passing_run_renders_its_verdict_timeline_and_map(tmp_path: Path) -> N
     assert not re.search(r"<script|<link|<img|src=|@import|url\(", html)
     assert re.findall(r"https?://[^'\" ]+", html) == ["http://www.w3.org/2000/svg"] * 2
 
-    png = read_png(screenshot(page, tmp_path / "pass.png", 1200, 2200))
+    png = read_png(tmp_path / "pass.png")
     assert png.variance() > 500  # a drawn page, not a blank one
     assert png.count(GREEN) > 200 * CELL_PIXELS and png.count(RED) < CELL_PIXELS / 2
 
 
 def test_a_failing_run_shows_the_unexplained_offset(tmp_path: Path) -> None:
     page = run(tmp_path, tamper=0x12345)
-    dom = dump_dom(page)
+    dom = render(page, tmp_path / "fail.png", 1200, 2200)
     words = text_of(dom)
     assert re.search(r"id=\"verdict\".*FAIL", dom)
     assert "0x00012345 +1 byte, UNEXPLAINED" in words
     assert 'href="#cell-0x12000"' in dom and 'id="cell-0x12000"' in dom
     assert "capture 00012340" in words  # its hexdump diff, at its address
     assert "unexplained at 0x40002" in words  # the failing reader, named with its offset
-    png = read_png(screenshot(page, tmp_path / "fail.png", 1200, 2200))
+    png = read_png(tmp_path / "fail.png")
     assert png.count(RED) > CELL_PIXELS  # its cell on the map
 
 
