@@ -24,52 +24,33 @@ def chromium() -> str:
     return path
 
 
-def screenshot(page: Path, png: Path, width: int = 1200, height: int = 3000) -> Path:
-    subprocess.run(
-        [
-            chromium(),
-            *FLAGS,
-            f"--window-size={width},{height}",
-            f"--screenshot={png}",
-            page.resolve().as_uri(),
-        ],
+def _run(*args: str) -> str:
+    """Chromium on `args` (FLAGS first); its stdout."""
+    res = subprocess.run(
+        [chromium(), *FLAGS, *args],
         check=True,
         capture_output=True,
+        text=True,
         timeout=TIMEOUT,
     )
+    return res.stdout
+
+
+def screenshot(page: Path, png: Path, width: int = 1200, height: int = 3000) -> Path:
+    _run(f"--window-size={width},{height}", f"--screenshot={png}", page.resolve().as_uri())
     return png
 
 
 def render(page: Path, png: Path, width: int = 1200, height: int = 3000) -> str:
     """The page's DOM (dump_dom) and its screenshot at `png` (screenshot) from one Chromium
     start: each start costs ~1 s of CPU, a suite's worth of them a few seconds."""
-    res = subprocess.run(
-        [
-            chromium(),
-            *FLAGS,
-            f"--window-size={width},{height}",
-            f"--screenshot={png}",
-            "--dump-dom",
-            page.resolve().as_uri(),
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
-    return res.stdout
+    size = f"--window-size={width},{height}"
+    return _run(size, f"--screenshot={png}", "--dump-dom", page.resolve().as_uri())
 
 
 def dump_dom(page: Path) -> str:
     """The page's DOM as Chromium built it (what a reader sees, markup included)."""
-    res = subprocess.run(
-        [chromium(), *FLAGS, "--dump-dom", page.resolve().as_uri()],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
-    return res.stdout
+    return _run("--dump-dom", page.resolve().as_uri())
 
 
 @dataclass(frozen=True)
