@@ -7,7 +7,8 @@ change to that (UNITS):
 
 * The modules that use the session rig (`rig_session`, or `rig` left at it) go to two units:
   every worker that runs one of them restores a session rig of its own (~2 CPU-s a rig
-  under TCG), and with four workers that was four.
+  under TCG), and with four workers that was four. (test_verdicts.py's one such test stays
+  with its module, whose other tests start rigs of their own.)
 * The longest modules are split where the split costs at most one rig start: test_traffic.py's
   five fault cycles get their own traffic rig, test_replay.py's replays boot one each anyway.
   On two busy cores a worker gets about half of one, so the longest unit bounds the run.
@@ -60,9 +61,9 @@ SECONDS = {
 def unit(nodeid: str) -> str:
     """The work unit of an e2e test, by its node id (tests/e2e/MODULE::NAME[PARAMS])."""
     path, _, name = nodeid.partition("::")
-    module = Path(path).name
     if Path(path).parent.name != "e2e":
-        return path
+        return nodeid.rsplit("::", 1)[0]  # xdist's own loadscope rule: the class or module
+    module = Path(path).name
     test = f"{module}::{name.split('[', 1)[0]}"
     return UNITS.get(test) or UNITS.get(module) or module
 
@@ -89,6 +90,8 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The costliest unit first, each unit's tests together and in their order (stable)."""
     units = [unit(item.nodeid) for item in items]
-    first = {u: i for i, u in reversed(list(enumerate(units)))}
-    order = {id(item): (-SECONDS.get(u, 0), first[u]) for item, u in zip(items, units, strict=True)}
-    items.sort(key=lambda item: order[id(item)])
+    seen = {u: n for n, u in enumerate(dict.fromkeys(units))}  # in order of first appearance
+    ranked = sorted(
+        zip(items, units, strict=True), key=lambda pair: (-SECONDS.get(pair[1], 0), seen[pair[1]])
+    )
+    items[:] = [item for item, _ in ranked]
