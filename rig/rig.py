@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from cx3 import hcr
 from cx3.client import ControlClient
 from cx3.pci import GATEWAY_ADDRESS
 from rig import cpus, settings, signals
@@ -47,7 +48,12 @@ from rig.vm.console import SerialConsole
 from rig.vm.machine import BootTimes, Machine, MachineConfig, QemuInstall
 from rig.vm.saved import SavedVm, SavedVmError, card_line, discard, ensure_saved
 from rig.vm.ssh import Background, Result, Sink, SshIdentity
-from vfio_user.qemu import posts_config_dword, posts_with_mmap, remaps_after_intx
+from vfio_user.qemu import (
+    posts_bar0_window,
+    posts_config_dword,
+    posts_with_mmap,
+    remaps_after_intx,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -205,6 +211,10 @@ class Rig:
                 # The gateway address only selects the dword that the data register's
                 # access reaches: mstregdump's dword reads need one round trip, not two.
                 posted_config_dword=GATEWAY_ADDRESS if posts_config_dword(qemu.binary) else 0,
+                # The HCR's six parameter words are latched until its GO word is written:
+                # a firmware command waits for one round trip, not seven (on warp, where
+                # the card's other writes wait for the model).
+                posted_bar0=hcr.PARAMETERS if posts_bar0_window(qemu.binary) else None,
                 # After each INTx QEMU traps the BARs until the guest answers it (the first
                 # trapped access is the EOI); then they are mapped again, not kept trapped.
                 intx_remap_ms=INTX_REMAP_MS if remaps_safely(qemu.binary) else 0,

@@ -202,8 +202,13 @@ class Client:
         body, _ = self.request(p.Command.REGION_READ, p.REGION_RW.pack(offset, region, count))
         return body[p.REGION_RW.size :]
 
-    def write(self, region: int, offset: int, data: bytes) -> None:
-        self.request(p.Command.REGION_WRITE, p.REGION_RW.pack(offset, region, len(data)) + data)
+    def write(self, region: int, offset: int, data: bytes, posted: bool = False) -> None:
+        """posted: sent without waiting for an answer (NO_REPLY), as QEMU posts a write."""
+        self.request(
+            p.Command.REGION_WRITE,
+            p.REGION_RW.pack(offset, region, len(data)) + data,
+            flags=_NO_REPLY if posted else 0,
+        )
 
     def read32(self, region: int, offset: int) -> int:
         """A 32-bit read as the CPU sees it (little-endian MMIO)."""

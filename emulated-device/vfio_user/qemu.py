@@ -17,10 +17,13 @@ DEVICE = "vfio-user-pci"
 
 
 # mlx4-rig's QEMU patches (rig/provision/qemu-patches): posted writes although a region is
-# mapped; posted writes of one config dword the device only latches; the BARs mapped again
-# after an INTx once the guest has answered it (as vfio-pci's own property of that name).
+# mapped; posted writes of one config dword the device only latches, and of BAR0 bytes it
+# only latches; the BARs mapped again after an INTx once the guest has answered it (as
+# vfio-pci's own property of that name).
 POSTED_WITH_MMAP = "x-posted-writes-with-mmap"
 POSTED_CONFIG_DWORD = "x-posted-config-dword"
+POSTED_BAR0_OFFSET = "x-posted-bar0-offset"
+POSTED_BAR0_SIZE = "x-posted-bar0-size"
 INTX_MMAP_TIMEOUT = "x-intx-mmap-timeout-ms"
 
 
@@ -30,13 +33,15 @@ def device_arg(
     posted: bool = False,
     config_dword: int = 0,
     intx_remap_ms: int = 0,
+    bar0_latched: tuple[int, int] | None = None,
 ) -> str:
     """`-device`'s value: JSON, so a socket path needs no escaping. `posted`: the device
     promises that no write changes a mapped region, so QEMU may post writes (a QEMU with
     POSTED_WITH_MMAP only: see posts_with_mmap). `config_dword`: the offset of a config dword
     the device only latches on a write, which QEMU may post (POSTED_CONFIG_DWORD; 0: none).
     `intx_remap_ms`: INTX_MMAP_TIMEOUT (0: QEMU's default, which for vfio-user-pci is never:
-    after the first INTx every BAR access traps)."""
+    after the first INTx every BAR access traps). `bar0_latched`: (offset, size) of BAR0
+    bytes the device only latches on a write, which QEMU may post (POSTED_BAR0_OFFSET)."""
     arg: dict[str, object] = {
         "driver": DEVICE,
         "id": dev_id,
@@ -48,6 +53,8 @@ def device_arg(
         arg[POSTED_CONFIG_DWORD] = config_dword
     if intx_remap_ms:
         arg[INTX_MMAP_TIMEOUT] = intx_remap_ms
+    if bar0_latched is not None:
+        arg[POSTED_BAR0_OFFSET], arg[POSTED_BAR0_SIZE] = bar0_latched
     return json.dumps(arg, separators=(",", ":"))
 
 
@@ -59,6 +66,11 @@ def posts_with_mmap(binary: Path) -> bool:
 def posts_config_dword(binary: Path) -> bool:
     """Whether this QEMU's vfio-user-pci has POSTED_CONFIG_DWORD."""
     return POSTED_CONFIG_DWORD in _device_help(binary)
+
+
+def posts_bar0_window(binary: Path) -> bool:
+    """Whether this QEMU's vfio-user-pci has POSTED_BAR0_OFFSET."""
+    return POSTED_BAR0_OFFSET in _device_help(binary)
 
 
 def remaps_after_intx(binary: Path) -> bool:

@@ -93,6 +93,9 @@ class MachineConfig:
     # A config dword the card only latches (its CR-space gateway's address): QEMU may post
     # writes to it (a QEMU with the rig's patch; 0: none)
     posted_config_dword: int = 0
+    # (offset, size) of BAR0 bytes the card only latches (its HCR's parameters): QEMU may
+    # post writes to them (a QEMU with the rig's patch; None: none)
+    posted_bar0: tuple[int, int] | None = None
     # ms of guest time after an answered INTx before the card's BARs are mapped again (a
     # QEMU with the rig's patch; 0: QEMU's default, never again)
     intx_remap_ms: int = 0
@@ -164,6 +167,7 @@ def vfio_user_device(index: int, socket_path: Path, config: MachineConfig) -> st
         config.posted_writes,
         config.posted_config_dword,
         config.intx_remap_ms,
+        config.posted_bar0,
     )
 
 

@@ -156,9 +156,17 @@ class TransportBus:
 
     client: Client
     settle: Callable[[], None] = lambda: None  # wait for the model's background work
+    posted_bar0: tuple[int, int] | None = None  # (offset, size) QEMU posts (x-posted-bar0-*)
 
     def bar_write(self, region: int, offset: int, data: bytes) -> None:
-        self.client.write(region, offset, data)
+        window = self.posted_bar0
+        posted = (
+            window is not None
+            and region == BAR0_REGION
+            and window[0] <= offset
+            and offset + len(data) <= window[0] + window[1]
+        )
+        self.client.write(region, offset, data, posted=posted)
         if region == BAR2_REGION:  # a doorbell: the tests look at its effect at once
             self.settle()
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import mmap
 import os
+from collections import Counter
+from typing import Any
 
-from cx3 import crspace, layout
+from cx3 import crspace, hcr, layout
 from cx3.client import ControlClient
 from cx3.opcodes import Opcode
 from tests.unit.cx3_guest import Driver, Guest, MemfdRam, TransportBus
 from tests.unit.model_proc import Model
 from vfio_user import IRQ_INTX
+from vfio_user import protocol as p
 from vfio_user.client import Client
 from vfio_user.device import BAR0_REGION
 
@@ -57,3 +60,32 @@ def test_probe_through_the_transport(model: Model) -> None:
         assert {"cmd", "irq", "clr_int", "doorbell", "crdump", "reset", "fault"} <= kinds
         cr_view.close()
     assert model.proc.poll() is None
+
+
+def test_a_probe_with_the_hcr_parameters_posted(model: Model) -> None:
+    """QEMU posts the HCR's parameter writes (x-posted-bar0-*): the model latches them
+    unanswered, and runs each command at its GO write as before."""
+    ram = MemfdRam(GUEST_BASE, GUEST_SIZE)
+    with Client(model.socket) as client, ControlClient(model.control) as control:
+        client.version()
+        client.dma_map(GUEST_BASE, GUEST_SIZE, os.dup(ram.fd))
+        sent = Counter[bool]()
+        request = client.request
+
+        def counted(command: int, payload: bytes = b"", fds: Any = None, flags: int = 0) -> Any:
+            sent[bool(flags & p.Flags.NO_REPLY)] += 1
+            return request(command, payload, fds, flags)
+
+        client.request = counted  # type: ignore[method-assign]
+        bus = TransportBus(client, posted_bar0=hcr.PARAMETERS)
+        driver = Driver(bus, Guest(ram, GUEST_BASE, GUEST_SIZE))
+        driver.config_write16(0x04, 0x0006)
+        driver.probe()
+        driver.event_cmd(Opcode.NOP, in_mod=0x1F)
+        commands = sum(1 for e in control.events().events if e["kind"] == "cmd")
+        # Six posted writes a command; a reply to any of them would have answered the
+        # next request in its place.
+        assert sent[True] == 6 * commands and commands > 10
+        assert client.read32(BAR0_REGION, layout.HCR_OFFSET + hcr.STATUS) is not None
+        state = control.state()
+        assert state["fw_running"] and [q["eqn"] for q in state["eqs"]] == [4, 5]

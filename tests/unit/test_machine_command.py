@@ -134,6 +134,16 @@ def test_the_gateway_address_is_a_posted_config_dword() -> None:
     assert "x-posted-config-dword" not in option(bare, "-device")[-1]
 
 
+def test_the_hcr_parameters_are_a_posted_bar0_window() -> None:
+    argv = qemu_command(
+        config(vfio_user_sockets=(Path("/s/a.sock"),), posted_bar0=(0x80680, 0x18)), PATHS
+    )
+    (device,) = [json.loads(d) for d in option(argv, "-device") if d.startswith("{")]
+    assert (device["x-posted-bar0-offset"], device["x-posted-bar0-size"]) == (0x80680, 0x18)
+    bare = qemu_command(config(vfio_user_sockets=(Path("/s/a.sock"),)), PATHS)
+    assert "x-posted-bar0" not in option(bare, "-device")[-1]
+
+
 def test_an_intx_card_is_mapped_again_after_its_interrupt_is_answered() -> None:
     argv = qemu_command(config(vfio_user_sockets=(Path("/s/a.sock"),), intx_remap_ms=1), PATHS)
     (device,) = [json.loads(d) for d in option(argv, "-device") if d.startswith("{")]
