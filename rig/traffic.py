@@ -332,7 +332,7 @@ class Traffic:
         """Stop what still runs, move the netdevs back to the initial namespace, up."""
         try:
             try:
-                self._stop()
+                self.stop()
             finally:
                 self.server.call(
                     "unpath",
@@ -347,7 +347,8 @@ class Traffic:
                 self._server.close()
                 self._server = None
 
-    def _stop(self) -> None:
+    def stop(self) -> None:
+        """Stop the stream that still runs, if one does (e.g. a caller that gave up on it)."""
         if self._send is not None or self._recv is not None:
             self._send = self._recv = None
             self.server.call("stop", 30)
@@ -438,7 +439,7 @@ class Traffic:
             received = self._result(self._recv, "receiver")
             sent = self._result(self._send, "sender")
         finally:
-            self._stop()
+            self.stop()
         after = self.counters()
         return TcpResult(
             self._requested,

@@ -57,6 +57,23 @@ def rig(rig_factory: RigFactory) -> Iterator[Rig]:
     rig_factory.stop(booted)
 
 
+@pytest.fixture(scope="module")
+def path(rig: Rig) -> Iterator[Traffic]:
+    """One traffic path for the module's rig: moving the netdevs into their namespaces and
+    back restarts both ports (~4 s a test under TCG)."""
+    with Traffic(rig) as t:
+        yield t
+
+
+@pytest.fixture
+def traffic(path: Traffic) -> Iterator[Traffic]:
+    """The module's path as each test finds it: back in place (idempotent; a test that
+    failed mid-fault may have left it torn), no stream running after the test."""
+    path.restore()
+    yield path
+    path.stop()
+
+
 @pytest.fixture(autouse=True)
 def log_mark(rig: Rig) -> int:
     return len(rig.dmesg().splitlines())
