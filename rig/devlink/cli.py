@@ -54,7 +54,10 @@ class DevlinkCli:
         return res
 
     def json(self, args: str) -> Any:
-        out = self._json_text(args)
+        """`devlink -j ARGS` parsed, for the small answers (a listing, a parameter): run
+        directly, its output one write. Through a file as the dumps go, the mktemp, cat and rm
+        cost each call ~47 ms more of QEMU CPU (96.7 against 49.3 ms, 15 calls each)."""
+        out = self.run(f"-j {args}").stdout
         try:
             return json.loads(out)
         except ValueError as e:
@@ -85,28 +88,26 @@ class DevlinkCli:
             attrs.get("max"),
         )
 
-    def _json_text(self, args: str, deflate: bool = False) -> str:
-        """`devlink -j ARGS` output. devlink writes JSON in many small pieces, and each one
-        costs an SSH packet under TCG (8 s for a 1 MiB dump); through a file it is 4x faster.
-        deflate: the file crosses gzipped (a snapshot's ~4 MB of JSON: the guest's sshd
-        carries ~10 MB/s under TCG, and gzip -1 is quicker than that)."""
-        show = "gzip -1 -c $f" if deflate else "cat $f"
-        cmd = f"f=$(mktemp) && {self.devlink} -j {args} > $f; s=$?; {show}; rm -f $f; exit $s"
+    def _dump_text(self, args: str) -> str:
+        """`devlink -j ARGS` output of a region dump or read. devlink writes it in many small
+        pieces, and each one costs an SSH packet under TCG (8 s for a 1 MiB dump); through a
+        file it is 4x faster, and the file crosses gzipped (a snapshot's ~4 MB of JSON: the
+        guest's sshd carries ~10 MB/s under TCG, and gzip -1 is quicker than that)."""
+        show = "gzip -1 -c $f; rm -f $f; exit $s"
+        cmd = f"f=$(mktemp) && {self.devlink} -j {args} > $f; s=$?; {show}"
         raw = bytearray()
-        res = self.runner.run(cmd, timeout=self.timeout, on_stdout=raw.extend if deflate else None)
-        out = res.stdout
-        if deflate:
-            try:
-                out = gzip.decompress(raw).decode("utf-8", "replace")
-            except (OSError, EOFError, zlib.error) as e:
-                raise RigError(f"`{cmd}`: its gzipped output does not decompress: {e}") from None
+        res = self.runner.run(cmd, timeout=self.timeout, on_stdout=raw.extend)
+        try:
+            out = gzip.decompress(raw).decode("utf-8", "replace")
+        except (OSError, EOFError, zlib.error) as e:
+            raise RigError(f"`{cmd}`: its gzipped output does not decompress: {e}") from None
         if res.status != 0:
             raise DevlinkCliError(f"devlink -j {args}", res.status, res.stderr or out)
         return out
 
     def _chunks(self, args: str) -> list[tuple[int, bytes]]:
         try:
-            return region_chunks(self._json_text(args, deflate=True))
+            return region_chunks(self._dump_text(args))
         except RegionJsonError as e:
             raise RigError(f"`devlink -j {args}` printed {e}") from e
 
