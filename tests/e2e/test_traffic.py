@@ -79,11 +79,6 @@ def log_mark(rig: Rig) -> int:
     return len(rig.dmesg().splitlines())
 
 
-def test_ping_100_without_loss(traffic: Traffic) -> None:
-    ping = traffic.ping(100)
-    assert (ping.transmitted, ping.received) == (100, 100), ping
-
-
 def test_64_mib_arrive_intact_and_both_ends_count_them(
     rig: Rig, traffic: Traffic, log_mark: int
 ) -> None:
@@ -188,3 +183,8 @@ def test_five_catas_under_traffic_leave_no_warning_and_leak_nothing(
     # Slab churns (RCU, caches, socket buffers): four cycles may not keep more than 2%.
     assert last["slab_objects"] <= first["slab_objects"] * 1.02, (first, last)
     assert_no_kernel_trouble(rig, failed_commands=True, since=log_mark)
+
+
+def test_ping_100_without_loss(traffic: Traffic) -> None:
+    ping = traffic.ping(100)
+    assert (ping.transmitted, ping.received) == (100, 100), ping
