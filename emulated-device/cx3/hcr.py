@@ -21,7 +21,7 @@ OUT_PARAM_H = 0x0C
 OUT_PARAM_L = 0x10
 TOKEN = 0x14
 STATUS = 0x18  # status/GO/E/T/op_modifier/opcode
-# (BAR0 offset, size) of the words above STATUS: a write to them is only latched, so the
+# (BAR0 offset, size) of the six words before STATUS: a write to them is only latched, so the
 # client may post it (vfio_user.qemu.POSTED_BAR0_OFFSET); the GO word's write runs the command.
 PARAMETERS = (layout.HCR_OFFSET + IN_PARAM_H, STATUS - IN_PARAM_H)
 
