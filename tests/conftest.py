@@ -12,13 +12,14 @@ change to that (UNITS):
 * The longest modules are split where the split costs at most one rig start: test_traffic.py's
   five fault cycles get their own traffic rig, test_replay.py's replays boot one each anyway.
   On two busy cores a worker gets about half of one, so the longest unit bounds the run.
-* No unit ends in a long test that is alone or second to last. A worker runs a test only once
-  it holds the next one (pytest's teardown needs it), so xdist hands a worker its next unit
-  when two of its tests are left: that unit is then bound to the worker while the last two
-  run, and a unit of one long test binds it for the whole test (the five traffic cycles took
+* A unit's last test is a short one where it can be. A worker runs a test only once it holds
+  the next one (pytest's teardown needs it), so xdist hands a worker its next unit when two
+  of its tests are left: that unit is then bound to the worker while the last two run, and a
+  unit of one long test binds it for the whole test (the five traffic cycles took
   test_matrix.py with them for 64 s while the other workers ran dry). Here a worker gets its
   next unit with one test left, and the one-test units get a short test after them: the ping
-  (the last test of test_traffic.py) joins the five cycles, test_tuxrun.py joins the matrix.
+  (the last test of test_traffic.py) joins the five cycles, test_tuxrun.py joins the matrix;
+  test_saved.py runs its rebuild first.
 
 Then the units go out by what they take (SECONDS: seconds of test time in a warped, saved-boot
 suite run on 4 workers, session 16; a unit not listed goes after them) and xdist keeps that

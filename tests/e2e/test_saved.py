@@ -21,6 +21,39 @@ from tests.e2e.support import assert_no_kernel_trouble, assert_snapshot_holds, c
 pytestmark = pytest.mark.e2e
 
 
+# First: the module's longest test (a rebuild), and a work unit's last test holds the
+# worker's next unit while it runs (tests/conftest.py).
+def test_a_corrupt_saved_state_is_rebuilt(
+    rig_factory: RigFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = rig_factory(boot="saved", name="saved-first", mlx4_en=False)
+    saved = first.saved
+    rig_factory.stop(first)
+    assert saved is not None
+    state = saved.state
+    st = state.stat()
+    state.chmod(0o644)
+    with state.open("r+b") as f:  # one flipped byte: the same size, and the time put back
+        f.seek(st.st_size // 2)
+        byte = f.read(1)[0]
+        f.seek(st.st_size // 2)
+        f.write(bytes([byte ^ 0xFF]))
+    state.chmod(0o444)
+    os.utime(state, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert saved.problem() is None, "only the digest can tell"
+
+    with caplog.at_level(logging.INFO, logger="rig.vm.saved"):
+        again = rig_factory(boot="saved", name="saved-again", mlx4_en=False)
+    try:
+        said = [r.getMessage() for r in caplog.records]
+        assert any("corrupt" in m and "rebuilding" in m for m in said), said
+        assert again.dev_handle, "the rig came up from the rebuilt save"
+        assert again.saved is not None and again.saved.problem() is None
+        again.saved.verifier().check()
+    finally:
+        rig_factory.stop(again)
+
+
 def test_a_saved_rig_takes_a_fault_and_opens_to_its_own_key_only(
     rig_factory: RigFactory,
 ) -> None:
@@ -70,34 +103,3 @@ def test_without_the_saved_agent_the_rig_starts_one(
         assert rig.sh(f"pgrep -f '[{REMOTE[0]}]{REMOTE[1:]} serve'", check=False).status == 0
     finally:
         rig_factory.stop(rig)
-
-
-def test_a_corrupt_saved_state_is_rebuilt(
-    rig_factory: RigFactory, caplog: pytest.LogCaptureFixture
-) -> None:
-    first = rig_factory(boot="saved", name="saved-first", mlx4_en=False)
-    saved = first.saved
-    rig_factory.stop(first)
-    assert saved is not None
-    state = saved.state
-    st = state.stat()
-    state.chmod(0o644)
-    with state.open("r+b") as f:  # one flipped byte: the same size, and the time put back
-        f.seek(st.st_size // 2)
-        byte = f.read(1)[0]
-        f.seek(st.st_size // 2)
-        f.write(bytes([byte ^ 0xFF]))
-    state.chmod(0o444)
-    os.utime(state, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert saved.problem() is None, "only the digest can tell"
-
-    with caplog.at_level(logging.INFO, logger="rig.vm.saved"):
-        again = rig_factory(boot="saved", name="saved-again", mlx4_en=False)
-    try:
-        said = [r.getMessage() for r in caplog.records]
-        assert any("corrupt" in m and "rebuilding" in m for m in said), said
-        assert again.dev_handle, "the rig came up from the rebuilt save"
-        assert again.saved is not None and again.saved.problem() is None
-        again.saved.verifier().check()
-    finally:
-        rig_factory.stop(again)
