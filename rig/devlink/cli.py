@@ -93,8 +93,8 @@ class DevlinkCli:
         pieces, and each one costs an SSH packet under TCG (8 s for a 1 MiB dump); through a
         file it is 4x faster, and the file crosses gzipped (a snapshot's ~4 MB of JSON: the
         guest's sshd carries ~10 MB/s under TCG, and gzip -1 is quicker than that)."""
-        show = "gzip -1 -c $f; rm -f $f; exit $s"
-        cmd = f"f=$(mktemp) && {self.devlink} -j {args} > $f; s=$?; {show}"
+        dump = f"{self.devlink} -j {args}"
+        cmd = f"f=$(mktemp) && {dump} > $f; s=$?; gzip -1 -c $f; rm -f $f; exit $s"
         raw = bytearray()
         res = self.runner.run(cmd, timeout=self.timeout, on_stdout=raw.extend)
         try:
