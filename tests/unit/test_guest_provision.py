@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import io
 import stat
+import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from rig.cache import cache_key
 from rig.errors import ProvisionError
+from rig.provision import apt
 from rig.provision.cpio import CpioWriter
 from rig.provision.initramfs import kernel_fingerprint
 from rig.provision.kernel import GuestKernel, KernelSpec
@@ -194,3 +197,23 @@ def test_guest_pyroute2_is_the_rigs_pin() -> None:
 
     pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
     assert f"pyroute2=={PYROUTE2_VERSION}" in pyproject["project"]["dependencies"]
+
+
+def test_missing_packages_asks_dpkg_once_and_names_only_the_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # dpkg itself is installed on any Debian host; the other name is no package at all.
+    monkeypatch.setattr(apt, "_installed", set())
+    assert apt.missing_packages(["dpkg", "rig-no-such-package", "dpkg"]) == ["rig-no-such-package"]
+    assert apt._installed == {"dpkg"}
+    calls: list[list[str]] = []
+    real_run = subprocess.run
+
+    def counted(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+        calls.append(cmd)
+        return real_run(cmd, **kw)
+
+    monkeypatch.setattr(subprocess, "run", counted)
+    assert apt.missing_packages(["dpkg"]) == [] and calls == []  # remembered: no dpkg-query
+    assert apt.missing_packages(["rig-no-such-package"]) == ["rig-no-such-package"]
+    assert len(calls) == 1  # the missing one is asked again: it may have been installed since
