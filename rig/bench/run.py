@@ -169,7 +169,9 @@ SPECS = (
     Spec("parallel.throughput", "throughput of two at once vs one", "x"),
     Spec("suite.full", "the test suite: tox (lint, types, unit, e2e)", "s", 600.0),
     Spec("suite.unit", "  unit tests", "s"),
-    Spec("suite.e2e", "  end-to-end tests (pytest -n auto)", "s"),
+    Spec("suite.e2e", "  end-to-end tests, real clock and fresh boots", "s"),
+    # issue 16: the same suite on the rig's defaults (tox -e e2e-warp), 2 cores
+    Spec("suite.e2e-warp", "  end-to-end tests, warped clock and saved VMs", "s", 100.0),
     Spec("cold.setup", "cold provisioning: rig setup into an empty cache", "s"),
 )
 
@@ -741,10 +743,16 @@ def _suite(opts: BenchOptions, run: BenchRun) -> None:
         )
     log = opts.log_dir / "suite.log"
     run.results.add("suite.full", _timed([tox], log, "tox", cwd=REPO))
-    # tox 4 ends with one line per env: "  e2e: OK (226.34=setup[1.20]+cmd[225.14] seconds)"
-    for env, seconds in re.findall(r"^\s*(\w+): OK \(([\d.]+)=", log.read_text(), re.M):
+    for env, seconds in tox_env_seconds(log.read_text()).items():
         if f"suite.{env}" in run.results.figures:
-            run.results.add(f"suite.{env}", float(seconds))
+            run.results.add(f"suite.{env}", seconds)
+
+
+def tox_env_seconds(summary: str) -> dict[str, float]:
+    """Each passed env's seconds from tox 4's summary, a line per env:
+    "  e2e-warp: OK (226.34=setup[1.20]+cmd[225.14] seconds)"."""
+    found = re.findall(r"^\s*([\w-]+): OK \(([\d.]+)=", summary, re.M)
+    return {env: float(seconds) for env, seconds in found}
 
 
 def _cold(opts: BenchOptions, run: BenchRun) -> None:

@@ -86,6 +86,7 @@ def test_the_bench_specs_are_unique_and_cover_every_goal_of_the_issue() -> None:
         "guest.bar_loop": 1.0,
         "rtt.model_vs_c": 2.0,
         "suite.full": 600.0,
+        "suite.e2e-warp": 100.0,  # issue 16: the e2e suite on the rig's defaults
         "boot.en_cost": 1.0,
         "en.reset_cost": 1.0,
         "boot.saved": 2.5,  # issue 16: boot to ready with device and driver, saved VM
@@ -313,3 +314,14 @@ def test_the_clock_section_alternates_clocks_and_pairs_each_run(
     assert figures["clock.real.replay"].samples == [8.0, 24.0]
     assert figures["clock.warp_vs_real"].samples == [0.5, 0.25]
     assert figures["clock.warp.reset_and_reprobe"].samples == [0.4, 0.4]
+
+
+def test_each_passed_tox_env_gives_its_seconds() -> None:
+    summary = (
+        "  unit: OK (45.32=setup[0.91]+cmd[44.41] seconds)\n"
+        "  e2e: OK (476.88=setup[0.80]+cmd[476.08] seconds)\n"
+        "  e2e-warp: OK (121.07=setup[0.75]+cmd[120.32] seconds)\n"
+        "  chaos: FAIL code 1 (125.74=setup[0.70]+cmd[125.04] seconds)\n"
+        "  evaluation failed :( (948.82 seconds)\n"
+    )
+    assert bench.tox_env_seconds(summary) == {"unit": 45.32, "e2e": 476.88, "e2e-warp": 121.07}
