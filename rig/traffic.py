@@ -42,6 +42,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
+from guest.programs.traffic_guest import Payload
 from rig.errors import KernelFailure, MachineError, RigError
 from rig.provision.guestfiles import STDLIB_PYTHON, guest_program
 from rig.vm.ssh import Background, Result
@@ -155,13 +156,17 @@ class End:
     stopped: bool = False  # the sender ended early, as asked (Traffic.end_soon)
 
     @classmethod
-    def parse(cls, line: str, who: str) -> End:
+    def parse(cls, line: str, who: str, payload: Payload | None = None) -> End:
+        """One end's JSON line. The sender's carries no digest (traffic_guest.py): with its
+        `payload` its SHA-256 is computed here, from the bytes it says it sent."""
         try:
             d = json.loads(line)
             g = d["gap"]
+            nbytes = int(d["bytes"])
+            digest = str(d["sha256"]) if payload is None else cls._sent_digest(d, payload)
             return cls(
-                int(d["bytes"]),
-                str(d["sha256"]),
+                nbytes,
+                digest,
                 float(d["elapsed"]),
                 Gap(float(g["s"]), int(g["at_byte"]), float(g["from"]), float(g["to"])),
                 str(d.get("error", "")),
@@ -170,8 +175,28 @@ class End:
         except (ValueError, KeyError, TypeError) as e:
             raise RigError(f"the {who} in the guest said {line!r}, not its result") from e
 
+    @staticmethod
+    def _sent_digest(said: dict[str, Any], payload: Payload) -> str:
+        if int(said["content"]) != payload.fingerprint():
+            raise RigError(
+                "the sender's content is not the host's for the same seed (fingerprint "
+                f"{int(said['content']):#010x}, here {payload.fingerprint():#010x}): the guest's "
+                "Python draws other bytes, so its SHA-256 cannot be computed here"
+            )
+        return payload.sha256(int(said["bytes"]))
+
 
 Counters = dict[str, dict[str, int]]  # netdev -> counter -> value
+
+
+def retrans_segs(snmp: str) -> int:
+    """RetransSegs from /proc/net/snmp's Tcp lines: a line of names, then one of values."""
+    lines = [line.split()[1:] for line in snmp.splitlines() if line.startswith("Tcp:")]
+    try:
+        names, values = lines[0], lines[1]
+        return int(values[names.index("RetransSegs")])
+    except (IndexError, ValueError):
+        raise RigError(f"no TCP RetransSegs in /proc/net/snmp's {snmp[:200]!r}") from None
 
 
 @dataclass
@@ -184,6 +209,10 @@ class TcpResult:
     counters_before: Counters = field(default_factory=dict)
     counters_after: Counters = field(default_factory=dict)
     netdevs: tuple[str, str] = ("", "")  # sender's, receiver's (as the path named them)
+    # Segments the sender's TCP sent again (RetransSegs in its namespace) during the transfer.
+    # Not only loss: with the guest's RTT ~1 ms, its tail loss probe (2 RTTs) fires before
+    # the receiver's delayed ACK of a stream's last segment, so a lossless transfer has ~1.
+    retransmits: int = 0
 
     @property
     def ok(self) -> bool:
@@ -278,8 +307,10 @@ class Traffic:
         self._recv: int | None = None  # the running stream's ends: their request ids
         self._send: int | None = None
         self._requested = 0
+        self._seed = 0  # the running stream's content (traffic_guest.Payload)
         self._timeout = 0.0
         self._counters_before: Counters = {}
+        self._retrans_before = 0
 
     # --- the path -----------------------------------------------------------------------
 
@@ -374,23 +405,29 @@ class Traffic:
         return parse_ping(res.stdout + res.stderr)
 
     def counters(self) -> Counters:
-        """`ethtool -S` of both netdevs, in their namespaces (the COUNTERS kept): one command,
-        each netdev's block headed by ethtool's "NIC statistics:" line."""
+        """`ethtool -S` of both netdevs, in their namespaces (the COUNTERS kept)."""
+        return self._sample()[0]
+
+    def _sample(self) -> tuple[Counters, int]:
+        """The counters, and the sender's namespace's TCP RetransSegs: one command, each
+        netdev's block headed by ethtool's "NIC statistics:" line, then /proc/net/snmp's
+        two Tcp lines (names, values)."""
         ends = [self._netdev(i) for i in (0, 1)]
-        text = self.guest.sh(
-            " && ".join(f"ip netns exec {ns} ethtool -S {dev}" for ns, dev in ends), timeout=60
-        ).stdout
-        blocks = text.split("NIC statistics:")[1:]
+        stats = [f"ip netns exec {ns} ethtool -S {dev}" for ns, dev in ends]
+        snmp = f"ip netns exec {ends[0][0]} grep '^Tcp:' /proc/net/snmp"
+        text = self.guest.sh(" && ".join([*stats, snmp]), timeout=60).stdout
+        ethtool, _, tcp = text.partition("\nTcp:")
+        blocks = ethtool.split("NIC statistics:")[1:]
         if len(blocks) != len(ends):
             raise RigError(f"ethtool -S printed {len(blocks)} blocks for {len(ends)} netdevs")
         out: Counters = {}
         for (_, dev), block in zip(ends, blocks, strict=True):
-            stats = dict(
+            stats_of = dict(
                 (k.strip(), v.strip())
                 for k, _, v in (line.partition(":") for line in block.splitlines()[1:])
             )
-            out[dev] = {c: int(stats[c]) for c in COUNTERS if c in stats}
-        return out
+            out[dev] = {c: int(stats_of[c]) for c in COUNTERS if c in stats_of}
+        return out, retrans_segs("Tcp:" + tcp)
 
     def clock_offset(self) -> float:
         """Guest CLOCK_REALTIME (the gaps' clock) minus host time.monotonic(), within half
@@ -408,8 +445,8 @@ class Traffic:
             raise RigError("a TCP transfer is already running; wait() for it first")
         self._netdev(1)
         deadline = deadline or nbytes / SLOWEST_RATE + RESET_ALLOWANCE
-        self._requested, self._timeout = nbytes, deadline + 60
-        self._counters_before = self.counters()
+        self._requested, self._seed, self._timeout = nbytes, seed, deadline + 60
+        self._counters_before, self._retrans_before = self._sample()
         common = {"port": self.port, "nbytes": nbytes, "deadline": deadline, "idle": IDLE_LIMIT}
         # Both ends start at once: the sender retries its connect until the receiver listens.
         server = self.server
@@ -437,10 +474,10 @@ class Traffic:
             raise RigError("no TCP transfer is running; start_tcp() first")
         try:
             received = self._result(self._recv, "receiver")
-            sent = self._result(self._send, "sender")
+            sent = self._result(self._send, "sender", Payload(self._seed))
         finally:
             self.stop()
-        after = self.counters()
+        after, retrans = self._sample()
         return TcpResult(
             self._requested,
             sent,
@@ -448,11 +485,12 @@ class Traffic:
             self._counters_before,
             after,
             (self._netdev(0)[1], self._netdev(1)[1]),
+            retrans - self._retrans_before,
         )
 
-    def _result(self, rid: int, who: str) -> End:
+    def _result(self, rid: int, who: str, payload: Payload | None = None) -> End:
         said = self.server.reply(rid, self._timeout, f"the {who}'s result")
-        return End.parse(json.dumps(said), who)
+        return End.parse(json.dumps(said), who, payload)
 
     def tcp(self, nbytes: int, **kw: Any) -> TcpResult:
         """A whole transfer, start to result."""
@@ -503,6 +541,7 @@ class FaultUnderTraffic:
             "sha256_match": r.sent.sha256 == r.received.sha256,
             "gap_around_fault": asdict(self.gap),
             "counters_after": r.counters_after,
+            "retransmits": r.retransmits,
             "ok": r.ok,
             "problem": r.problem(),
         }

@@ -3,6 +3,7 @@ guest program itself running both ends over the host's loopback."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import select
@@ -18,7 +19,7 @@ import pytest
 from guest.programs.traffic_guest import CHUNK, POOL, Payload
 from rig.commands.options import byte_count as _size
 from rig.errors import KernelFailure, MachineError, RigError
-from rig.traffic import SCRIPT, End, Gap, TcpResult, _Server, parse_ping
+from rig.traffic import SCRIPT, End, Gap, TcpResult, _Server, parse_ping, retrans_segs
 
 BUSYBOX = """PING 10.99.0.2 (10.99.0.2): 56 data bytes
 
@@ -38,6 +39,21 @@ def test_the_payload_repeats_no_chunk_and_depends_on_its_seed() -> None:
     assert chunks == [Payload(7).chunk(i) for i in range(3 * POOL)]  # the same on every run
     assert Payload(8).chunk(0) != chunks[0]
     assert payload.chunk(POOL + 1, 100) == chunks[POOL + 1][:100]
+
+
+def test_the_senders_digest_is_computed_from_its_seed_and_checked_against_its_content() -> None:
+    """The sender in the guest hashes nothing: the host computes what it sent from the seed
+    and the byte count, once the fingerprint it printed says its Python drew the same bytes."""
+    payload, nbytes = Payload(7), 2 * CHUNK + 5
+    whole = b"".join(payload.chunk(i) for i in range(3))[:nbytes]
+    assert payload.sha256(nbytes) == hashlib.sha256(whole).hexdigest()
+    assert payload.sha256(0) == hashlib.sha256(b"").hexdigest()
+    said = {"bytes": nbytes, "elapsed": 1.0, "gap": {"s": 0, "at_byte": 0, "from": 0, "to": 0}}
+    sent = End.parse(json.dumps({**said, "content": payload.fingerprint()}), "sender", payload)
+    assert sent.sha256 == hashlib.sha256(whole).hexdigest() and sent.bytes == nbytes
+    other = json.dumps({**said, "content": Payload(8).fingerprint()})
+    with pytest.raises(RigError, match="not the host's for the same seed"):
+        End.parse(other, "sender", payload)
 
 
 def test_busybox_ping_summary() -> None:
@@ -118,7 +134,7 @@ def test_the_guest_program_hashes_what_crossed_at_both_ends() -> None:
     finally:
         recv.kill()
     assert sent.returncode == 0, sent.stderr
-    result = TcpResult(nbytes, End.parse(sent.stdout, "sender"), received)
+    result = TcpResult(nbytes, End.parse(sent.stdout, "sender", Payload(7)), received)
     assert result.ok, result.problem()
 
 
@@ -139,7 +155,7 @@ def test_the_guest_program_ends_a_stream_early_when_told() -> None:
         assert json.loads(recv.stdout.readline()) == {"listening": True}
         assert json.loads(recv.stdout.readline()) == {"connected": True}
         send.send_signal(signal.SIGUSR1)
-        sent = End.parse(send.stdout.readline(), "sender")
+        sent = End.parse(send.stdout.readline(), "sender", Payload(0))
         received = End.parse(recv.stdout.readline(), "receiver")
         assert (send.wait(timeout=60), recv.wait(timeout=60)) == (0, 0)
     finally:
@@ -228,7 +244,7 @@ def test_one_guest_process_serves_a_stream_told_to_end_early(
     assert server.reply(recv, 30, "connected") == {"connected": True}
     assert abs(server.call("time", 30)["time"] - time.time()) < 5
     assert server.call("end_soon", 30, stream=send) == {"signalled": True}
-    sent = End.parse(json.dumps(server.reply(send, 60, "sent")), "sender")
+    sent = End.parse(json.dumps(server.reply(send, 60, "sent")), "sender", Payload(3))
     received = End.parse(json.dumps(server.reply(recv, 60, "received")), "receiver")
     assert sent.stopped and 0 < sent.bytes < nbytes
     assert TcpResult(nbytes, sent, received).ok
@@ -249,3 +265,13 @@ def test_the_server_says_what_it_cannot_do_and_stops_its_streams_at_the_end(
     assert local.proc.wait(timeout=30) == 0
     with pytest.raises(ConnectionRefusedError):  # it was stopped, not left to its deadline
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
+def test_retransmitted_segments_from_proc_net_snmp() -> None:
+    snmp = (
+        "Ip: Forwarding DefaultTTL\nIp: 1 64\n"
+        "Tcp: RtoAlgorithm RtoMin OutSegs RetransSegs InErrs\nTcp: 1 200 10622535 1101 0\n"
+    )
+    assert retrans_segs(snmp) == 1101
+    with pytest.raises(RigError, match="no TCP RetransSegs"):
+        retrans_segs("Tcp: RtoAlgorithm RtoMin\n")
