@@ -73,6 +73,15 @@ PATH_TIMEOUT = 90.0
 # fault carries this much across the rebuilt path first: ~2,900 full-size frames after the
 # retransmits, ~0.5-1 s under TCG (16 MiB until session 12 took 2-4 s of every such fault).
 TAIL = 4 << 20
+# A transfer taken through a fault (fault_under_traffic) is paced at FAULT_RATE bytes a
+# second of the guest's clock: it only has to be running when the driver acts (a catas waits
+# for its 5 s poll), and unpaced the guest, which hashes nothing, pushed ~60 MiB a guest
+# second (the card answers each doorbell before guest time goes on): up to 260 MiB a fault,
+# every byte host CPU in the model. Paced, the guest idles between sends (cheap on warp).
+FAULT_RATE = 2 << 20
+# Its most: it ends TAIL bytes after the recovery; at FAULT_RATE this outlasts a catas (5 s
+# poll, reset, path restored: ~12 s of guest time) five times over.
+TRAFFIC_MOST = 64 << 20
 # What `ethtool -S` shows that the results keep: mlx4_en's software counters (the rings')
 # and the port's (DUMP_ETH_STATS from the model, refreshed by the driver once a second).
 COUNTERS = (
@@ -149,41 +158,41 @@ class End:
     """What one end of the TCP stream handled."""
 
     bytes: int
+    # Of the bytes this end handled: computed here from the stream's seed (the guest hashes
+    # nothing, traffic_guest.py); "" for a receiver whose bytes differ from the sender's.
     sha256: str
     elapsed: float
     gap: Gap
     error: str = ""
     stopped: bool = False  # the sender ended early, as asked (Traffic.end_soon)
+    mismatch_at: int | None = None  # the receiver's first byte unlike the sender's
 
     @classmethod
-    def parse(cls, line: str, who: str, payload: Payload | None = None) -> End:
-        """One end's JSON line. The sender's carries no digest (traffic_guest.py): with its
-        `payload` its SHA-256 is computed here, from the bytes it says it sent."""
+    def parse(cls, line: str, who: str, payload: Payload) -> End:
+        """One end's JSON line, for a stream of `payload`'s content."""
         try:
             d = json.loads(line)
             g = d["gap"]
             nbytes = int(d["bytes"])
-            digest = str(d["sha256"]) if payload is None else cls._sent_digest(d, payload)
-            return cls(
-                nbytes,
-                digest,
-                float(d["elapsed"]),
-                Gap(float(g["s"]), int(g["at_byte"]), float(g["from"]), float(g["to"])),
-                str(d.get("error", "")),
-                bool(d.get("stopped", False)),
-            )
+            mismatch = None if d.get("mismatch_at") is None else int(d["mismatch_at"])
+            content = int(d["content"])
         except (ValueError, KeyError, TypeError) as e:
             raise RigError(f"the {who} in the guest said {line!r}, not its result") from e
-
-    @staticmethod
-    def _sent_digest(said: dict[str, Any], payload: Payload) -> str:
-        if int(said["content"]) != payload.fingerprint():
+        if content != payload.fingerprint():
             raise RigError(
-                "the sender's content is not the host's for the same seed (fingerprint "
-                f"{int(said['content']):#010x}, here {payload.fingerprint():#010x}): the guest's "
-                "Python draws other bytes, so its SHA-256 cannot be computed here"
+                f"the {who}'s content is not the host's for the same seed (fingerprint "
+                f"{content:#010x}, here {payload.fingerprint():#010x}): the guest's Python "
+                "draws other bytes from it, so what crossed cannot be checked here"
             )
-        return payload.sha256(int(said["bytes"]))
+        return cls(
+            nbytes,
+            "" if mismatch is not None else payload.sha256(nbytes),
+            float(d["elapsed"]),
+            Gap(float(g["s"]), int(g["at_byte"]), float(g["from"]), float(g["to"])),
+            str(d.get("error", "")),
+            bool(d.get("stopped", False)),
+            mismatch,
+        )
 
 
 Counters = dict[str, dict[str, int]]  # netdev -> counter -> value
@@ -228,6 +237,10 @@ class TcpResult:
         if not (self.sent.bytes == self.received.bytes == length <= self.requested):
             asked = f"{self.requested} bytes asked" + (" (then fewer)" if self.sent.stopped else "")
             return f"{asked}, {self.sent.bytes} sent, {self.received.bytes} received"
+        if self.received.mismatch_at is not None:
+            return (
+                f"the bytes received differ from those sent from byte {self.received.mismatch_at}"
+            )
         if self.sent.sha256 != self.received.sha256:
             return (
                 f"SHA-256 differs: sent {self.sent.sha256}, received {self.received.sha256} "
@@ -437,7 +450,14 @@ class Traffic:
         guest = float(self.server.call("time", 30)["time"])
         return guest - (t0 + time.monotonic()) / 2
 
-    def start_tcp(self, nbytes: int, *, seed: int = 0, deadline: float | None = None) -> None:
+    def start_tcp(
+        self,
+        nbytes: int,
+        *,
+        seed: int = 0,
+        deadline: float | None = None,
+        rate: float | None = None,
+    ) -> None:
         """Start sending `nbytes` from rig-a to rig-b; returns once the connection is up.
         deadline: seconds for the whole transfer (default: from its size, with room for a
         fault's reset)."""
@@ -450,9 +470,15 @@ class Traffic:
         common = {"port": self.port, "nbytes": nbytes, "deadline": deadline, "idle": IDLE_LIMIT}
         # Both ends start at once: the sender retries its connect until the receiver listens.
         server = self.server
-        self._recv = server.send("recv", netns=self.netns[1], **common)
+        self._recv = server.send("recv", netns=self.netns[1], seed=seed, **common)
         self._send = server.send(
-            "send", netns=self.netns[0], addr=self.addrs[1], seed=seed, tail=TAIL, **common
+            "send",
+            netns=self.netns[0],
+            addr=self.addrs[1],
+            seed=seed,
+            tail=TAIL,
+            rate=rate or 0.0,
+            **common,
         )
         for rid, expect in ((self._recv, "listening"), (self._recv, "connected")):
             said = server.reply(rid, 60, f"start_tcp: {expect}")
@@ -474,7 +500,7 @@ class Traffic:
             raise RigError("no TCP transfer is running; start_tcp() first")
         try:
             received = self._result(self._recv, "receiver")
-            sent = self._result(self._send, "sender", Payload(self._seed))
+            sent = self._result(self._send, "sender")
         finally:
             self.stop()
         after, retrans = self._sample()
@@ -488,9 +514,9 @@ class Traffic:
             retrans - self._retrans_before,
         )
 
-    def _result(self, rid: int, who: str, payload: Payload | None = None) -> End:
+    def _result(self, rid: int, who: str) -> End:
         said = self.server.reply(rid, self._timeout, f"the {who}'s result")
-        return End.parse(json.dumps(said), who, payload)
+        return End.parse(json.dumps(said), who, Payload(self._seed))
 
     def tcp(self, nbytes: int, **kw: Any) -> TcpResult:
         """A whole transfer, start to result."""
@@ -548,18 +574,23 @@ class FaultUnderTraffic:
 
 
 def fault_under_traffic(
-    rig: Rig, traffic: Traffic, nbytes: int, kind: str = "catas", **fault: Any
+    rig: Rig,
+    traffic: Traffic,
+    nbytes: int,
+    kind: str = "catas",
+    rate: float = FAULT_RATE,
+    **fault: Any,
 ) -> FaultUnderTraffic:
     """Take a fault through the driver's error flow (rig.mlx4.fault) with a TCP transfer of
-    at most `nbytes` running, restore the path once the driver has recovered, tell the
-    sender to end TAIL bytes later, and wait for the transfer to end. Checks nothing about
-    the transfer: the result says how it went.
+    at most `nbytes` running (at `rate` bytes a guest second), restore the path once the
+    driver has recovered, tell the sender to end TAIL bytes later, and wait for the transfer
+    to end. Checks nothing about the transfer: the result says how it went.
 
     The transfer starts right before the injection, once the fault's listeners are up: their
     start-up takes seconds under TCG, more with the stream eating the vCPU, and a stream
     started earlier could be over by the time the fault hits."""
     # The stall is on the guest's clock. The injection (a host event) is placed there with
-    # the guest's offset taken right before it, while the stream keeps the guest busy. The
+    # the guest's offset taken right before it. The
     # recovery is the driver's own line, already on the guest's clock (a catas); a reload's
     # end is the host's, placed with an offset taken right after it: on the warped clock
     # (rig.vm.clock) guest time runs ahead whenever the guest idles, during the fault most
@@ -567,7 +598,7 @@ def fault_under_traffic(
     offsets: list[float] = []
 
     def start() -> None:
-        traffic.start_tcp(nbytes)
+        traffic.start_tcp(nbytes, rate=rate)
         offsets.append(traffic.clock_offset())
 
     cycle = rig.mlx4.fault(kind, before_inject=start, **fault)

@@ -60,7 +60,7 @@ from rig.errors import RigError
 from rig.progress import run_logged
 from rig.provision.guestfiles import guest_program
 from rig.rig import Rig, RigConfig
-from rig.traffic import Traffic, fault_under_traffic
+from rig.traffic import TRAFFIC_MOST, Traffic, fault_under_traffic
 from rig.vm import clock as vmclock
 from rig.vm.clock import REAL, WARP
 
@@ -622,7 +622,7 @@ def _traffic(opts: BenchOptions, run: BenchRun) -> None:
         rig.mlx4.enable_snapshots()
         with Traffic(rig) as t:
             for _ in range(opts.runs):
-                done = fault_under_traffic(rig, t, 64 << 20, "catas")
+                done = fault_under_traffic(rig, t, TRAFFIC_MOST, "catas")
                 done.result.check()
                 cycle = done.cycle
                 r.add("traffic.catas_gap", done.gap.s)

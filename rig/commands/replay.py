@@ -24,7 +24,7 @@ from rig.formats.coverage import Coverage
 from rig.formats.ktap import replay_group, write_ktap
 from rig.jobs.replay import ReplayOptions, run_replay
 from rig.mlx4 import FAULTS
-from rig.traffic import TAIL
+from rig.traffic import TAIL, TRAFFIC_MOST
 
 logger = logging.getLogger(__name__)
 
@@ -65,10 +65,10 @@ def add_parser(sub: Subparsers) -> None:
     p.add_argument(
         "--traffic-bytes",
         type=byte_count,
-        default=64 << 20,
+        default=TRAFFIC_MOST,
         metavar="N",
-        help="most bytes of that transfer, e.g. 64M (default; it must still run at the "
-        f"reset): once the path is restored it ends {TAIL >> 20}M later",
+        help=f"most bytes of that transfer, e.g. 64M ({TRAFFIC_MOST >> 20}M; it must still run "
+        f"at the reset): once the path is restored it ends {TAIL >> 20}M later",
     )
     add_guest_options(p)
     add_driver_options(p)

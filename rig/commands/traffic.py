@@ -72,9 +72,12 @@ def cmd_traffic(args: argparse.Namespace) -> int:
 
 def show_tcp(result: TcpResult) -> None:
     for who, end in (("sent", result.sent), ("received", result.received)):
+        digest = (
+            end.sha256 if end.mismatch_at is None else f"- (differs from byte {end.mismatch_at})"
+        )
         print(
             f"tcp {who}: {end.bytes} bytes in {end.elapsed:.1f} s "
-            f"({end.bytes / max(end.elapsed, 1e-9) / 1e6:.2f} MB/s), sha256 {end.sha256}, "
+            f"({end.bytes / max(end.elapsed, 1e-9) / 1e6:.2f} MB/s), sha256 {digest}, "
             f"longest gap {end.gap.s:.2f} s at byte {end.gap.at_byte}"
             + (f", ERROR {end.error}" if end.error else "")
         )

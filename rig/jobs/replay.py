@@ -41,7 +41,7 @@ from rig.progress import step, step_cut_short
 from rig.rig import Rig, RigConfig
 from rig.signals import Interrupted
 from rig.timeline import fault_marks
-from rig.traffic import Traffic, fault_under_traffic
+from rig.traffic import TRAFFIC_MOST, Traffic, fault_under_traffic
 from rig.vm.clock import WARP
 
 logger = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class ReplayOptions:
     boot: str | None = None  # None: $RIG_BOOT or rig.rig.DEFAULT_BOOT
     catas_words: tuple[int, ...] = builtin.CATAS_WORDS
     traffic: bool = False  # a TCP transfer across the card through the fault
-    traffic_bytes: int = 64 << 20  # long enough at ~2-5 MB/s to be running at the reset
+    traffic_bytes: int = TRAFFIC_MOST  # its most: paced, it ends TAIL bytes after the recovery
 
 
 @dataclass(frozen=True)

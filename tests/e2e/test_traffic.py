@@ -20,7 +20,7 @@ import pytest
 from rig.mlx4 import REGIONS
 from rig.pytest_plugin import RigFactory, rig_channel
 from rig.rig import Rig
-from rig.traffic import FaultUnderTraffic, Traffic, fault_under_traffic
+from rig.traffic import TRAFFIC_MOST, FaultUnderTraffic, Traffic, fault_under_traffic
 from rig.vm import clock as vmclock
 from tests.e2e.support import (
     assert_no_kernel_trouble,
@@ -32,10 +32,10 @@ from tests.e2e.support import (
 pytestmark = pytest.mark.e2e
 
 BIG = 64 << 20
-# Per fault of the five, at most: long enough to be running when the driver's 5 s catas poll
-# fires (with posted doorbells the card carries ~10 MB/s under TCG: 40 MiB once ended first);
-# once the path is back the sender ends 4 MiB later (rig.traffic.Traffic.end_soon).
-PER_CYCLE = 96 << 20
+# Per catas under traffic, at most (rig.traffic.TRAFFIC_MOST): paced (FAULT_RATE), the stream
+# runs when the driver's 5 s catas poll fires; once the path is back the sender ends 4 MiB
+# later (rig.traffic.Traffic.end_soon).
+PER_CYCLE = TRAFFIC_MOST
 # A hung command stops no data (check_fault_under_traffic): its stream need only be running
 # when the next command hangs (mlx4_en's statistics ask every 250 ms of guest time), and it
 # ends long before the driver's 60 s wait whatever its size; a bigger one only costs CPU.
@@ -154,8 +154,8 @@ def test_catas_during_a_tcp_transfer(rig: Rig, traffic: Traffic, log_mark: int) 
     rig.device.set_health(health_buffer(0xA1))
     rig.mlx4.enable_snapshots()
     first_event = rig.device.events(1 << 62).next
-    # PER_CYCLE, as the five cycles: on the real clock 64 MiB could end before the 5 s poll
-    # (the stream ends 4 MiB after the recovery whatever its bound).
+    # PER_CYCLE, as the five cycles: the stream ends 4 MiB after the recovery whatever its
+    # bound, which must only outlast the 5 s poll.
     run = fault_under_traffic(rig, traffic, PER_CYCLE, "catas")
     check_fault_under_traffic(rig, run, stops_data=True)
     check_rings_rebuilt(rig.device.events(first_event).events)

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from guest.programs.traffic_guest import CHUNK, POOL, Payload
+from guest.programs.traffic_guest import CHUNK, POOL, Check, Payload
 from rig.commands.options import byte_count as _size
 from rig.errors import KernelFailure, MachineError, RigError
 from rig.traffic import SCRIPT, End, Gap, TcpResult, _Server, parse_ping, retrans_segs
@@ -41,9 +41,9 @@ def test_the_payload_repeats_no_chunk_and_depends_on_its_seed() -> None:
     assert payload.chunk(POOL + 1, 100) == chunks[POOL + 1][:100]
 
 
-def test_the_senders_digest_is_computed_from_its_seed_and_checked_against_its_content() -> None:
-    """The sender in the guest hashes nothing: the host computes what it sent from the seed
-    and the byte count, once the fingerprint it printed says its Python drew the same bytes."""
+def test_the_digests_are_computed_from_the_seed_and_checked_against_the_content() -> None:
+    """The guest hashes nothing: the host computes what an end handled from the seed and the
+    byte count, once the fingerprint it printed says its Python drew the same bytes."""
     payload, nbytes = Payload(7), 2 * CHUNK + 5
     whole = b"".join(payload.chunk(i) for i in range(3))[:nbytes]
     assert payload.sha256(nbytes) == hashlib.sha256(whole).hexdigest()
@@ -52,8 +52,28 @@ def test_the_senders_digest_is_computed_from_its_seed_and_checked_against_its_co
     sent = End.parse(json.dumps({**said, "content": payload.fingerprint()}), "sender", payload)
     assert sent.sha256 == hashlib.sha256(whole).hexdigest() and sent.bytes == nbytes
     other = json.dumps({**said, "content": Payload(8).fingerprint()})
-    with pytest.raises(RigError, match="not the host's for the same seed"):
+    with pytest.raises(RigError, match="sender's content is not the host's for the same seed"):
         End.parse(other, "sender", payload)
+    bad = json.dumps({**said, "content": payload.fingerprint(), "mismatch_at": 1234})
+    received = End.parse(bad, "receiver", payload)
+    assert (received.mismatch_at, received.sha256) == (1234, "")
+    problem = TcpResult(nbytes, sent, received).problem()
+    assert problem == "the bytes received differ from those sent from byte 1234"
+
+
+def test_the_receiver_names_the_first_byte_unlike_the_seeds() -> None:
+    payload = Payload(7)
+    data = b"".join(payload.chunk(i) for i in range(3))
+    check = Check(payload)
+    for offset in range(0, len(data), 50_000):  # pieces across the chunks' edges
+        check.update(offset, data[offset : offset + 50_000])
+    assert check.said() == {"content": payload.fingerprint()}
+    wrong = bytearray(data)
+    wrong[CHUNK + 17] ^= 1
+    check = Check(payload)
+    for offset in range(0, len(wrong), 50_000):
+        check.update(offset, bytes(wrong[offset : offset + 50_000]))
+    assert check.said() == {"content": payload.fingerprint(), "mismatch_at": CHUNK + 17}
 
 
 def test_busybox_ping_summary() -> None:
@@ -98,7 +118,7 @@ def test_gap_around_a_moment() -> None:
 
 def test_an_unreadable_result_is_a_rig_error() -> None:
     with pytest.raises(RigError, match="not its result"):
-        End.parse("Traceback (most recent call last):", "sender")
+        End.parse("Traceback (most recent call last):", "sender", Payload(0))
 
 
 def test_sizes() -> None:
@@ -113,11 +133,13 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_the_guest_program_hashes_what_crossed_at_both_ends() -> None:
+def test_the_guest_program_checks_what_crossed_at_both_ends() -> None:
     port, nbytes = _free_port(), 3 * (1 << 20) + 12345
     common = ["--port", str(port), "--bytes", str(nbytes), "--deadline", "60", "--idle", "30"]
     recv = subprocess.Popen(
-        [sys.executable, str(SCRIPT), "recv", *common], stdout=subprocess.PIPE, text=True
+        [sys.executable, str(SCRIPT), "recv", "--seed", "7", *common],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert recv.stdout is not None
@@ -129,7 +151,7 @@ def test_the_guest_program_hashes_what_crossed_at_both_ends() -> None:
             timeout=60,
         )
         assert json.loads(recv.stdout.readline()) == {"connected": True}
-        received = End.parse(recv.stdout.readline(), "receiver")
+        received = End.parse(recv.stdout.readline(), "receiver", Payload(7))
         assert recv.wait(timeout=60) == 0
     finally:
         recv.kill()
@@ -156,7 +178,7 @@ def test_the_guest_program_ends_a_stream_early_when_told() -> None:
         assert json.loads(recv.stdout.readline()) == {"connected": True}
         send.send_signal(signal.SIGUSR1)
         sent = End.parse(send.stdout.readline(), "sender", Payload(0))
-        received = End.parse(recv.stdout.readline(), "receiver")
+        received = End.parse(recv.stdout.readline(), "receiver", Payload(0))
         assert (send.wait(timeout=60), recv.wait(timeout=60)) == (0, 0)
     finally:
         send.kill()
@@ -175,7 +197,7 @@ def test_the_guest_program_gives_up_on_its_deadline_and_says_so() -> None:
         timeout=30,
     )
     assert res.returncode == 1
-    last = End.parse(res.stdout.splitlines()[-1], "receiver")
+    last = End.parse(res.stdout.splitlines()[-1], "receiver", Payload(0))
     assert "no sender connected" in last.error
 
 
@@ -238,14 +260,14 @@ def test_one_guest_process_serves_a_stream_told_to_end_early(
     server, _ = served
     port, nbytes, tail = _free_port(), 64 << 30, 1 << 20
     common = {"port": port, "nbytes": nbytes, "deadline": 60, "idle": 30}
-    recv = server.send("recv", **common)
+    recv = server.send("recv", seed=3, **common)
     send = server.send("send", addr="127.0.0.1", seed=3, tail=tail, **common)
     assert server.reply(recv, 30, "listening") == {"listening": True}
     assert server.reply(recv, 30, "connected") == {"connected": True}
     assert abs(server.call("time", 30)["time"] - time.time()) < 5
     assert server.call("end_soon", 30, stream=send) == {"signalled": True}
     sent = End.parse(json.dumps(server.reply(send, 60, "sent")), "sender", Payload(3))
-    received = End.parse(json.dumps(server.reply(recv, 60, "received")), "receiver")
+    received = End.parse(json.dumps(server.reply(recv, 60, "received")), "receiver", Payload(3))
     assert sent.stopped and 0 < sent.bytes < nbytes
     assert TcpResult(nbytes, sent, received).ok
 
@@ -275,3 +297,40 @@ def test_retransmitted_segments_from_proc_net_snmp() -> None:
     assert retrans_segs(snmp) == 1101
     with pytest.raises(RigError, match="no TCP RetransSegs"):
         retrans_segs("Tcp: RtoAlgorithm RtoMin\n")
+
+
+def test_a_paced_sender_keeps_to_its_rate() -> None:
+    """--rate caps bytes a second: 2 MiB at 8 MiB/s take at least a quarter second (a few
+    milliseconds unpaced on loopback), and arrive as sent."""
+    port, nbytes, rate = _free_port(), 2 << 20, 8 << 20
+    common = ["--port", str(port), "--bytes", str(nbytes), "--deadline", "60", "--seed", "5"]
+    recv = subprocess.Popen(
+        [sys.executable, str(SCRIPT), "recv", *common], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert recv.stdout is not None
+        assert json.loads(recv.stdout.readline()) == {"listening": True}
+        sent = subprocess.run(
+            [
+                sys.executable,
+                str(SCRIPT),
+                "send",
+                "--to",
+                "127.0.0.1",
+                "--rate",
+                str(rate),
+                *common,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert json.loads(recv.stdout.readline()) == {"connected": True}
+        received = End.parse(recv.stdout.readline(), "receiver", Payload(5))
+        assert recv.wait(timeout=60) == 0
+    finally:
+        recv.kill()
+    assert sent.returncode == 0, sent.stderr
+    result = TcpResult(nbytes, End.parse(sent.stdout, "sender", Payload(5)), received)
+    assert result.ok, result.problem()
+    assert result.sent.elapsed >= 0.9 * (nbytes - 64 * 1024) / rate, result.sent.elapsed
