@@ -22,8 +22,8 @@ change to that (UNITS):
   test_saved.py runs its rebuild first.
 
 Then the units go out by what they take (SECONDS: seconds of test time in a warped, saved-boot
-suite run on 4 workers, session 16; a unit not listed goes after them) and xdist keeps that
-order.
+suite run on 4 workers, the mean of two in session 17; a unit not listed goes after them) and
+xdist keeps that order.
 """
 
 from __future__ import annotations
@@ -55,18 +55,18 @@ UNITS = {
     ),
 }
 SECONDS = {
-    SESSION_A: 64,
-    "test_traffic.py": 61,
-    "test_saved.py": 60,
-    FIVE_CYCLES: 43,
-    "test_en.py": 42,
-    SESSION_B: 41,
-    MATRIX: 38,
-    "test_verdicts.py": 34,
-    "test_replay.py (2)": 31,
-    "test_replay.py": 30,
-    "test_acceptance.py": 29,
-    "test_boot.py": 21,
+    "test_saved.py": 50,
+    SESSION_A: 48,
+    SESSION_B: 47,
+    FIVE_CYCLES: 42,
+    "test_traffic.py": 40,
+    "test_en.py": 38,
+    "test_verdicts.py": 30,
+    "test_acceptance.py": 28,
+    MATRIX: 27,
+    "test_replay.py": 22,
+    "test_replay.py (2)": 20,
+    "test_boot.py": 18,
 }
 
 
