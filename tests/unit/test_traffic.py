@@ -133,30 +133,33 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_the_guest_program_checks_what_crossed_at_both_ends() -> None:
-    port, nbytes = _free_port(), 3 * (1 << 20) + 12345
-    common = ["--port", str(port), "--bytes", str(nbytes), "--deadline", "60", "--idle", "30"]
+def local_transfer(nbytes: int, seed: int, *send_args: str) -> TcpResult:
+    """The guest program's two ends on this host's loopback, the receiver first."""
+    common = ["--port", str(_free_port()), "--bytes", str(nbytes), "--deadline", "60"]
+    common += ["--idle", "30", "--seed", str(seed)]
     recv = subprocess.Popen(
-        [sys.executable, str(SCRIPT), "recv", "--seed", "7", *common],
-        stdout=subprocess.PIPE,
-        text=True,
+        [sys.executable, str(SCRIPT), "recv", *common], stdout=subprocess.PIPE, text=True
     )
     try:
         assert recv.stdout is not None
         assert json.loads(recv.stdout.readline()) == {"listening": True}
         sent = subprocess.run(
-            [sys.executable, str(SCRIPT), "send", "--to", "127.0.0.1", "--seed", "7", *common],
+            [sys.executable, str(SCRIPT), "send", "--to", "127.0.0.1", *send_args, *common],
             capture_output=True,
             text=True,
             timeout=60,
         )
         assert json.loads(recv.stdout.readline()) == {"connected": True}
-        received = End.parse(recv.stdout.readline(), "receiver", Payload(7))
+        received = End.parse(recv.stdout.readline(), "receiver", Payload(seed))
         assert recv.wait(timeout=60) == 0
     finally:
         recv.kill()
     assert sent.returncode == 0, sent.stderr
-    result = TcpResult(nbytes, End.parse(sent.stdout, "sender", Payload(7)), received)
+    return TcpResult(nbytes, End.parse(sent.stdout, "sender", Payload(seed)), received)
+
+
+def test_the_guest_program_checks_what_crossed_at_both_ends() -> None:
+    result = local_transfer(3 * (1 << 20) + 12345, 7)
     assert result.ok, result.problem()
 
 
@@ -302,35 +305,7 @@ def test_retransmitted_segments_from_proc_net_snmp() -> None:
 def test_a_paced_sender_keeps_to_its_rate() -> None:
     """--rate caps bytes a second: 2 MiB at 8 MiB/s take at least a quarter second (a few
     milliseconds unpaced on loopback), and arrive as sent."""
-    port, nbytes, rate = _free_port(), 2 << 20, 8 << 20
-    common = ["--port", str(port), "--bytes", str(nbytes), "--deadline", "60", "--seed", "5"]
-    recv = subprocess.Popen(
-        [sys.executable, str(SCRIPT), "recv", *common], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert recv.stdout is not None
-        assert json.loads(recv.stdout.readline()) == {"listening": True}
-        sent = subprocess.run(
-            [
-                sys.executable,
-                str(SCRIPT),
-                "send",
-                "--to",
-                "127.0.0.1",
-                "--rate",
-                str(rate),
-                *common,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert json.loads(recv.stdout.readline()) == {"connected": True}
-        received = End.parse(recv.stdout.readline(), "receiver", Payload(5))
-        assert recv.wait(timeout=60) == 0
-    finally:
-        recv.kill()
-    assert sent.returncode == 0, sent.stderr
-    result = TcpResult(nbytes, End.parse(sent.stdout, "sender", Payload(5)), received)
+    nbytes, rate = 2 << 20, 8 << 20
+    result = local_transfer(nbytes, 5, "--rate", str(rate))
     assert result.ok, result.problem()
     assert result.sent.elapsed >= 0.9 * (nbytes - 64 * 1024) / rate, result.sent.elapsed
