@@ -320,7 +320,7 @@ class Traffic:
         self._recv: int | None = None  # the running stream's ends: their request ids
         self._send: int | None = None
         self._requested = 0
-        self._seed = 0  # the running stream's content (traffic_guest.Payload)
+        self._payload = Payload(0)  # the running stream's content
         self._timeout = 0.0
         self._counters_before: Counters = {}
         self._retrans_before = 0
@@ -456,7 +456,7 @@ class Traffic:
         *,
         seed: int = 0,
         deadline: float | None = None,
-        rate: float | None = None,
+        rate: float = 0.0,
     ) -> None:
         """Start sending `nbytes` from rig-a to rig-b; returns once the connection is up.
         deadline: seconds for the whole transfer (default: from its size, with room for a
@@ -465,7 +465,9 @@ class Traffic:
             raise RigError("a TCP transfer is already running; wait() for it first")
         self._netdev(1)
         deadline = deadline or nbytes / SLOWEST_RATE + RESET_ALLOWANCE
-        self._requested, self._seed, self._timeout = nbytes, seed, deadline + 60
+        self._requested, self._timeout = nbytes, deadline + 60
+        if seed != self._payload.seed:
+            self._payload = Payload(seed)
         self._counters_before, self._retrans_before = self._sample()
         common = {"port": self.port, "nbytes": nbytes, "deadline": deadline, "idle": IDLE_LIMIT}
         # Both ends start at once: the sender retries its connect until the receiver listens.
@@ -477,7 +479,7 @@ class Traffic:
             addr=self.addrs[1],
             seed=seed,
             tail=TAIL,
-            rate=rate or 0.0,
+            rate=rate,
             **common,
         )
         for rid, expect in ((self._recv, "listening"), (self._recv, "connected")):
@@ -516,7 +518,7 @@ class Traffic:
 
     def _result(self, rid: int, who: str) -> End:
         said = self.server.reply(rid, self._timeout, f"the {who}'s result")
-        return End.parse(json.dumps(said), who, Payload(self._seed))
+        return End.parse(json.dumps(said), who, self._payload)
 
     def tcp(self, nbytes: int, **kw: Any) -> TcpResult:
         """A whole transfer, start to result."""
@@ -590,11 +592,11 @@ def fault_under_traffic(
     start-up takes seconds under TCG, more with the stream eating the vCPU, and a stream
     started earlier could be over by the time the fault hits."""
     # The stall is on the guest's clock. The injection (a host event) is placed there with
-    # the guest's offset taken right before it. The
-    # recovery is the driver's own line, already on the guest's clock (a catas); a reload's
-    # end is the host's, placed with an offset taken right after it: on the warped clock
-    # (rig.vm.clock) guest time runs ahead whenever the guest idles, during the fault most
-    # of all, so one offset cannot place both, and a late one misplaces the recovery.
+    # the guest's offset taken right before it. The recovery is the driver's own line, already
+    # on the guest's clock (a catas); a reload's end is the host's, placed with an offset
+    # taken right after it: on the warped clock (rig.vm.clock) guest time runs ahead whenever
+    # the guest idles, during the fault most of all, so one offset cannot place both, and a
+    # late one misplaces the recovery.
     offsets: list[float] = []
 
     def start() -> None:

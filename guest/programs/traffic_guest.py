@@ -85,25 +85,32 @@ class Payload:
     """The stream's content: chunk i is random MiB i % POOL with i in its first bytes."""
 
     def __init__(self, seed: int) -> None:
+        self.seed = seed
         source = random.Random(seed)
         self.pool = [source.randbytes(CHUNK) for _ in range(POOL)]
+        self._fingerprint: int | None = None
+        self._digests: dict[int, str] = {}  # by byte count: both ends of a whole stream agree
 
     def chunk(self, index: int, size: int = CHUNK) -> bytes:
         return (index.to_bytes(STAMP, "big") + self.pool[index % POOL][STAMP:])[:size]
 
     def fingerprint(self) -> int:
         """CRC-32 of the pool: the same in two Pythons that draw the same bytes from the seed."""
-        crc = 0
-        for part in self.pool:
-            crc = zlib.crc32(part, crc)
-        return crc
+        if self._fingerprint is None:
+            crc = 0
+            for part in self.pool:
+                crc = zlib.crc32(part, crc)
+            self._fingerprint = crc
+        return self._fingerprint
 
     def sha256(self, nbytes: int) -> str:
         """SHA-256 of the stream's first `nbytes`."""
-        digest = hashlib.sha256()
-        for index in range(-(-nbytes // CHUNK)):
-            digest.update(self.chunk(index, min(CHUNK, nbytes - index * CHUNK)))
-        return digest.hexdigest()
+        if nbytes not in self._digests:
+            digest = hashlib.sha256()
+            for index in range(-(-nbytes // CHUNK)):
+                digest.update(self.chunk(index, min(CHUNK, nbytes - index * CHUNK)))
+            self._digests[nbytes] = digest.hexdigest()
+        return self._digests[nbytes]
 
 
 class Progress:
@@ -270,7 +277,7 @@ def send(
     """rate: bytes a second of the guest's clock at most (0: as fast as it goes)."""
     progress = Progress()
     payload = Payload(seed)
-    content = payload.fingerprint()  # no digest here: the host computes it from the seed
+    said: dict[str, object] = {"content": payload.fingerprint()}  # the host hashes (Payload)
     end = nbytes  # where the stream ends: SIGUSR1 moves it to `tail` bytes from now
 
     def told(signum: int, frame: object) -> None:
@@ -281,7 +288,7 @@ def send(
     try:
         sock = _connect(addr, port, deadline)
     except OSError as e:
-        _say(progress.result(f"cannot connect to {addr}:{port}: {e}", said={"content": content}))
+        _say(progress.result(f"cannot connect to {addr}:{port}: {e}", said=said))
         return 1
     progress = Progress()
     with sock:
@@ -291,9 +298,7 @@ def send(
             while view and progress.bytes < end:
                 wait = _timeout(deadline, idle, progress)
                 if wait <= 0:
-                    _say(
-                        progress.result(_why(deadline, progress, "sent"), said={"content": content})
-                    )
+                    _say(progress.result(_why(deadline, progress, "sent"), said=said))
                     return 1
                 ahead = progress.bytes / rate - (time.monotonic() - progress.t0) if rate else 0
                 if ahead > 0:
@@ -305,16 +310,12 @@ def send(
                 except TimeoutError:
                     continue
                 except OSError as e:
-                    _say(
-                        progress.result(
-                            f"send at byte {progress.bytes}: {e}", said={"content": content}
-                        )
-                    )
+                    _say(progress.result(f"send at byte {progress.bytes}: {e}", said=said))
                     return 1
                 view = view[n:]
                 progress.moved(n)
         sock.shutdown(socket.SHUT_WR)
-    result = progress.result(said={"content": content})
+    result = progress.result(said=said)
     if end < nbytes:
         result["stopped"] = True
     _say(result)
