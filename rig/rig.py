@@ -43,6 +43,7 @@ from rig.provision.kcoverage import CoverageBuild, coverage_build
 from rig.provision.qemu import built_with
 from rig.provision.sshkeys import rig_key
 from rig.vm import clock as vmclock
+from rig.vm import shell as guestshell
 from rig.vm.cmdline import Modprobe
 from rig.vm.console import SerialConsole
 from rig.vm.machine import BootTimes, Machine, MachineConfig, QemuInstall
@@ -159,6 +160,7 @@ class Rig:
 
         self.clock = vmclock.resolve(self.config.clock)
         self.boot = resolve_boot(self.config.boot)
+        guestshell.enabled()  # a bad $RIG_GUEST_SHELL is named before anything boots
         self.log_dir.mkdir(parents=True, exist_ok=True)
         t0 = time.monotonic()
         qemu: QemuInstall = qemu_for(self.config.qemu, self.config.qemu_version)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import select
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from pathlib import Path
 import paramiko
 
 from rig.errors import MachineError, RigError
+from rig.vm import shell as guestshell
+from rig.vm.shell import GuestShell, ShellBroken, ShellLost
 
 Sink = Callable[[bytes], None]
 # What a dropped connection means, given the bare fact (rig.vm.watch.Watch.explain).
@@ -68,6 +71,9 @@ class GuestSsh:
         self._client = client
         self.where = where
         self.on_lost: LostHook | None = None
+        self._shell: GuestShell | None = None
+        self._shell_made = threading.Lock()
+        self._use_shell = guestshell.enabled()
 
     def lost(self, what: str) -> RigError:
         """The error for a connection that dropped during `what`."""
@@ -134,6 +140,23 @@ class GuestSsh:
         on_stdout/on_stderr get output as it arrives (for streaming); Result has it all.
         Raises MachineError if the connection fails or `timeout` passes.
         """
+        # The connection's shell (rig.vm.shell) for a command whose output is wanted at its
+        # end; streaming (on_stdout/on_stderr: `rig run`, the gzipped dumps) keeps an exec
+        # channel of its own, as does a command while another thread's holds the shell.
+        if self._use_shell and on_stdout is None and on_stderr is None:
+            shell = self._shell_for_now()
+            if shell is not None:
+                try:
+                    status, stdout, stderr = shell.run(command, timeout)
+                except ShellBroken as e:
+                    self._drop_shell(shell)
+                    if isinstance(e, ShellLost) or not self._active():
+                        raise self.lost(repr(command)) from e
+                    raise
+                finally:
+                    shell.lock.release()
+                decoded = stdout.decode("utf-8", "replace"), stderr.decode("utf-8", "replace")
+                return Result(status, *decoded)
         chan = self._exec(command, timeout)
         out: list[bytes] = []
         err: list[bytes] = []
@@ -184,6 +207,27 @@ class GuestSsh:
             b"".join(out).decode("utf-8", "replace"),
             b"".join(err).decode("utf-8", "replace"),
         )
+
+    def _shell_for_now(self) -> GuestShell | None:
+        """The connection's shell, locked for one command; None when another thread holds it
+        or it cannot start (the command then takes an exec channel, which names the error)."""
+        with self._shell_made:
+            if self._shell is None:
+                transport = self._client.get_transport()
+                if transport is None or not transport.is_active():
+                    return None
+                try:
+                    self._shell = GuestShell(transport, self.where)
+                except ShellBroken:
+                    return None
+            shell = self._shell
+        return shell if shell.lock.acquire(blocking=False) else None
+
+    def _drop_shell(self, shell: GuestShell) -> None:
+        shell.close()
+        with self._shell_made:
+            if self._shell is shell:
+                self._shell = None
 
     def _exec(self, command: str, timeout: float) -> paramiko.Channel:
         transport = self._client.get_transport()

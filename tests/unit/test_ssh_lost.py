@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import queue
 import resource
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -15,71 +14,29 @@ from pathlib import Path
 
 import paramiko
 import pytest
-from paramiko.common import AUTH_FAILED, AUTH_SUCCESSFUL, OPEN_SUCCEEDED
 
 from rig.errors import MachineError, RigError, SshLost
-from rig.provision.sshkeys import rig_key
-from rig.vm.ssh import GuestSsh, SshIdentity
-
-
-class _Sshd(paramiko.ServerInterface):
-    def __init__(self, client_key: paramiko.PKey) -> None:
-        self.client_key = client_key
-        self.commands: queue.Queue[tuple[paramiko.Channel, str]] = queue.Queue()
-
-    def check_channel_request(self, kind: str, chanid: int) -> int:
-        return OPEN_SUCCEEDED
-
-    def get_allowed_auths(self, username: str) -> str:
-        return "publickey"
-
-    def check_auth_publickey(self, username: str, key: paramiko.PKey) -> int:
-        return AUTH_SUCCESSFUL if key == self.client_key else AUTH_FAILED
-
-    def check_channel_exec_request(self, channel: paramiko.Channel, command: bytes) -> bool:
-        self.commands.put((channel, command.decode()))
-        return True
+from rig.vm.ssh import GuestSsh
+from tests.unit.sshd import sshd
 
 
 @dataclass
 class Guest:
     ssh: GuestSsh
-    sshd: _Sshd
+    commands: queue.Queue[tuple[paramiko.Channel, str]]
     transport: paramiko.Transport  # the server's end: close() it to drop the connection
 
     def command(self) -> tuple[paramiko.Channel, str]:
-        return self.sshd.commands.get(timeout=5)
+        return self.commands.get(timeout=5)
 
 
 @pytest.fixture
-def guest(tmp_path: Path) -> Iterator[Guest]:
-    (tmp_path / "host").mkdir()
-    (tmp_path / "client").mkdir()
-    host = paramiko.Ed25519Key.from_private_key_file(str(rig_key(tmp_path / "host").private))
-    client_file = rig_key(tmp_path / "client").private
-    client = paramiko.Ed25519Key.from_private_key_file(str(client_file))
-    listener = socket.create_server(("127.0.0.1", 0))
-    sshd = _Sshd(client)
-    transports: list[paramiko.Transport] = []
-
-    def serve() -> None:
-        conn, _ = listener.accept()
-        t = paramiko.Transport(conn)
-        t.add_server_key(host)
-        t.start_server(server=sshd)
-        transports.append(t)
-
-    server = threading.Thread(target=serve, daemon=True)
-    server.start()
-    port = listener.getsockname()[1]
-    ssh = GuestSsh.connect(
-        "127.0.0.1", port, SshIdentity(client_file, f"ssh-ed25519 {host.get_base64()}")
-    )
-    server.join(5)
-    yield Guest(ssh, sshd, transports[0])
-    ssh.close()
-    transports[0].close()
-    listener.close()
+def guest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Guest]:
+    # Each exec request is answered by the test itself: no shell to keep (rig.vm.shell).
+    monkeypatch.setenv("RIG_GUEST_SHELL", "off")
+    commands: queue.Queue[tuple[paramiko.Channel, str]] = queue.Queue()
+    with sshd(tmp_path, lambda chan, command: commands.put((chan, command))) as served:
+        yield Guest(served.ssh, commands, served.transport)
 
 
 def cpu() -> float:
