@@ -181,7 +181,10 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ[BOOT_ENV] = boot  # and so do the `rig matrix`/`validate` runs' rigs
 
 
-@pytest.hookimpl(optionalhook=True)
+# tryfirst: xdist's own answer (a worker per CPU) is an implementation of the same
+# first-result hook, and which runs first otherwise follows the order the plugins registered
+# in, which follows sys.path: with the repo on PYTHONPATH (its egg-info first) it was xdist's.
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     """`-n auto` (pytest-xdist): auto_workers() for this machine and the suite's clock."""
     try:

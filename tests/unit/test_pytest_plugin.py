@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rig.pytest_plugin import auto_workers
+from rig.pytest_plugin import auto_workers, pytest_xdist_auto_num_workers
 
 pytest_plugins = ("pytester",)
 
@@ -92,3 +92,20 @@ def test_auto_workers_two_a_core_on_warp_one_on_the_real_clock_as_memory_allows(
     assert auto_workers(2, None, warp=True) == 4
     assert auto_workers(8, 10 * gib, warp=True) == 3  # 3 GiB a worker
     assert auto_workers(2, 1 * gib, warp=True) == 1
+
+
+def test_auto_workers_answer_before_any_other_plugin(pytester: pytest.Pytester) -> None:
+    """`-n auto` is a first-result hook that xdist answers too (a worker per CPU): the rig's
+    answer must come first whichever plugin registered last (with the repo on PYTHONPATH,
+    xdist's did, and the suite ran on two workers instead of four)."""
+
+    class Other:
+        @pytest.hookimpl(optionalhook=True)
+        def pytest_xdist_auto_num_workers(self, config: pytest.Config) -> int:
+            return 999
+
+    config = pytester.parseconfigure("--rig-clock", "warp")
+    config.pluginmanager.register(Other())
+    assert config.hook.pytest_xdist_auto_num_workers(config=config) == (
+        pytest_xdist_auto_num_workers(config)
+    )
