@@ -220,8 +220,10 @@ class GuestSsh:
                     self._shell = GuestShell(transport, self.where)
                 except ShellBroken:
                     return None
+            # Taken here, not after: a shell dropped by the command that held it (it is
+            # dropped before its lock goes) is never handed out.
             shell = self._shell
-        return shell if shell.lock.acquire(blocking=False) else None
+            return shell if shell.lock.acquire(blocking=False) else None
 
     def _drop_shell(self, shell: GuestShell) -> None:
         shell.close()
