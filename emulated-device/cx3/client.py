@@ -1,7 +1,8 @@
 """The control socket's blocking client, for the rig: imports nothing of the device model.
 
-Error replies raise `ControlError`; a socket that closes or a reply too long raises
-`ConnectionError`. Fault knobs are called by name through `fault()`, from cx3/ops.py's KNOBS.
+Error replies raise `ControlError`; a socket that closes, a reply too long, or a call after
+one that ended between its request and its reply raises `ConnectionError`. Fault knobs are
+called by name through `fault()`, from cx3/ops.py's KNOBS.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class ControlClient:
         self._sock.settimeout(timeout)
         self._sock.connect(os.fspath(path))
         self._reader = self._sock.makefile("rb")
+        self._out_of_step = ""  # the call that ended before its reply was read
 
     def close(self) -> None:
         self._reader.close()
@@ -38,8 +40,19 @@ class ControlClient:
 
     def call(self, op: str, **args: Any) -> Reply:
         """Send one raw request (arguments as JSON values); returns the reply without "ok"."""
-        self._sock.sendall(encode_line({"op": op, **args}))
-        line = self._reader.readline(MAX_LINE)
+        if self._out_of_step:
+            raise ConnectionError(
+                f"control socket out of step: {self._out_of_step!r} ended before its reply"
+            )
+        try:
+            self._sock.sendall(encode_line({"op": op, **args}))
+            line = self._reader.readline(MAX_LINE)
+        except BaseException:
+            # A signal's exception (the rig turns SIGINT/SIGTERM into one) or a timeout between
+            # the request and its reply: that reply, or half the request, is still on its way,
+            # and the next call would take it for its own.
+            self._out_of_step = op
+            raise
         if not line.endswith(b"\n"):
             raise ConnectionError(f"control socket closed or reply too long during {op!r}")
         reply: Reply = json.loads(line)

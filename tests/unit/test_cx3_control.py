@@ -209,3 +209,31 @@ def test_client_refuses_unknown_knobs_and_arguments_locally(served: tuple[Cx3Dev
         with pytest.raises(TypeError, match="'opcod'"):
             client.fault("cmd_timeout", opcod=1)
         client.ping()
+
+
+def test_a_call_interrupted_before_its_reply_leaves_no_stale_reply(
+    served: tuple[Cx3Device, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A signal's exception (the rig turns SIGINT into one) between a request and its reply:
+    the next call must not read that reply as its own (a replay's timeline read the fault's
+    reply and died on KeyError 'events')."""
+    _, path = served
+    with ControlClient(path) as client:
+        reader = client._reader
+        interrupted: list[bool] = []
+
+        class Interrupting:
+            def readline(self, size: int) -> bytes:
+                if not interrupted:
+                    interrupted.append(True)
+                    raise KeyboardInterrupt
+                return reader.readline(size)
+
+            def close(self) -> None:
+                reader.close()
+
+        monkeypatch.setattr(client, "_reader", Interrupting())
+        with pytest.raises(KeyboardInterrupt):
+            client.ping()
+        with pytest.raises(ConnectionError, match="out of step: 'ping' ended before its reply"):
+            client.events()
