@@ -320,7 +320,7 @@ class Traffic:
         self._recv: int | None = None  # the running stream's ends: their request ids
         self._send: int | None = None
         self._requested = 0
-        self._payload = Payload(0)  # the running stream's content
+        self._payload: Payload | None = None  # the running stream's content, once one runs
         self._timeout = 0.0
         self._counters_before: Counters = {}
         self._retrans_before = 0
@@ -466,8 +466,8 @@ class Traffic:
         self._netdev(1)
         deadline = deadline or nbytes / SLOWEST_RATE + RESET_ALLOWANCE
         self._requested, self._timeout = nbytes, deadline + 60
-        if seed != self._payload.seed:
-            self._payload = Payload(seed)
+        if self._payload is None or self._payload.seed != seed:
+            self._payload = Payload(seed)  # 4 MiB drawn from the seed: kept for the next stream
         self._counters_before, self._retrans_before = self._sample()
         common = {"port": self.port, "nbytes": nbytes, "deadline": deadline, "idle": IDLE_LIMIT}
         # Both ends start at once: the sender retries its connect until the receiver listens.
@@ -518,6 +518,7 @@ class Traffic:
 
     def _result(self, rid: int, who: str) -> End:
         said = self.server.reply(rid, self._timeout, f"the {who}'s result")
+        assert self._payload is not None  # start_tcp() set it
         return End.parse(json.dumps(said), who, self._payload)
 
     def tcp(self, nbytes: int, **kw: Any) -> TcpResult:
