@@ -5,7 +5,7 @@ the path is restored the transfer completes with the SHA-256 it started with (TC
 across the reset); five such faults in a row leave no warning and leak nothing.
 
 Run time: one boot, a ping, a 64 MiB transfer (about 15-30 s under TCG), two catas faults of
-the single kind and five in a row, each under a stream that ends 4 MiB after the recovery
+the single kind and five in a row, each under a stream that ends 2 MiB after the recovery
 (~13 s a cycle on the warped clock), and the 60 s command timeout (slow): 140 s in one worker
 on the warped clock from a saved VM, on an idle 2-core machine.
 """
@@ -33,7 +33,7 @@ pytestmark = pytest.mark.e2e
 
 BIG = 64 << 20
 # Per catas under traffic, at most (rig.traffic.TRAFFIC_MOST): paced (FAULT_RATE), the stream
-# runs when the driver's 5 s catas poll fires; once the path is back the sender ends 4 MiB
+# runs when the driver's 5 s catas poll fires; once the path is back the sender ends 2 MiB
 # later (rig.traffic.Traffic.end_soon).
 PER_CYCLE = TRAFFIC_MOST
 # A hung command stops no data (check_fault_under_traffic): its stream need only be running
@@ -154,7 +154,7 @@ def test_catas_during_a_tcp_transfer(rig: Rig, traffic: Traffic, log_mark: int) 
     rig.device.set_health(health_buffer(0xA1))
     rig.mlx4.enable_snapshots()
     first_event = rig.device.events(1 << 62).next
-    # PER_CYCLE, as the five cycles: the stream ends 4 MiB after the recovery whatever its
+    # PER_CYCLE, as the five cycles: the stream ends 2 MiB after the recovery whatever its
     # bound, which must only outlast the 5 s poll.
     run = fault_under_traffic(rig, traffic, PER_CYCLE, "catas")
     check_fault_under_traffic(rig, run, stops_data=True)
