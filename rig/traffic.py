@@ -210,6 +210,29 @@ def retrans_segs(snmp: str) -> int:
         raise RigError(f"no TCP RetransSegs in /proc/net/snmp's {snmp[:200]!r}") from None
 
 
+# The sender's TcpExt counters (/proc/net/netstat) a result keeps, to tell why TCP sent
+# segments again: a retransmission timeout resends the whole unacknowledged window at once,
+# a loss shows as fast retransmits (SACK recovery), a tail loss probe as one.
+TCP_EXT = (
+    "TCPTimeouts",
+    "TCPSpuriousRTOs",
+    "TCPLossProbes",
+    "TCPFastRetrans",
+    "TCPSackRecovery",
+    "TCPLostRetransmit",
+)
+
+
+def tcp_ext(netstat: str) -> dict[str, int]:
+    """TCP_EXT's counters from /proc/net/netstat's TcpExt lines (names, then values); those
+    the kernel does not have are left out."""
+    lines = [line.split()[1:] for line in netstat.splitlines() if line.startswith("TcpExt:")]
+    if len(lines) < 2 or len(lines[0]) != len(lines[1]):
+        raise RigError(f"no TcpExt counters in /proc/net/netstat's {netstat[:200]!r}")
+    values = dict(zip(lines[0], lines[1], strict=True))
+    return {name: int(values[name]) for name in TCP_EXT if name in values}
+
+
 @dataclass
 class TcpResult:
     """One TCP transfer from port 1's namespace to port 2's."""
@@ -224,6 +247,8 @@ class TcpResult:
     # Not only loss: with the guest's RTT ~1 ms, its tail loss probe (2 RTTs) fires before
     # the receiver's delayed ACK of a stream's last segment, so a lossless transfer has ~1.
     retransmits: int = 0
+    # How much each of the sender's TCP_EXT counters grew during the transfer.
+    tcp_ext: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -326,6 +351,7 @@ class Traffic:
         self._timeout = 0.0
         self._counters_before: Counters = {}
         self._retrans_before = 0
+        self._ext_before: dict[str, int] = {}
 
     # --- the path -----------------------------------------------------------------------
 
@@ -423,13 +449,15 @@ class Traffic:
         """`ethtool -S` of both netdevs, in their namespaces (the COUNTERS kept)."""
         return self._sample()[0]
 
-    def _sample(self) -> tuple[Counters, int]:
-        """The counters, and the sender's namespace's TCP RetransSegs: one command, each
-        netdev's block headed by ethtool's "NIC statistics:" line, then /proc/net/snmp's
-        two Tcp lines (names, values)."""
+    def _sample(self) -> tuple[Counters, int, dict[str, int]]:
+        """The counters, and the sender's namespace's TCP RetransSegs and TCP_EXT: one
+        command, each netdev's block headed by ethtool's "NIC statistics:" line, then
+        /proc/net/snmp's two Tcp lines and /proc/net/netstat's two TcpExt lines (names,
+        values)."""
         ends = [self._netdev(i) for i in (0, 1)]
         stats = [f"ip netns exec {ns} ethtool -S {dev}" for ns, dev in ends]
-        snmp = f"ip netns exec {ends[0][0]} grep '^Tcp:' /proc/net/snmp"
+        tcp = "grep -h -e '^Tcp:' -e '^TcpExt:' /proc/net/snmp /proc/net/netstat"
+        snmp = f"ip netns exec {ends[0][0]} {tcp}"
         text = self.guest.sh(" && ".join([*stats, snmp]), timeout=60).stdout
         ethtool, _, tcp = text.partition("\nTcp:")
         blocks = ethtool.split("NIC statistics:")[1:]
@@ -442,7 +470,7 @@ class Traffic:
                 for k, _, v in (line.partition(":") for line in block.splitlines()[1:])
             )
             out[dev] = {c: int(stats_of[c]) for c in COUNTERS if c in stats_of}
-        return out, retrans_segs("Tcp:" + tcp)
+        return out, retrans_segs("Tcp:" + tcp), tcp_ext(tcp)
 
     def clock_offset(self) -> float:
         """Guest CLOCK_REALTIME (the gaps' clock) minus host time.monotonic(), within half
@@ -470,7 +498,7 @@ class Traffic:
         self._requested, self._timeout = nbytes, deadline + 60
         if self._payload is None or self._payload.seed != seed:
             self._payload = Payload(seed)  # 4 MiB drawn from the seed: kept for the next stream
-        self._counters_before, self._retrans_before = self._sample()
+        self._counters_before, self._retrans_before, self._ext_before = self._sample()
         common = {"port": self.port, "nbytes": nbytes, "deadline": deadline, "idle": IDLE_LIMIT}
         # Both ends start at once: the sender retries its connect until the receiver listens.
         server = self.server
@@ -507,7 +535,7 @@ class Traffic:
             sent = self._result(self._send, "sender")
         finally:
             self.stop()
-        after, retrans = self._sample()
+        after, retrans, ext = self._sample()
         return TcpResult(
             self._requested,
             sent,
@@ -516,6 +544,7 @@ class Traffic:
             after,
             (self._netdev(0)[1], self._netdev(1)[1]),
             retrans - self._retrans_before,
+            {k: v - self._ext_before.get(k, 0) for k, v in ext.items()},
         )
 
     def _result(self, rid: int, who: str) -> End:

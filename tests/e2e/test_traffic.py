@@ -92,7 +92,11 @@ def test_64_mib_arrive_intact_and_both_ends_count_them(
     # The data direction: every payload byte once in frames of at most MSS bytes, each with
     # its headers, plus what TCP sent again; what one end sent the other got. A lossless cable
     # leaves TCP only its tail loss probe to resend (TcpResult.retransmits: ~1 a stream).
-    assert result.retransmits <= MAX_RETRANSMITS, result.retransmits
+    assert result.retransmits <= MAX_RETRANSMITS, (
+        f"{result.retransmits} segments sent again; the sender's TcpExt grew by {result.tcp_ext}"
+        f"; {tx_frames} frames sent, {result.delta(receiver, 'rx_packets')} received, "
+        f"rx_dropped +{result.delta(receiver, 'rx_dropped')}"
+    )
     assert tx_frames >= BIG // MSS, (tx_frames, BIG // MSS)
     most = BIG + tx_frames * HEADERS + result.retransmits * MSS + STRAY_BYTES
     assert BIG <= tx_bytes <= most, (tx_bytes, tx_frames, result.retransmits)

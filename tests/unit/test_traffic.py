@@ -19,7 +19,16 @@ import pytest
 from guest.programs.traffic_guest import CHUNK, POOL, Check, Payload
 from rig.commands.options import byte_count as _size
 from rig.errors import KernelFailure, MachineError, RigError
-from rig.traffic import SCRIPT, End, Gap, TcpResult, _Server, parse_ping, retrans_segs
+from rig.traffic import (
+    SCRIPT,
+    End,
+    Gap,
+    TcpResult,
+    _Server,
+    parse_ping,
+    retrans_segs,
+    tcp_ext,
+)
 
 BUSYBOX = """PING 10.99.0.2 (10.99.0.2): 56 data bytes
 
@@ -300,6 +309,19 @@ def test_retransmitted_segments_from_proc_net_snmp() -> None:
     assert retrans_segs(snmp) == 1101
     with pytest.raises(RigError, match="no TCP RetransSegs"):
         retrans_segs("Tcp: RtoAlgorithm RtoMin\n")
+
+
+def test_tcp_ext_counters_from_proc_net_netstat() -> None:
+    # The Tcp lines of /proc/net/snmp come first in the rig's command: they are not TcpExt.
+    text = (
+        " RtoAlgorithm RetransSegs\nTcp: 1 143\n"
+        "TcpExt: SyncookiesSent TCPTimeouts TCPLossProbes TCPSackRecovery\n"
+        "TcpExt: 0 1 2 0\n"
+    )
+    assert tcp_ext(text) == {"TCPTimeouts": 1, "TCPLossProbes": 2, "TCPSackRecovery": 0}
+    assert retrans_segs("Tcp:" + text) == 143
+    with pytest.raises(RigError, match="no TcpExt counters"):
+        tcp_ext("TcpExt: TCPTimeouts\n")
 
 
 def test_a_paced_sender_keeps_to_its_rate() -> None:
