@@ -200,13 +200,20 @@ class End:
 Counters = dict[str, dict[str, int]]  # netdev -> counter -> value
 
 
+def _proc_table(text: str, prefix: str) -> dict[str, str]:
+    """One protocol's counters from /proc/net/snmp or /proc/net/netstat: its two lines
+    starting with `prefix`, a line of names, then one of values ({} if they are not there)."""
+    lines = [line.split()[1:] for line in text.splitlines() if line.startswith(prefix)]
+    if len(lines) < 2 or len(lines[0]) != len(lines[1]):
+        return {}
+    return dict(zip(lines[0], lines[1], strict=True))
+
+
 def retrans_segs(snmp: str) -> int:
-    """RetransSegs from /proc/net/snmp's Tcp lines: a line of names, then one of values."""
-    lines = [line.split()[1:] for line in snmp.splitlines() if line.startswith("Tcp:")]
+    """RetransSegs from /proc/net/snmp's Tcp lines."""
     try:
-        names, values = lines[0], lines[1]
-        return int(values[names.index("RetransSegs")])
-    except (IndexError, ValueError):
+        return int(_proc_table(snmp, "Tcp:")["RetransSegs"])
+    except (KeyError, ValueError):
         raise RigError(f"no TCP RetransSegs in /proc/net/snmp's {snmp[:200]!r}") from None
 
 
@@ -224,12 +231,11 @@ TCP_EXT = (
 
 
 def tcp_ext(netstat: str) -> dict[str, int]:
-    """TCP_EXT's counters from /proc/net/netstat's TcpExt lines (names, then values); those
-    the kernel does not have are left out."""
-    lines = [line.split()[1:] for line in netstat.splitlines() if line.startswith("TcpExt:")]
-    if len(lines) < 2 or len(lines[0]) != len(lines[1]):
+    """TCP_EXT's counters from /proc/net/netstat's TcpExt lines; those the kernel does not
+    have are left out."""
+    values = _proc_table(netstat, "TcpExt:")
+    if not values:
         raise RigError(f"no TcpExt counters in /proc/net/netstat's {netstat[:200]!r}")
-    values = dict(zip(lines[0], lines[1], strict=True))
     return {name: int(values[name]) for name in TCP_EXT if name in values}
 
 
@@ -350,8 +356,7 @@ class Traffic:
         self._payload: Payload | None = None  # the running stream's content, once one runs
         self._timeout = 0.0
         self._counters_before: Counters = {}
-        self._retrans_before = 0
-        self._ext_before: dict[str, int] = {}
+        self._tcp_before: dict[str, int] = {}  # the sender's TCP counters (_sample)
 
     # --- the path -----------------------------------------------------------------------
 
@@ -449,15 +454,17 @@ class Traffic:
         """`ethtool -S` of both netdevs, in their namespaces (the COUNTERS kept)."""
         return self._sample()[0]
 
-    def _sample(self) -> tuple[Counters, int, dict[str, int]]:
+    def _sample(self) -> tuple[Counters, dict[str, int]]:
         """The counters, and the sender's namespace's TCP RetransSegs and TCP_EXT: one
         command, each netdev's block headed by ethtool's "NIC statistics:" line, then
         /proc/net/snmp's two Tcp lines and /proc/net/netstat's two TcpExt lines (names,
         values)."""
         ends = [self._netdev(i) for i in (0, 1)]
         stats = [f"ip netns exec {ns} ethtool -S {dev}" for ns, dev in ends]
-        tcp = "grep -h -e '^Tcp:' -e '^TcpExt:' /proc/net/snmp /proc/net/netstat"
-        snmp = f"ip netns exec {ends[0][0]} {tcp}"
+        snmp = (
+            f"ip netns exec {ends[0][0]} "
+            "grep -h -e '^Tcp:' -e '^TcpExt:' /proc/net/snmp /proc/net/netstat"
+        )
         text = self.guest.sh(" && ".join([*stats, snmp]), timeout=60).stdout
         ethtool, _, tcp = text.partition("\nTcp:")
         blocks = ethtool.split("NIC statistics:")[1:]
@@ -470,7 +477,7 @@ class Traffic:
                 for k, _, v in (line.partition(":") for line in block.splitlines()[1:])
             )
             out[dev] = {c: int(stats_of[c]) for c in COUNTERS if c in stats_of}
-        return out, retrans_segs("Tcp:" + tcp), tcp_ext(tcp)
+        return out, {"RetransSegs": retrans_segs("Tcp:" + tcp), **tcp_ext(tcp)}
 
     def clock_offset(self) -> float:
         """Guest CLOCK_REALTIME (the gaps' clock) minus host time.monotonic(), within half
@@ -498,7 +505,7 @@ class Traffic:
         self._requested, self._timeout = nbytes, deadline + 60
         if self._payload is None or self._payload.seed != seed:
             self._payload = Payload(seed)  # 4 MiB drawn from the seed: kept for the next stream
-        self._counters_before, self._retrans_before, self._ext_before = self._sample()
+        self._counters_before, self._tcp_before = self._sample()
         common = {"port": self.port, "nbytes": nbytes, "deadline": deadline, "idle": IDLE_LIMIT}
         # Both ends start at once: the sender retries its connect until the receiver listens.
         server = self.server
@@ -535,7 +542,7 @@ class Traffic:
             sent = self._result(self._send, "sender")
         finally:
             self.stop()
-        after, retrans, ext = self._sample()
+        after, tcp = self._sample()
         return TcpResult(
             self._requested,
             sent,
@@ -543,8 +550,8 @@ class Traffic:
             self._counters_before,
             after,
             (self._netdev(0)[1], self._netdev(1)[1]),
-            retrans - self._retrans_before,
-            {k: v - self._ext_before.get(k, 0) for k, v in ext.items()},
+            tcp["RetransSegs"] - self._tcp_before["RetransSegs"],
+            {k: tcp[k] - self._tcp_before.get(k, 0) for k in TCP_EXT if k in tcp},
         )
 
     def _result(self, rid: int, who: str) -> End:
