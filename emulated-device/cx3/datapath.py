@@ -23,6 +23,13 @@ the parser's checksum verdict (`frame.rx_checksum`: a good TCP/UDP checksum spar
 checking it in software, as the card does). Frames steered nowhere
 count as RDROP, frames with no posted WQE as RdropOvflw, frames longer than the WQE's buffers
 as RdropLength. Nothing here raises on guest input.
+
+Flow control: a port out of receive WQEs sends pause frames, and a sender that obeys them
+(`Port.pauses`: mlx4_en asks both ports for 802.3x pause by default) keeps the frame: its
+walk stops there, holding the rest of its send queue, until the device looks again
+(`resume`: at the driver's next doorbell or command; mlx4_en's receive path refills its ring
+and then arms its CQ). So the cable is lossless as the driver configured it, and a sender
+faster than its receiver backs up into its own send queue, as on a cabled pair of ports.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from .cq import CompletionQueue, CqOverrun
 from .dma import GuestMemory
 from .firmware import Event, Firmware
 from .icm import IcmError, MttBuffer
+from .port import Port
 from .qp import QpState, QueuePair, WorkQueue
 from .stats import PortCounters
 from .wqe import Ctrl, Gather, Piece, WqeError
@@ -73,16 +81,26 @@ class Datapath:
         self._post_async = post_async
         self._error = error
         self.counts: collections.Counter[str] = collections.Counter()
-        self.transmit: Callable[[int, bytes], None] = self.cable  # (port, frame): the wire
+        # (port, frame) -> False if the far port paused it (the wire: `cable`)
+        self.transmit: Callable[[int, bytes], bool] = self.cable
+        self._held: list[Callable[[], bool]] = []  # walks stopped by the far port's pause
 
-    def cable(self, port: int, data: bytes) -> None:
-        """A frame leaves `port`: with link, it arrives at the far end of the cable."""
+    def cable(self, port: int, data: bytes) -> bool:
+        """A frame leaves `port`: with link, it arrives at the far end of the cable. False:
+        it did not leave; the far end had no receive WQE for it and paused this port."""
         peer = self.fw.cable.peer(port)
         if not self.fw.link_up(port) or peer is None:
             self.fw.state.ports[port].counters.count("TDROP")
-            return
-        if self.fw.link_up(peer):  # a closed port's MAC receives nothing
-            self.receive(peer, data)
+            return True
+        if not self.fw.link_up(peer):  # a closed port's MAC receives nothing
+            return True
+        return self.receive(peer, data, sender=self.fw.state.ports[port])
+
+    def resume(self) -> list[Callable[[], bool]]:
+        """The walks a pause stopped, to run again: each sends on if the far port now has
+        receive WQEs, or stops again."""
+        held, self._held = self._held, []
+        return held
 
     # --- send ------------------------------------------------------------------------------
 
@@ -110,9 +128,12 @@ class Datapath:
             if self.fw.state is not state or state.qps.get(qpn) is not qp:
                 return False
             try:
-                next(walk)
+                held = next(walk)
             except StopIteration:
                 qp.sending = False
+                return False
+            if held:  # still `sending`: a doorbell meanwhile starts no second walk
+                self._held.append(step)
                 return False
             return True
 
@@ -120,9 +141,10 @@ class Datapath:
 
     def _walk(
         self, qp: QueuePair, sq: WorkQueue, buf: MttBuffer, send_cq: CompletionQueue | None
-    ) -> Iterator[None]:
+    ) -> Iterator[bool]:
         """The send engine: every WQE handed over, in order, pausing after each frame on the
-        wire; it stops at the first WQE not handed over (the next doorbell resumes there)."""
+        wire (False) and while the far port holds one back (True); it stops at the first WQE
+        not handed over (the next doorbell resumes there)."""
         while qp.state in SENDING:
             index = qp.sq_next
             try:
@@ -160,9 +182,10 @@ class Datapath:
 
     def _send(
         self, qp: QueuePair, sq: WorkQueue, buf: MttBuffer, ctrl: Ctrl, index: int
-    ) -> Generator[None, None, tuple[bytes | None, bool]]:
-        """Execute one send WQE, pausing after each frame it puts on the wire: (the CQE to
-        post or None, whether it is solicited)."""
+    ) -> Generator[bool, None, tuple[bytes | None, bool]]:
+        """Execute one send WQE, pausing after each frame it puts on the wire (False) and
+        while the far port holds one back (True): (the CQE to post or None, whether it is
+        solicited)."""
         try:
             if qp.state != QpState.RTS:
                 raise WqeError(cq.WR_FLUSH_ERR, f"QP {qp.qpn:#x} is in {qp.state.name}")
@@ -194,11 +217,12 @@ class Datapath:
             elif ctrl.ins_vlan & wqe.INS_SVLAN:
                 data = frame.insert_vlan(data, frame.TPID_SVLAN, ctrl.vlan_tag)
             data = frame.pad(data)
-            self.counts["tx_frames"] += 1
             if port is not None:
+                while not self.transmit(port.number, data):
+                    yield True
                 port.counters.transmitted(data)
-                self.transmit(port.number, data)
-            yield
+            self.counts["tx_frames"] += 1
+            yield False
         if not ctrl.signaled:
             return None, False
         return cq.send_cqe(qp.qpn, index, ctrl.opcode), ctrl.solicited
@@ -258,11 +282,10 @@ class Datapath:
 
     # --- receive ---------------------------------------------------------------------------
 
-    def receive(self, number: int, data: bytes) -> None:
-        """A frame arrives at port `number`."""
+    def receive(self, number: int, data: bytes, sender: Port | None = None) -> bool:
+        """A frame arrives at port `number` (from port `sender`, if one of the card's). False:
+        the receive QP has no WQE for it and the port paused the sender, which keeps it."""
         port = self.fw.state.ports[number]
-        port.counters.received(data)
-        self.counts["rx_frames"] += 1
         qpn = port.steer(data)
         qp = None if qpn is None else self.fw.state.qps.get(qpn)
         if qp is not None and qp.ctx.rss and qp.state in (QpState.RTR, QpState.RTS):
@@ -271,9 +294,26 @@ class Datapath:
         else:
             hash_value = 0
         if qp is None or qp.state not in (QpState.RTR, QpState.RTS) or qp.ctx.rss:
+            qp = None
+        elif sender is not None and self._rq_full(qp) and port.pauses(sender, data):
+            self.counts["rx_paused"] += 1
+            return False
+        port.counters.received(data)
+        self.counts["rx_frames"] += 1
+        if qp is None:
             port.counters.count("RDROP")
-            return
-        self._deliver(qp, data, hash_value, port.counters)
+        else:
+            self._deliver(qp, data, hash_value, port.counters)
+        return True
+
+    def _rq_full(self, qp: QueuePair) -> bool:
+        """No receive WQE posted past the last one the card took (unreadable: not full, so
+        that `_deliver` reports it)."""
+        try:
+            (producer,) = struct.unpack(">I", self.mem.read(qp.ctx.db_rec_addr, 4))
+        except DmaError:
+            return False
+        return not (producer - qp.rq_next) & RQ_INDEX_MASK
 
     def _deliver(self, qp: QueuePair, data: bytes, hash_value: int, counters: PortCounters) -> None:
         _, rq = qp.ctx.work_queues()

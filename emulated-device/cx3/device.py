@@ -144,6 +144,7 @@ class Cx3Device(Device):
         links = {f"link_up_{n}": self.firmware.link_up(n) for n in self.firmware.state.ports}
         self.events.add("link", cable=up, **links)
         self._post_async(events)
+        self._resume()  # a frame a pause held drops if the link went with the cable
 
     def read_bar0(self, offset: int, length: int) -> bytes:
         if offset < 0 or length < 0 or offset + length > layout.SIZE:
@@ -179,6 +180,7 @@ class Cx3Device(Device):
         cmd = self.hcr.post(value)
         if cmd is not None:
             self._run(cmd)
+        self._resume()
 
     def _run(self, cmd: hcr.Command) -> None:
         self.counts["commands"] += 1
@@ -320,6 +322,13 @@ class Cx3Device(Device):
             self._cq_doorbell(page, self._cq_doorbell_word0.pop(page), value, writes=2)
         else:
             self._eq_doorbell(offset, data)
+        self._resume()
+
+    def _resume(self) -> None:
+        """The card looks again at the send queues its ports' pause frames stopped (the
+        driver has had the chance to post receive WQEs: datapath.py, flow control)."""
+        for walk in self.datapath.resume():
+            self._ctx.defer(walk)
 
     def _cq_doorbell(self, page: int, word0: int, consumer: int, writes: int) -> None:
         self.counts["cq_doorbells"] += 1

@@ -27,6 +27,7 @@ STATS_SIZE = stats.SIZE  # struct mlx4_en_stat_out_mbox
 STATS_RESET = 1 << 8  # DUMP_ETH_STATS in_modifier: clear after reading
 
 LINK_UP = 0x80  # QUERY_PORT byte 0, mlx4_en's view
+GLOBAL_PAUSE = 0x80  # SET_PORT general pptx/pprx: 802.3x pause (`mlx4_SET_PORT_general`)
 SUPPORTS_ETH = 0x02  # QUERY_PORT byte 0 bits 1:0, mlx4_core's view
 SPEED_40G = 0x40  # MLX4_EN_40G_SPEED
 ETH_OVERHEAD = 14 + 2 * 4 + 4  # MLX4_EN_EFF_MTU (header, two VLAN tags) + FCS
@@ -100,6 +101,19 @@ class Port:
             self.mtu = mtu
         if flags & 6:
             self.pause = (pptx, pfctx, pprx, pfcrx)
+
+    def pauses(self, sender: Port, data: bytes) -> bool:
+        """Whether this port, out of receive WQEs, holds back a frame `sender` sends it: it
+        sends pause frames (pptx, global 802.3x pause) and the sender obeys them (pprx), or
+        the same per priority (pfctx here, pfcrx there; an untagged frame is priority 0).
+        mlx4_en asks for global pause on both by default (its rx_pause/tx_pause)."""
+        pptx, pfctx, _, _ = self.pause
+        _, _, pprx, pfcrx = sender.pause
+        if pptx & pprx & GLOBAL_PAUSE:
+            return True
+        tci = frame.vlan_tci(data)
+        priority = 0 if tci is None else tci >> 13
+        return bool(pfctx & pfcrx & (1 << priority))
 
     def set_rqp_calc(self, raw: bytes, num_qps: int) -> None:
         base_qpn, n_mac = struct.unpack_from(">I xB", raw, 0)

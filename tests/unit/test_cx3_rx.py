@@ -223,6 +223,44 @@ def test_no_posted_wqe_or_too_long_a_frame_is_dropped(
     assert not [e for e in dev.events.since(0) if e["kind"] == "error"]
 
 
+def pause(drv: EnDriver, port: int, tx: bool, rx: bool) -> None:
+    """`mlx4_SET_PORT_general`: global pause sent (pptx) and obeyed (pprx) on `port`."""
+    general = struct.pack(">3xB2xHBB2xBB", 7, 1526, tx << 7, 0, rx << 7, 0)
+    assert drv.set_port(0, general, port=port) == 0
+
+
+def test_a_full_ring_holds_the_frame_when_the_ports_pause(
+    link: tuple[Cx3Device, EnDriver, TxRing],
+) -> None:
+    """802.3x as mlx4_en sets it up by default: port 2, out of receive WQEs, pauses port 1,
+    which keeps the frame and the rest of its send queue until the driver has posted WQEs
+    and rung (it arms its CQ after refilling); nothing is dropped."""
+    dev, drv, tx = link
+    ring = port2_ring(drv, posted=1)
+    counters = dev.firmware.state.ports[2].counters
+    pause(drv, 2, tx=True, rx=False)  # port 1 does not obey: dropped
+    send(tx, frame_bytes(100, dst=MAC2))
+    send(tx, frame_bytes(100, dst=MAC2))
+    assert len(ring.poll()) == 1 and counters["RdropOvflw"] == 1
+    pause(drv, 1, tx=False, rx=True)
+    frames = [frame_bytes(101 + i, dst=MAC2) for i in range(2)]
+    for data in frames:
+        addr = drv.drv.guest.alloc(len(data))
+        drv.drv.guest.write(addr, data)
+        tx.post(gather(addr, len(data)))
+    assert ring.poll() == [] and tx.poll() == []  # held: neither received nor completed
+    ring.post(1)
+    assert ring.poll() == []  # the card has not looked again
+    arm = struct.pack(">II", 2 << 24 | RX_CQN, ring.cons)
+    drv.uar_write(0x20, arm)
+    assert [got for _, got in ring.poll()] == frames[:1] and len(tx.poll()) == 1
+    ring.post(1)
+    drv.uar_write(0x20, arm)
+    assert [got for _, got in ring.poll()] == frames[1:] and len(tx.poll()) == 1
+    assert counters["RdropOvflw"] == 1 and counters["RTOT_novlan"] == 4
+    assert dev.datapath.counts["rx_paused"] >= 2
+
+
 def test_a_bad_receive_buffer_completes_in_error(
     link: tuple[Cx3Device, EnDriver, TxRing],
 ) -> None:

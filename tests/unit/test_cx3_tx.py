@@ -170,7 +170,12 @@ def gather(addr: int, length: int, lkey: int = LKEY) -> bytes:
 
 def capture(dev: Cx3Device) -> list[tuple[int, bytes]]:
     wire: list[tuple[int, bytes]] = []
-    dev.datapath.transmit = lambda port, data: wire.append((port, data))
+
+    def transmit(port: int, data: bytes) -> bool:
+        wire.append((port, data))
+        return True
+
+    dev.datapath.transmit = transmit
     return wire
 
 
