@@ -50,6 +50,7 @@ from rig.vm.machine import BootTimes, Machine, MachineConfig, QemuInstall
 from rig.vm.saved import SavedVm, SavedVmError, card_line, discard, ensure_saved
 from rig.vm.ssh import Background, Result, Sink, SshIdentity
 from vfio_user.qemu import (
+    delivers_irqs_after_access,
     posts_bar0_window,
     posts_config_dword,
     posts_with_mmap,
@@ -220,6 +221,10 @@ class Rig:
                 # After each INTx QEMU traps the BARs until the guest answers it (the first
                 # trapped access is the EOI); then they are mapped again, not kept trapped.
                 intx_remap_ms=INTX_REMAP_MS if remaps_safely(qemu.binary) else 0,
+                # In lockstep the card's interrupts are ordered with the vCPU's time too:
+                # one raised while the model answers an access is pending when the vCPU
+                # runs on, not when QEMU's main loop is next scheduled (docs/clock.md).
+                irqs_after_access=lockstep and delivers_irqs_after_access(qemu.binary),
                 clock=self.clock,
                 paced_warp=self.clock != vmclock.WARP or vmclock.paces_warp(qemu.binary),
                 warp_shift=self.config.warp_shift,

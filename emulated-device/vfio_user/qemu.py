@@ -19,12 +19,14 @@ DEVICE = "vfio-user-pci"
 # mlx4-rig's QEMU patches (rig/provision/qemu-patches): posted writes although a region is
 # mapped; posted writes of one config dword the device only latches, and of BAR0 bytes it
 # only latches; the BARs mapped again after an INTx once the guest has answered it (as
-# vfio-pci's own property of that name).
+# vfio-pci's own property of that name); the MSIs a device signals while it answers a BAR
+# access delivered before the vCPU runs on.
 POSTED_WITH_MMAP = "x-posted-writes-with-mmap"
 POSTED_CONFIG_DWORD = "x-posted-config-dword"
 POSTED_BAR0_OFFSET = "x-posted-bar0-offset"
 POSTED_BAR0_SIZE = "x-posted-bar0-size"
 INTX_MMAP_TIMEOUT = "x-intx-mmap-timeout-ms"
+IRQS_AFTER_ACCESS = "x-irqs-after-access"
 
 
 def device_arg(
@@ -34,6 +36,7 @@ def device_arg(
     config_dword: int = 0,
     intx_remap_ms: int = 0,
     bar0_latched: tuple[int, int] | None = None,
+    irqs_after_access: bool = False,
 ) -> str:
     """`-device`'s value: JSON, so a socket path needs no escaping. `posted`: the device
     promises that no write changes a mapped region, so QEMU may post writes (a QEMU with
@@ -41,7 +44,10 @@ def device_arg(
     the device only latches on a write, which QEMU may post (POSTED_CONFIG_DWORD; 0: none).
     `intx_remap_ms`: INTX_MMAP_TIMEOUT (0: QEMU's default, which for vfio-user-pci is never:
     after the first INTx every BAR access traps). `bar0_latched`: (offset, size) of BAR0
-    bytes the device only latches on a write, which QEMU may post (POSTED_BAR0_OFFSET)."""
+    bytes the device only latches on a write, which QEMU may post (POSTED_BAR0_OFFSET).
+    `irqs_after_access`: the MSIs the device signals while it answers a BAR access reach
+    the guest before the vCPU runs on (IRQS_AFTER_ACCESS), not when QEMU's main loop next
+    reads their eventfds."""
     arg: dict[str, object] = {
         "driver": DEVICE,
         "id": dev_id,
@@ -55,6 +61,8 @@ def device_arg(
         arg[INTX_MMAP_TIMEOUT] = intx_remap_ms
     if bar0_latched is not None:
         arg[POSTED_BAR0_OFFSET], arg[POSTED_BAR0_SIZE] = bar0_latched
+    if irqs_after_access:
+        arg[IRQS_AFTER_ACCESS] = True
     return json.dumps(arg, separators=(",", ":"))
 
 
@@ -76,6 +84,11 @@ def posts_bar0_window(binary: Path) -> bool:
 def remaps_after_intx(binary: Path) -> bool:
     """Whether this QEMU's vfio-user-pci has INTX_MMAP_TIMEOUT."""
     return INTX_MMAP_TIMEOUT in _device_help(binary)
+
+
+def delivers_irqs_after_access(binary: Path) -> bool:
+    """Whether this QEMU's vfio-user-pci has IRQS_AFTER_ACCESS."""
+    return IRQS_AFTER_ACCESS in _device_help(binary)
 
 
 @functools.cache

@@ -104,10 +104,12 @@ def paces_warp(binary: Path) -> bool:
 
 def lockstep(clock: str) -> bool:
     """Whether the card works in step with the vCPU on `clock`: QEMU's writes to it wait for
-    the model's answer (not posted), and the model finishes a doorbell's work before it
-    answers (cx3-device --inline-work). On warp: icount counts instructions, so a vCPU
-    waiting for an answer spends no guest time, and the model's work (a command, its
-    completion interrupt, a send queue walk) is done when the guest next looks. Otherwise
+    the model's answer (not posted), the model finishes a doorbell's work before it
+    answers (cx3-device --inline-work), and the interrupts it raised meanwhile are delivered
+    before the vCPU runs on (QEMU's x-irqs-after-access). On warp: icount counts
+    instructions, so a vCPU waiting for an answer spends no guest time, and the model's work
+    (a command, its completion interrupt, a send queue walk) is done when the guest next
+    looks. Otherwise
     the vCPU runs on, idles, and jumps guest time past a command's timeout or TCP's
     retransmit timer while the model is still working; docs/clock.md."""
     return clock == WARP

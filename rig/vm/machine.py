@@ -99,6 +99,9 @@ class MachineConfig:
     # ms of guest time after an answered INTx before the card's BARs are mapped again (a
     # QEMU with the rig's patch; 0: QEMU's default, never again)
     intx_remap_ms: int = 0
+    # The MSIs the card signals while it answers a BAR access reach the guest before its vCPU
+    # runs on (a QEMU with the rig's patch; else when QEMU's main loop reads them)
+    irqs_after_access: bool = False
     clock: str = vmclock.REAL  # rig.vm.clock: "real" or "warp"
     # The QEMU paces warp (rig.vm.clock.paces_warp: the rig's patch); else warp is sleep=off.
     paced_warp: bool = True
@@ -168,6 +171,7 @@ def vfio_user_device(index: int, socket_path: Path, config: MachineConfig) -> st
         config.posted_config_dword,
         config.intx_remap_ms,
         config.posted_bar0,
+        config.irqs_after_access,
     )
 
 

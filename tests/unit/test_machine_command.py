@@ -152,6 +152,16 @@ def test_an_intx_card_is_mapped_again_after_its_interrupt_is_answered() -> None:
     assert "x-intx-mmap-timeout-ms" not in option(bare, "-device")[-1]
 
 
+def test_a_lockstep_card_has_its_interrupts_delivered_after_each_access() -> None:
+    argv = qemu_command(
+        config(vfio_user_sockets=(Path("/s/a.sock"),), irqs_after_access=True), PATHS
+    )
+    (device,) = [json.loads(d) for d in option(argv, "-device") if d.startswith("{")]
+    assert device["x-irqs-after-access"] is True
+    bare = qemu_command(config(vfio_user_sockets=(Path("/s/a.sock"),)), PATHS)
+    assert "x-irqs-after-access" not in option(bare, "-device")[-1]
+
+
 def test_extra_qemu_args_come_last() -> None:
     argv = qemu_command(config(qemu_args=("-cpu", "max")), PATHS)
     assert argv[-2:] == ["-cpu", "max"]
