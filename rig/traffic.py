@@ -94,6 +94,7 @@ COUNTERS = (
     "rx_errors",
     "tx_errors",
     "rx_dropped",
+    "rx_fifo_errors",  # the port's RdropOvflw: frames that found no receive WQE
     "tx_dropped",
     "rx_packets_phy",
     "tx_packets_phy",
