@@ -223,9 +223,10 @@ def test_no_posted_wqe_or_too_long_a_frame_is_dropped(
     assert not [e for e in dev.events.since(0) if e["kind"] == "error"]
 
 
-def pause(drv: EnDriver, port: int, tx: bool, rx: bool) -> None:
-    """`mlx4_SET_PORT_general`: global pause sent (pptx) and obeyed (pprx) on `port`."""
-    general = struct.pack(">3xB2xHBB2xBB", 7, 1526, tx << 7, 0, rx << 7, 0)
+def pause(drv: EnDriver, port: int, tx: bool, rx: bool, pfctx: int = 0, pfcrx: int = 0) -> None:
+    """`mlx4_SET_PORT_general`: global pause sent (pptx) and obeyed (pprx) on `port`, or
+    priority flow control for the priorities of the `pfctx`/`pfcrx` bitmaps."""
+    general = struct.pack(">3xB2xHBB2xBB", 7, 1526, tx << 7, pfctx, rx << 7, pfcrx)
     assert drv.set_port(0, general, port=port) == 0
 
 
@@ -259,6 +260,29 @@ def test_a_full_ring_holds_the_frame_when_the_ports_pause(
     assert [got for _, got in ring.poll()] == frames[1:] and len(tx.poll()) == 1
     assert counters["RdropOvflw"] == 1 and counters["RTOT_novlan"] == 4
     assert dev.datapath.counts["rx_paused"] >= 2
+
+
+def test_priority_flow_control_holds_only_its_priorities(
+    link: tuple[Cx3Device, EnDriver, TxRing],
+) -> None:
+    dev, drv, tx = link
+    ring = port2_ring(drv, posted=0)
+    counters = dev.firmware.state.ports[2].counters
+    words = [0] * 128
+    words[127 - 1] = 1 << 10  # VID 42 passes port 2's VLAN filter
+    drv.cmd(Opcode.SET_VLAN_FLTR, drv.box(struct.pack(">128I", *words)), 2)
+    pause(drv, 2, tx=False, rx=False, pfctx=1 << 3)
+    pause(drv, 1, tx=False, rx=False, pfcrx=1 << 3)
+    send(tx, frame_bytes(100, dst=MAC2))  # priority 0: not paused, dropped
+    assert counters["RdropOvflw"] == 1
+    tagged = frame.insert_vlan(frame_bytes(100, dst=MAC2), frame.TPID_CVLAN, 3 << 13 | 42)
+    addr = drv.drv.guest.alloc(len(tagged))
+    drv.drv.guest.write(addr, tagged)
+    tx.post(gather(addr, len(tagged)))
+    assert tx.poll() == [] and counters["RdropOvflw"] == 1  # priority 3: held
+    ring.post(1)
+    drv.uar_write(0x20, struct.pack(">II", 2 << 24 | RX_CQN, 0))
+    assert len(ring.poll()) == 1 and len(tx.poll()) == 1
 
 
 def test_a_bad_receive_buffer_completes_in_error(
