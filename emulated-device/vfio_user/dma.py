@@ -15,6 +15,7 @@ from __future__ import annotations
 import bisect
 import fcntl
 import mmap
+import operator
 import os
 import stat
 from dataclasses import dataclass
@@ -74,6 +75,10 @@ def _backing(window: Window, fd: int, writable: bool) -> None:
     os.close(fd)  # the mapping holds the file
 
 
+# A window's bus address: what the sorted window list is searched by (every DMA access).
+_IOVA = operator.attrgetter("iova")
+
+
 class DmaSpace:
     def __init__(self) -> None:
         self._windows: list[Window] = []  # sorted by iova, non-overlapping
@@ -85,7 +90,7 @@ class DmaSpace:
         """Add a window. It takes `fd` when it returns; on a DmaError the caller keeps it."""
         if size == 0 or iova + size > 1 << 64:
             raise DmaError(f"invalid DMA window {iova:#x}+{size:#x}")
-        i = bisect.bisect_left([w.iova for w in self._windows], iova)
+        i = bisect.bisect_left(self._windows, iova, key=_IOVA)
         prev = self._windows[i - 1] if i else None
         nxt = self._windows[i] if i < len(self._windows) else None
         if (prev and prev.end > iova) or (nxt and nxt.iova < iova + size):
@@ -117,7 +122,7 @@ class DmaSpace:
         self._windows = []
 
     def _find(self, addr: int, size: int, write: bool) -> tuple[Window, int]:
-        i = bisect.bisect_right([w.iova for w in self._windows], addr) - 1
+        i = bisect.bisect_right(self._windows, addr, key=_IOVA) - 1
         if i < 0 or addr + size > self._windows[i].end:
             raise DmaError(
                 f"DMA {'write' if write else 'read'} of {size} bytes at {addr:#x}"
